@@ -1,0 +1,197 @@
+/**
+ * The normalised config: the one shape every component reads. The loader (load.ts) turns a YAML file,
+ * environment overrides and the chosen `environments` section into this, or fails with every problem.
+ * Durations are milliseconds; paths are absolute.
+ *
+ * Defaults are named constants here so the CLI, the API and the docs read the same values.
+ */
+import type { LogLevel } from '../lib/logger.ts';
+
+// ---- defaults (SPEC § Config file) -------------------------------------------------------------
+export const DEFAULT_STATE_DIR = '.berth';
+export const DEFAULT_LISTEN = ['127.0.0.1:8080'];
+export const DEFAULT_CONTROL_SOCKET = 'control.sock';
+export const DEFAULT_INTERNAL_PREFIX = '/_berth';
+export const DEFAULT_TRUSTED_PROXY_COUNT = 0;
+export const DEFAULT_MIGRATIONS = 'upgrade';
+export const DEFAULT_HISTORY_RETENTION_MS = 14 * 86_400_000;
+export const DEFAULT_CLEANUP_CRON = '0 * * * *';
+export const DEFAULT_SCHEDULER_DELAY_MS = 60_000;
+export const DEFAULT_KEEP_RELEASES = 5;
+export const DEFAULT_INSTANCES = 1;
+/** Requests one http instance may hold at once when `concurrency` is not set. */
+export const DEFAULT_CONCURRENCY = 8;
+export const DEFAULT_APP_LISTEN = 'port';
+export const DEFAULT_HEALTH_INTERVAL_MS = 2_000;
+export const DEFAULT_HEALTH_TIMEOUT_MS = 1_000;
+export const DEFAULT_HEALTH_UNHEALTHY_AFTER = 3;
+export const DEFAULT_HEALTH_STARTUP_TIMEOUT_MS = 30_000;
+export const DEFAULT_QUEUE_MAX = 100;
+export const DEFAULT_QUEUE_TIMEOUT_MS = 10_000;
+export const DEFAULT_TIMEOUT_HEADERS_MS = 30_000;
+export const DEFAULT_TIMEOUT_DRAIN_MS = 30_000;
+export const DEFAULT_TIMEOUT_STOP_MS = 10_000;
+export const DEFAULT_SCHEDULE_TIMEOUT_MS = 60 * 60_000;
+/** Instance restarts: backoff from 1s doubling to 60s, reset after 60s up; crashed after 10 failures in 10 min. */
+export const RESTART_BACKOFF_INITIAL_MS = 1_000;
+export const RESTART_BACKOFF_MAX_MS = 60_000;
+export const RESTART_BACKOFF_RESET_AFTER_MS = 60_000;
+export const RESTART_FAILURE_LIMIT = 10;
+export const RESTART_FAILURE_WINDOW_MS = 10 * 60_000;
+/** Per-process log files rotate at this size; this many rotated files are kept. */
+export const DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024;
+export const DEFAULT_LOG_KEEP_FILES = 3;
+export const HEALTH_FILE_INTERVAL_MS = 5_000;
+
+// ---- types -----------------------------------------------------------------------------------
+export type Mode = 'normal' | 'maintenance' | 'read-only';
+export const MODES: readonly Mode[] = ['normal', 'maintenance', 'read-only'];
+export type Role = 'viewer' | 'deployer' | 'admin';
+export const ROLES: readonly Role[] = ['viewer', 'deployer', 'admin'];
+
+/** A front-door or control listener address. */
+export type ListenAddress =
+  | { kind: 'tcp'; host: string; port: number; /** as written in config, e.g. "127.0.0.1:8080" */ text: string }
+  | { kind: 'unix'; path: string; text: string };
+
+export interface ProcessConfig {
+  name: string;
+  command: string;
+  instances: number;
+  /** Requests one instance holds at once (http types). Non-http types: 1. */
+  concurrency: number;
+  http: boolean;
+  heartbeatTimeoutMs: number | null;
+}
+
+export interface RouteConfig {
+  /** Path prefix, always starting with `/`, without a trailing slash except for `/` itself. */
+  path: string;
+  /** Process type (pool) name, for a proxied route. */
+  to: string | null;
+  /** Directory inside the release, for a static route. Exactly one of `to` and `static` is set. */
+  static: string | null;
+  /** `immutable`, or a literal Cache-Control value, or null. */
+  cache: string | null;
+  cors: string | null;
+}
+
+export interface HealthConfig {
+  /** HTTP path probed on each instance; null: readiness is a TCP connect. */
+  path: string | null;
+  intervalMs: number;
+  timeoutMs: number;
+  unhealthyAfter: number;
+  startupTimeoutMs: number;
+  /** Default: timeouts.headersMs. */
+  busyGraceMs: number;
+}
+
+export interface RateLimitConfig {
+  /** Sustained rate: `count` requests per `perMs`. */
+  count: number;
+  perMs: number;
+  burst: number;
+  /** Path prefixes the limit applies to; empty: every path. */
+  paths: string[];
+}
+
+export interface ScheduleConfig {
+  name: string;
+  cron: string;
+  command: string;
+  timeoutMs: number;
+  timezone: string | null;
+  overlap: 'skip' | 'allow';
+}
+
+export interface CacheFlushConfig {
+  provider: 'http' | 'akamai';
+  method: string;
+  concurrency: number;
+  rules: { templates: string[]; includes: string[]; excludes: string[] }[];
+}
+
+export interface AppConfig {
+  name: string;
+  /** Lower-cased host patterns: exact names and `*.suffix` wildcards. Empty: catch-all. */
+  hosts: string[];
+  /** Absolute directory or .tar.gz path, or a git URL/path with `#ref`; null when not set. */
+  source: string | null;
+  build: string | null;
+  release: string | null;
+  keepReleases: number;
+  shared: string[];
+  env: Record<string, string>;
+  /** Null: process types come from each release's Procfile. */
+  processes: Record<string, ProcessConfig> | null;
+  /** Instance counts by process type, overriding Procfile defaults. */
+  scale: Record<string, number>;
+  listen: 'port' | 'socket';
+  routes: RouteConfig[];
+  health: HealthConfig;
+  queue: { max: number; timeoutMs: number };
+  timeouts: { headersMs: number; drainMs: number; stopMs: number };
+  /** Null: no budget set, nothing to check. */
+  dbConnections: number | null;
+  rateLimit: RateLimitConfig | null;
+  schedule: Record<string, ScheduleConfig>;
+  /** File name under <state_dir>/apps/<app>/ whose touch reloads the app; null: none. */
+  reloadTrigger: string | null;
+  /** Paths inside the release. */
+  pages: { maintenance: string | null; readOnly: string | null; error: string | null };
+  cacheFlush: CacheFlushConfig | null;
+}
+
+export interface TokenConfig {
+  hash: string;
+  roles: Role[];
+}
+
+export interface ControlConfig {
+  /** Absolute path of the control socket. */
+  socket: string;
+  socketGroup: string | null;
+  listen: ListenAddress | null;
+  tokens: Record<string, TokenConfig>;
+  callContextHeader: string | null;
+  /** environment -> user -> app regex sources */
+  permissions: Record<string, Record<string, string[]>>;
+}
+
+export interface BerthConfig {
+  /** Absolute path of the config file that was loaded. */
+  file: string;
+  /** The `environments` entry applied, or null. */
+  environment: string | null;
+  /** Absolute. */
+  stateDir: string;
+  listen: ListenAddress[];
+  control: ControlConfig;
+  trustedProxyCount: number;
+  /** Starts with `/`, no trailing slash. */
+  internalPrefix: string;
+  logLevels: Partial<Record<string, LogLevel>>;
+  /** Null: SQLite at <stateDir>/berth.db. */
+  database: string | null;
+  migrations: 'upgrade' | 'none' | 'model';
+  resetState: boolean;
+  historyRetentionMs: number;
+  cleanupCron: string;
+  schedulerDelayMs: number;
+  /** Absolute, or null. */
+  healthFile: string | null;
+  metricsPublic: boolean;
+  /** In config file order. */
+  apps: Record<string, AppConfig>;
+}
+
+/** The http process types of an app (those that can be route targets). */
+export function httpProcesses(app: AppConfig): ProcessConfig[] {
+  return app.processes ? Object.values(app.processes).filter((p) => p.http) : [];
+}
+
+/** `instances × concurrency` summed over the app's http pools: what the DB budget must cover. */
+export function dbDemand(app: AppConfig): number {
+  return httpProcesses(app).reduce((sum, p) => sum + p.instances * p.concurrency, 0);
+}

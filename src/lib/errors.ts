@@ -1,0 +1,75 @@
+/**
+ * Errors carry a stable `code` (BERTH_E_*) so the CLI, the API and the logs can name a failure without
+ * parsing messages. HTTP status for the control API is decided in one place: `httpStatusFor`.
+ */
+export class BerthError extends Error {
+  readonly code: string;
+  /** Extra machine-readable detail, returned by the API next to code and message. */
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: string, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'BerthError';
+    this.code = code;
+    this.details = options?.details;
+  }
+}
+
+/** One problem in a config file, named by its dotted key path. */
+export interface ConfigProblem {
+  path: string;
+  message: string;
+}
+
+/** A config that failed to load. `problems` lists every problem found, not just the first. */
+export class ConfigError extends BerthError {
+  readonly problems: ConfigProblem[];
+
+  constructor(problems: ConfigProblem[], options?: { cause?: unknown }) {
+    super('BERTH_E_CONFIG', formatProblems(problems), options);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+export function formatProblems(problems: ConfigProblem[]): string {
+  return problems.map((p) => (p.path ? `${p.path}: ${p.message}` : p.message)).join('\n');
+}
+
+export const ErrorCodes = {
+  config: 'BERTH_E_CONFIG',
+  notFound: 'BERTH_E_NOT_FOUND',
+  badRequest: 'BERTH_E_BAD_REQUEST',
+  conflict: 'BERTH_E_CONFLICT',
+  unauthorized: 'BERTH_E_UNAUTHORIZED',
+  forbidden: 'BERTH_E_FORBIDDEN',
+  unprocessable: 'BERTH_E_UNPROCESSABLE',
+  internal: 'BERTH_E_INTERNAL',
+  store: 'BERTH_E_STORE',
+  release: 'BERTH_E_RELEASE',
+  spawn: 'BERTH_E_SPAWN',
+  startup: 'BERTH_E_STARTUP_TIMEOUT',
+  unavailable: 'BERTH_E_UNAVAILABLE',
+} as const;
+
+const STATUS_BY_CODE: Record<string, number> = {
+  [ErrorCodes.config]: 422,
+  [ErrorCodes.notFound]: 404,
+  [ErrorCodes.badRequest]: 400,
+  [ErrorCodes.conflict]: 409,
+  [ErrorCodes.unauthorized]: 401,
+  [ErrorCodes.forbidden]: 403,
+  [ErrorCodes.unprocessable]: 422,
+};
+
+/** The control API's single mapping from error to HTTP status. Unknown errors are 500. */
+export function httpStatusFor(err: unknown): number {
+  if (err instanceof BerthError) return STATUS_BY_CODE[err.code] ?? 500;
+  return 500;
+}
+
+/** A short message for any thrown value, for logs and CLI output. */
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

@@ -1,0 +1,60 @@
+/**
+ * The contract between the supervisor (which owns processes) and the proxy (which sends them requests).
+ * The proxy sees instances only through `Upstream` and generations only through `GenerationView`, and
+ * never calls into the supervisor on the hot path: it reads fields and calls begin()/end().
+ */
+
+/** starting: spawned, not yet ready. ready: takes requests. unhealthy: failed its probes, gets no new
+ * requests, is being replaced. backoff: exited, waiting to restart. crashed: gave up restarting.
+ * stopping/stopped: being stopped on purpose. */
+export type InstanceState = 'starting' | 'ready' | 'unhealthy' | 'backoff' | 'crashed' | 'stopping' | 'stopped';
+
+export type UpstreamAddress = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
+
+/** One instance as the proxy sees it. */
+export interface Upstream {
+  readonly app: string;
+  readonly process: string;
+  /** 0-based instance index within its process type. */
+  readonly index: number;
+  readonly releaseId: string;
+  readonly state: InstanceState;
+  /** Where it listens now; null while it has no live process. Changes when it restarts. */
+  readonly address: UpstreamAddress | null;
+  /** Requests (and WebSockets) currently being served by it. */
+  readonly inFlight: number;
+  /** Most requests it may hold at once. */
+  readonly concurrency: number;
+  /** Total requests it has finished. */
+  readonly served: number;
+  /** Marks a request as started on this instance; returns a ticket to pass to end(). */
+  begin(): number;
+  /** Marks the request with this ticket as finished. */
+  end(ticket: number): void;
+}
+
+export type GenerationState = 'starting' | 'ready' | 'failed' | 'draining' | 'stopping' | 'stopped';
+
+/** A generation as the proxy sees it: the pools of one app's release, started by one deploy or reload. */
+export interface GenerationView {
+  /** Unique within the gateway's lifetime, e.g. "shop#3". */
+  readonly id: string;
+  readonly app: string;
+  readonly releaseId: string;
+  /** The release's resolved real path (never the `current` symlink). */
+  readonly releaseDir: string;
+  readonly state: GenerationState;
+  /** http process type name -> pool. */
+  readonly pools: ReadonlyMap<string, PoolView>;
+  /** Requests in flight across all of this generation's instances. */
+  readonly inFlight: number;
+}
+
+export interface PoolView {
+  readonly process: string;
+  readonly concurrency: number;
+  /** The pool's instances now; the supervisor replaces this array (copy on write) when it swaps one. */
+  readonly instances: readonly Upstream[];
+  /** The least-busy ready instance with a free slot, skipping `exclude`; null when none. */
+  pick(exclude?: Upstream): Upstream | null;
+}
