@@ -15,13 +15,15 @@ export class LoggerFactory {
   readonly root: Logger;
   #levels: Partial<Record<string, LogLevel>>;
   #children = new Map<string, Logger>();
+  #sonic: ReturnType<typeof pino.destination> | null = null;
 
   constructor(levels: Partial<Record<string, LogLevel>> = {}, destination?: DestinationStream) {
     this.#levels = levels;
     const rootLevel = levels.root ?? 'info';
+    if (!destination) this.#sonic = pino.destination({ fd: 1, sync: false, minLength: 4096 });
     this.root = pino(
       { level: rootLevel, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime },
-      destination ?? pino.destination({ fd: 1, sync: false }),
+      destination ?? this.#sonic!,
     );
   }
 
@@ -43,8 +45,14 @@ export class LoggerFactory {
     for (const [name, child] of this.#children) child.level = levels[name] ?? levels.root ?? 'info';
   }
 
+  /** Writes out buffered lines synchronously (before exit). */
   flush(): void {
-    this.root.flush();
+    try {
+      if (this.#sonic) this.#sonic.flushSync();
+      else this.root.flush();
+    } catch {
+      // stdout may already be closed; nothing left to do with the lines.
+    }
   }
 }
 

@@ -1,0 +1,55 @@
+import type { GatewayStatus, AppStatus } from '../gateway.ts';
+import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
+import { formatBytes, formatTable, formatUptime } from './table.ts';
+
+export const STATUS_USAGE = 'berth status [app] [--json] [--socket PATH | --config F]';
+
+/** `berth status [app]`: apps, modes, releases and every instance. */
+export async function status(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, CLIENT_OPTIONS, true);
+  if (positionals.length > 1) throw new UsageError(`expected at most one app name, got ${positionals.length}`);
+  const client = await clientFor(values);
+  if (positionals.length === 1) {
+    const app = await client.call<AppStatus>('GET', `/v1/apps/${encodeURIComponent(positionals[0])}`);
+    process.stdout.write(values.json ? JSON.stringify(app, null, 2) + '\n' : formatApp(app) + '\n');
+    return 0;
+  }
+  const s = await client.call<GatewayStatus>('GET', '/v1/status');
+  if (values.json) {
+    process.stdout.write(JSON.stringify(s, null, 2) + '\n');
+    return 0;
+  }
+  const head = `berth ${s.version}  pid ${s.pid}  ${s.state}  up ${formatUptime(s.uptimeMs)}  listen ${s.listen.join(', ')}${s.environment ? `  env ${s.environment}` : ''}`;
+  const lines = [head, ''];
+  if (s.apps.length === 0) lines.push('no apps configured');
+  for (const app of s.apps) lines.push(formatApp(app), '');
+  process.stdout.write(lines.join('\n').trimEnd() + '\n');
+  return 0;
+}
+
+function formatApp(app: AppStatus): string {
+  const budget = app.db.budget === null ? `${app.db.inUse} in use (no budget)` : `${app.db.inUse} in use, ${app.db.demand} of ${app.db.budget} allotted`;
+  const lines = [
+    `${app.name}  ${app.healthy ? 'healthy' : 'UNHEALTHY'}  mode ${app.mode}${app.modeMessage ? ` ("${app.modeMessage}")` : ''}  release ${app.activeRelease ?? '-'}  queue ${app.queue}  db ${budget}`,
+  ];
+  if (!app.healthy) for (const r of app.reasons) lines.push(`  ! ${r}`);
+  const rows: (string | number | null)[][] = [];
+  for (const g of app.generations) {
+    for (const i of g.instances) {
+      rows.push([
+        `${i.process}.${i.index}`,
+        g.releaseId + (g.active ? '' : ` (${g.state})`),
+        i.pid,
+        i.state,
+        i.address,
+        i.http ? i.inFlight : '',
+        i.http ? i.served : '',
+        formatBytes(i.rssBytes),
+        formatUptime(i.uptimeMs),
+        i.restarts,
+      ]);
+    }
+  }
+  if (rows.length > 0) lines.push(formatTable(['instance', 'release', 'pid', 'state', 'address', 'in-flight', 'served', 'rss', 'uptime', 'restarts'], rows, '  '));
+  return lines.join('\n');
+}

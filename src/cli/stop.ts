@@ -1,0 +1,33 @@
+import { stat } from 'node:fs/promises';
+import { CLIENT_OPTIONS, clientFor, parse } from './options.ts';
+
+export const STOP_USAGE = 'berth stop [--socket PATH | --config F]';
+
+/**
+ * `berth stop`: asks the gateway to shut down gracefully and waits until it is gone (its control socket
+ * disappears), so a script can rely on "no app process left" once this returns.
+ */
+export async function stop(args: string[]): Promise<number> {
+  const { values } = parse(args, { ...CLIENT_OPTIONS, timeout: { type: 'string', default: '120' } });
+  const client = await clientFor(values);
+  const { pid } = await client.call<{ pid: number }>('POST', '/v1/stop');
+  if (!values.json) process.stdout.write(`stopping gateway (pid ${pid}): draining requests and stopping apps\n`);
+  const deadline = Date.now() + Number(values.timeout) * 1000;
+  while (Date.now() < deadline) {
+    let alive = true;
+    try {
+      process.kill(pid, 0);
+    } catch {
+      alive = false;
+    }
+    const sock = await stat(client.socket).catch(() => null);
+    if (!alive || !sock) {
+      if (values.json) process.stdout.write(JSON.stringify({ stopped: true, pid }) + '\n');
+      else process.stdout.write('gateway stopped\n');
+      return 0;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  process.stderr.write(`berth: the gateway (pid ${pid}) has not stopped after ${values.timeout}s\n`);
+  return 1;
+}

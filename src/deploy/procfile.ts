@@ -1,0 +1,75 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { BerthError } from '../lib/errors.ts';
+import { DEFAULT_CONCURRENCY, DEFAULT_INSTANCES, type AppConfig, type ProcessConfig } from '../config/schema.ts';
+
+/** What a Procfile declares: process types, plus the `release:` line, which is the release command. */
+export interface Procfile {
+  processes: Record<string, ProcessConfig>;
+  release: string | null;
+}
+
+const LINE_RE = /^([A-Za-z0-9_-]+):\s*(.*)$/;
+
+/**
+ * Parses Procfile text: `<type>: <command>` per line; blank lines and `#` comments are skipped.
+ * `web` is the http type; `release` is the release command, not a process. Instances default to 1 and
+ * `scale` overrides them. Throws BERTH_E_RELEASE naming the line of the first bad line.
+ */
+export function parseProcfile(text: string, scale: Record<string, number> = {}, file = 'Procfile'): Procfile {
+  const processes: Record<string, ProcessConfig> = {};
+  let release: string | null = null;
+  const lines = text.split(/\r?\n/);
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i].trim();
+    if (line === '' || line.startsWith('#')) continue;
+    const m = LINE_RE.exec(line);
+    if (!m) throw new BerthError('BERTH_E_RELEASE', `${file}:${i + 1}: expected "<type>: <command>", got "${line}"`);
+    const [, name, command] = m;
+    if (command.trim() === '') throw new BerthError('BERTH_E_RELEASE', `${file}:${i + 1}: process type "${name}" has no command`);
+    if (name === 'release') {
+      release = command.trim();
+      continue;
+    }
+    if (processes[name]) throw new BerthError('BERTH_E_RELEASE', `${file}:${i + 1}: process type "${name}" is declared twice`);
+    const http = name === 'web';
+    processes[name] = {
+      name,
+      command: command.trim(),
+      instances: scale[name] ?? DEFAULT_INSTANCES,
+      concurrency: http ? DEFAULT_CONCURRENCY : 1,
+      http,
+      heartbeatTimeoutMs: null,
+    };
+  }
+  for (const name of Object.keys(scale)) {
+    if (!processes[name]) throw new BerthError('BERTH_E_RELEASE', `${file}: scale names process type "${name}", which the Procfile does not declare`);
+  }
+  return { processes, release };
+}
+
+/**
+ * The process types an app runs for a release: its configured `processes`, or the release's Procfile.
+ * For a Procfile app, every route target must be an http type of the Procfile, else the deploy fails.
+ */
+export async function resolveProcesses(app: AppConfig, releaseDir: string): Promise<Procfile> {
+  if (app.processes) return { processes: app.processes, release: app.release };
+  const file = join(releaseDir, 'Procfile');
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new BerthError('BERTH_E_RELEASE', `app ${app.name} has no processes in config and its release has no Procfile`, { cause: err });
+  }
+  const procfile = parseProcfile(text, app.scale);
+  for (const route of app.routes) {
+    if (route.to === null) continue;
+    const target = procfile.processes[route.to];
+    if (!target) throw new BerthError('BERTH_E_RELEASE', `route ${route.path} of app ${app.name} points at process type "${route.to}", which the Procfile does not declare`);
+    if (!target.http) {
+      target.http = true;
+      target.concurrency = DEFAULT_CONCURRENCY;
+    }
+  }
+  return { processes: procfile.processes, release: app.release ?? procfile.release };
+}

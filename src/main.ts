@@ -1,0 +1,75 @@
+/**
+ * Entry point of the `berth` command: parses the verb and hands over to src/cli/<verb>.ts.
+ * Exit status: 0 success, 1 runtime failure, 2 bad arguments or bad config.
+ */
+import { ConfigError, BerthError, errorMessage, formatProblems } from './lib/errors.ts';
+import { VERSION } from './gateway.ts';
+import { UsageError } from './cli/options.ts';
+import { start, START_USAGE } from './cli/start.ts';
+import { check, CHECK_USAGE } from './cli/check.ts';
+import { status, STATUS_USAGE } from './cli/status.ts';
+import { routes, ROUTES_USAGE } from './cli/routes.ts';
+import { stop, STOP_USAGE } from './cli/stop.ts';
+
+type Verb = (args: string[]) => Promise<number>;
+
+const VERBS: Record<string, { run: Verb; usage: string; summary: string }> = {
+  start: { run: start, usage: START_USAGE, summary: 'run the gateway in the foreground' },
+  check: { run: check, usage: CHECK_USAGE, summary: 'validate the config; print routes and DB budgets' },
+  status: { run: status, usage: STATUS_USAGE, summary: 'apps, modes, releases and instances' },
+  routes: { run: routes, usage: ROUTES_USAGE, summary: 'host, path, target and mode of every route' },
+  stop: { run: stop, usage: STOP_USAGE, summary: 'graceful shutdown: drain, stop every app, exit' },
+};
+
+function usage(): string {
+  const width = Math.max(...Object.values(VERBS).map((v) => v.usage.length));
+  return [
+    `berth ${VERSION}: a zero-downtime application gateway`,
+    '',
+    'usage:',
+    ...Object.values(VERBS).map((v) => `  ${v.usage.padEnd(width)}  ${v.summary}`),
+    '',
+    'The config file is --config F, else $BERTH_CONFIG, else configs/<N>.yaml for --config-name N, else ./berth.yaml.',
+    'Client verbs reach the gateway on its control socket: --socket PATH, else $BERTH_CONTROL_SOCKET, else the config\'s.',
+  ].join('\n');
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [verb, ...rest] = argv;
+  if (verb === undefined || verb === 'help' || verb === '--help' || verb === '-h') {
+    process.stdout.write(usage() + '\n');
+    return verb === undefined ? 2 : 0;
+  }
+  if (verb === '--version' || verb === 'version') {
+    process.stdout.write(`berth ${VERSION}\n`);
+    return 0;
+  }
+  const entry = VERBS[verb];
+  if (!entry) {
+    process.stderr.write(`berth: unknown command "${verb}"\n\n${usage()}\n`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`usage: ${entry.usage}\n`);
+    return 0;
+  }
+  try {
+    return await entry.run(rest);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`berth: invalid config\n${formatProblems(err.problems)}\n`);
+      return 2;
+    }
+    if (err instanceof UsageError) {
+      process.stderr.write(`berth ${verb}: ${err.message}\nusage: ${entry.usage}\n`);
+      return 2;
+    }
+    const code = err instanceof BerthError ? ` [${err.code}]` : '';
+    process.stderr.write(`berth ${verb}: ${errorMessage(err)}${code}\n`);
+    return 1;
+  }
+}
+
+const code = await main(process.argv.slice(2));
+// Done (for `start`: the gateway has stopped and flushed its logs); do not linger on open handles.
+process.exit(code);

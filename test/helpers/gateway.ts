@@ -1,0 +1,199 @@
+/**
+ * Test helpers that start REAL gateways: as a child process running `src/main.ts start` (for CLI,
+ * signal and exit-status behaviour) or in-process (for tests that need shrunk timings). Everything
+ * lives in a temp dir and is cleaned up with the test.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile, mkdir, cp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { request } from 'node:http';
+import { Writable } from 'node:stream';
+import type { TestContext } from 'node:test';
+import YAML from 'yaml';
+import { loadConfig } from '../../src/config/load.ts';
+import { LoggerFactory } from '../../src/lib/logger.ts';
+import { Gateway, type GatewayOptions } from '../../src/gateway.ts';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const MAIN = join(ROOT, 'src/main.ts');
+export const FIXTURE_APP = join(ROOT, 'test/fixtures/apps/web');
+/** The command that runs the fixture web app with this Node. */
+export const FIXTURE_WEB_COMMAND = `"${process.execPath}" server.mjs`;
+
+/** A temp dir removed after the test. Short, so unix socket paths stay under the 107-byte limit. */
+export async function tempDir(t: TestContext, prefix = 'berth-'): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Copies the fixture web app into `<dir>/<name>` and returns its path. */
+export async function fixtureApp(dir: string, name = 'web-src'): Promise<string> {
+  const dest = join(dir, name);
+  await cp(FIXTURE_APP, dest, { recursive: true });
+  return dest;
+}
+
+/** Writes a berth.yaml (object -> YAML) and returns its path. */
+export async function writeConfig(dir: string, config: unknown): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  const file = join(dir, 'berth.yaml');
+  await writeFile(file, typeof config === 'string' ? config : YAML.stringify(config));
+  return file;
+}
+
+export async function waitFor<T>(fn: () => T | Promise<T>, opts: { timeoutMs?: number; intervalMs?: number; message?: string } = {}): Promise<NonNullable<T>> {
+  const deadline = Date.now() + (opts.timeoutMs ?? 15_000);
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn();
+      if (v) return v as NonNullable<T>;
+    } catch (err) {
+      last = err;
+    }
+    await new Promise((r) => setTimeout(r, opts.intervalMs ?? 50));
+  }
+  throw new Error(`timed out waiting for ${opts.message ?? 'condition'}${last ? `: ${String(last)}` : ''}`);
+}
+
+export interface HttpResult {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: string;
+  json<T = any>(): T;
+}
+
+/** One HTTP request over a fresh connection (no agent), to a TCP port or a unix socket. */
+export function http(target: { port?: number; socketPath?: string }, opts: { path?: string; method?: string; host?: string; headers?: Record<string, string>; body?: string | Buffer; timeoutMs?: number } = {}): Promise<HttpResult> {
+  return new Promise((resolvePromise, reject) => {
+    const headers: Record<string, string> = { ...(opts.headers ?? {}) };
+    if (opts.host) headers.host = opts.host;
+    const req = request(
+      { host: '127.0.0.1', port: target.port, socketPath: target.socketPath, path: opts.path ?? '/', method: opts.method ?? 'GET', headers, agent: false },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const body = Buffer.concat(chunks).toString('utf8');
+          resolvePromise({ status: res.statusCode ?? 0, headers: res.headers, body, json: () => JSON.parse(body) });
+        });
+        res.on('error', reject);
+      },
+    );
+    req.setTimeout(opts.timeoutMs ?? 30_000, () => req.destroy(new Error('client timeout')));
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
+
+export interface ChildGateway {
+  proc: ChildProcess;
+  port: number;
+  socket: string;
+  /** Parsed JSON log lines so far. */
+  logs: any[];
+  /** Raw stderr so far. */
+  stderr(): string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  api<T = any>(path: string, method?: string): Promise<T>;
+}
+
+/**
+ * Starts `berth start --config <file>` as a child process and waits until it listens. The config should
+ * listen on 127.0.0.1:0; the bound port is read from the 'gateway listening' log line.
+ */
+export async function spawnGateway(t: TestContext, configPath: string, opts: { env?: Record<string, string> } = {}): Promise<ChildGateway> {
+  const proc = spawn(process.execPath, [MAIN, 'start', '--config', configPath], {
+    env: { ...process.env, ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: any[] = [];
+  let stderr = '';
+  let buf = '';
+  proc.stdout!.on('data', (c: Buffer) => {
+    buf += c.toString('utf8');
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      try {
+        logs.push(JSON.parse(line));
+      } catch {
+        logs.push({ raw: line });
+      }
+    }
+  });
+  proc.stderr!.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => proc.once('exit', (code, signal) => r({ code, signal })));
+  t.after(async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGTERM');
+      const timer = setTimeout(() => proc.kill('SIGKILL'), 20_000);
+      await exited;
+      clearTimeout(timer);
+    }
+  });
+  const listening = await Promise.race([
+    waitFor(() => logs.find((l) => l.msg === 'gateway listening'), { timeoutMs: 30_000, message: 'gateway listening' }),
+    exited.then(({ code }) => {
+      throw new Error(`gateway exited with ${code} before listening: ${stderr}`);
+    }),
+  ]);
+  const address: string = listening.listen[0];
+  const port = Number(address.slice(address.lastIndexOf(':') + 1));
+  const socket: string = listening.control;
+  return {
+    proc,
+    port,
+    socket,
+    logs,
+    stderr: () => stderr,
+    exited,
+    async api(path, method = 'GET') {
+      const res = await http({ socketPath: socket }, { path, method });
+      return res.json();
+    },
+  };
+}
+
+/** Runs the berth CLI to completion. */
+export function runCli(args: string[], opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolvePromise) => {
+    const proc = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...opts.env }, cwd: opts.cwd ?? ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    proc.stdout.on('data', (c: Buffer) => (stdout += c));
+    proc.stderr.on('data', (c: Buffer) => (stderr += c));
+    const timer = setTimeout(() => proc.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+    proc.on('exit', (code) => {
+      clearTimeout(timer);
+      resolvePromise({ code, stdout, stderr });
+    });
+  });
+}
+
+/** A pino destination that keeps lines in memory, for in-process gateways. */
+export class LogSink extends Writable {
+  lines: any[] = [];
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
+    for (const line of chunk.toString('utf8').split('\n')) if (line) this.lines.push(JSON.parse(line));
+    cb();
+  }
+}
+
+/** Starts a gateway in this process (real sockets and child processes) and stops it after the test. */
+export async function startGateway(t: TestContext, configPath: string, opts: Partial<Pick<GatewayOptions, 'supervisorTiming'>> & { environ?: Record<string, string> } = {}): Promise<{ gateway: Gateway; port: number; sink: LogSink }> {
+  const config = await loadConfig({ configPath, environ: { ...process.env, ...opts.environ } });
+  const sink = new LogSink();
+  const loggers = new LoggerFactory(config.logLevels, sink);
+  const gateway = new Gateway({ config, loggers, supervisorTiming: opts.supervisorTiming });
+  t.after(async () => {
+    await gateway.stop();
+  });
+  await gateway.start();
+  const addr = gateway.proxy.addresses()[0];
+  return { gateway, port: addr.kind === 'tcp' ? addr.port : 0, sink };
+}
