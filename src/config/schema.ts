@@ -195,3 +195,11 @@ export function httpProcesses(app: AppConfig): ProcessConfig[] {
 export function dbDemand(app: AppConfig): number {
   return httpProcesses(app).reduce((sum, p) => sum + p.instances * p.concurrency, 0);
 }
+
+// ---- defaults added with the loader (src/config/validate.ts) ---------------------------------
+/** `schedule.<name>.overlap` when not set: a run is skipped while the previous one still runs. */
+export const DEFAULT_SCHEDULE_OVERLAP = 'skip';
+export const DEFAULT_CACHE_FLUSH_PROVIDER = 'http';
+export const DEFAULT_CACHE_FLUSH_METHOD = 'PURGE';
+/** Purge requests in flight at once per app (provider `http`). */
+export const DEFAULT_CACHE_FLUSH_CONCURRENCY = 4;

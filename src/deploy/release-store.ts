@@ -1,0 +1,270 @@
+/**
+ * One app's releases on disk: `<stateDir>/apps/<app>/releases/<id>` (immutable once prepared), the
+ * `current` symlink beside `releases/`, and `shared/` entries linked into every release. Release rows in
+ * the state store follow what happens here.
+ */
+import { randomBytes } from 'node:crypto';
+import { lstat, mkdir, readdir, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, posix, relative } from 'node:path';
+import type { AppConfig } from '../config/schema.ts';
+import type { Logger } from '../lib/logger.ts';
+import { BerthError, ErrorCodes, errorMessage } from '../lib/errors.ts';
+import { symlinkAtomic } from '../lib/atomic-fs.ts';
+import type { ReleaseState, Store } from '../store/store.ts';
+import { fetchSource, parseSource, treeHash } from './sources.ts';
+
+/** `YYYYMMDDHHMMSS-<6 hex>`, UTC, so ids sort by time. */
+export const RELEASE_ID_RE = /^\d{14}-[0-9a-f]{6}$/;
+/** Written into every release: the git SHA, else the sha256 content hash of the tree. */
+export const REVISION_FILE = 'REVISION';
+
+/** Release states that do not count towards `keep_releases`. */
+const NOT_KEPT: ReadonlySet<ReleaseState> = new Set<ReleaseState>(['failed', 'pruned']);
+
+export interface PreparedRelease {
+  id: string;
+  /** Real path of the release directory. */
+  dir: string;
+  revision: string;
+  /** The source as recorded: an absolute path, or the git URL/path with its `#ref`. */
+  source: string;
+}
+
+export interface ReleaseStoreOptions {
+  stateDir: string;
+  app: AppConfig;
+  store: Store;
+  logger: Logger;
+}
+
+export class ReleaseStore {
+  #stateDir: string;
+  #app: AppConfig;
+  #store: Store;
+  #log: Logger;
+  #appDir: string;
+  #releasesDir: string;
+  #currentLink: string;
+
+  constructor(opts: ReleaseStoreOptions) {
+    this.#stateDir = opts.stateDir;
+    this.#app = opts.app;
+    this.#store = opts.store;
+    this.#log = opts.logger.child({ app: opts.app.name });
+    this.#appDir = join(opts.stateDir, 'apps', opts.app.name);
+    this.#releasesDir = join(this.#appDir, 'releases');
+    this.#currentLink = join(this.#appDir, 'current');
+  }
+
+  /** `<stateDir>/apps/<app>` */
+  get appDir(): string {
+    return this.#appDir;
+  }
+
+  /** `<appDir>/releases` */
+  get releasesDir(): string {
+    return this.#releasesDir;
+  }
+
+  /** `<appDir>/current`, a symlink to `releases/<id>`. */
+  get currentLink(): string {
+    return this.#currentLink;
+  }
+
+  /** `<appDir>/shared`, where the `shared` entries live. */
+  get sharedDir(): string {
+    return join(this.#appDir, 'shared');
+  }
+
+  /** A new id for a release made at `now`: `YYYYMMDDHHMMSS-<6 hex>` in UTC. */
+  newReleaseId(now: Date = new Date()): string {
+    const stamp = now.toISOString().slice(0, 19).replace(/[-T:]/g, '');
+    return `${stamp}-${randomBytes(3).toString('hex')}`;
+  }
+
+  /**
+   * Step 1: makes `releases/<id>` from a source (a directory is copied, a .tar.gz extracted, a git
+   * `<url-or-path>#<ref>` exported), writes REVISION (the git SHA, else a sha256 content hash of the
+   * tree), and records the release in the store as 'building'. The tree is built under a dot-name and
+   * renamed into place when complete, so `releases/<id>` never exists half-made. Throws BERTH_E_RELEASE
+   * naming the cause (missing source, bad archive, entry escaping the release dir, git failure) and
+   * removes what it made.
+   */
+  async prepare(source: string): Promise<PreparedRelease> {
+    const parsed = parseSource(source);
+    const recorded = parsed.kind === 'git' ? (parsed.local ? `${parsed.url}#${parsed.ref}` : source.trim()) : parsed.path;
+    const now = new Date();
+    const id = this.newReleaseId(now);
+    const final = join(this.#releasesDir, id);
+    const staging = join(this.#releasesDir, `.${id}.partial`);
+    const started = Date.now();
+    this.#log.info({ release: id, source: recorded }, 'preparing release');
+    let revision: string;
+    try {
+      await mkdir(this.#releasesDir, { recursive: true });
+      const fetched = await fetchSource(parsed, staging, {
+        exclude: [await realpath(this.#stateDir)],
+        scratch: join(this.#releasesDir, `.${id}.clone`),
+      });
+      revision = fetched.revision ?? (await treeHash(staging));
+      await writeFile(join(staging, REVISION_FILE), `${revision}\n`);
+      await rename(staging, final);
+    } catch (err) {
+      await rm(staging, { recursive: true, force: true });
+      this.#log.warn({ release: id, source: recorded, err: errorMessage(err) }, 'release not prepared');
+      throw asReleaseError(`cannot prepare a release from ${recorded}`, err);
+    }
+    let dir: string;
+    try {
+      dir = await realpath(final);
+      await this.#store.putRelease({ app: this.#app.name, id, createdAt: now.toISOString(), state: 'building', source: recorded, revision });
+    } catch (err) {
+      await rm(final, { recursive: true, force: true });
+      throw asReleaseError(`cannot record release ${id}`, err);
+    }
+    this.#log.info({ release: id, revision, durationMs: Date.now() - started }, 'release prepared');
+    return { id, dir, revision, source: recorded };
+  }
+
+  /**
+   * Step 2: links each `shared` entry from `<appDir>/shared/<entry>` into the release, replacing whatever
+   * the source had there. Links are relative, so the state dir can move. Throws BERTH_E_RELEASE naming a
+   * missing shared entry, or an entry whose place in the release is behind a symlink.
+   */
+  async linkShared(release: PreparedRelease): Promise<void> {
+    if (this.#app.shared.length === 0) return;
+    const sharedDir = join(await realpath(this.#appDir), 'shared');
+    for (const entry of this.#app.shared) {
+      const rel = sharedEntryPath(entry);
+      const target = join(sharedDir, rel);
+      try {
+        await lstat(target);
+      } catch (err) {
+        throw new BerthError(ErrorCodes.release, `shared entry "${entry}" is missing: create ${join(this.sharedDir, rel)}`, { cause: err });
+      }
+      const link = join(release.dir, rel);
+      try {
+        await ensureRealParents(release.dir, rel);
+        await rm(link, { recursive: true, force: true });
+        await symlink(relative(dirname(link), target), link);
+      } catch (err) {
+        throw asReleaseError(`cannot link shared entry "${entry}" into release ${release.id}`, err);
+      }
+    }
+    this.#log.info({ release: release.id, shared: this.#app.shared }, 'shared entries linked');
+  }
+
+  /**
+   * Step 8: points `current` at `releases/<id>` with one rename() over it, so a reader always finds
+   * either the old or the new release. The target is relative, so the state dir can move.
+   */
+  async activate(id: string): Promise<void> {
+    if (!(await this.dirOf(id))) throw new BerthError(ErrorCodes.release, `release ${id} of app ${this.#app.name} does not exist`);
+    await symlinkAtomic(posix.join('releases', id), this.#currentLink);
+    this.#log.info({ release: id }, 'current release switched');
+  }
+
+  /** The release `current` points at, with its real path; null when the link is missing or dangling. */
+  async current(): Promise<{ id: string; dir: string } | null> {
+    // One realpath() gives id and dir from the same link state, even while activate() swaps it.
+    let dir: string;
+    try {
+      dir = await realpath(this.#currentLink);
+      if (!(await stat(dir)).isDirectory()) return null;
+    } catch {
+      return null;
+    }
+    return { id: basename(dir), dir };
+  }
+
+  /** Real path of `releases/<id>`, or null when it does not exist on disk (or `id` is not a release id). */
+  async dirOf(id: string): Promise<string | null> {
+    // Ids arrive from the API too; the pattern keeps `../..` and friends out of the path.
+    if (!RELEASE_ID_RE.test(id)) return null;
+    try {
+      const dir = await realpath(join(this.#releasesDir, id));
+      return (await stat(dir)).isDirectory() ? dir : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Marks a release failed in the store; its directory stays for inspection until pruned. */
+  async markFailed(id: string): Promise<void> {
+    await this.#store.setReleaseState(this.#app.name, id, 'failed');
+    this.#log.warn({ release: id }, 'release marked failed');
+  }
+
+  /**
+   * Step 12: keeps the newest `keep_releases` releases that are not failed, plus the active and the
+   * previous release whatever their age, and removes every other release directory. Failed releases
+   * never take one of the kept places. Removed releases get state 'pruned' in the store. Returns the
+   * pruned ids, newest first.
+   */
+  async prune(activeId: string, previousId: string | null): Promise<string[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.#releasesDir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw asReleaseError(`cannot list releases of app ${this.#app.name}`, err);
+    }
+    // Ids sort by time; dot-names (releases being built) never match.
+    const ids = names.filter((n) => RELEASE_ID_RE.test(n)).sort().reverse();
+    const states = new Map((await this.#store.listReleases(this.#app.name)).map((r) => [r.id, r.state]));
+    const keep = Math.max(0, this.#app.keepReleases);
+    let kept = 0;
+    const pruned: string[] = [];
+    for (const id of ids) {
+      const state = states.get(id);
+      const counts = state === undefined || !NOT_KEPT.has(state);
+      const inWindow = counts && kept < keep;
+      if (counts) kept++;
+      if (inWindow || id === activeId || id === previousId) continue;
+      try {
+        await rm(join(this.#releasesDir, id), { recursive: true, force: true });
+      } catch (err) {
+        throw asReleaseError(`cannot remove release ${id} of app ${this.#app.name}`, err);
+      }
+      if (state !== undefined) await this.#store.setReleaseState(this.#app.name, id, 'pruned');
+      pruned.push(id);
+    }
+    if (pruned.length > 0) this.#log.info({ pruned, keep, active: activeId, previous: previousId }, 'releases pruned');
+    return pruned;
+  }
+}
+
+/** A shared entry as a clean relative path; anything absolute or climbing out is a config mistake. */
+function sharedEntryPath(entry: string): string {
+  const rel = posix.normalize(entry.replace(/\/+$/, ''));
+  if (rel === '' || rel === '.' || rel === '..' || rel.startsWith('../') || posix.isAbsolute(rel)) {
+    throw new BerthError(ErrorCodes.release, `shared entry "${entry}" must be a relative path inside the release`);
+  }
+  return rel;
+}
+
+/**
+ * Creates the directories above a shared entry in the release. A symlink on the way (from the source)
+ * would make the link, and the removal before it, land outside the release, so that is refused.
+ */
+async function ensureRealParents(root: string, rel: string): Promise<void> {
+  const parts = rel.split('/').slice(0, -1);
+  let dir = root;
+  for (const part of parts) {
+    dir = join(dir, part);
+    let st;
+    try {
+      st = await lstat(dir);
+    } catch {
+      await mkdir(dir);
+      continue;
+    }
+    if (st.isSymbolicLink()) throw new BerthError(ErrorCodes.release, `"${relative(root, dir)}" in the release is a symlink; a shared entry cannot be linked below it`);
+    if (!st.isDirectory()) throw new BerthError(ErrorCodes.release, `"${relative(root, dir)}" in the release is not a directory`);
+  }
+}
+
+function asReleaseError(context: string, err: unknown): BerthError {
+  if (err instanceof BerthError && err.code === ErrorCodes.release) return err;
+  return new BerthError(ErrorCodes.release, `${context}: ${errorMessage(err)}`, { cause: err });
+}

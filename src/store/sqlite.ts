@@ -1,0 +1,405 @@
+/**
+ * The embedded state store: SQLite through node:sqlite's DatabaseSync. Every call is synchronous under
+ * the hood and answers through the async Store interface, so PostgreSQL can implement the same one.
+ *
+ * The schema comes from numbered, additive SQL files in ./migrations (`NNN-name.sql`), read at open and
+ * recorded in `schema_migrations(version, name, applied_at)`.
+ */
+import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from '../lib/logger.ts';
+import { BerthError, ErrorCodes, errorMessage } from '../lib/errors.ts';
+import { MODES, type Mode } from '../config/schema.ts';
+import type { AppState, ReleaseRecord, ReleaseState, Store } from './store.ts';
+
+/** The migrations that ship with this build. */
+export const MIGRATIONS_DIR = fileURLToPath(new URL('./migrations/', import.meta.url));
+
+/** How long a writer waits for another connection's lock (a second gateway, the CLI) before failing. */
+const BUSY_TIMEOUT_MS = 5_000;
+
+const MIGRATION_FILE_RE = /^(\d+)-([A-Za-z0-9_-]+)\.sql$/;
+const RELEASE_STATES: ReadonlySet<ReleaseState> = new Set<ReleaseState>(['building', 'ready', 'active', 'previous', 'failed', 'pruned']);
+const MODE_SET: ReadonlySet<string> = new Set(MODES);
+
+export interface Migration {
+  version: number;
+  /** File name without the number and extension, e.g. `apps-and-releases`. */
+  name: string;
+  file: string;
+  sql: string;
+}
+
+export interface SqliteStoreOptions {
+  /** The database file; its parent directory is created. */
+  path: string;
+  /** upgrade: apply missing migrations. none: apply nothing and fail when behind. model: recreate from scratch (dev only). */
+  migrations: 'upgrade' | 'none' | 'model';
+  /** Drop every table before migrating (development only). */
+  resetState: boolean;
+  logger: Logger;
+  /** Where the NNN-name.sql files are; defaults to the ones that ship with this build (tests point elsewhere). */
+  migrationsDir?: string;
+}
+
+/** Reads `NNN-name.sql` files from a directory, sorted by number. Throws BERTH_E_STORE on a bad or duplicate file. */
+export async function loadMigrations(dir: string): Promise<Migration[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    throw new BerthError(ErrorCodes.store, `cannot read migrations from ${dir}: ${errorMessage(err)}`, { cause: err });
+  }
+  const byVersion = new Map<number, Migration>();
+  for (const file of names) {
+    if (!file.endsWith('.sql')) continue;
+    const m = MIGRATION_FILE_RE.exec(file);
+    if (!m) throw new BerthError(ErrorCodes.store, `migration file ${file} is not named NNN-name.sql`);
+    const version = Number(m[1]);
+    const other = byVersion.get(version);
+    if (other) throw new BerthError(ErrorCodes.store, `migrations ${other.file} and ${file} have the same version ${version}`);
+    byVersion.set(version, { version, name: m[2], file, sql: await readFile(join(dir, file), 'utf8') });
+  }
+  return [...byVersion.values()].sort((a, b) => a.version - b.version);
+}
+
+/** Prepared once per open, after the schema is in place. */
+interface Statements {
+  getApp: StatementSync;
+  listApps: StatementSync;
+  setActive: StatementSync;
+  setMode: StatementSync;
+  putRelease: StatementSync;
+  getRelease: StatementSync;
+  listReleases: StatementSync;
+  setReleaseState: StatementSync;
+  schemaVersion: StatementSync;
+}
+
+type Row = Record<string, unknown>;
+
+export class SqliteStore implements Store {
+  readonly path: string;
+  #migrations: SqliteStoreOptions['migrations'];
+  #resetState: boolean;
+  #migrationsDir: string;
+  #log: Logger;
+  #db: DatabaseSync | null = null;
+  #q: Statements | null = null;
+
+  constructor(opts: SqliteStoreOptions) {
+    this.path = opts.path;
+    this.#migrations = opts.migrations;
+    this.#resetState = opts.resetState;
+    this.#migrationsDir = opts.migrationsDir ?? MIGRATIONS_DIR;
+    this.#log = opts.logger;
+  }
+
+  /**
+   * Opens the database (WAL, busy timeout, foreign keys), optionally drops every table (`resetState`),
+   * then brings the schema in line with `migrations`. Throws BERTH_E_STORE, and leaves the store closed,
+   * when the database cannot be opened, a migration fails, or `none` finds the schema missing or behind.
+   */
+  async open(): Promise<void> {
+    if (this.#db) throw new BerthError(ErrorCodes.store, `store ${this.path} is already open`);
+    const migrations = await loadMigrations(this.#migrationsDir);
+    let db: DatabaseSync;
+    try {
+      await mkdir(dirname(this.path), { recursive: true });
+      db = new DatabaseSync(this.path, { enableForeignKeyConstraints: true, timeout: BUSY_TIMEOUT_MS });
+      db.exec(`PRAGMA journal_mode = WAL; PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;`);
+    } catch (err) {
+      throw new BerthError(ErrorCodes.store, `cannot open SQLite database ${this.path}: ${errorMessage(err)}`, { cause: err });
+    }
+    try {
+      if (this.#resetState) this.#dropAll(db, 'reset_state');
+      if (this.#migrations === 'model') this.#createFromModel(db, migrations);
+      else if (this.#migrations === 'upgrade') this.#upgrade(db, migrations);
+      else this.#checkCurrent(db, migrations);
+      this.#q = prepareStatements(db);
+    } catch (err) {
+      db.close();
+      if (err instanceof BerthError) throw err;
+      throw new BerthError(ErrorCodes.store, `cannot prepare SQLite database ${this.path}: ${errorMessage(err)}`, { cause: err });
+    }
+    this.#db = db;
+    this.#log.info({ path: this.path, migrations: this.#migrations, schemaVersion: readVersion(db) }, 'store opened');
+  }
+
+  async close(): Promise<void> {
+    const db = this.#db;
+    if (!db) return;
+    this.#db = null;
+    this.#q = null;
+    db.close();
+    this.#log.info({ path: this.path }, 'store closed');
+  }
+
+  // ---- schema ---------------------------------------------------------------------------------
+
+  /** berth.db belongs to berth alone, so every table in it is a berth table, including ones a newer version added. */
+  #dropAll(db: DatabaseSync, reason: string): void {
+    const tables = db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'`).all() as Row[];
+    const views = db.prepare(`SELECT name FROM sqlite_master WHERE type = 'view'`).all() as Row[];
+    // Foreign keys would make the drop order matter; the pragma is a no-op inside a transaction, so set it first.
+    db.exec('PRAGMA foreign_keys = OFF');
+    try {
+      inTransaction(db, () => {
+        for (const v of views) db.exec(`DROP VIEW ${quoteIdent(String(v.name))}`);
+        for (const t of tables) db.exec(`DROP TABLE ${quoteIdent(String(t.name))}`);
+      });
+    } finally {
+      db.exec('PRAGMA foreign_keys = ON');
+    }
+    this.#log.warn({ path: this.path, reason, tables: tables.map((t) => t.name) }, 'store state dropped');
+  }
+
+  /** Applies each missing migration in its own transaction. Newer versions already in the table are left alone. */
+  #upgrade(db: DatabaseSync, migrations: Migration[]): void {
+    ensureMigrationsTable(db);
+    const isApplied = db.prepare('SELECT 1 AS one FROM schema_migrations WHERE version = ?');
+    for (const m of migrations) {
+      // IMMEDIATE takes the write lock before the check, so two gateways starting together apply each file once.
+      let applied = false;
+      try {
+        inTransaction(db, () => {
+          if (isApplied.get(m.version)) return;
+          db.exec(m.sql);
+          recordMigration(db, m);
+          applied = true;
+        });
+      } catch (err) {
+        throw new BerthError(ErrorCodes.store, `migration ${m.file} failed: ${errorMessage(err)}`, { cause: err, details: { version: m.version } });
+      }
+      if (applied) this.#log.info({ version: m.version, name: m.name }, 'migration applied');
+    }
+  }
+
+  /** Dev only: throws away whatever is there and builds the current schema from every file, in one transaction. */
+  #createFromModel(db: DatabaseSync, migrations: Migration[]): void {
+    this.#dropAll(db, 'migrations: model');
+    try {
+      inTransaction(db, () => {
+        ensureMigrationsTable(db);
+        for (const m of migrations) {
+          db.exec(m.sql);
+          recordMigration(db, m);
+        }
+      });
+    } catch (err) {
+      throw new BerthError(ErrorCodes.store, `creating the schema from the model failed: ${errorMessage(err)}`, { cause: err });
+    }
+    this.#log.warn({ versions: migrations.map((m) => m.version) }, 'schema created from model');
+  }
+
+  /** `migrations: none`: the operator migrates out of band, so a missing or older schema is a start-up error. */
+  #checkCurrent(db: DatabaseSync, migrations: Migration[]): void {
+    const expected = migrations.map((m) => m.file.replace(/\.sql$/, '')).join(', ');
+    if (!db.prepare(`SELECT 1 AS one FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'`).get()) {
+      throw new BerthError(
+        ErrorCodes.store,
+        `database ${this.path} has no berth schema and migrations is "none": expected migrations ${expected}; run once with migrations: upgrade`,
+        { details: { missing: migrations.map((m) => m.version) } },
+      );
+    }
+    const applied = new Set((db.prepare('SELECT version FROM schema_migrations').all() as Row[]).map((r) => Number(r.version)));
+    const missing = migrations.filter((m) => !applied.has(m.version));
+    if (missing.length > 0) {
+      throw new BerthError(
+        ErrorCodes.store,
+        `database ${this.path} schema is behind and migrations is "none": missing migrations ${missing.map((m) => m.file.replace(/\.sql$/, '')).join(', ')}; run once with migrations: upgrade`,
+        { details: { missing: missing.map((m) => m.version) } },
+      );
+    }
+  }
+
+  // ---- data -----------------------------------------------------------------------------------
+
+  #statements(): Statements {
+    if (!this.#q) throw new BerthError(ErrorCodes.store, `store ${this.path} is not open`);
+    return this.#q;
+  }
+
+  async getAppState(app: string): Promise<AppState | null> {
+    const q = this.#statements();
+    try {
+      const row = q.getApp.get(app) as Row | undefined;
+      return row ? toAppState(row) : null;
+    } catch (err) {
+      throw failure('read app state', err);
+    }
+  }
+
+  async listAppStates(): Promise<AppState[]> {
+    const q = this.#statements();
+    try {
+      return (q.listApps.all() as Row[]).map(toAppState);
+    } catch (err) {
+      throw failure('list app states', err);
+    }
+  }
+
+  async setActiveRelease(app: string, releaseId: string): Promise<void> {
+    const q = this.#statements();
+    try {
+      q.setActive.run(app, releaseId, new Date().toISOString());
+    } catch (err) {
+      throw failure('set active release', err);
+    }
+  }
+
+  async setMode(app: string, mode: Mode, message: string | null, retryAfter: number | null): Promise<void> {
+    if (!MODE_SET.has(mode)) throw new BerthError(ErrorCodes.badRequest, `unknown mode "${mode}": expected ${MODES.join(', ')}`);
+    if (retryAfter !== null && !(Number.isInteger(retryAfter) && retryAfter >= 0)) {
+      throw new BerthError(ErrorCodes.badRequest, `retry-after must be a non-negative whole number of seconds, got ${retryAfter}`);
+    }
+    const q = this.#statements();
+    try {
+      q.setMode.run(app, mode, message, retryAfter, new Date().toISOString());
+    } catch (err) {
+      throw failure('set mode', err);
+    }
+  }
+
+  async putRelease(release: ReleaseRecord): Promise<void> {
+    assertReleaseState(release.state);
+    const q = this.#statements();
+    try {
+      q.putRelease.run(release.app, release.id, release.createdAt, release.state, release.source, release.revision);
+    } catch (err) {
+      throw failure('put release', err);
+    }
+  }
+
+  async getRelease(app: string, id: string): Promise<ReleaseRecord | null> {
+    const q = this.#statements();
+    try {
+      const row = q.getRelease.get(app, id) as Row | undefined;
+      return row ? toRelease(row) : null;
+    } catch (err) {
+      throw failure('read release', err);
+    }
+  }
+
+  async listReleases(app: string): Promise<ReleaseRecord[]> {
+    const q = this.#statements();
+    try {
+      return (q.listReleases.all(app) as Row[]).map(toRelease);
+    } catch (err) {
+      throw failure('list releases', err);
+    }
+  }
+
+  /** Throws BERTH_E_NOT_FOUND when the release was never recorded. */
+  async setReleaseState(app: string, id: string, state: ReleaseState): Promise<void> {
+    assertReleaseState(state);
+    const q = this.#statements();
+    let changes: number | bigint;
+    try {
+      changes = q.setReleaseState.run(state, app, id).changes;
+    } catch (err) {
+      throw failure('set release state', err);
+    }
+    if (Number(changes) === 0) throw new BerthError(ErrorCodes.notFound, `release ${id} of app ${app} is not recorded`);
+  }
+
+  async schemaVersion(): Promise<number> {
+    const q = this.#statements();
+    try {
+      return Number((q.schemaVersion.get() as Row).version);
+    } catch (err) {
+      throw failure('read schema version', err);
+    }
+  }
+}
+
+function prepareStatements(db: DatabaseSync): Statements {
+  const appCols = 'app, active_release, mode, mode_message, mode_retry_after, updated_at';
+  const releaseCols = 'app, id, created_at, state, source, revision';
+  return {
+    getApp: db.prepare(`SELECT ${appCols} FROM apps WHERE app = ?`),
+    listApps: db.prepare(`SELECT ${appCols} FROM apps ORDER BY app`),
+    setActive: db.prepare(
+      `INSERT INTO apps (app, active_release, updated_at) VALUES (?1, ?2, ?3)
+       ON CONFLICT (app) DO UPDATE SET active_release = excluded.active_release, updated_at = excluded.updated_at`,
+    ),
+    setMode: db.prepare(
+      `INSERT INTO apps (app, mode, mode_message, mode_retry_after, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+       ON CONFLICT (app) DO UPDATE SET mode = excluded.mode, mode_message = excluded.mode_message,
+         mode_retry_after = excluded.mode_retry_after, updated_at = excluded.updated_at`,
+    ),
+    // An upsert rather than INSERT OR REPLACE: REPLACE deletes the row first, which would cascade into
+    // rows that later migrations hang off a release.
+    putRelease: db.prepare(
+      `INSERT INTO releases (${releaseCols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+       ON CONFLICT (app, id) DO UPDATE SET created_at = excluded.created_at, state = excluded.state,
+         source = excluded.source, revision = excluded.revision`,
+    ),
+    getRelease: db.prepare(`SELECT ${releaseCols} FROM releases WHERE app = ? AND id = ?`),
+    listReleases: db.prepare(`SELECT ${releaseCols} FROM releases WHERE app = ? ORDER BY created_at DESC, id DESC`),
+    setReleaseState: db.prepare('UPDATE releases SET state = ? WHERE app = ? AND id = ?'),
+    schemaVersion: db.prepare('SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations'),
+  };
+}
+
+function ensureMigrationsTable(db: DatabaseSync): void {
+  db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)');
+}
+
+function recordMigration(db: DatabaseSync, m: Migration): void {
+  db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, new Date().toISOString());
+}
+
+function readVersion(db: DatabaseSync): number {
+  return Number((db.prepare('SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations').get() as Row).version);
+}
+
+/** Runs `fn` inside BEGIN IMMEDIATE … COMMIT, rolling back when it throws. */
+function inTransaction(db: DatabaseSync, fn: () => void): void {
+  db.exec('BEGIN IMMEDIATE');
+  try {
+    fn();
+    db.exec('COMMIT');
+  } catch (err) {
+    if (db.isTransaction) db.exec('ROLLBACK');
+    throw err;
+  }
+}
+
+function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+function assertReleaseState(state: string): void {
+  if (!RELEASE_STATES.has(state as ReleaseState)) {
+    throw new BerthError(ErrorCodes.badRequest, `unknown release state "${state}": expected ${[...RELEASE_STATES].join(', ')}`);
+  }
+}
+
+function failure(action: string, err: unknown): BerthError {
+  return new BerthError(ErrorCodes.store, `store: cannot ${action}: ${errorMessage(err)}`, { cause: err });
+}
+
+function toAppState(row: Row): AppState {
+  return {
+    app: String(row.app),
+    activeRelease: row.active_release == null ? null : String(row.active_release),
+    mode: String(row.mode) as Mode,
+    modeMessage: row.mode_message == null ? null : String(row.mode_message),
+    modeRetryAfter: row.mode_retry_after == null ? null : Number(row.mode_retry_after),
+    updatedAt: String(row.updated_at),
+  };
+}
+
+function toRelease(row: Row): ReleaseRecord {
+  return {
+    app: String(row.app),
+    id: String(row.id),
+    createdAt: String(row.created_at),
+    state: String(row.state) as ReleaseState,
+    source: String(row.source),
+    revision: row.revision == null ? null : String(row.revision),
+  };
+}
