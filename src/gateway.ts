@@ -11,7 +11,7 @@ import type { BerthConfig, AppConfig, Mode } from './config/schema.ts';
 import { dbDemand, HEALTH_FILE_INTERVAL_MS } from './config/schema.ts';
 import type { LoggerFactory, Logger } from './lib/logger.ts';
 import { BerthError, errorMessage } from './lib/errors.ts';
-import type { Store } from './store/store.ts';
+import type { DeployRecord, ReleaseRecord, Store } from './store/store.ts';
 import { openStore } from './store/open-store.ts';
 import { ReleaseStore } from './deploy/release-store.ts';
 import { resolveProcesses } from './deploy/procfile.ts';
@@ -20,6 +20,8 @@ import type { Generation, InstanceSnapshot } from './supervisor/supervisor.ts';
 import { Proxy } from './proxy/server.ts';
 import { RoutingTable, type AppEntry, type ModeState } from './proxy/router.ts';
 import { ApiServer } from './api/server.ts';
+import { Deployer, type DeployHost, type DeployableApp } from './deploy/deployer.ts';
+import { ReloadTrigger } from './deploy/reload-trigger.ts';
 
 export const VERSION = '0.1.0';
 
@@ -28,7 +30,7 @@ export type GatewayState = 'new' | 'starting' | 'running' | 'stopping' | 'stoppe
 /** Where one app stands in the gateway: booting, serving, or failed with a reason. */
 export type AppPhase = 'booting' | 'serving' | 'failed' | 'stopped';
 
-interface AppRuntime {
+interface AppRuntime extends DeployableApp {
   config: AppConfig;
   phase: AppPhase;
   /** Why the app is not serving, when it failed to boot. */
@@ -36,6 +38,7 @@ interface AppRuntime {
   releases: ReleaseStore;
   active: Generation | null;
   mode: ModeState;
+  readonly booting: boolean;
 }
 
 export interface AppStatus {
@@ -74,7 +77,7 @@ export interface GatewayOptions {
   supervisorTiming?: ConstructorParameters<typeof Supervisor>[0]['timing'];
 }
 
-export class Gateway {
+export class Gateway implements DeployHost {
   readonly config: BerthConfig;
   #loggers: LoggerFactory;
   #log: Logger;
@@ -84,6 +87,8 @@ export class Gateway {
   #proxy: Proxy;
   #api: ApiServer;
   #supervisor: Supervisor;
+  #deployer: Deployer | null = null;
+  #triggers: ReloadTrigger[] = [];
   #apps = new Map<string, AppRuntime>();
   #boots: Promise<void>[] = [];
   #readies: Promise<void>[] = [];
@@ -139,6 +144,9 @@ export class Gateway {
         const s = saved.get(app.name);
         this.#apps.set(app.name, {
           config: app,
+          get booting() {
+            return this.phase === 'booting';
+          },
           phase: 'booting',
           error: null,
           releases: new ReleaseStore({ stateDir: this.config.stateDir, app, store, logger: this.#loggers.get('deploy') }),
@@ -146,6 +154,8 @@ export class Gateway {
           mode: { mode: s?.mode ?? 'normal', message: s?.modeMessage ?? null, retryAfter: s?.modeRetryAfter ?? null },
         });
       }
+      this.#deployer = new Deployer({ host: this, store, supervisor: this.#supervisor, logger: this.#loggers.get('deploy'), stateDir: this.config.stateDir });
+      await this.#deployer.recoverInterrupted();
       this.#rebuildTable();
       await this.#proxy.start();
       await this.#api.start();
@@ -158,6 +168,53 @@ export class Gateway {
     this.#log.info({ listen: this.#proxy.addresses().map((a) => a.text), control: this.config.control.socket }, 'gateway listening');
     this.#startHealthFile();
     for (const rt of this.#apps.values()) this.#boots.push(this.#bootApp(rt));
+    for (const rt of this.#apps.values()) {
+      if (!rt.config.reloadTrigger) continue;
+      const trigger = new ReloadTrigger({
+        file: `${rt.releases.appDir}/${rt.config.reloadTrigger}`,
+        logger: this.#loggers.get('deploy').child({ app: rt.config.name }),
+        onTrigger: () => this.#triggeredReload(rt.config.name),
+      });
+      trigger.start();
+      this.#triggers.push(trigger);
+    }
+  }
+
+  /** The deployer: deploys, rollbacks and reloads. Null before start(). */
+  get deployer(): Deployer {
+    if (!this.#deployer) throw new BerthError('BERTH_E_UNAVAILABLE', 'the gateway is not started');
+    return this.#deployer;
+  }
+
+  /** DeployHost: the app as the deployer sees it. */
+  deployable(app: string): DeployableApp | undefined {
+    return this.#apps.get(app);
+  }
+
+  /** DeployHost: one pointer swap. Requests that arrived earlier keep the generation they pinned. */
+  switchTo(app: string, gen: Generation): void {
+    const rt = this.#apps.get(app);
+    if (!rt) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${app}"`);
+    rt.active = gen;
+    rt.phase = 'serving';
+    rt.error = null;
+    this.#rebuildTable();
+  }
+
+  /**
+   * A touch of the reload trigger file. When a deploy is already running the touch is not lost: the
+   * trigger retries until the reload can start.
+   */
+  #triggeredReload(app: string): boolean {
+    try {
+      const d = this.deployer.begin(app, { kind: 'reload', user: 'reload-trigger' });
+      this.#log.info({ app, deploy: d.id }, 'reload triggered by file');
+      return true;
+    } catch (err) {
+      if (err instanceof BerthError && err.code === 'BERTH_E_CONFLICT') return false;
+      this.#log.error({ app, err: errorMessage(err) }, 'triggered reload failed to start');
+      return true;
+    }
   }
 
   /** Resolves when every app has either become ready, failed to boot, or failed to get ready. */
@@ -304,6 +361,20 @@ export class Gateway {
     return { healthy: reasons.length === 0, reasons };
   }
 
+  /** Releases of an app for `berth releases`, newest first, with the active and previous marked. */
+  async releases(name: string): Promise<{ app: string; active: string | null; releases: ReleaseRecord[] }> {
+    const rt = this.#apps.get(name);
+    if (!rt || !this.#store) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${name}"`);
+    const releases = await this.#store.listReleases(name);
+    return { app: name, active: rt.active?.releaseId ?? null, releases };
+  }
+
+  /** Recent deploys, rollbacks and reloads of an app, newest first. */
+  async deploys(name: string): Promise<DeployRecord[]> {
+    if (!this.#store) return [];
+    return this.#store.listDeploys({ app: name, limit: 50 });
+  }
+
   /** Routes for `berth routes`. */
   routes(): ReturnType<RoutingTable['describe']> {
     return this.#proxy.table.describe();
@@ -336,6 +407,9 @@ export class Gateway {
   async #teardown(drainMs = 0): Promise<void> {
     if (this.#healthTimer) clearInterval(this.#healthTimer);
     this.#healthTimer = null;
+    for (const t of this.#triggers) t.stop();
+    this.#triggers = [];
+    await this.#deployer?.stop(0);
     await this.#proxy.stop(drainMs).catch((err) => this.#log.error({ err: errorMessage(err) }, 'proxy stop failed'));
     await Promise.allSettled(this.#boots);
     await this.#supervisor.stop().catch((err) => this.#log.error({ err: errorMessage(err) }, 'supervisor stop failed'));

@@ -10,6 +10,8 @@ import { check, CHECK_USAGE } from './cli/check.ts';
 import { status, STATUS_USAGE } from './cli/status.ts';
 import { routes, ROUTES_USAGE } from './cli/routes.ts';
 import { stop, STOP_USAGE } from './cli/stop.ts';
+import { deploy, DEPLOY_USAGE, rollback, ROLLBACK_USAGE, reload, RELOAD_USAGE } from './cli/deploy.ts';
+import { releases, RELEASES_USAGE } from './cli/releases.ts';
 
 type Verb = (args: string[]) => Promise<number>;
 
@@ -18,6 +20,10 @@ const VERBS: Record<string, { run: Verb; usage: string; summary: string }> = {
   check: { run: check, usage: CHECK_USAGE, summary: 'validate the config; print routes and DB budgets' },
   status: { run: status, usage: STATUS_USAGE, summary: 'apps, modes, releases and instances' },
   routes: { run: routes, usage: ROUTES_USAGE, summary: 'host, path, target and mode of every route' },
+  deploy: { run: deploy, usage: DEPLOY_USAGE, summary: 'deploy a new release with live progress; exit 0 when it serves' },
+  rollback: { run: rollback, usage: ROLLBACK_USAGE, summary: 'go back to the previous good release (or the one named)' },
+  reload: { run: reload, usage: RELOAD_USAGE, summary: 'restart the app on its active release with zero downtime' },
+  releases: { run: releases, usage: RELEASES_USAGE, summary: 'id, created, state and source of each release' },
   stop: { run: stop, usage: STOP_USAGE, summary: 'graceful shutdown: drain, stop every app, exit' },
 };
 

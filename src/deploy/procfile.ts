@@ -71,5 +71,13 @@ export async function resolveProcesses(app: AppConfig, releaseDir: string): Prom
       target.concurrency = DEFAULT_CONCURRENCY;
     }
   }
+  if (app.dbConnections !== null) {
+    const pools = Object.values(procfile.processes).filter((p) => p.http);
+    const demand = pools.reduce((sum, p) => sum + p.instances * p.concurrency, 0);
+    if (demand > app.dbConnections) {
+      const parts = pools.map((p) => `${p.name} ${p.instances}x${p.concurrency}`).join(' + ');
+      throw new BerthError('BERTH_E_RELEASE', `app ${app.name}: the Procfile's http pools need ${demand} connections (${parts}), more than the budget of ${app.dbConnections}`);
+    }
+  }
   return { processes: procfile.processes, release: app.release ?? procfile.release };
 }

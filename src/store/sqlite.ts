@@ -4,6 +4,9 @@
  *
  * The schema comes from numbered, additive SQL files in ./migrations (`NNN-name.sql`), read at open and
  * recorded in `schema_migrations(version, name, applied_at)`.
+ *
+ * Constraint violations that callers can cause (a duplicate id, an event for an unknown deploy) surface as
+ * BERTH_E_CONFLICT / BERTH_E_NOT_FOUND; anything else the database refuses is BERTH_E_STORE.
  */
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { mkdir, readdir, readFile } from 'node:fs/promises';
@@ -12,7 +15,18 @@ import { fileURLToPath } from 'node:url';
 import type { Logger } from '../lib/logger.ts';
 import { BerthError, ErrorCodes, errorMessage } from '../lib/errors.ts';
 import { MODES, type Mode } from '../config/schema.ts';
-import type { AppState, ReleaseRecord, ReleaseState, Store } from './store.ts';
+import type {
+  AppState,
+  DeployEvent,
+  DeployKind,
+  DeployRecord,
+  DeployState,
+  DeployStore,
+  ProcessRecord,
+  ReleaseRecord,
+  ReleaseState,
+  Store,
+} from './store.ts';
 
 /** The migrations that ship with this build. */
 export const MIGRATIONS_DIR = fileURLToPath(new URL('./migrations/', import.meta.url));
@@ -23,6 +37,30 @@ const BUSY_TIMEOUT_MS = 5_000;
 const MIGRATION_FILE_RE = /^(\d+)-([A-Za-z0-9_-]+)\.sql$/;
 const RELEASE_STATES: ReadonlySet<ReleaseState> = new Set<ReleaseState>(['building', 'ready', 'active', 'previous', 'failed', 'pruned']);
 const MODE_SET: ReadonlySet<string> = new Set(MODES);
+const DEPLOY_KINDS: ReadonlySet<DeployKind> = new Set<DeployKind>(['deploy', 'rollback', 'reload']);
+const DEPLOY_STATES: ReadonlySet<DeployState> = new Set<DeployState>(['running', 'succeeded', 'failed', 'interrupted']);
+const EVENT_STATUSES: ReadonlySet<DeployEvent['status']> = new Set<DeployEvent['status']>(['started', 'succeeded', 'failed', 'skipped']);
+/** What `updateDeploy` may change; id, app, kind and createdAt are fixed when the deploy is created. */
+const DEPLOY_UPDATABLE: ReadonlySet<string> = new Set<keyof DeployUpdate>([
+  'state',
+  'releaseId',
+  'previousRelease',
+  'source',
+  'user',
+  'failedStep',
+  'error',
+  'logTail',
+  'finishedAt',
+]);
+/** `listDeploys` without a limit. */
+const DEFAULT_DEPLOY_LIST_LIMIT = 100;
+
+// SQLite extended result codes (sqlite3.h) for the constraint failures callers can cause.
+const SQLITE_CONSTRAINT_FOREIGNKEY = 787;
+const SQLITE_CONSTRAINT_PRIMARYKEY = 1555;
+const SQLITE_CONSTRAINT_UNIQUE = 2067;
+
+type DeployUpdate = Parameters<DeployStore['updateDeploy']>[1];
 
 export interface Migration {
   version: number;
@@ -76,6 +114,19 @@ interface Statements {
   listReleases: StatementSync;
   setReleaseState: StatementSync;
   schemaVersion: StatementSync;
+  createDeploy: StatementSync;
+  updateDeploy: StatementSync;
+  getDeploy: StatementSync;
+  // One statement per filter combination: `(? IS NULL OR app = ?)` would keep SQLite off the indexes.
+  listDeploys: StatementSync;
+  listDeploysByApp: StatementSync;
+  listDeploysByState: StatementSync;
+  listDeploysByAppState: StatementSync;
+  addDeployEvent: StatementSync;
+  listDeployEvents: StatementSync;
+  recordProcess: StatementSync;
+  removeProcess: StatementSync;
+  listProcesses: StatementSync;
 }
 
 type Row = Record<string, unknown>;
@@ -313,11 +364,205 @@ export class SqliteStore implements Store {
       throw failure('read schema version', err);
     }
   }
+
+  // ---- deploys --------------------------------------------------------------------------------
+
+  /** Throws BERTH_E_CONFLICT when a deploy with this id is already recorded. */
+  async createDeploy(deploy: DeployRecord): Promise<void> {
+    assertDeployKind(deploy.kind);
+    assertDeployState(deploy.state);
+    assertLines('logTail', deploy.logTail);
+    const q = this.#statements();
+    try {
+      q.createDeploy.run(
+        deploy.id,
+        deploy.app,
+        deploy.kind,
+        deploy.state,
+        deploy.releaseId,
+        deploy.previousRelease,
+        deploy.source,
+        deploy.user,
+        deploy.failedStep,
+        deploy.error,
+        JSON.stringify(deploy.logTail),
+        deploy.createdAt,
+        deploy.finishedAt,
+      );
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new BerthError(ErrorCodes.conflict, `deploy ${deploy.id} is already recorded`, { cause: err });
+      throw failure('create deploy', err);
+    }
+  }
+
+  /**
+   * Changes only the fields present (an `undefined` value counts as absent; `null` clears a nullable
+   * field). Throws BERTH_E_BAD_REQUEST for a field that cannot change or a bad value, and
+   * BERTH_E_NOT_FOUND when the deploy was never recorded.
+   */
+  async updateDeploy(id: string, fields: DeployUpdate): Promise<void> {
+    for (const key of Object.keys(fields)) {
+      if (!DEPLOY_UPDATABLE.has(key)) throw new BerthError(ErrorCodes.badRequest, `deploy field "${key}" cannot be updated`);
+    }
+    if (fields.state !== undefined) assertDeployState(fields.state);
+    if (fields.logTail !== undefined) assertLines('logTail', fields.logTail);
+    const q = this.#statements();
+    let changes: number | bigint;
+    try {
+      // One prepared statement for every combination: each column has a "set it" flag next to its value.
+      changes = q.updateDeploy.run({
+        id,
+        set_state: flag(fields.state),
+        state: fields.state ?? null,
+        set_release_id: flag(fields.releaseId),
+        release_id: fields.releaseId ?? null,
+        set_previous_release: flag(fields.previousRelease),
+        previous_release: fields.previousRelease ?? null,
+        set_source: flag(fields.source),
+        source: fields.source ?? null,
+        set_user_name: flag(fields.user),
+        user_name: fields.user ?? null,
+        set_failed_step: flag(fields.failedStep),
+        failed_step: fields.failedStep ?? null,
+        set_error: flag(fields.error),
+        error: fields.error ?? null,
+        set_log_tail: flag(fields.logTail),
+        log_tail: fields.logTail === undefined ? null : JSON.stringify(fields.logTail),
+        set_finished_at: flag(fields.finishedAt),
+        finished_at: fields.finishedAt ?? null,
+      }).changes;
+    } catch (err) {
+      throw failure('update deploy', err);
+    }
+    if (Number(changes) === 0) throw new BerthError(ErrorCodes.notFound, `deploy ${id} is not recorded`);
+  }
+
+  async getDeploy(id: string): Promise<DeployRecord | null> {
+    const q = this.#statements();
+    try {
+      const row = q.getDeploy.get(id) as Row | undefined;
+      return row ? toDeploy(row) : null;
+    } catch (err) {
+      throw failure('read deploy', err);
+    }
+  }
+
+  /** Newest first (created_at, then id). Throws BERTH_E_BAD_REQUEST for an unknown state or a limit below 1. */
+  async listDeploys(filter: { app?: string; state?: DeployState; limit?: number } = {}): Promise<DeployRecord[]> {
+    const { app, state, limit = DEFAULT_DEPLOY_LIST_LIMIT } = filter;
+    if (state !== undefined) assertDeployState(state);
+    if (!(Number.isSafeInteger(limit) && limit >= 1)) {
+      throw new BerthError(ErrorCodes.badRequest, `limit must be a whole number of at least 1, got ${limit}`);
+    }
+    const q = this.#statements();
+    try {
+      let rows: Row[];
+      if (app !== undefined && state !== undefined) rows = q.listDeploysByAppState.all(app, state, limit) as Row[];
+      else if (app !== undefined) rows = q.listDeploysByApp.all(app, limit) as Row[];
+      else if (state !== undefined) rows = q.listDeploysByState.all(state, limit) as Row[];
+      else rows = q.listDeploys.all(limit) as Row[];
+      return rows.map(toDeploy);
+    } catch (err) {
+      throw failure('list deploys', err);
+    }
+  }
+
+  /**
+   * Appends one event. Throws BERTH_E_BAD_REQUEST for a bad status, seq, duration or lines,
+   * BERTH_E_NOT_FOUND when the deploy was never recorded, and BERTH_E_CONFLICT when the seq is taken.
+   */
+  async addDeployEvent(event: DeployEvent): Promise<void> {
+    if (!EVENT_STATUSES.has(event.status)) {
+      throw new BerthError(ErrorCodes.badRequest, `unknown deploy event status "${event.status}": expected ${[...EVENT_STATUSES].join(', ')}`);
+    }
+    if (!(Number.isSafeInteger(event.seq) && event.seq >= 1)) {
+      throw new BerthError(ErrorCodes.badRequest, `deploy event seq must be a whole number of at least 1, got ${event.seq}`);
+    }
+    if (event.durationMs !== null && !(Number.isSafeInteger(event.durationMs) && event.durationMs >= 0)) {
+      throw new BerthError(ErrorCodes.badRequest, `deploy event durationMs must be null or a non-negative whole number, got ${event.durationMs}`);
+    }
+    if (event.lines !== undefined) assertLines('lines', event.lines);
+    const q = this.#statements();
+    try {
+      q.addDeployEvent.run(
+        event.deployId,
+        event.seq,
+        event.step,
+        event.status,
+        event.at,
+        event.durationMs,
+        event.message,
+        event.lines === undefined ? null : JSON.stringify(event.lines),
+      );
+    } catch (err) {
+      const code = sqliteErrcode(err);
+      if (code === SQLITE_CONSTRAINT_FOREIGNKEY) throw new BerthError(ErrorCodes.notFound, `deploy ${event.deployId} is not recorded`, { cause: err });
+      if (isUniqueViolation(err)) throw new BerthError(ErrorCodes.conflict, `deploy ${event.deployId} already has event ${event.seq}`, { cause: err });
+      throw failure('add deploy event', err);
+    }
+  }
+
+  /** In seq order; empty for an unknown deploy. */
+  async listDeployEvents(deployId: string): Promise<DeployEvent[]> {
+    const q = this.#statements();
+    try {
+      return (q.listDeployEvents.all(deployId) as Row[]).map(toDeployEvent);
+    } catch (err) {
+      throw failure('list deploy events', err);
+    }
+  }
+
+  // ---- process groups -------------------------------------------------------------------------
+
+  /** Inserts or replaces the row for `p.pgid`. Throws BERTH_E_BAD_REQUEST for a pgid below 2 or a bad pid/index. */
+  async recordProcess(p: ProcessRecord): Promise<void> {
+    // The orphan sweep signals -pgid: 0 would hit the gateway's own group and 1 (kill(-1)) every process.
+    if (!(Number.isSafeInteger(p.pgid) && p.pgid >= 2)) {
+      throw new BerthError(ErrorCodes.badRequest, `process group id must be a whole number of at least 2, got ${p.pgid}`);
+    }
+    if (!(Number.isSafeInteger(p.gatewayPid) && p.gatewayPid >= 1)) {
+      throw new BerthError(ErrorCodes.badRequest, `gateway pid must be a positive whole number, got ${p.gatewayPid}`);
+    }
+    if (!(Number.isSafeInteger(p.index) && p.index >= 0)) {
+      throw new BerthError(ErrorCodes.badRequest, `instance index must be a non-negative whole number, got ${p.index}`);
+    }
+    const q = this.#statements();
+    try {
+      q.recordProcess.run(p.pgid, p.app, p.generation, p.process, p.index, p.gatewayPid, p.startedAt);
+    } catch (err) {
+      throw failure('record process', err);
+    }
+  }
+
+  /** Forgetting a pgid that is not recorded is not an error: the exit and the orphan sweep may both try. */
+  async removeProcess(pgid: number): Promise<void> {
+    const q = this.#statements();
+    try {
+      q.removeProcess.run(pgid);
+    } catch (err) {
+      throw failure('remove process', err);
+    }
+  }
+
+  /** Oldest first (started_at, then pgid). */
+  async listProcesses(): Promise<ProcessRecord[]> {
+    const q = this.#statements();
+    try {
+      return (q.listProcesses.all() as Row[]).map(toProcess);
+    } catch (err) {
+      throw failure('list processes', err);
+    }
+  }
 }
 
 function prepareStatements(db: DatabaseSync): Statements {
   const appCols = 'app, active_release, mode, mode_message, mode_retry_after, updated_at';
   const releaseCols = 'app, id, created_at, state, source, revision';
+  const deployCols =
+    'id, app, kind, state, release_id, previous_release, source, user_name, failed_step, error, log_tail, created_at, finished_at';
+  const newestFirst = 'ORDER BY created_at DESC, id DESC LIMIT ?';
+  const eventCols = 'deploy_id, seq, step, status, occurred_at, duration_ms, message, lines';
+  const processCols = 'pgid, app, generation, process, instance_index, gateway_pid, started_at';
   return {
     getApp: db.prepare(`SELECT ${appCols} FROM apps WHERE app = ?`),
     listApps: db.prepare(`SELECT ${appCols} FROM apps ORDER BY app`),
@@ -341,6 +586,34 @@ function prepareStatements(db: DatabaseSync): Statements {
     listReleases: db.prepare(`SELECT ${releaseCols} FROM releases WHERE app = ? ORDER BY created_at DESC, id DESC`),
     setReleaseState: db.prepare('UPDATE releases SET state = ? WHERE app = ? AND id = ?'),
     schemaVersion: db.prepare('SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations'),
+    createDeploy: db.prepare(`INSERT INTO deploys (${deployCols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)`),
+    updateDeploy: db.prepare(
+      `UPDATE deploys SET
+         state = CASE WHEN :set_state THEN :state ELSE state END,
+         release_id = CASE WHEN :set_release_id THEN :release_id ELSE release_id END,
+         previous_release = CASE WHEN :set_previous_release THEN :previous_release ELSE previous_release END,
+         source = CASE WHEN :set_source THEN :source ELSE source END,
+         user_name = CASE WHEN :set_user_name THEN :user_name ELSE user_name END,
+         failed_step = CASE WHEN :set_failed_step THEN :failed_step ELSE failed_step END,
+         error = CASE WHEN :set_error THEN :error ELSE error END,
+         log_tail = CASE WHEN :set_log_tail THEN :log_tail ELSE log_tail END,
+         finished_at = CASE WHEN :set_finished_at THEN :finished_at ELSE finished_at END
+       WHERE id = :id`,
+    ),
+    getDeploy: db.prepare(`SELECT ${deployCols} FROM deploys WHERE id = ?`),
+    listDeploys: db.prepare(`SELECT ${deployCols} FROM deploys ${newestFirst}`),
+    listDeploysByApp: db.prepare(`SELECT ${deployCols} FROM deploys WHERE app = ? ${newestFirst}`),
+    listDeploysByState: db.prepare(`SELECT ${deployCols} FROM deploys WHERE state = ? ${newestFirst}`),
+    listDeploysByAppState: db.prepare(`SELECT ${deployCols} FROM deploys WHERE app = ? AND state = ? ${newestFirst}`),
+    addDeployEvent: db.prepare(`INSERT INTO deploy_events (${eventCols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`),
+    listDeployEvents: db.prepare(`SELECT ${eventCols} FROM deploy_events WHERE deploy_id = ? ORDER BY seq`),
+    recordProcess: db.prepare(
+      `INSERT INTO process_groups (${processCols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+       ON CONFLICT (pgid) DO UPDATE SET app = excluded.app, generation = excluded.generation, process = excluded.process,
+         instance_index = excluded.instance_index, gateway_pid = excluded.gateway_pid, started_at = excluded.started_at`,
+    ),
+    removeProcess: db.prepare('DELETE FROM process_groups WHERE pgid = ?'),
+    listProcesses: db.prepare(`SELECT ${processCols} FROM process_groups ORDER BY started_at, pgid`),
   };
 }
 
@@ -378,6 +651,41 @@ function assertReleaseState(state: string): void {
   }
 }
 
+function assertDeployKind(kind: string): void {
+  if (!DEPLOY_KINDS.has(kind as DeployKind)) {
+    throw new BerthError(ErrorCodes.badRequest, `unknown deploy kind "${kind}": expected ${[...DEPLOY_KINDS].join(', ')}`);
+  }
+}
+
+function assertDeployState(state: string): void {
+  if (!DEPLOY_STATES.has(state as DeployState)) {
+    throw new BerthError(ErrorCodes.badRequest, `unknown deploy state "${state}": expected ${[...DEPLOY_STATES].join(', ')}`);
+  }
+}
+
+/** Output lines are stored as JSON; anything but an array of strings would not read back as one. */
+function assertLines(field: string, lines: unknown): void {
+  if (!Array.isArray(lines) || !lines.every((l) => typeof l === 'string')) {
+    throw new BerthError(ErrorCodes.badRequest, `${field} must be an array of strings`);
+  }
+}
+
+/** 1 when an update names the field, for the `set_*` flags of the update statement. */
+function flag(value: unknown): number {
+  return value === undefined ? 0 : 1;
+}
+
+/** node:sqlite's extended result code, when `err` comes from SQLite. */
+function sqliteErrcode(err: unknown): number | undefined {
+  const code = (err as { errcode?: unknown } | null)?.errcode;
+  return typeof code === 'number' ? code : undefined;
+}
+
+function isUniqueViolation(err: unknown): boolean {
+  const code = sqliteErrcode(err);
+  return code === SQLITE_CONSTRAINT_PRIMARYKEY || code === SQLITE_CONSTRAINT_UNIQUE;
+}
+
 function failure(action: string, err: unknown): BerthError {
   return new BerthError(ErrorCodes.store, `store: cannot ${action}: ${errorMessage(err)}`, { cause: err });
 }
@@ -402,4 +710,53 @@ function toRelease(row: Row): ReleaseRecord {
     source: String(row.source),
     revision: row.revision == null ? null : String(row.revision),
   };
+}
+
+function toDeploy(row: Row): DeployRecord {
+  return {
+    id: String(row.id),
+    app: String(row.app),
+    kind: String(row.kind) as DeployKind,
+    state: String(row.state) as DeployState,
+    releaseId: textOrNull(row.release_id),
+    previousRelease: textOrNull(row.previous_release),
+    source: textOrNull(row.source),
+    user: textOrNull(row.user_name),
+    failedStep: textOrNull(row.failed_step),
+    error: textOrNull(row.error),
+    logTail: JSON.parse(String(row.log_tail)) as string[],
+    createdAt: String(row.created_at),
+    finishedAt: textOrNull(row.finished_at),
+  };
+}
+
+function toDeployEvent(row: Row): DeployEvent {
+  const event: DeployEvent = {
+    deployId: String(row.deploy_id),
+    seq: Number(row.seq),
+    step: String(row.step),
+    status: String(row.status) as DeployEvent['status'],
+    at: String(row.occurred_at),
+    durationMs: row.duration_ms == null ? null : Number(row.duration_ms),
+    message: textOrNull(row.message),
+  };
+  // `lines` is optional in the record: absent stays absent, so an event reads back as it was written.
+  if (row.lines != null) event.lines = JSON.parse(String(row.lines)) as string[];
+  return event;
+}
+
+function toProcess(row: Row): ProcessRecord {
+  return {
+    pgid: Number(row.pgid),
+    app: String(row.app),
+    generation: String(row.generation),
+    process: String(row.process),
+    index: Number(row.instance_index),
+    gatewayPid: Number(row.gateway_pid),
+    startedAt: String(row.started_at),
+  };
+}
+
+function textOrNull(value: unknown): string | null {
+  return value == null ? null : String(value);
 }

@@ -30,7 +30,7 @@ export interface ReleaseRecord {
   revision: string | null;
 }
 
-export interface Store {
+export interface Store extends DeployStore {
   /** Opens the database and runs migrations according to `migrations`. */
   open(): Promise<void>;
   close(): Promise<void>;
@@ -50,4 +50,70 @@ export interface Store {
 
   /** The schema version after migrations, for status output and tests. */
   schemaVersion(): Promise<number>;
+}
+
+// ---- deploys (migration 002) -------------------------------------------------------------------
+export type DeployKind = 'deploy' | 'rollback' | 'reload';
+export type DeployState = 'running' | 'succeeded' | 'failed' | 'interrupted';
+
+export interface DeployRecord {
+  /** `d<YYYYMMDDHHMMSS>-<6 hex>`. */
+  id: string;
+  app: string;
+  kind: DeployKind;
+  state: DeployState;
+  /** The release it deploys (set once prepared, or at once for rollback/reload). */
+  releaseId: string | null;
+  /** The release that was active when it started. */
+  previousRelease: string | null;
+  source: string | null;
+  /** Who asked (socket user or token user), or null. */
+  user: string | null;
+  failedStep: string | null;
+  error: string | null;
+  /** Last output lines of the failed step (build/release output, or instance logs). */
+  logTail: string[];
+  createdAt: string;
+  finishedAt: string | null;
+}
+
+export interface DeployEvent {
+  deployId: string;
+  /** 1-based order within the deploy. */
+  seq: number;
+  step: string;
+  status: 'started' | 'succeeded' | 'failed' | 'skipped';
+  at: string;
+  durationMs: number | null;
+  message: string | null;
+  /** Output lines attached to a failure. */
+  lines?: string[];
+}
+
+/** An app process group the gateway started, remembered so a later start can kill orphans. */
+export interface ProcessRecord {
+  pgid: number;
+  app: string;
+  generation: string;
+  process: string;
+  index: number;
+  /** pid of the gateway that started it. */
+  gatewayPid: number;
+  startedAt: string;
+}
+
+export interface DeployStore {
+  createDeploy(deploy: DeployRecord): Promise<void>;
+  /** Updates the given fields of a deploy. */
+  updateDeploy(id: string, fields: Partial<Omit<DeployRecord, 'id' | 'app' | 'kind' | 'createdAt'>>): Promise<void>;
+  getDeploy(id: string): Promise<DeployRecord | null>;
+  /** Newest first; filtered by app and/or state; at most `limit` (default 100). */
+  listDeploys(filter?: { app?: string; state?: DeployState; limit?: number }): Promise<DeployRecord[]>;
+  addDeployEvent(event: DeployEvent): Promise<void>;
+  /** In seq order. */
+  listDeployEvents(deployId: string): Promise<DeployEvent[]>;
+
+  recordProcess(p: ProcessRecord): Promise<void>;
+  removeProcess(pgid: number): Promise<void>;
+  listProcesses(): Promise<ProcessRecord[]>;
 }

@@ -103,7 +103,7 @@ export interface ChildGateway {
 
 /**
  * Starts `berth start --config <file>` as a child process and waits until it listens. The config should
- * listen on 127.0.0.1:0; the bound port is read from the 'gateway listening' log line.
+ * listen on 127.0.0.1:0; the bound port is read from `GET /v1/status` on the control socket.
  */
 export async function spawnGateway(t: TestContext, configPath: string, opts: { env?: Record<string, string> } = {}): Promise<ChildGateway> {
   const proc = spawn(process.execPath, [MAIN, 'start', '--config', configPath], {
@@ -136,15 +136,24 @@ export async function spawnGateway(t: TestContext, configPath: string, opts: { e
       clearTimeout(timer);
     }
   });
-  const listening = await Promise.race([
-    waitFor(() => logs.find((l) => l.msg === 'gateway listening'), { timeoutMs: 30_000, message: 'gateway listening' }),
+  // The control socket is where the config puts it; the bound port (listen may be :0) comes from status.
+  const config = await loadConfig({ configPath, environ: { ...process.env, ...opts.env } });
+  const socket = config.control.socket;
+  const status = await Promise.race([
+    waitFor(
+      async () => {
+        const res = await http({ socketPath: socket }, { path: '/v1/status', timeoutMs: 2_000 });
+        const body = res.json();
+        return body.state === 'running' ? body : null;
+      },
+      { timeoutMs: 30_000, message: 'gateway running' },
+    ),
     exited.then(({ code }) => {
       throw new Error(`gateway exited with ${code} before listening: ${stderr}`);
     }),
   ]);
-  const address: string = listening.listen[0];
+  const address: string = status.listen[0];
   const port = Number(address.slice(address.lastIndexOf(':') + 1));
-  const socket: string = listening.control;
   return {
     proc,
     port,

@@ -1,6 +1,6 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, mkdir, writeFile, readdir, copyFile, stat } from 'node:fs/promises';
+import { mkdtemp, rm, mkdir, writeFile, copyFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
@@ -52,13 +52,37 @@ function tables(db: DatabaseSync): string[] {
   return (db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`).all() as { name: string }[]).map((r) => r.name);
 }
 
+/** Every table the shipped migrations create, by name. */
+const SHIPPED_TABLES = ['apps', 'deploy_events', 'deploys', 'process_groups', 'releases', 'schema_migrations'];
+const SHIPPED_VERSIONS = [1, 2];
+
 /** A migrations dir holding the shipped files plus `extra` (file name -> SQL). */
 async function migrationsDir(dir: string, name: string, extra: Record<string, string> = {}): Promise<string> {
   const out = join(dir, name);
   await mkdir(out, { recursive: true });
-  for (const f of await readdir(MIGRATIONS_DIR)) await copyFile(join(MIGRATIONS_DIR, f), join(out, f));
+  for (const m of await loadMigrations(MIGRATIONS_DIR)) await copyFile(join(MIGRATIONS_DIR, m.file), join(out, m.file));
   for (const [f, sql] of Object.entries(extra)) await writeFile(join(out, f), sql);
   return out;
+}
+
+/**
+ * `<dir>/berth.db` as the previous build (001 only) left it, with an app and a release in it. Written
+ * directly: this build's store prepares statements on tables that 001 lacks.
+ */
+async function v1Database(dir: string): Promise<void> {
+  const [v1] = await loadMigrations(MIGRATIONS_DIR);
+  const db = new DatabaseSync(join(dir, 'berth.db'));
+  try {
+    db.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)');
+    db.exec(v1.sql);
+    db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(v1.version, v1.name, '2024-01-01T00:00:00.000Z');
+    db.exec(`INSERT INTO apps (app, active_release, mode, mode_message, mode_retry_after, updated_at)
+               VALUES ('shop', 'r1', 'maintenance', 'x', 1, '2024-01-01T00:00:00.000Z');
+             INSERT INTO releases (app, id, created_at, state, source, revision)
+               VALUES ('shop', 'r1', '2024-01-01T00:00:00.000Z', 'active', '/s', NULL);`);
+  } finally {
+    db.close();
+  }
 }
 
 function storeError(pattern?: RegExp) {
@@ -110,8 +134,8 @@ test('sqlite: migrations "none" on an empty database fails naming the missing ve
   const dir = await tempDir(t);
   const store = makeStore(t, dir, { migrations: 'none' });
   await assert.rejects(store.open(), (err: unknown) => {
-    storeError(/no berth schema.*001-apps-and-releases.*migrations: upgrade/)(err);
-    assert.deepEqual((err as BerthError).details?.missing, [1]);
+    storeError(/no berth schema.*001-apps-and-releases, 002-deploys.*migrations: upgrade/)(err);
+    assert.deepEqual((err as BerthError).details?.missing, SHIPPED_VERSIONS);
     return true;
   });
   assert.deepEqual(tables(raw(t, dir)), []);
@@ -130,34 +154,51 @@ test('sqlite: migrations "none" opens an up-to-date database and fails on one th
   assert.equal((await none.getAppState('shop'))?.activeRelease, 'r1');
   await none.close();
 
-  const newer = await migrationsDir(dir, 'newer', { '002-deploys.sql': 'CREATE TABLE deploys (id TEXT PRIMARY KEY, app TEXT NOT NULL);' });
+  const newer = await migrationsDir(dir, 'newer', { '900-future.sql': 'CREATE TABLE future_things (id TEXT PRIMARY KEY, app TEXT NOT NULL);' });
   const behind = makeStore(t, dir, { migrations: 'none', migrationsDir: newer });
   await assert.rejects(behind.open(), (err: unknown) => {
+    storeError(/behind.*missing migrations 900-future/)(err);
+    assert.deepEqual((err as BerthError).details?.missing, [900]);
+    return true;
+  });
+  assert.ok(!tables(raw(t, dir)).includes('future_things'), '"none" applied nothing');
+
+  // A database made by the previous build (001 only) is behind this one's 002.
+  const old = await tempDir(t);
+  await v1Database(old);
+  await assert.rejects(makeStore(t, old, { migrations: 'none' }).open(), (err: unknown) => {
     storeError(/behind.*missing migrations 002-deploys/)(err);
     assert.deepEqual((err as BerthError).details?.missing, [2]);
     return true;
   });
-  assert.ok(!tables(raw(t, dir)).includes('deploys'), '"none" applied nothing');
+  assert.ok(!tables(raw(t, old)).includes('deploys'), '"none" applied nothing');
 });
 
 test('sqlite: upgrade applies only the missing migrations and keeps the data', async (t) => {
   const dir = await tempDir(t);
-  const first = makeStore(t, dir);
-  await first.open();
-  await first.setMode('shop', 'maintenance', 'x', 1);
-  await first.close();
+  await v1Database(dir);
 
   const newer = await migrationsDir(dir, 'newer', {
-    '002-deploys.sql': 'CREATE TABLE deploys (id TEXT PRIMARY KEY, app TEXT NOT NULL);',
     '010-audit.sql': 'CREATE TABLE audit (id INTEGER PRIMARY KEY, action TEXT NOT NULL);\nALTER TABLE apps ADD COLUMN node TEXT;',
   });
   const second = makeStore(t, dir, { migrationsDir: newer });
   await second.open();
   assert.equal(await second.schemaVersion(), 10);
-  assert.equal((await second.getAppState('shop'))?.mode, 'maintenance');
+  assert.deepEqual(await second.getAppState('shop'), {
+    app: 'shop', activeRelease: 'r1', mode: 'maintenance', modeMessage: 'x', modeRetryAfter: 1, updatedAt: '2024-01-01T00:00:00.000Z',
+  });
+  assert.equal((await second.getRelease('shop', 'r1'))?.state, 'active');
+  await second.createDeploy({
+    id: 'd1', app: 'shop', kind: 'reload', state: 'running', releaseId: 'r1', previousRelease: 'r1', source: null, user: null,
+    failedStep: null, error: null, logTail: [], createdAt: '2024-01-02T00:00:00.000Z', finishedAt: null,
+  });
+  assert.equal((await second.listDeploys({ app: 'shop' }))[0]?.id, 'd1', '002 was applied on top of the old data');
+  await second.close();
   const db = raw(t, dir);
-  assert.deepEqual(tables(db), ['apps', 'audit', 'deploys', 'releases', 'schema_migrations']);
-  assert.deepEqual((db.prepare('SELECT version FROM schema_migrations ORDER BY version').all() as { version: number }[]).map((r) => r.version), [1, 2, 10]);
+  assert.deepEqual(tables(db), [...SHIPPED_TABLES, 'audit'].sort());
+  assert.deepEqual((db.prepare('SELECT version FROM schema_migrations ORDER BY version').all() as { version: number }[]).map((r) => r.version), [...SHIPPED_VERSIONS, 10]);
+  // What the previous build reads is untouched by 002: its queries still answer on the upgraded file.
+  assert.deepEqual(db.prepare('SELECT app, active_release, mode FROM apps').all().map((r) => ({ ...r })), [{ app: 'shop', active_release: 'r1', mode: 'maintenance' }]);
 });
 
 test('sqlite: an unknown newer migration (a newer gateway ran here) does not break an older one', async (t) => {
@@ -192,6 +233,12 @@ test('sqlite: reset_state drops every table, including ones it does not know, th
   await store.open();
   await store.setActiveRelease('shop', 'r1');
   await store.putRelease({ app: 'shop', id: 'r1', createdAt: '2024-01-01T00:00:00.000Z', state: 'active', source: '/s', revision: null });
+  await store.createDeploy({
+    id: 'd1', app: 'shop', kind: 'deploy', state: 'running', releaseId: null, previousRelease: null, source: '/s', user: null,
+    failedStep: null, error: null, logTail: [], createdAt: '2024-01-01T00:00:00.000Z', finishedAt: null,
+  });
+  await store.addDeployEvent({ deployId: 'd1', seq: 1, step: 'prepare', status: 'started', at: '2024-01-01T00:00:00.000Z', durationMs: null, message: null });
+  await store.recordProcess({ pgid: 3001, app: 'shop', generation: 'g1', process: 'web', index: 0, gatewayPid: 42, startedAt: '2024-01-01T00:00:00.000Z' });
   await store.close();
   const db = raw(t, dir);
   db.exec(`CREATE TABLE leftovers (x TEXT); CREATE TABLE child (id INTEGER PRIMARY KEY, x TEXT REFERENCES leftovers(x)); CREATE VIEW v AS SELECT * FROM apps;`);
@@ -201,8 +248,11 @@ test('sqlite: reset_state drops every table, including ones it does not know, th
   await reset.open();
   assert.deepEqual(await reset.listAppStates(), []);
   assert.deepEqual(await reset.listReleases('shop'), []);
-  assert.deepEqual(tables(raw(t, dir)), ['apps', 'releases', 'schema_migrations']);
-  assert.equal(await reset.schemaVersion(), 1);
+  assert.deepEqual(await reset.listDeploys(), []);
+  assert.deepEqual(await reset.listDeployEvents('d1'), []);
+  assert.deepEqual(await reset.listProcesses(), []);
+  assert.deepEqual(tables(raw(t, dir)), SHIPPED_TABLES);
+  assert.equal(await reset.schemaVersion(), SHIPPED_VERSIONS.at(-1));
 });
 
 test('sqlite: migrations "model" builds the current schema from scratch', async (t) => {
@@ -216,25 +266,25 @@ test('sqlite: migrations "model" builds the current schema from scratch', async 
   const model = makeStore(t, dir, { migrations: 'model' });
   await model.open();
   assert.equal(await model.getAppState('shop'), null, 'old state is gone');
-  assert.equal(await model.schemaVersion(), 1, 'only this build\'s migrations are recorded');
+  assert.equal(await model.schemaVersion(), SHIPPED_VERSIONS.at(-1), 'only this build\'s migrations are recorded');
   await model.setActiveRelease('shop', 'r2');
   await model.close();
   // On an empty database it works the same.
   const other = await tempDir(t);
   const empty = makeStore(t, other, { migrations: 'model' });
   await empty.open();
-  assert.deepEqual(tables(raw(t, other)), ['apps', 'releases', 'schema_migrations']);
+  assert.deepEqual(tables(raw(t, other)), SHIPPED_TABLES);
 });
 
 test('sqlite: a failing migration rolls back entirely, names its file, and leaves the store closed', async (t) => {
   const dir = await tempDir(t);
-  const broken = await migrationsDir(dir, 'broken', { '002-broken.sql': 'CREATE TABLE half (x TEXT);\nINSERT INTO nope VALUES (1);' });
+  const broken = await migrationsDir(dir, 'broken', { '900-broken.sql': 'CREATE TABLE half (x TEXT);\nINSERT INTO nope VALUES (1);' });
   const store = makeStore(t, dir, { migrationsDir: broken });
-  await assert.rejects(store.open(), storeError(/migration 002-broken\.sql failed: .*nope/));
+  await assert.rejects(store.open(), storeError(/migration 900-broken\.sql failed: .*nope/));
   await assert.rejects(store.listAppStates(), storeError(/not open/));
   const db = raw(t, dir);
   assert.ok(!tables(db).includes('half'), 'the half-applied migration was rolled back');
-  assert.deepEqual((db.prepare('SELECT version FROM schema_migrations').all() as { version: number }[]).map((r) => r.version), [1], '001 stays applied');
+  assert.deepEqual((db.prepare('SELECT version FROM schema_migrations').all() as { version: number }[]).map((r) => r.version), SHIPPED_VERSIONS, 'the shipped ones stay applied');
   // "model" is one transaction: nothing at all is left.
   const other = await tempDir(t);
   const model = makeStore(t, other, { migrations: 'model', migrationsDir: broken });
@@ -246,8 +296,8 @@ test('sqlite: bad migration files are refused by name', async (t) => {
   const dir = await tempDir(t);
   const badName = await migrationsDir(dir, 'bad-name', { 'add-stuff.sql': 'SELECT 1;' });
   await assert.rejects(makeStore(t, dir, { migrationsDir: badName }).open(), storeError(/add-stuff\.sql is not named NNN-name\.sql/));
-  const dup = await migrationsDir(dir, 'dup', { '002-a.sql': 'SELECT 1;', '002-b.sql': 'SELECT 1;' });
-  await assert.rejects(makeStore(t, dir, { migrationsDir: dup }).open(), storeError(/002-a\.sql and 002-b\.sql have the same version 2/));
+  const dup = await migrationsDir(dir, 'dup', { '900-a.sql': 'SELECT 1;', '900-b.sql': 'SELECT 1;' });
+  await assert.rejects(makeStore(t, dir, { migrationsDir: dup }).open(), storeError(/900-[ab]\.sql and 900-[ab]\.sql have the same version 900/));
   await assert.rejects(makeStore(t, dir, { migrationsDir: join(dir, 'missing') }).open(), storeError(/cannot read migrations/));
   // Non-SQL files (a README) are ignored.
   const readme = await migrationsDir(dir, 'readme', { 'README.md': '# notes' });
@@ -275,4 +325,89 @@ test('sqlite: two stores on one file (two gateways) both open; migrations are re
   assert.equal((await b.getAppState('shop'))?.mode, 'maintenance');
   const rows = raw(t, dir).prepare('SELECT COUNT(*) AS n FROM schema_migrations').get() as { n: number };
   assert.equal(rows.n, (await loadMigrations(MIGRATIONS_DIR)).length);
+});
+
+test('sqlite: 002 creates deploys, deploy_events and process_groups with their keys and indexes', async (t) => {
+  const dir = await tempDir(t);
+  const store = makeStore(t, dir);
+  await store.open();
+  const db = raw(t, dir);
+  const cols = (table: string) => db.prepare(`PRAGMA table_info(${table})`).all() as { name: string; notnull: number; dflt_value: string | null; pk: number }[];
+  assert.deepEqual(cols('deploys').map((c) => c.name), [
+    'id', 'app', 'kind', 'state', 'release_id', 'previous_release', 'source', 'user_name', 'failed_step', 'error', 'log_tail', 'created_at', 'finished_at',
+  ]);
+  assert.deepEqual(cols('deploys').filter((c) => c.pk > 0).map((c) => c.name), ['id']);
+  assert.deepEqual(cols('deploys').filter((c) => c.notnull).map((c) => c.name), ['app', 'kind', 'state', 'log_tail', 'created_at']);
+  assert.equal(cols('deploys').find((c) => c.name === 'log_tail')?.dflt_value, "'[]'");
+  assert.deepEqual(cols('deploy_events').map((c) => c.name), ['deploy_id', 'seq', 'step', 'status', 'occurred_at', 'duration_ms', 'message', 'lines']);
+  assert.deepEqual(cols('deploy_events').filter((c) => c.pk > 0).sort((a, b) => a.pk - b.pk).map((c) => c.name), ['deploy_id', 'seq']);
+  const fks = db.prepare('PRAGMA foreign_key_list(deploy_events)').all() as { table: string; from: string; to: string; on_delete: string }[];
+  assert.deepEqual(fks.map((f) => [f.table, f.from, f.to, f.on_delete]), [['deploys', 'deploy_id', 'id', 'CASCADE']]);
+  assert.deepEqual(cols('process_groups').map((c) => c.name), ['pgid', 'app', 'generation', 'process', 'instance_index', 'gateway_pid', 'started_at']);
+  assert.deepEqual(cols('process_groups').filter((c) => c.pk > 0).map((c) => c.name), ['pgid']);
+
+  const indexColumns = (index: string) => (db.prepare(`PRAGMA index_info(${index})`).all() as { name: string }[]).map((c) => c.name);
+  assert.deepEqual(indexColumns('deploys_created'), ['created_at', 'id']);
+  assert.deepEqual(indexColumns('deploys_app_created'), ['app', 'created_at', 'id']);
+  assert.deepEqual(indexColumns('deploys_state_created'), ['state', 'created_at', 'id']);
+});
+
+test('sqlite: the deploy list filters are served by an index, newest first without a sort', async (t) => {
+  const dir = await tempDir(t);
+  const store = makeStore(t, dir);
+  await store.open();
+  const db = raw(t, dir);
+  const cols = 'id, app, kind, state, release_id, previous_release, source, user_name, failed_step, error, log_tail, created_at, finished_at';
+  const plan = (where: string, args: string[]) =>
+    (db.prepare(`EXPLAIN QUERY PLAN SELECT ${cols} FROM deploys ${where} ORDER BY created_at DESC, id DESC LIMIT 100`).all(...args) as { detail: string }[])
+      .map((r) => r.detail)
+      .join('; ');
+  // The four shapes sqlite.ts prepares for listDeploys.
+  const shapes: [string, string[], RegExp][] = [
+    ['', [], /USING INDEX deploys_created/],
+    ['WHERE app = ?', ['shop'], /USING INDEX deploys_app_created/],
+    ['WHERE state = ?', ['running'], /USING INDEX deploys_state_created/],
+    ['WHERE app = ? AND state = ?', ['shop', 'running'], /USING INDEX deploys_(app|state)_created/],
+  ];
+  for (const [where, args, index] of shapes) {
+    const p = plan(where, args);
+    assert.match(p, index, `${where || 'no filter'}: ${p}`);
+    if (args.length < 2) assert.doesNotMatch(p, /TEMP B-TREE/, `${where || 'no filter'} sorts in memory: ${p}`);
+  }
+  const events = (db.prepare('EXPLAIN QUERY PLAN SELECT * FROM deploy_events WHERE deploy_id = ? ORDER BY seq').all('x') as { detail: string }[]).map((r) => r.detail).join('; ');
+  assert.match(events, /USING INDEX sqlite_autoindex_deploy_events_1/);
+  assert.doesNotMatch(events, /TEMP B-TREE/);
+});
+
+test('sqlite: deleting a deploy (retention cleanup) deletes its events', async (t) => {
+  const dir = await tempDir(t);
+  const store = makeStore(t, dir);
+  await store.open();
+  const base = { app: 'shop', kind: 'deploy' as const, state: 'succeeded' as const, releaseId: null, previousRelease: null, source: null, user: null, failedStep: null, error: null, logTail: [], finishedAt: null };
+  await store.createDeploy({ ...base, id: 'd1', createdAt: '2024-01-01T00:00:00.000Z' });
+  await store.createDeploy({ ...base, id: 'd2', createdAt: '2024-01-02T00:00:00.000Z' });
+  for (const deployId of ['d1', 'd2']) {
+    for (const seq of [1, 2]) await store.addDeployEvent({ deployId, seq, step: 'prepare', status: 'started', at: '2024-01-01T00:00:00.000Z', durationMs: null, message: null });
+  }
+  const db = raw(t, dir);
+  db.exec('PRAGMA foreign_keys = ON');
+  db.prepare('DELETE FROM deploys WHERE created_at < ?').run('2024-01-02T00:00:00.000Z');
+  assert.deepEqual(await store.listDeployEvents('d1'), []);
+  assert.equal((await store.listDeployEvents('d2')).length, 2);
+});
+
+test('sqlite: a log tail or event lines that are not JSON fail the read with BERTH_E_STORE', async (t) => {
+  const dir = await tempDir(t);
+  const store = makeStore(t, dir);
+  await store.open();
+  await store.createDeploy({
+    id: 'd1', app: 'shop', kind: 'deploy', state: 'failed', releaseId: null, previousRelease: null, source: null, user: null,
+    failedStep: 'build', error: 'x', logTail: ['a'], createdAt: '2024-01-01T00:00:00.000Z', finishedAt: null,
+  });
+  await store.addDeployEvent({ deployId: 'd1', seq: 1, step: 'build', status: 'failed', at: '2024-01-01T00:00:00.000Z', durationMs: 1, message: 'x', lines: ['a'] });
+  const db = raw(t, dir);
+  db.exec(`UPDATE deploys SET log_tail = 'not json'; UPDATE deploy_events SET lines = '[unterminated'`);
+  await assert.rejects(store.getDeploy('d1'), storeError(/cannot read deploy/));
+  await assert.rejects(store.listDeploys(), storeError(/cannot list deploys/));
+  await assert.rejects(store.listDeployEvents('d1'), storeError(/cannot list deploy events/));
 });

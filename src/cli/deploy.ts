@@ -1,0 +1,127 @@
+/**
+ * `berth deploy`, `berth rollback` and `berth reload`: start the operation on the gateway, then follow
+ * its step events live. The operation belongs to the gateway: Ctrl-C stops watching, not deploying.
+ */
+import { request } from 'node:http';
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { DeployEvent, DeployRecord } from '../store/store.ts';
+import { BerthError } from '../lib/errors.ts';
+import { humanDuration } from '../lib/durations.ts';
+import type { ControlClient } from './client.ts';
+import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
+
+export const DEPLOY_USAGE = 'berth deploy <app> [source] [--json]';
+export const ROLLBACK_USAGE = 'berth rollback <app> [release] [--json]';
+export const RELOAD_USAGE = 'berth reload <app> [--json]';
+
+/** Steps that can take a while get a line when they start, not only when they end. */
+const SLOW_STEPS = new Set(['prepare', 'build', 'release', 'wait_healthy', 'drain', 'stop_old']);
+
+/**
+ * A local source path is made absolute here, because the gateway resolves paths from its own working
+ * directory. Git URLs (`scheme://`, `git@host:`) pass unchanged; `path#ref` keeps its ref.
+ */
+export function resolveSourceArg(source: string, cwd = process.cwd()): string {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(source) || /^[^/]+@[^:]+:/.test(source)) return source;
+  const hash = source.lastIndexOf('#');
+  const path = hash > 0 && !existsSync(resolve(cwd, source)) ? source.slice(0, hash) : source;
+  const ref = path === source ? '' : source.slice(hash);
+  return resolve(cwd, path) + ref;
+}
+
+export async function deploy(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, CLIENT_OPTIONS, true);
+  if (positionals.length < 1 || positionals.length > 2) throw new UsageError('expected an app name and an optional source');
+  const [app, source] = positionals;
+  const client = await clientFor(values);
+  const body = source ? { source: resolveSourceArg(source) } : {};
+  const { id } = await client.call<{ id: string }>('POST', `/v1/apps/${encodeURIComponent(app)}/deploys`, body);
+  return follow(client, id, `deploying ${app}${source ? ` from ${body.source}` : ''}`, values.json);
+}
+
+export async function rollback(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, CLIENT_OPTIONS, true);
+  if (positionals.length < 1 || positionals.length > 2) throw new UsageError('expected an app name and an optional release id');
+  const [app, release] = positionals;
+  const client = await clientFor(values);
+  const { id } = await client.call<{ id: string }>('POST', `/v1/apps/${encodeURIComponent(app)}/rollback`, release ? { release } : {});
+  return follow(client, id, `rolling back ${app}${release ? ` to ${release}` : ' to the previous release'}`, values.json);
+}
+
+export async function reload(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, CLIENT_OPTIONS, true);
+  if (positionals.length !== 1) throw new UsageError('expected one app name');
+  const client = await clientFor(values);
+  const { id } = await client.call<{ id: string }>('POST', `/v1/apps/${encodeURIComponent(positionals[0])}/reload`, {});
+  return follow(client, id, `reloading ${positionals[0]}`, values.json);
+}
+
+/** Streams the deploy's NDJSON events and prints them; exit 0 only when it succeeded. */
+async function follow(client: ControlClient, id: string, title: string, json: boolean): Promise<number> {
+  const out = (s: string) => process.stdout.write(s + '\n');
+  if (!json) out(`${title} (${id})`);
+  const started = Date.now();
+  let end: DeployRecord | null = null;
+  let failedEvent: DeployEvent | null = null;
+  await new Promise<void>((resolvePromise, reject) => {
+    const req = request({ socketPath: client.socket, path: `/v1/deploys/${encodeURIComponent(id)}?follow=1`, method: 'GET' }, (res) => {
+      if (res.statusCode !== 200) {
+        reject(new BerthError('BERTH_E_INTERNAL', `following deploy ${id}: the gateway answered ${res.statusCode}`));
+        res.resume();
+        return;
+      }
+      let buf = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        buf += chunk;
+        let i;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, i);
+          buf = buf.slice(i + 1);
+          if (!line) continue;
+          const msg = JSON.parse(line);
+          if (json) out(line);
+          if (msg.type === 'end') end = msg.deploy;
+          else if (msg.type === 'event') {
+            const e = msg as DeployEvent;
+            if (e.status === 'failed') failedEvent = e;
+            if (!json) printEvent(e, out);
+          }
+        }
+      });
+      res.on('end', () => resolvePromise());
+      res.on('error', reject);
+    });
+    req.on('error', (err) => reject(new BerthError('BERTH_E_UNAVAILABLE', `lost the gateway while following ${id}: ${err.message} (the deploy goes on; see berth status)`)));
+    req.end();
+  });
+  const result = end as DeployRecord | null;
+  if (!result) {
+    process.stderr.write(`berth: the stream of ${id} ended early; the deploy goes on in the gateway (see berth status)\n`);
+    return 1;
+  }
+  if (result.state === 'succeeded') {
+    if (!json) out(`done: ${result.app} serves release ${result.releaseId} (${humanDuration(Date.now() - started)})`);
+    return 0;
+  }
+  if (!json) {
+    const fe = failedEvent as DeployEvent | null;
+    process.stderr.write(`failed at step ${result.failedStep ?? fe?.step ?? '?'}: ${result.error ?? 'unknown error'}\n`);
+    const lines = result.logTail?.length ? result.logTail : (fe?.lines ?? []);
+    if (lines.length) process.stderr.write(`last ${lines.length} log lines:\n${lines.map((l) => `  | ${l}`).join('\n')}\n`);
+    if (result.previousRelease) process.stderr.write(`${result.app} still serves release ${result.previousRelease}\n`);
+  }
+  return 1;
+}
+
+function printEvent(e: DeployEvent, out: (s: string) => void): void {
+  const step = e.step.padEnd(13);
+  if (e.status === 'started') {
+    if (SLOW_STEPS.has(e.step)) out(`  ${step}...`);
+    return;
+  }
+  const mark = e.status === 'succeeded' ? 'ok' : e.status === 'skipped' ? 'skip' : 'FAIL';
+  const dur = e.durationMs === null ? '' : humanDuration(e.durationMs);
+  out(`  ${step}${mark.padEnd(5)} ${dur.padStart(7)}  ${e.message ?? ''}`.trimEnd());
+}

@@ -1,0 +1,442 @@
+/**
+ * The deploy step machine (SPEC § Deploys, rollbacks, reloads). A deploy belongs to the gateway, not to
+ * the client that asked for it: it runs to the end whoever is watching. One runs per app at a time.
+ *
+ * Order, after kamal-proxy's DeployService: start the new generation, wait until it is healthy, switch
+ * the routing pointer, drain the old generation, stop it. Anything that fails before the switch stops
+ * the new generation and leaves the old one serving untouched.
+ */
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import type { AppConfig } from '../config/schema.ts';
+import type { Logger } from '../lib/logger.ts';
+import { BerthError, errorMessage } from '../lib/errors.ts';
+import type { DeployEvent, DeployKind, DeployRecord, DeployState, Store } from '../store/store.ts';
+import type { Supervisor, Generation } from '../supervisor/supervisor.ts';
+import type { ReleaseStore } from './release-store.ts';
+import { resolveProcesses } from './procfile.ts';
+import { runCommand } from './command-runner.ts';
+
+export const DEPLOY_STEPS = ['prepare', 'link', 'build', 'release', 'start', 'wait_healthy', 'switch', 'current', 'drain', 'stop_old', 'flush', 'prune', 'record'] as const;
+export type DeployStep = (typeof DEPLOY_STEPS)[number];
+
+/** Build and release commands are killed after this long. */
+export const COMMAND_TIMEOUT_MS = 15 * 60_000;
+/** Drain polls the old generation's in-flight count this often. */
+const DRAIN_POLL_MS = 25;
+/** Deploys kept in memory for `GET /v1/deploys/:id` after they finish (older ones come from the store). */
+const RECENT_LIMIT = 100;
+
+/** What the deployer needs of an app, owned by the gateway. */
+export interface DeployableApp {
+  readonly config: AppConfig;
+  readonly releases: ReleaseStore;
+  readonly active: Generation | null;
+  /** True while the gateway boots the app; deploys wait for that to end. */
+  readonly booting: boolean;
+}
+
+/** The gateway side of a deploy: app lookup and the routing pointer swap. */
+export interface DeployHost {
+  deployable(app: string): DeployableApp | undefined;
+  /** Makes `gen` the app's active generation: one pointer swap in the routing snapshot. */
+  switchTo(app: string, gen: Generation): void;
+}
+
+export interface DeployRequest {
+  kind: DeployKind;
+  /** deploy: the source (default: the app's `source`). */
+  source?: string | null;
+  /** rollback: the release to go back to (default: the previous good one). */
+  release?: string | null;
+  /** Who asked, for the record. */
+  user?: string | null;
+}
+
+type Listener = (event: DeployEvent | null) => void;
+
+/** One deploy, rollback or reload while it runs (and a while after). */
+export class Deploy {
+  readonly id: string;
+  readonly app: string;
+  readonly kind: DeployKind;
+  readonly user: string | null;
+  readonly createdAt: string;
+  source: string | null;
+  /** rollback: the release asked for, if any. */
+  readonly requested: string | null;
+  releaseId: string | null = null;
+  previousRelease: string | null = null;
+  state: DeployState = 'running';
+  failedStep: DeployStep | null = null;
+  error: string | null = null;
+  logTail: string[] = [];
+  finishedAt: string | null = null;
+  readonly events: DeployEvent[] = [];
+  #listeners = new Set<Listener>();
+  readonly done: Promise<void>;
+  #resolveDone!: () => void;
+
+  constructor(app: string, req: DeployRequest) {
+    this.id = newDeployId();
+    this.app = app;
+    this.kind = req.kind;
+    this.user = req.user ?? null;
+    this.source = req.kind === 'deploy' ? (req.source ?? null) : null;
+    this.requested = req.release ?? null;
+    this.createdAt = new Date().toISOString();
+    this.done = new Promise((r) => (this.#resolveDone = r));
+  }
+
+  /** Follows events: existing ones are replayed, then live ones; `null` marks the end. */
+  subscribe(fn: Listener): () => void {
+    for (const e of this.events) fn(e);
+    if (this.state !== 'running') {
+      fn(null);
+      return () => {};
+    }
+    this.#listeners.add(fn);
+    return () => this.#listeners.delete(fn);
+  }
+
+  emit(event: DeployEvent): void {
+    this.events.push(event);
+    for (const fn of this.#listeners) fn(event);
+  }
+
+  finish(state: DeployState): void {
+    this.state = state;
+    this.finishedAt = new Date().toISOString();
+    for (const fn of this.#listeners) fn(null);
+    this.#listeners.clear();
+    this.#resolveDone();
+  }
+
+  record(): DeployRecord {
+    return {
+      id: this.id,
+      app: this.app,
+      kind: this.kind,
+      state: this.state,
+      releaseId: this.releaseId,
+      previousRelease: this.previousRelease,
+      source: this.source,
+      user: this.user,
+      failedStep: this.failedStep,
+      error: this.error,
+      logTail: this.logTail,
+      createdAt: this.createdAt,
+      finishedAt: this.finishedAt,
+    };
+  }
+}
+
+/** Deploy ids sort by time like release ids, with a `d` in front so the two are never confused. */
+export function newDeployId(now = new Date()): string {
+  const p = (n: number, w = 2) => String(n).padStart(w, '0');
+  const ts = `${now.getUTCFullYear()}${p(now.getUTCMonth() + 1)}${p(now.getUTCDate())}${p(now.getUTCHours())}${p(now.getUTCMinutes())}${p(now.getUTCSeconds())}`;
+  return `d${ts}-${randomBytes(3).toString('hex')}`;
+}
+
+class StepFailure extends Error {
+  readonly step: DeployStep;
+  readonly tail: string[];
+  constructor(step: DeployStep, message: string, tail: string[] = [], cause?: unknown) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.step = step;
+    this.tail = tail;
+  }
+}
+
+export interface DeployerOptions {
+  host: DeployHost;
+  store: Store;
+  supervisor: Supervisor;
+  logger: Logger;
+  stateDir: string;
+  /** Environment inherited by build and release commands (default process.env). */
+  baseEnv?: Record<string, string | undefined>;
+}
+
+export class Deployer {
+  #host: DeployHost;
+  #store: Store;
+  #supervisor: Supervisor;
+  #log: Logger;
+  #stateDir: string;
+  #baseEnv: Record<string, string | undefined>;
+  #running = new Map<string, Deploy>();
+  #recent = new Map<string, Deploy>();
+  #stopping = false;
+
+  constructor(opts: DeployerOptions) {
+    this.#host = opts.host;
+    this.#store = opts.store;
+    this.#supervisor = opts.supervisor;
+    this.#log = opts.logger;
+    this.#stateDir = opts.stateDir;
+    this.#baseEnv = opts.baseEnv ?? process.env;
+  }
+
+  /** The deploy running for an app now, if any. */
+  running(app: string): Deploy | undefined {
+    return this.#running.get(app);
+  }
+
+  /** A deploy by id: from memory while recent, else from the store. */
+  async get(id: string): Promise<{ deploy: DeployRecord; events: DeployEvent[]; live: Deploy | null } | null> {
+    const live = this.#recent.get(id);
+    if (live) return { deploy: live.record(), events: live.events, live };
+    const deploy = await this.#store.getDeploy(id);
+    if (!deploy) return null;
+    return { deploy, events: await this.#store.listDeployEvents(id), live: null };
+  }
+
+  /**
+   * Starts a deploy, rollback or reload and returns at once; the work goes on in the gateway.
+   * Throws 404 for an unknown app and 409 (with the running deploy's id) when one is already running.
+   */
+  begin(app: string, req: DeployRequest): Deploy {
+    if (this.#stopping) throw new BerthError('BERTH_E_UNAVAILABLE', 'the gateway is shutting down');
+    const target = this.#host.deployable(app);
+    if (!target) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${app}"`);
+    const running = this.#running.get(app);
+    if (running) {
+      throw new BerthError('BERTH_E_CONFLICT', `a ${running.kind} of ${app} is already running: ${running.id}`, { details: { running: running.id } });
+    }
+    if (target.booting) throw new BerthError('BERTH_E_CONFLICT', `app ${app} is still starting; try again when it serves`);
+    if (req.kind === 'deploy' && !req.source && !target.config.source) {
+      throw new BerthError('BERTH_E_BAD_REQUEST', `app ${app} has no source configured; name one: berth deploy ${app} <source>`);
+    }
+    const deploy = new Deploy(app, req);
+    this.#running.set(app, deploy);
+    this.#recent.set(deploy.id, deploy);
+    if (this.#recent.size > RECENT_LIMIT) this.#recent.delete(this.#recent.keys().next().value!);
+    void this.#run(deploy, target).finally(() => this.#running.delete(app));
+    return deploy;
+  }
+
+  /** Waits for running deploys to end and refuses new ones (gateway shutdown). */
+  async stop(deadlineMs: number): Promise<void> {
+    this.#stopping = true;
+    const all = [...this.#running.values()].map((d) => d.done);
+    await Promise.race([Promise.all(all), new Promise((r) => setTimeout(r, deadlineMs).unref())]);
+  }
+
+  /** On start: deploys a killed gateway left running are marked `interrupted`. */
+  async recoverInterrupted(): Promise<string[]> {
+    const stale = await this.#store.listDeploys({ state: 'running' });
+    for (const d of stale) {
+      await this.#store.updateDeploy(d.id, { state: 'interrupted', finishedAt: new Date().toISOString(), error: 'the gateway stopped while this ran' });
+      if (d.kind === 'deploy' && d.releaseId) {
+        const rel = await this.#store.getRelease(d.app, d.releaseId);
+        if (rel && (rel.state === 'building' || rel.state === 'ready')) await this.#store.setReleaseState(d.app, d.releaseId, 'failed');
+      }
+      this.#log.warn({ deploy: d.id, app: d.app, kind: d.kind }, 'deploy interrupted by a gateway stop');
+    }
+    return stale.map((d) => d.id);
+  }
+
+  async #run(deploy: Deploy, target: DeployableApp): Promise<void> {
+    const app = target.config;
+    const log = this.#log.child({ app: app.name, deploy: deploy.id, kind: deploy.kind });
+    const old = target.active;
+    deploy.previousRelease = old?.releaseId ?? null;
+    let gen: Generation | null = null;
+    let switched = false;
+    let madeRelease: string | null = null;
+    log.info({ source: deploy.source }, 'deploy started');
+    try {
+      await this.#store.createDeploy(deploy.record());
+      let release: { id: string; dir: string };
+      if (deploy.kind === 'deploy') {
+        const source = deploy.source ?? app.source!;
+        deploy.source = source;
+        const prepared = await this.#step(deploy, 'prepare', async () => {
+          const r = await target.releases.prepare(source);
+          return { value: r, message: `release ${r.id} from ${source}` };
+        });
+        madeRelease = prepared.id;
+        deploy.releaseId = prepared.id;
+        await this.#store.updateDeploy(deploy.id, { releaseId: prepared.id, source });
+        await this.#step(deploy, 'link', async () => {
+          await target.releases.linkShared(prepared);
+          return { value: undefined, message: app.shared.length ? `linked ${app.shared.join(', ')}` : 'nothing shared' };
+        });
+        release = { id: prepared.id, dir: prepared.dir };
+        await this.#step(deploy, 'build', async () => {
+          if (!app.build) return { value: undefined, status: 'skipped', message: 'no build command' };
+          await this.#command(deploy, 'build', app.build, app, release);
+          return { value: undefined, message: app.build };
+        });
+      } else {
+        release = await this.#pickRelease(deploy, target);
+        deploy.releaseId = release.id;
+        await this.#store.updateDeploy(deploy.id, { releaseId: release.id });
+      }
+      const procfile = await this.#step(deploy, 'release', async () => {
+        const resolved = await resolveProcesses(app, release.dir);
+        if (!resolved.release) return { value: resolved, status: 'skipped', message: 'no release command' };
+        await this.#command(deploy, 'release', resolved.release, app, release);
+        return { value: resolved, message: resolved.release };
+      });
+      gen = await this.#step(deploy, 'start', async () => {
+        const g = this.#supervisor.startGeneration(app, release, procfile.processes);
+        const count = g.instances.length;
+        return { value: g, message: `generation ${g.id}: ${count} instance${count === 1 ? '' : 's'}` };
+      });
+      const started = gen;
+      await this.#step(deploy, 'wait_healthy', async () => {
+        try {
+          await started.waitReady();
+        } catch (err) {
+          const tail = err instanceof BerthError && Array.isArray(err.details?.logTail) ? (err.details.logTail as string[]) : [];
+          throw new StepFailure('wait_healthy', errorMessage(err), tail, err);
+        }
+        return { value: undefined, message: 'every instance is ready' };
+      });
+      await this.#step(deploy, 'switch', async () => {
+        this.#host.switchTo(app.name, started);
+        switched = true;
+        return { value: undefined, message: old ? `${old.releaseId} -> ${release.id}` : `now serving ${release.id}` };
+      });
+    } catch (err) {
+      await this.#fail(deploy, err, log);
+      if (gen) await this.#supervisor.stopGeneration(gen).catch((e) => log.error({ err: errorMessage(e) }, 'cannot stop the failed generation'));
+      if (madeRelease) await target.releases.markFailed(madeRelease).catch(() => {});
+      return;
+    }
+    // After the switch the new release serves; later steps are recorded but cannot undo the switch.
+    const releaseId = deploy.releaseId!;
+    try {
+      await this.#step(deploy, 'current', async () => {
+        await target.releases.activate(releaseId);
+        await this.#store.setActiveRelease(app.name, releaseId);
+        await this.#store.setReleaseState(app.name, releaseId, 'active');
+        if (old && old.releaseId !== releaseId) await this.#store.setReleaseState(app.name, old.releaseId, 'previous');
+        return { value: undefined, message: `current -> releases/${releaseId}` };
+      });
+      if (old) {
+        const cut = await this.#step(deploy, 'drain', async () => {
+          const left = await this.#drain(old, app.timeouts.drainMs);
+          return { value: left, message: left === 0 ? `${old.id} drained` : `drain timeout: ${left} request(s) still in flight will be cut` };
+        });
+        if (cut > 0) log.warn({ generation: old.id, inFlight: cut }, 'requests cut at drain deadline');
+        await this.#step(deploy, 'stop_old', async () => {
+          await this.#supervisor.stopGeneration(old);
+          return { value: undefined, message: `${old.id} stopped` };
+        });
+      } else {
+        await this.#skip(deploy, 'drain', 'no previous generation');
+        await this.#skip(deploy, 'stop_old', 'no previous generation');
+      }
+      await this.#step(deploy, 'flush', async () => ({ value: undefined, status: 'skipped', message: app.cacheFlush ? 'cache flush runs separately' : 'no cache_flush config' }));
+      await this.#step(deploy, 'prune', async () => {
+        const previous = old && old.releaseId !== releaseId ? old.releaseId : await this.#previousGood(app.name, releaseId);
+        const pruned = await target.releases.prune(releaseId, previous);
+        return { value: undefined, message: pruned.length ? `pruned ${pruned.join(', ')}` : 'nothing to prune' };
+      });
+      await this.#step(deploy, 'record', async () => ({ value: undefined, message: 'recorded' }));
+      deploy.finish('succeeded');
+      await this.#store.updateDeploy(deploy.id, { state: 'succeeded', finishedAt: deploy.finishedAt });
+      log.info({ release: releaseId }, 'deploy succeeded');
+    } catch (err) {
+      // The switch happened: the deploy is done for traffic, so what failed after it is recorded.
+      log.error({ err: errorMessage(err) }, 'deploy step after the switch failed');
+      await this.#fail(deploy, err, log);
+    }
+  }
+
+  async #pickRelease(deploy: Deploy, target: DeployableApp): Promise<{ id: string; dir: string }> {
+    const app = target.config.name;
+    const active = target.active?.releaseId ?? (await this.#store.getAppState(app))?.activeRelease ?? null;
+    let id: string | null;
+    if (deploy.kind === 'reload') {
+      id = active;
+      if (!id) throw new StepFailure('release', `app ${app} has no active release to reload`);
+    } else {
+      id = deploy.requested;
+      if (!id) {
+        id = await this.#previousGood(app, active);
+        if (!id) throw new StepFailure('release', `app ${app} has no previous good release to roll back to`);
+      }
+    }
+    const record = await this.#store.getRelease(app, id);
+    if (deploy.kind === 'rollback' && record?.state === 'failed') throw new StepFailure('release', `release ${id} of ${app} failed; it cannot be rolled back to`);
+    const dir = await target.releases.dirOf(id);
+    if (!dir) throw new StepFailure('release', `release ${id} of ${app} does not exist${record?.state === 'pruned' ? ' (pruned)' : ''}`);
+    return { id, dir };
+  }
+
+  /** The newest release before `current` that did not fail and still exists. */
+  async #previousGood(app: string, current: string | null): Promise<string | null> {
+    const releases = await this.#store.listReleases(app);
+    for (const r of releases) {
+      if (r.id === current || r.state === 'failed' || r.state === 'pruned' || r.state === 'building') continue;
+      if (current && r.id > current) continue;
+      return r.id;
+    }
+    return null;
+  }
+
+  /** Waits until a generation has no request in flight, up to `deadlineMs`; returns what is left. */
+  async #drain(gen: Generation, deadlineMs: number): Promise<number> {
+    const until = Date.now() + deadlineMs;
+    while (gen.inFlight > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, DRAIN_POLL_MS));
+    return gen.inFlight;
+  }
+
+  async #command(deploy: Deploy, step: 'build' | 'release', command: string, app: AppConfig, release: { id: string; dir: string }): Promise<void> {
+    const env: Record<string, string | undefined> = { ...this.#baseEnv, BERTH_APP: app.name, BERTH_RELEASE: release.id, ...app.env };
+    const res = await runCommand({
+      command,
+      cwd: release.dir,
+      env,
+      timeoutMs: COMMAND_TIMEOUT_MS,
+      logFile: join(this.#stateDir, 'apps', app.name, 'logs', `deploy-${deploy.id}.log`),
+    });
+    if (res.timedOut) throw new StepFailure(step, `${step} command timed out after ${COMMAND_TIMEOUT_MS / 60_000} minutes: ${command}`, res.tail);
+    if (res.code !== 0) throw new StepFailure(step, `${step} command exited with ${res.code ?? res.signal}: ${command}`, res.tail);
+  }
+
+  async #step<T>(deploy: Deploy, step: DeployStep, fn: () => Promise<{ value: T; message: string; status?: 'succeeded' | 'skipped' }>): Promise<T> {
+    const at = new Date();
+    const started = performance.now();
+    await this.#event(deploy, { step, status: 'started', at: at.toISOString(), durationMs: null, message: null });
+    try {
+      const { value, message, status } = await fn();
+      await this.#event(deploy, { step, status: status ?? 'succeeded', at: new Date().toISOString(), durationMs: Math.round(performance.now() - started), message });
+      return value;
+    } catch (err) {
+      const failure = err instanceof StepFailure ? err : new StepFailure(step, errorMessage(err), [], err);
+      await this.#event(deploy, { step, status: 'failed', at: new Date().toISOString(), durationMs: Math.round(performance.now() - started), message: failure.message, lines: failure.tail });
+      throw failure;
+    }
+  }
+
+  async #skip(deploy: Deploy, step: DeployStep, message: string): Promise<void> {
+    await this.#event(deploy, { step, status: 'skipped', at: new Date().toISOString(), durationMs: 0, message });
+  }
+
+  async #event(deploy: Deploy, e: Omit<DeployEvent, 'deployId' | 'seq'>): Promise<void> {
+    const event: DeployEvent = { deployId: deploy.id, seq: deploy.events.length + 1, ...e };
+    deploy.emit(event);
+    try {
+      await this.#store.addDeployEvent(event);
+    } catch (err) {
+      this.#log.error({ deploy: deploy.id, err: errorMessage(err) }, 'cannot record deploy event');
+    }
+  }
+
+  async #fail(deploy: Deploy, err: unknown, log: Logger): Promise<void> {
+    const failure = err instanceof StepFailure ? err : null;
+    deploy.failedStep = failure?.step ?? null;
+    deploy.error = errorMessage(err);
+    deploy.logTail = failure?.tail ?? [];
+    deploy.finish('failed');
+    log.error({ step: deploy.failedStep, err: deploy.error }, 'deploy failed');
+    await this.#store
+      .updateDeploy(deploy.id, { state: 'failed', finishedAt: deploy.finishedAt, failedStep: deploy.failedStep, error: deploy.error, logTail: deploy.logTail })
+      .catch((e) => log.error({ err: errorMessage(e) }, 'cannot record deploy failure'));
+  }
+}

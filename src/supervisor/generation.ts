@@ -1,0 +1,290 @@
+import type { AppConfig, ProcessConfig } from '../config/schema.ts';
+import { BerthError } from '../lib/errors.ts';
+import type { Logger } from '../lib/logger.ts';
+import { formatDuration } from '../lib/durations.ts';
+import type { Instance, InstanceListener, InstanceSnapshot } from './instance.ts';
+import { Pool } from './pool.ts';
+import type { GenerationState, GenerationView } from './types.ts';
+
+export interface GenerationSnapshot {
+  id: string;
+  releaseId: string;
+  state: GenerationState;
+  inFlight: number;
+  instances: InstanceSnapshot[];
+}
+
+/** Makes the instances of a generation: the supervisor, which owns ports, log files and timings. */
+export interface InstanceFactory {
+  createInstance(gen: Generation, proc: ProcessConfig, index: number): Instance;
+}
+
+export interface GenerationOptions {
+  /** `${app}#${n}` */
+  id: string;
+  app: AppConfig;
+  releaseId: string;
+  /** The release's real path. */
+  releaseDir: string;
+  processes: Record<string, ProcessConfig>;
+  factory: InstanceFactory;
+  logger: Logger;
+}
+
+/**
+ * All the instances that one deploy or reload started for one app, with the pools the proxy routes to.
+ * It starts them all at once, knows when they are all up (`waitReady`), and replaces an instance that
+ * turned unhealthy: the new one starts first and takes the old one's place only once it is ready; the
+ * old one is then drained and stopped.
+ */
+export class Generation implements GenerationView, InstanceListener {
+  readonly id: string;
+  readonly app: string;
+  readonly releaseId: string;
+  readonly releaseDir: string;
+  readonly config: AppConfig;
+  readonly processes: Readonly<Record<string, ProcessConfig>>;
+  readonly pools: ReadonlyMap<string, Pool>;
+
+  #state: GenerationState = 'starting';
+  #instances: readonly Instance[] = [];
+  #factory: InstanceFactory;
+  #log: Logger;
+  /** Replacement being started -> the unhealthy instance it will replace. */
+  #replacing = new Map<Instance, Instance>();
+  /** Instances no longer in `instances` that are still draining or stopping: old -> drain deadline timer. */
+  #retiring = new Map<Instance, NodeJS.Timeout | null>();
+  #ready: Promise<void>;
+  #resolveReady!: () => void;
+  #rejectReady!: (err: Error) => void;
+  #settled = false;
+  #startupTimer: NodeJS.Timeout | null = null;
+  #stopping: Promise<void> | null = null;
+
+  constructor(opts: GenerationOptions) {
+    this.id = opts.id;
+    this.app = opts.app.name;
+    this.releaseId = opts.releaseId;
+    this.releaseDir = opts.releaseDir;
+    this.config = opts.app;
+    this.processes = opts.processes;
+    this.#factory = opts.factory;
+    this.#log = opts.logger;
+    this.#ready = new Promise<void>((resolve, reject) => {
+      this.#resolveReady = resolve;
+      this.#rejectReady = reject;
+    });
+    // Nobody may ever wait (a generation stopped at once); that is no unhandled rejection.
+    this.#ready.catch(() => {});
+    const pools = new Map<string, Pool>();
+    for (const proc of Object.values(opts.processes)) if (proc.http) pools.set(proc.name, new Pool(proc.name, proc.concurrency));
+    this.pools = pools;
+  }
+
+  get state(): GenerationState {
+    return this.#state;
+  }
+
+  /** Every instance of every process type, http or not. Copy on write: a replacement swaps the array. */
+  get instances(): readonly Instance[] {
+    return this.#instances;
+  }
+
+  /** Requests in flight on its instances, including ones being replaced that still drain. */
+  get inFlight(): number {
+    let n = 0;
+    for (const inst of this.#instances) n += inst.inFlight;
+    for (const inst of this.#retiring.keys()) n += inst.inFlight;
+    return n;
+  }
+
+  /**
+   * Creates and starts every instance (types with `instances: 0` get none) and the startup deadline.
+   * Called once, by the supervisor.
+   */
+  start(): void {
+    if (this.#instances.length > 0 || this.#state !== 'starting') return;
+    const all: Instance[] = [];
+    for (const proc of Object.values(this.processes)) {
+      const list: Instance[] = [];
+      for (let i = 0; i < proc.instances; i++) list.push(this.#factory.createInstance(this, proc, i));
+      this.pools.get(proc.name)?.setInstances(list);
+      all.push(...list);
+    }
+    this.#instances = all;
+    const timeoutMs = this.config.health.startupTimeoutMs;
+    this.#startupTimer = setTimeout(() => this.#startupTimedOut(timeoutMs), timeoutMs);
+    for (const inst of all) inst.start();
+    this.#checkStartup();
+  }
+
+  /**
+   * Resolves when every instance is up: http types ready, background types running. Rejects with
+   * BERTH_E_STARTUP_TIMEOUT after `health.startup_timeout`, or BERTH_E_SPAWN as soon as an instance has
+   * crashed for good; the message names the instances that are not up and carries their last log lines
+   * (also in `details.logTail`). Rejects with BERTH_E_UNAVAILABLE when stopped before it got ready.
+   */
+  waitReady(): Promise<void> {
+    return this.#ready;
+  }
+
+  /**
+   * Graceful stop of every instance (and of replacements and drained-out ones): SIGTERM, SIGKILL after
+   * `timeouts.stop`; resolves when no process of the generation is left. Idempotent.
+   */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  /** SIGKILLs every process group of the generation, synchronously. */
+  destroy(err?: Error): void {
+    this.#settle(new BerthError('BERTH_E_UNAVAILABLE', `generation ${this.id} was destroyed before it was ready`, { cause: err }));
+    this.#clearTimers();
+    for (const inst of this.#everyInstance()) inst.destroy(err);
+    if (this.#state !== 'stopped') this.#transition('stopped');
+    this.#stopping ??= Promise.resolve();
+  }
+
+  snapshot(): GenerationSnapshot {
+    return {
+      id: this.id,
+      releaseId: this.releaseId,
+      state: this.#state,
+      inFlight: this.inFlight,
+      instances: this.#instances.map((i) => i.snapshot()),
+    };
+  }
+
+  // ---- InstanceListener ------------------------------------------------------------------------
+
+  instanceChanged(inst: Instance): void {
+    const old = this.#replacing.get(inst);
+    // A replacement that gave up for good takes the slot anyway, so status shows the slot as crashed.
+    if (old !== undefined && (inst.state === 'ready' || inst.state === 'crashed')) this.#swap(old, inst);
+    if (!this.#settled) this.#checkStartup();
+  }
+
+  instanceUnhealthy(inst: Instance): void {
+    if (this.#stopping !== null || !this.#instances.includes(inst)) return;
+    for (const old of this.#replacing.values()) if (old === inst) return;
+    const proc = this.processes[inst.process];
+    this.#log.warn({ instance: inst.label, pid: inst.pid }, 'replacing unhealthy instance');
+    const fresh = this.#factory.createInstance(this, proc, inst.index);
+    this.#replacing.set(fresh, inst);
+    fresh.start();
+  }
+
+  instanceIdle(inst: Instance): void {
+    if (this.#retiring.size > 0 && this.#retiring.has(inst)) this.#retire(inst);
+  }
+
+  // ---- internals -------------------------------------------------------------------------------
+
+  #transition(next: GenerationState): void {
+    const was = this.#state;
+    if (was === next) return;
+    this.#state = next;
+    this.#log.info({ state: next, was }, 'generation state');
+  }
+
+  #checkStartup(): void {
+    if (this.#settled) return;
+    let pending = 0;
+    const crashed: Instance[] = [];
+    for (const inst of this.#instances) {
+      if (inst.state === 'crashed') crashed.push(inst);
+      else if (inst.state !== 'ready') pending++;
+    }
+    if (crashed.length > 0) {
+      this.#settle(this.#failure('BERTH_E_SPAWN', `generation ${this.id} failed to start: ${list(crashed)} crashed`, crashed));
+    } else if (pending === 0) {
+      this.#settle(null);
+    }
+  }
+
+  #startupTimedOut(timeoutMs: number): void {
+    this.#startupTimer = null;
+    if (this.#settled) return;
+    const late = this.#instances.filter((i) => i.state !== 'ready');
+    const names = late.map((i) => `${i.label} (${i.state})`).join(', ');
+    this.#settle(this.#failure('BERTH_E_STARTUP_TIMEOUT', `generation ${this.id} not ready after ${formatDuration(timeoutMs)}: ${names}`, late));
+  }
+
+  #failure(code: string, headline: string, culprits: Instance[]): BerthError {
+    const logTail: string[] = [];
+    for (const inst of culprits) logTail.push(...inst.logTail());
+    const message = logTail.length > 0 ? `${headline}\n${logTail.join('\n')}` : `${headline} (no output)`;
+    return new BerthError(code, message, {
+      details: { generation: this.id, release: this.releaseId, instances: culprits.map((i) => i.label), logTail },
+    });
+  }
+
+  /** Ends the startup phase once: null for ready, else the error waitReady rejects with. */
+  #settle(err: BerthError | null): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    if (this.#startupTimer) clearTimeout(this.#startupTimer);
+    this.#startupTimer = null;
+    if (err === null) {
+      this.#transition('ready');
+      this.#resolveReady();
+    } else {
+      if (this.#state === 'starting') this.#transition('failed');
+      this.#log.warn({ code: err.code, instances: err.details?.instances }, 'generation not ready');
+      this.#rejectReady(err);
+    }
+  }
+
+  /** The replacement is ready (or gave up): it takes the old instance's place; the old one retires. */
+  #swap(old: Instance, fresh: Instance): void {
+    this.#replacing.delete(fresh);
+    const i = this.#instances.indexOf(old);
+    if (i === -1 || this.#stopping !== null) return;
+    const next = this.#instances.slice();
+    next[i] = fresh;
+    this.#instances = next;
+    const pool = this.pools.get(old.process);
+    if (pool) pool.setInstances(pool.instances.map((u) => (u === old ? fresh : u)));
+    this.#log.info({ instance: fresh.label, pid: fresh.pid, was: old.pid, state: fresh.state }, 'instance replaced');
+    // Out of the pool now, so it gets no new requests; the ones it holds may finish, up to timeouts.drain.
+    if (old.inFlight === 0) {
+      this.#retiring.set(old, null);
+      this.#retire(old);
+    } else {
+      this.#retiring.set(old, setTimeout(() => this.#retire(old), this.config.timeouts.drainMs));
+    }
+  }
+
+  #retire(old: Instance): void {
+    const timer = this.#retiring.get(old);
+    if (timer) clearTimeout(timer);
+    this.#retiring.set(old, null);
+    if (old.inFlight > 0) this.#log.warn({ instance: old.label, pid: old.pid, inFlight: old.inFlight }, 'drain timeout: stopping instance with requests in flight');
+    old.stop().then(() => this.#retiring.delete(old));
+  }
+
+  async #stop(): Promise<void> {
+    this.#settle(new BerthError('BERTH_E_UNAVAILABLE', `generation ${this.id} was stopped before it was ready`));
+    this.#clearTimers();
+    this.#transition('stopping');
+    await Promise.all(this.#everyInstance().map((i) => i.stop()));
+    this.#replacing.clear();
+    this.#retiring.clear();
+    this.#transition('stopped');
+  }
+
+  #everyInstance(): Instance[] {
+    return [...new Set([...this.#instances, ...this.#replacing.keys(), ...this.#retiring.keys()])];
+  }
+
+  #clearTimers(): void {
+    if (this.#startupTimer) clearTimeout(this.#startupTimer);
+    this.#startupTimer = null;
+    for (const timer of this.#retiring.values()) if (timer) clearTimeout(timer);
+  }
+}
+
+function list(instances: Instance[]): string {
+  return instances.map((i) => i.label).join(', ');
+}

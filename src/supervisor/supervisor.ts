@@ -1,0 +1,172 @@
+import { realpathSync } from 'node:fs';
+import { join } from 'node:path';
+import type { AppConfig, ProcessConfig } from '../config/schema.ts';
+import { BerthError, errorMessage } from '../lib/errors.ts';
+import type { Logger } from '../lib/logger.ts';
+import type { RestartTiming } from './backoff.ts';
+import { Generation, type InstanceFactory } from './generation.ts';
+import { Instance } from './instance.ts';
+import { LogWriter } from './log-writer.ts';
+import { Ports } from './ports.ts';
+
+export { Generation, Instance };
+export type { GenerationSnapshot } from './generation.ts';
+export type { InstanceSnapshot } from './instance.ts';
+export type { RestartTiming } from './backoff.ts';
+
+export interface SupervisorOptions {
+  /** Absolute. Logs go to `<stateDir>/apps/<app>/logs/<process>.log`. */
+  stateDir: string;
+  /** The 'supervisor' logger. */
+  logger: Logger;
+  /** Inherited by every instance (PATH, HOME...); default process.env. */
+  baseEnv?: Record<string, string | undefined>;
+  /** Restart policy; defaults are the RESTART_* constants. Tests shrink them. */
+  timing?: Partial<RestartTiming>;
+  /** Log rotation; defaults DEFAULT_LOG_MAX_BYTES and DEFAULT_LOG_KEEP_FILES. */
+  logs?: { maxBytes?: number; keepFiles?: number };
+}
+
+type SupervisorState = 'running' | 'stopping' | 'stopped';
+
+/**
+ * Owns every app process of the gateway, grouped in generations. The deployer asks it for a
+ * generation, waits for it, and tells the proxy to switch; the proxy only ever reads the generation's
+ * pools. Nothing here is on the request path.
+ */
+export class Supervisor implements InstanceFactory {
+  readonly stateDir: string;
+  #log: Logger;
+  #baseEnv: Record<string, string | undefined>;
+  #timing: Partial<RestartTiming>;
+  #logOptions: { maxBytes?: number; keepFiles?: number };
+  #ports: Ports;
+  #state: SupervisorState = 'running';
+  /** Live generations, oldest first. */
+  #generations: Generation[] = [];
+  /** Last generation number per app, for ids like `shop#3`. */
+  #seq = new Map<string, number>();
+  /** One writer per log file, shared by every instance (of every generation) of a process type. */
+  #writers = new Map<string, LogWriter>();
+  #stopping: Promise<void> | null = null;
+
+  constructor(opts: SupervisorOptions) {
+    this.stateDir = opts.stateDir;
+    this.#log = opts.logger;
+    this.#baseEnv = opts.baseEnv ?? process.env;
+    this.#timing = opts.timing ?? {};
+    this.#logOptions = opts.logs ?? {};
+    this.#ports = new Ports(opts.stateDir);
+  }
+
+  /**
+   * Spawns every instance of every process type of this release at once and returns the new
+   * generation (state 'starting'; see `Generation.waitReady`). `processes` is the resolved set of
+   * process types (from config or Procfile). The working directory is the release's real path, even
+   * when `release.dir` goes through a symlink. Throws BERTH_E_SPAWN when the directory is missing, and
+   * BERTH_E_UNAVAILABLE once the supervisor is stopping.
+   */
+  startGeneration(app: AppConfig, release: { id: string; dir: string }, processes: Record<string, ProcessConfig>): Generation {
+    if (this.#state !== 'running') throw new BerthError('BERTH_E_UNAVAILABLE', `the supervisor is ${this.#state}: not starting ${app.name}`);
+    let releaseDir: string;
+    try {
+      releaseDir = realpathSync(release.dir);
+    } catch (err) {
+      throw new BerthError('BERTH_E_SPAWN', `release directory ${release.dir} of ${app.name} cannot be resolved: ${errorMessage(err)}`, { cause: err });
+    }
+    const n = (this.#seq.get(app.name) ?? 0) + 1;
+    this.#seq.set(app.name, n);
+    const id = `${app.name}#${n}`;
+    const gen = new Generation({
+      id,
+      app,
+      releaseId: release.id,
+      releaseDir,
+      processes,
+      factory: this,
+      logger: this.#log.child({ app: app.name, generation: id, release: release.id }),
+    });
+    this.#generations.push(gen);
+    gen.start();
+    this.#log.info({ app: app.name, generation: id, release: release.id, instances: gen.instances.length }, 'generation started');
+    return gen;
+  }
+
+  /**
+   * Graceful stop of one generation: SIGTERM to every instance's process group, SIGKILL after
+   * `timeouts.stop`; resolves when every process has exited.
+   */
+  async stopGeneration(gen: Generation): Promise<void> {
+    try {
+      await gen.stop();
+    } finally {
+      const i = this.#generations.indexOf(gen);
+      if (i !== -1) this.#generations.splice(i, 1);
+    }
+  }
+
+  /** Live generations (not yet stopped), optionally of one app, oldest first. */
+  generations(app?: string): Generation[] {
+    return app === undefined ? this.#generations.slice() : this.#generations.filter((g) => g.app === app);
+  }
+
+  /** Stops every generation in parallel and closes the log files; resolves when all processes are gone. */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  /** Synchronously SIGKILLs every process group (last resort on gateway crash or exit). */
+  destroy(err?: Error): void {
+    this.#transition('stopped');
+    for (const gen of this.#generations) gen.destroy(err);
+    this.#generations = [];
+  }
+
+  /** InstanceFactory: one instance slot of `gen`, with its env, address source, log file and timings. */
+  createInstance(gen: Generation, proc: ProcessConfig, index: number): Instance {
+    const app = gen.config;
+    const appDir = join(this.stateDir, 'apps', app.name);
+    const genNumber = gen.id.slice(gen.id.lastIndexOf('#') + 1);
+    // Numbered by generation: the old and new generations of a deploy run side by side.
+    const heartbeatFile = proc.http ? null : join(appDir, 'run', `${proc.name}.${index}.${genNumber}.heartbeat`);
+    return new Instance({
+      app,
+      process: proc,
+      index,
+      releaseId: gen.releaseId,
+      releaseDir: gen.releaseDir,
+      env: Instance.baseEnv(this.#baseEnv, app, gen.releaseId, proc, index, heartbeatFile),
+      heartbeatFile,
+      ports: this.#ports,
+      logWriter: this.#writer(join(appDir, 'logs', `${proc.name}.log`)),
+      timing: this.#timing,
+      logger: this.#log.child({ app: app.name, generation: gen.id, instance: `${proc.name}.${index}` }),
+      listener: gen,
+    });
+  }
+
+  #writer(file: string): LogWriter {
+    let writer = this.#writers.get(file);
+    if (!writer) {
+      writer = new LogWriter({ file, maxBytes: this.#logOptions.maxBytes, keepFiles: this.#logOptions.keepFiles, logger: this.#log });
+      this.#writers.set(file, writer);
+    }
+    return writer;
+  }
+
+  async #stop(): Promise<void> {
+    if (this.#state === 'stopped') return;
+    this.#transition('stopping');
+    await Promise.allSettled(this.#generations.slice().map((g) => this.stopGeneration(g)));
+    await Promise.allSettled([...this.#writers.values()].map((w) => w.close()));
+    this.#transition('stopped');
+  }
+
+  #transition(next: SupervisorState): void {
+    const was = this.#state;
+    if (was === next) return;
+    this.#state = next;
+    this.#log.info({ state: next, was, generations: this.#generations.length }, 'supervisor state');
+  }
+}
