@@ -7,6 +7,7 @@
  * close the control API and the store.
  */
 import { mkdir, utimes, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import type { BerthConfig, AppConfig, Mode } from './config/schema.ts';
 import { dbDemand, HEALTH_FILE_INTERVAL_MS } from './config/schema.ts';
 import type { LoggerFactory, Logger } from './lib/logger.ts';
@@ -56,6 +57,17 @@ export interface AppStatus {
   generations: (ReturnType<Generation['snapshot']> & { active: boolean })[];
 }
 
+export interface HistoryEntry {
+  at: string;
+  finishedAt: string | null;
+  app: string;
+  action: string;
+  id: string;
+  user: string | null;
+  outcome: string;
+  detail: string | null;
+}
+
 export interface GatewayStatus {
   version: string;
   pid: number;
@@ -75,6 +87,16 @@ export interface GatewayOptions {
   loggers: LoggerFactory;
   /** Test hook: shrink restart backoff. Passed to the supervisor. */
   supervisorTiming?: ConstructorParameters<typeof Supervisor>[0]['timing'];
+}
+
+/** Whether `pid` is alive and is an instance of `app` (its environment names the app). */
+function isBerthProcess(pid: number, app: string): boolean {
+  try {
+    const env = readFileSync(`/proc/${pid}/environ`, 'latin1');
+    return env.split('\0').includes(`BERTH_APP=${app}`);
+  } catch {
+    return false;
+  }
 }
 
 export class Gateway implements DeployHost {
@@ -105,6 +127,7 @@ export class Gateway implements DeployHost {
       stateDir: opts.config.stateDir,
       logger: opts.loggers.get('supervisor'),
       timing: opts.supervisorTiming,
+      onProcess: (event, info) => this.#recordProcess(event, info),
     });
     this.#api = new ApiServer({ gateway: this, config: opts.config, logger: opts.loggers.get('api') });
   }
@@ -156,6 +179,7 @@ export class Gateway implements DeployHost {
       }
       this.#deployer = new Deployer({ host: this, store, supervisor: this.#supervisor, logger: this.#loggers.get('deploy'), stateDir: this.config.stateDir });
       await this.#deployer.recoverInterrupted();
+      await this.#reapOrphans(store);
       this.#rebuildTable();
       await this.#proxy.start();
       await this.#api.start();
@@ -177,6 +201,36 @@ export class Gateway implements DeployHost {
       });
       trigger.start();
       this.#triggers.push(trigger);
+    }
+  }
+
+  /** Remembers app process groups in the store, so the next start can kill them if this gateway dies. */
+  #recordProcess(event: 'spawn' | 'exit', info: { pgid: number; app: string; process: string; index: number; releaseId: string }): void {
+    const store = this.#store;
+    if (!store) return;
+    const write =
+      event === 'spawn'
+        ? store.recordProcess({ pgid: info.pgid, app: info.app, generation: info.releaseId, process: info.process, index: info.index, gatewayPid: process.pid, startedAt: new Date().toISOString() })
+        : store.removeProcess(info.pgid);
+    write.catch((err) => this.#log.warn({ pgid: info.pgid, err: errorMessage(err) }, 'cannot record process group'));
+  }
+
+  /**
+   * Kills process groups that a previous gateway started and never stopped (it was killed). A pid can
+   * be reused, so a group is only killed when its leader still carries the app's BERTH_APP in its
+   * environment.
+   */
+  async #reapOrphans(store: Store): Promise<void> {
+    for (const p of await store.listProcesses()) {
+      if (p.gatewayPid !== process.pid && isBerthProcess(p.pgid, p.app)) {
+        try {
+          process.kill(-p.pgid, 'SIGKILL');
+          this.#log.warn({ pgid: p.pgid, app: p.app, process: `${p.process}.${p.index}` }, 'killed orphan process group');
+        } catch {
+          // Already gone.
+        }
+      }
+      await store.removeProcess(p.pgid);
     }
   }
 
@@ -373,6 +427,24 @@ export class Gateway implements DeployHost {
   async deploys(name: string): Promise<DeployRecord[]> {
     if (!this.#store) return [];
     return this.#store.listDeploys({ app: name, limit: 50 });
+  }
+
+  /**
+   * What happened, newest first: deploys, rollbacks and reloads with who asked and the outcome.
+   */
+  async history(filter: { app?: string; limit?: number }): Promise<HistoryEntry[]> {
+    if (!this.#store) return [];
+    const deploys = await this.#store.listDeploys({ app: filter.app, limit: filter.limit ?? 50 });
+    return deploys.map((d) => ({
+      at: d.createdAt,
+      finishedAt: d.finishedAt,
+      app: d.app,
+      action: d.kind,
+      id: d.id,
+      user: d.user,
+      outcome: d.state,
+      detail: d.state === 'failed' ? `${d.failedStep ?? '?'}: ${d.error ?? ''}` : d.releaseId ? `release ${d.releaseId}` : null,
+    }));
   }
 
   /** Routes for `berth routes`. */

@@ -12,6 +12,7 @@ import { routes, ROUTES_USAGE } from './cli/routes.ts';
 import { stop, STOP_USAGE } from './cli/stop.ts';
 import { deploy, DEPLOY_USAGE, rollback, ROLLBACK_USAGE, reload, RELOAD_USAGE } from './cli/deploy.ts';
 import { releases, RELEASES_USAGE } from './cli/releases.ts';
+import { history, HISTORY_USAGE } from './cli/history.ts';
 
 type Verb = (args: string[]) => Promise<number>;
 
@@ -24,6 +25,7 @@ const VERBS: Record<string, { run: Verb; usage: string; summary: string }> = {
   rollback: { run: rollback, usage: ROLLBACK_USAGE, summary: 'go back to the previous good release (or the one named)' },
   reload: { run: reload, usage: RELOAD_USAGE, summary: 'restart the app on its active release with zero downtime' },
   releases: { run: releases, usage: RELEASES_USAGE, summary: 'id, created, state and source of each release' },
+  history: { run: history, usage: HISTORY_USAGE, summary: 'deploys, rollbacks and reloads with who and outcome' },
   stop: { run: stop, usage: STOP_USAGE, summary: 'graceful shutdown: drain, stop every app, exit' },
 };
 

@@ -86,6 +86,14 @@ export class ApiRoutes {
       });
       return undefined;
     });
+    this.#add('GET', '/v1/history', async (_p, url) => {
+      const app = url.searchParams.get('app');
+      if (app) this.#app(app);
+      const limit = url.searchParams.get('limit');
+      const n = limit === null ? 50 : Number(limit);
+      if (!Number.isInteger(n) || n < 1 || n > 1000) throw new BerthError('BERTH_E_BAD_REQUEST', `"limit" must be an integer from 1 to 1000, got "${limit}"`);
+      return { status: 200, body: { history: await this.#gateway.history({ app: app ?? undefined, limit: n }) } };
+    });
     this.#add('POST', '/v1/stop', (_p, _u, _b, _req, res) => {
       // Answer first, then stop: the CLI gets its reply before the socket goes away.
       res.once('finish', () => void this.#gateway.stop());

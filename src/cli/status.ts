@@ -40,7 +40,7 @@ function formatApp(app: AppStatus): string {
         `${i.process}.${i.index}`,
         g.releaseId + (g.active ? '' : ` (${g.state})`),
         i.pid,
-        i.state,
+        i.state === 'ready' && i.busy ? 'busy' : i.state,
         i.address,
         i.http ? i.inFlight : '',
         i.http ? i.served : '',

@@ -50,6 +50,7 @@ export const ErrorCodes = {
   spawn: 'BERTH_E_SPAWN',
   startup: 'BERTH_E_STARTUP_TIMEOUT',
   unavailable: 'BERTH_E_UNAVAILABLE',
+  listen: 'BERTH_E_LISTEN',
 } as const;
 
 const STATUS_BY_CODE: Record<string, number> = {

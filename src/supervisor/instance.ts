@@ -75,7 +75,12 @@ export interface InstanceOptions {
   timing?: Partial<RestartTiming>;
   logger: Logger;
   listener?: InstanceListener | null;
+  /** Told when a process group starts and when its leader exits (the gateway records them in the store). */
+  onProcess?: ProcessHook | null;
 }
+
+/** A process group started (`spawn`) or its leader exited (`exit`). */
+export type ProcessHook = (event: 'spawn' | 'exit', info: { pgid: number; app: string; process: string; index: number; releaseId: string }) => void;
 
 /**
  * One OS process of one process type of one release, and the slot it fills: when the process exits it
@@ -113,6 +118,7 @@ export class Instance implements Upstream {
   #writer: LogWriter;
   #log: Logger;
   #listener: InstanceListener | null;
+  #onProcess: ProcessHook | null;
   #backoff: Backoff;
   #health: Health | null = null;
   #heartbeat: Heartbeat | null = null;
@@ -152,6 +158,7 @@ export class Instance implements Upstream {
     this.#writer = opts.logWriter;
     this.#log = opts.logger;
     this.#listener = opts.listener ?? null;
+    this.#onProcess = opts.onProcess ?? null;
     this.#backoff = new Backoff(opts.timing);
     if (this.http && opts.app.health.path !== null) {
       this.#health = new Health(this, opts.app.health, opts.logger, this.#unhealthy.bind(this));
@@ -351,6 +358,7 @@ export class Instance implements Upstream {
     this.#startedAt = Date.now();
     this.#address = address;
     this.#log.info({ pid: child.pid, address: address === null ? undefined : describe(address) }, 'instance spawned');
+    this.#onProcess?.('spawn', { pgid: child.pid, app: this.app, process: this.process, index: this.index, releaseId: this.releaseId });
     if (address !== null) {
       this.#startupTimer = setTimeout(() => this.#startupTimedOut(run), this.config.health.startupTimeoutMs);
       this.#pollReady(run);
@@ -446,6 +454,7 @@ export class Instance implements Upstream {
     this.#child = null;
     const upMs = this.#startedAt === 0 ? 0 : Date.now() - this.#startedAt;
     const pid = this.#pid;
+    if (pid !== null) this.#onProcess?.('exit', { pgid: pid, app: this.app, process: this.process, index: this.index, releaseId: this.releaseId });
     if (this.#ended) this.#log.info({ pid, code, signal, upMs }, 'instance exited');
     else this.#log.warn({ pid, code, signal, upMs }, 'instance exited');
     // Leftovers of the group would hold the old port or socket and outlive their instance.

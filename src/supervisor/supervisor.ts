@@ -5,7 +5,7 @@ import { BerthError, errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { RestartTiming } from './backoff.ts';
 import { Generation, type InstanceFactory } from './generation.ts';
-import { Instance } from './instance.ts';
+import { Instance, type ProcessHook } from './instance.ts';
 import { LogWriter } from './log-writer.ts';
 import { Ports } from './ports.ts';
 
@@ -25,6 +25,8 @@ export interface SupervisorOptions {
   timing?: Partial<RestartTiming>;
   /** Log rotation; defaults DEFAULT_LOG_MAX_BYTES and DEFAULT_LOG_KEEP_FILES. */
   logs?: { maxBytes?: number; keepFiles?: number };
+  /** Told about every process group started and ended, so orphans can be found after a crash. */
+  onProcess?: ProcessHook;
 }
 
 type SupervisorState = 'running' | 'stopping' | 'stopped';
@@ -50,12 +52,15 @@ export class Supervisor implements InstanceFactory {
   #writers = new Map<string, LogWriter>();
   #stopping: Promise<void> | null = null;
 
+  #onProcess: ProcessHook | null;
+
   constructor(opts: SupervisorOptions) {
     this.stateDir = opts.stateDir;
     this.#log = opts.logger;
     this.#baseEnv = opts.baseEnv ?? process.env;
     this.#timing = opts.timing ?? {};
     this.#logOptions = opts.logs ?? {};
+    this.#onProcess = opts.onProcess ?? null;
     this.#ports = new Ports(opts.stateDir);
   }
 
@@ -143,6 +148,7 @@ export class Supervisor implements InstanceFactory {
       timing: this.#timing,
       logger: this.#log.child({ app: app.name, generation: gen.id, instance: `${proc.name}.${index}` }),
       listener: gen,
+      onProcess: this.#onProcess,
     });
   }
 

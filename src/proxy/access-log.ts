@@ -1,0 +1,29 @@
+import type { Logger } from '../lib/logger.ts';
+
+/** One access-log line. Always the same fields in the same order, so every line has one shape. */
+export interface AccessLogLine {
+  app: string | null;
+  method: string;
+  path: string;
+  status: number;
+  durationMs: number;
+  requestId: string;
+  release: string | null;
+  /** `web.0`; null when no instance was chosen. */
+  instance: string | null;
+  clientIp: string;
+}
+
+/**
+ * Writes the `request` line for a request the proxy handled (not for gateway endpoints). Callers check
+ * `logger.isLevelEnabled('info')` first, so a quiet proxy builds nothing. Status 499 means the client went
+ * away before a response was sent (the nginx convention).
+ */
+export function accessLog(logger: Logger, line: AccessLogLine): void {
+  logger.info(line, 'request');
+}
+
+/** Milliseconds since `start` (a performance.now() value), to 0.1ms. */
+export function elapsedMs(start: number): number {
+  return Math.round((performance.now() - start) * 10) / 10;
+}

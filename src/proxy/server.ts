@@ -1,0 +1,525 @@
+/**
+ * The front door: listeners and the request pipeline.
+ *
+ * Listeners outlive everything else: `setTable` and `setConfig` swap what requests see and never touch a
+ * socket. Every request reads the table pointer once, on arrival, and runs the SPEC's steps in order:
+ *   1. gateway endpoints under `internal_prefix` (the health lane), before anything that could wait;
+ *   2. the client IP;
+ *   3. the route (no match: 404);
+ *   4. rate limits, 5. the mode, and static routes: seams marked below, filled by later work;
+ *   6. pinning to the app's active generation (none: 503);
+ *   7. admission, 8. forwarding, 9. errors: a `Forward` per request (forward.ts).
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect, type Socket } from 'node:net';
+import { lstat, unlink } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import type { BerthConfig, ListenAddress, RouteConfig } from '../config/schema.ts';
+import type { Logger } from '../lib/logger.ts';
+import { BerthError } from '../lib/errors.ts';
+import { Admission, type AdmissionLimits } from './admission.ts';
+import { accessLog, elapsedMs } from './access-log.ts';
+import { clientIp, socketAddress } from './client-ip.ts';
+import { ErrorPages, type ErrorReason } from './error-pages.ts';
+import { Forward, ProxyResponse, type ForwardShared } from './forward.ts';
+import { HealthLane } from './health-lane.ts';
+import { requestId } from './request-id.ts';
+import { RoutingTable, type AppEntry } from './router.ts';
+import { UpstreamClients } from './upstream-clients.ts';
+
+export type ProxyState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
+
+/** How often queued requests are expired and queues re-pumped (instances that became ready). */
+const TICK_MS = 50;
+/** Upstream pools unused for one to two of these periods are closed (instances that went away). */
+const CLIENT_SWEEP_MS = 30_000;
+/** Retry-After (seconds) while an app has no active generation: it is booting or failed. */
+const NO_GENERATION_RETRY_AFTER_S = 5;
+
+/**
+ * Server limits, so a slow client cannot hold a connection (and through it an admission slot) forever:
+ * the whole header block within 30s, the whole request within 5 min, idle keep-alive 5s. Header size
+ * stays Node's default (16 KiB).
+ */
+const SERVER_OPTIONS = {
+  ServerResponse: ProxyResponse,
+  headersTimeout: 30_000,
+  requestTimeout: 300_000,
+  keepAliveTimeout: 5_000,
+  // Only WebSocket upgrades leave the request path. Others (`curl --http2` sends `Upgrade: h2c`) are
+  // served as plain HTTP/1.1 requests, their Upgrade header stripped as hop-by-hop.
+  shouldUpgradeCallback: isWebSocketUpgrade,
+};
+
+function isWebSocketUpgrade(req: IncomingMessage): boolean {
+  const upgrade = req.headers.upgrade;
+  return upgrade !== undefined && upgrade.toLowerCase().includes('websocket');
+}
+
+type ProxyServer = Server<typeof IncomingMessage, typeof ProxyResponse>;
+
+const UPGRADE_NOT_IMPLEMENTED = 'HTTP/1.1 501 Not Implemented\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+
+export interface ProxyOptions {
+  config: BerthConfig;
+  /** The 'proxy' logger. */
+  logger: Logger;
+}
+
+export class Proxy {
+  #state: ProxyState = 'new';
+  #config: BerthConfig;
+  #log: Logger;
+  #table: RoutingTable = new RoutingTable([]);
+  #prefix: string;
+  #servers: { server: ProxyServer; address: ListenAddress }[] = [];
+  /** `app/process` -> admission; kept across table swaps so limits hold across generations. */
+  #admissions = new Map<string, Admission>();
+  /** Route -> its pool's admission, rebuilt with each table, so a request finds it without a string key. */
+  #admissionByRoute = new Map<RouteConfig, Admission>();
+  #clients = new UpstreamClients();
+  #pages = new ErrorPages();
+  #lane: HealthLane;
+  #shared: ForwardShared;
+  #inFlight = 0;
+  #tick: NodeJS.Timeout | null = null;
+  #ticks = 0;
+  #stopping: Promise<void> | null = null;
+  /** Resolves the graceful stop's wait once in-flight reaches zero. */
+  #drained: (() => void) | null = null;
+
+  constructor(opts: ProxyOptions) {
+    this.#config = opts.config;
+    this.#log = opts.logger;
+    this.#prefix = opts.config.internalPrefix;
+    this.#lane = new HealthLane(this);
+    this.#shared = {
+      clients: this.#clients,
+      pages: this.#pages,
+      log: opts.logger,
+      trustedProxyCount: opts.config.trustedProxyCount,
+      stopping: false,
+      done: (fw) => this.#forwardDone(fw),
+    };
+  }
+
+  get state(): ProxyState {
+    return this.#state;
+  }
+
+  get table(): RoutingTable {
+    return this.#table;
+  }
+
+  /** False once a stop has begun; the health lane reports it. */
+  get accepting(): boolean {
+    return this.#state === 'new' || this.#state === 'starting' || this.#state === 'running';
+  }
+
+  /** Requests being handled: queued or forwarding (gateway endpoints and instant errors not counted). */
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  /** Requests waiting in the admission queues of the app's pools. */
+  queueDepth(app: string): number {
+    let n = 0;
+    for (const a of this.#admissions.values()) if (a.app === app) n += a.depth;
+    return n;
+  }
+
+  /**
+   * Makes `table` the one new requests see. Requests already running keep the generation they pinned.
+   * Admission limits are brought in line with the table's apps (bounded by config size, not traffic).
+   */
+  setTable(table: RoutingTable): void {
+    this.#table = table;
+    this.#syncAdmissions();
+  }
+
+  /** Applies a reloaded config: trusted_proxy_count, internal_prefix and per-app limits. Listeners stay. */
+  setConfig(config: BerthConfig): void {
+    this.#config = config;
+    this.#prefix = config.internalPrefix;
+    this.#shared.trustedProxyCount = config.trustedProxyCount;
+    this.#syncAdmissions();
+  }
+
+  /**
+   * Binds every `config.listen` address (tcp host:port incl. port 0, or a unix path). On any failure it
+   * closes what it opened and rejects with BERTH_E_LISTEN naming the address.
+   */
+  async start(): Promise<void> {
+    if (this.#state !== 'new') throw new BerthError('BERTH_E_INTERNAL', `proxy already ${this.#state}`);
+    this.#transition('starting');
+    try {
+      for (const address of this.#config.listen) this.#servers.push({ server: await this.#listen(address), address });
+    } catch (err) {
+      await Promise.all(this.#servers.map(({ server }) => closeServer(server)));
+      this.#servers = [];
+      this.#transition('stopped');
+      throw err;
+    }
+    this.#tick = setInterval(() => this.#onTick(), TICK_MS);
+    this.#tick.unref();
+    this.#transition('running');
+    this.#log.info({ listen: this.addresses().map((a) => a.text) }, 'proxy listening');
+  }
+
+  /** The bound addresses, with port 0 resolved to the real port. */
+  addresses(): ListenAddress[] {
+    return this.#servers.map(({ server, address }) => {
+      if (address.kind === 'unix') return address;
+      const port = (server.address() as AddressInfo | null)?.port ?? address.port;
+      const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+      return { kind: 'tcp', host: address.host, port, text: `${host}:${port}` };
+    });
+  }
+
+  /**
+   * Graceful: close the listeners and idle keep-alive connections, answer in-flight requests with
+   * `Connection: close`, wait until in-flight (queued included) reaches zero or `deadlineMs` passes, then
+   * close every connection. Idempotent.
+   */
+  stop(deadlineMs: number): Promise<void> {
+    this.#stopping ??= this.#stop(deadlineMs);
+    return this.#stopping;
+  }
+
+  async #stop(deadlineMs: number): Promise<void> {
+    if (this.#state === 'new' || this.#state === 'stopped') {
+      this.#transition('stopped');
+      return;
+    }
+    this.#transition('stopping');
+    this.#shared.stopping = true;
+    const closed = this.#servers.map(({ server }) => closeServer(server));
+    if (this.#inFlight > 0) {
+      let timer: NodeJS.Timeout | null = null;
+      await new Promise<void>((resolve) => {
+        this.#drained = resolve;
+        timer = setTimeout(resolve, deadlineMs);
+      });
+      clearTimeout(timer!);
+      this.#drained = null;
+      if (this.#inFlight > 0) this.#log.warn({ inFlight: this.#inFlight, deadlineMs }, 'proxy stop deadline passed');
+    }
+    for (const { server } of this.#servers) server.closeAllConnections();
+    this.#clearTick();
+    await this.#clients.destroy();
+    await Promise.all(closed);
+    this.#transition('stopped');
+  }
+
+  /** Forced: drop every connection and upstream request now. */
+  destroy(err?: Error): void {
+    if (this.#state === 'stopped') return;
+    if (err) this.#log.error({ err: err.message }, 'proxy destroyed');
+    this.#shared.stopping = true;
+    this.#clearTick();
+    for (const { server } of this.#servers) {
+      server.close();
+      server.closeAllConnections();
+    }
+    void this.#clients.destroy(err);
+    this.#drained?.();
+    this.#transition('stopped');
+  }
+
+  // ---- request pipeline ----------------------------------------------------------------------------
+
+  #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    this.#handle(req, res as ProxyResponse);
+  };
+
+  #handle(req: IncomingMessage, res: ProxyResponse): void {
+    const start = performance.now();
+    if (this.#shared.stopping) res.shouldKeepAlive = false;
+    let path = req.url ?? '/';
+    let host = req.headers.host ?? '';
+    if (path.charCodeAt(0) !== 0x2f /* / */) {
+      // Absolute form (`GET http://host/path`): its authority replaces the Host header (RFC 9112 3.2.2).
+      const target = absoluteTarget(path);
+      if (target === null) {
+        this.#direct(req, res, start, 400, 'bad-request', null, null, '', requestId(undefined));
+        return;
+      }
+      path = target.path;
+      host = target.host;
+    }
+
+    // 1. Gateway endpoints, before anything that could queue.
+    const prefix = this.#prefix;
+    if (path.startsWith(prefix)) {
+      const c = path.charCodeAt(prefix.length);
+      if (path.length === prefix.length || c === 0x2f /* / */ || c === 0x3f /* ? */) {
+        this.#lane.handle(req, res, path.slice(prefix.length));
+        return;
+      }
+    }
+
+    // 2. Client IP.
+    const headers = req.headers;
+    const peer = socketAddress(req.socket);
+    const ip = clientIp(headers['x-forwarded-for'] as string | undefined, peer, this.#shared.trustedProxyCount);
+    const rid = requestId(headers['x-request-id'] as string | undefined);
+
+    // 3. Route.
+    const match = this.#table.lookup(host, path);
+    if (match === null) {
+      this.#direct(req, res, start, 404, 'no-route', null, null, ip, rid);
+      return;
+    }
+    const app = match.app;
+    const route = match.route;
+
+    // 4. Rate limits: seam (per-IP limiter keyed by `ip`, answering 429 with Retry-After).
+    // 5. Mode: seam (maintenance 503 / read-only 503 for unsafe methods, X-Berth-Mode), applied from
+    //    `app.mode`; static routes are still served in maintenance, so the static branch comes after it.
+    if (route.to === null) {
+      // Static routes: seam (files from `generation.releaseDir`, ETag, Range, precompressed siblings).
+      this.#direct(req, res, start, 501, 'static-unavailable', app, null, ip, rid);
+      return;
+    }
+
+    // 6. Pin: the active generation as of arrival, read once; the request finishes there.
+    const generation = app.generation;
+    if (generation === null) {
+      this.#direct(req, res, start, 503, 'no-active-generation', app, NO_GENERATION_RETRY_AFTER_S, ip, rid);
+      return;
+    }
+    const pool = generation.pools.get(route.to);
+    // A pool scaled to zero would only let requests sit out the queue timeout.
+    if (pool === undefined || pool.instances.length === 0) {
+      this.#direct(req, res, start, 503, 'no-pool', app, NO_GENERATION_RETRY_AFTER_S, ip, rid);
+      return;
+    }
+
+    // 7-9. Admission, forwarding, errors.
+    const admission = this.#admissionByRoute.get(route) ?? this.#admission(app, route.to);
+    const fw = new Forward(this.#shared, {
+      req,
+      res,
+      app,
+      route,
+      generation,
+      pool,
+      admission,
+      path,
+      host,
+      socketAddress: peer,
+      clientIp: ip,
+      requestId: rid,
+      start,
+    });
+    this.#inFlight++;
+    fw.run(start);
+  }
+
+  /** A response the gateway makes without forwarding (no route, no generation, ...), with its log line. */
+  #direct(
+    req: IncomingMessage,
+    res: ServerResponse,
+    start: number,
+    status: number,
+    reason: ErrorReason,
+    app: AppEntry | null,
+    retryAfter: number | null,
+    ip: string,
+    rid: string,
+  ): void {
+    this.#pages.send(req, res, { status, reason, retryAfter, requestId: rid, page: null, close: this.#shared.stopping });
+    if (this.#log.isLevelEnabled('info')) {
+      accessLog(this.#log, {
+        app: app?.name ?? null,
+        method: req.method ?? '',
+        path: req.url ?? '',
+        status,
+        durationMs: elapsedMs(start),
+        requestId: rid,
+        release: app?.generation?.releaseId ?? null,
+        instance: null,
+        clientIp: ip,
+      });
+    }
+  }
+
+  #forwardDone(_fw: Forward): void {
+    this.#inFlight--;
+    if (this.#shared.stopping) {
+      // Connections whose last response just ended would otherwise idle until keepAliveTimeout.
+      for (const { server } of this.#servers) server.closeIdleConnections();
+      if (this.#inFlight === 0) this.#drained?.();
+    }
+  }
+
+  /**
+   * WebSockets: seam. Until the upgrade path exists an upgrade is refused outright, rather than being
+   * forwarded as a plain request with its Upgrade header stripped.
+   */
+  #onUpgrade = (_req: IncomingMessage, socket: Socket): void => {
+    socket.end(UPGRADE_NOT_IMPLEMENTED);
+  };
+
+  // ---- admission ----------------------------------------------------------------------------------
+
+  #syncAdmissions(): void {
+    const byRoute = new Map<RouteConfig, Admission>();
+    for (const app of this.#table.apps) {
+      for (const route of app.config.routes) {
+        if (route.to !== null) byRoute.set(route, this.#admission(app, route.to));
+      }
+    }
+    this.#admissionByRoute = byRoute;
+  }
+
+  /** The admission of `app/process`, created on first use, its limits brought up to date. */
+  #admission(app: AppEntry, process: string): Admission {
+    const key = `${app.name}/${process}`;
+    const existing = this.#admissions.get(key);
+    const limits = this.#limits(app, process, existing);
+    if (existing !== undefined) {
+      if (existing.limit !== limits.limit || existing.queueMax !== limits.queueMax || existing.queueTimeoutMs !== limits.queueTimeoutMs) {
+        existing.configure(limits);
+      }
+      return existing;
+    }
+    const created = new Admission(app.name, process, limits);
+    this.#admissions.set(key, created);
+    return created;
+  }
+
+  /**
+   * instances x concurrency of the configured process type. An app whose process types come from a
+   * Procfile has no configured count, so the active generation's pool gives it; with neither, the last
+   * known limit stays (or none, leaving the per-instance concurrency as the only bound).
+   */
+  #limits(app: AppEntry, process: string, existing: Admission | undefined): AdmissionLimits {
+    const config = this.#config.apps[app.name] ?? app.config;
+    const proc = config.processes?.[process];
+    let limit: number;
+    if (proc !== undefined) limit = proc.instances * proc.concurrency;
+    else {
+      const pool = app.generation?.pools.get(process);
+      if (pool !== undefined && pool.instances.length > 0) limit = pool.instances.length * pool.concurrency;
+      else limit = existing?.limit ?? Number.POSITIVE_INFINITY;
+    }
+    return { limit, queueMax: config.queue.max, queueTimeoutMs: config.queue.timeoutMs };
+  }
+
+  #onTick(): void {
+    const now = performance.now();
+    for (const a of this.#admissions.values()) if (a.depth > 0) a.sweep(now);
+    if (++this.#ticks * TICK_MS >= CLIENT_SWEEP_MS) {
+      this.#ticks = 0;
+      this.#clients.sweep();
+    }
+  }
+
+  #clearTick(): void {
+    if (this.#tick !== null) clearInterval(this.#tick);
+    this.#tick = null;
+  }
+
+  // ---- listeners ----------------------------------------------------------------------------------
+
+  async #listen(address: ListenAddress): Promise<ProxyServer> {
+    const server = createServer(SERVER_OPTIONS, this.#onRequest);
+    server.on('upgrade', this.#onUpgrade);
+    try {
+      await listen(server, address);
+    } catch (err) {
+      // A unix socket file left by a process that died is in the way but dead: nobody accepts on it.
+      // Anything else at that path (a live socket, a regular file) is left alone and reported.
+      if (address.kind === 'unix' && (err as NodeJS.ErrnoException).code === 'EADDRINUSE' && (await isDeadSocket(address.path))) {
+        await unlink(address.path).catch(() => {});
+        try {
+          await listen(server, address);
+          return server;
+        } catch (again) {
+          err = again;
+        }
+      }
+      throw new BerthError('BERTH_E_LISTEN', `cannot listen on ${address.text}: ${listenProblem(err)}`, { cause: err });
+    }
+    return server;
+  }
+
+  #transition(next: ProxyState): void {
+    const was = this.#state;
+    if (was === next) return;
+    this.#state = next;
+    this.#log.info({ state: next, was }, 'proxy state');
+  }
+}
+
+function listen(server: ProxyServer, address: ListenAddress): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => reject(err);
+    server.once('error', onError);
+    const done = () => {
+      server.off('error', onError);
+      resolve();
+    };
+    if (address.kind === 'unix') server.listen(address.path, done);
+    else server.listen(address.port, address.host, done);
+  });
+}
+
+function closeServer(server: ProxyServer): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server.listening) {
+      resolve();
+      return;
+    }
+    server.close(() => resolve());
+  });
+}
+
+async function isDeadSocket(path: string): Promise<boolean> {
+  const st = await lstat(path).catch(() => null);
+  return st !== null && st.isSocket() && !(await accepts(path));
+}
+
+/** Whether something accepts connections on a unix socket path. */
+function accepts(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+function listenProblem(err: unknown): string {
+  switch ((err as NodeJS.ErrnoException).code) {
+    case 'EADDRINUSE':
+      return 'address in use';
+    case 'EACCES':
+    case 'EPERM':
+      return 'permission denied';
+    case 'EADDRNOTAVAIL':
+      return 'address not available';
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return 'unknown host';
+    case 'ENOENT':
+      return 'no such directory';
+    default:
+      return err instanceof Error ? err.message : String(err);
+  }
+}
+
+/** Host and origin-form path of an absolute-form request target; null when it is not one. */
+function absoluteTarget(url: string): { host: string; path: string } | null {
+  const scheme = url.startsWith('http://') ? 7 : url.startsWith('https://') ? 8 : -1;
+  if (scheme < 0) return null;
+  const slash = url.indexOf('/', scheme);
+  const q = url.indexOf('?', scheme);
+  const end = slash < 0 ? (q < 0 ? url.length : q) : q < 0 ? slash : Math.min(slash, q);
+  const host = url.slice(scheme, end);
+  const rest = url.slice(end);
+  return { host, path: rest === '' ? '/' : rest.charCodeAt(0) === 0x3f ? `/${rest}` : rest };
+}

@@ -1,0 +1,345 @@
+/**
+ * Test doubles of the supervisor side (Upstream, GenerationView) over REAL node:http backends on port 0,
+ * plus a real Proxy on port 0 and a plain HTTP client. Nothing in node:http is mocked.
+ */
+import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse, type Agent } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import type { TestContext } from 'node:test';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import type { AppConfig, BerthConfig, ProcessConfig, RouteConfig } from '../../src/config/schema.ts';
+import type { GenerationState, GenerationView, InstanceState, Upstream, UpstreamAddress } from '../../src/supervisor/types.ts';
+import { Pool } from '../../src/supervisor/pool.ts';
+import { silentLogger, type Logger } from '../../src/lib/logger.ts';
+import { Proxy } from '../../src/proxy/server.ts';
+import { RoutingTable, type AppEntry, type ModeState } from '../../src/proxy/router.ts';
+
+// ---- config ------------------------------------------------------------------------------------
+
+export function route(path: string, to: string | null = 'web', staticDir: string | null = null): RouteConfig {
+  return { path, to: staticDir === null ? to : null, static: staticDir, cache: null, cors: null };
+}
+
+export function processConfig(name: string, instances: number, concurrency: number): ProcessConfig {
+  return { name, command: 'node server.js', instances, concurrency, http: true, heartbeatTimeoutMs: null };
+}
+
+export function appConfig(name: string, over: Partial<AppConfig> = {}): AppConfig {
+  return {
+    name,
+    hosts: [],
+    source: null,
+    build: null,
+    release: null,
+    keepReleases: 5,
+    shared: [],
+    env: {},
+    processes: { web: processConfig('web', 1, 8) },
+    scale: {},
+    listen: 'port',
+    routes: [route('/')],
+    health: { path: '/up', intervalMs: 2000, timeoutMs: 1000, unhealthyAfter: 3, startupTimeoutMs: 30000, busyGraceMs: 30000 },
+    queue: { max: 100, timeoutMs: 10_000 },
+    timeouts: { headersMs: 30_000, drainMs: 30_000, stopMs: 10_000 },
+    dbConnections: null,
+    rateLimit: null,
+    schedule: {},
+    reloadTrigger: null,
+    pages: { maintenance: null, readOnly: null, error: null },
+    cacheFlush: null,
+    ...over,
+  };
+}
+
+export function berthConfig(apps: AppConfig[], over: Partial<BerthConfig> = {}): BerthConfig {
+  return {
+    file: 'berth.yaml',
+    environment: null,
+    stateDir: '.berth',
+    listen: [{ kind: 'tcp', host: '127.0.0.1', port: 0, text: '127.0.0.1:0' }],
+    control: { socket: 'control.sock', socketGroup: null, listen: null, tokens: {}, callContextHeader: null, permissions: {} },
+    trustedProxyCount: 0,
+    internalPrefix: '/_berth',
+    logLevels: {},
+    database: null,
+    migrations: 'upgrade',
+    resetState: false,
+    historyRetentionMs: 14 * 86_400_000,
+    cleanupCron: '0 * * * *',
+    schedulerDelayMs: 60_000,
+    healthFile: null,
+    metricsPublic: false,
+    apps: Object.fromEntries(apps.map((a) => [a.name, a])),
+    ...over,
+  };
+}
+
+// ---- supervisor test doubles ---------------------------------------------------------------------
+
+/** An instance as the supervisor would show it; counts begin/end and records accounting mistakes. */
+export class TestUpstream implements Upstream {
+  readonly app: string;
+  readonly process: string;
+  readonly index: number;
+  readonly releaseId: string;
+  state: InstanceState = 'ready';
+  address: UpstreamAddress | null;
+  inFlight = 0;
+  readonly concurrency: number;
+  served = 0;
+  /** Most requests seen in flight at once. */
+  peak = 0;
+  /** Tickets ended twice or never begun: must stay empty. */
+  readonly mistakes: string[] = [];
+  #open = new Set<number>();
+  #next = 0;
+
+  constructor(opts: { app: string; process?: string; index: number; releaseId: string; address: UpstreamAddress | null; concurrency: number }) {
+    this.app = opts.app;
+    this.process = opts.process ?? 'web';
+    this.index = opts.index;
+    this.releaseId = opts.releaseId;
+    this.address = opts.address;
+    this.concurrency = opts.concurrency;
+  }
+
+  begin(): number {
+    const ticket = ++this.#next;
+    this.#open.add(ticket);
+    this.inFlight++;
+    this.peak = Math.max(this.peak, this.inFlight);
+    return ticket;
+  }
+
+  end(ticket: number): void {
+    if (!this.#open.delete(ticket)) {
+      this.mistakes.push(`end(${ticket}) without an open begin`);
+      return;
+    }
+    this.inFlight--;
+    this.served++;
+  }
+}
+
+export class TestGeneration implements GenerationView {
+  readonly id: string;
+  readonly app: string;
+  readonly releaseId: string;
+  readonly releaseDir: string;
+  state: GenerationState = 'ready';
+  readonly pools = new Map<string, Pool>();
+
+  constructor(opts: { id: string; app: string; releaseId: string; releaseDir?: string }) {
+    this.id = opts.id;
+    this.app = opts.app;
+    this.releaseId = opts.releaseId;
+    this.releaseDir = opts.releaseDir ?? '/nonexistent';
+  }
+
+  get inFlight(): number {
+    let n = 0;
+    for (const p of this.pools.values()) for (const i of p.instances) n += i.inFlight;
+    return n;
+  }
+
+  /** Adds a pool whose instances point at `addresses` (null: an instance with no live process). */
+  addPool(process: string, concurrency: number, addresses: (UpstreamAddress | null)[]): TestUpstream[] {
+    const pool = new Pool(process, concurrency);
+    const instances = addresses.map(
+      (address, index) => new TestUpstream({ app: this.app, process, index, releaseId: this.releaseId, address, concurrency }),
+    );
+    pool.setInstances(instances);
+    this.pools.set(process, pool);
+    return instances;
+  }
+
+  instances(process = 'web'): TestUpstream[] {
+    return this.pools.get(process)!.instances as TestUpstream[];
+  }
+}
+
+export function entry(config: AppConfig, generation: GenerationView | null, mode: Partial<ModeState> = {}): AppEntry {
+  return { name: config.name, config, generation, mode: { mode: 'normal', message: null, retryAfter: null, ...mode } };
+}
+
+// ---- real backends -------------------------------------------------------------------------------
+
+export interface Backend {
+  server: Server;
+  port: number;
+  address: UpstreamAddress;
+  /** TCP connections the backend accepted. */
+  connections: number;
+  /** Requests it received, in arrival order. */
+  requests: IncomingMessage[];
+  close(): Promise<void>;
+}
+
+type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+
+/** A real HTTP server on 127.0.0.1:0, closed after the test. */
+export async function backend(t: TestContext, handler: Handler): Promise<Backend> {
+  const server = createServer();
+  const b: Backend = {
+    server,
+    port: 0,
+    address: { kind: 'tcp', host: '127.0.0.1', port: 0 },
+    connections: 0,
+    requests: [],
+    close: () =>
+      new Promise<void>((resolve) => {
+        if (!server.listening) return resolve();
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+  server.on('connection', () => b.connections++);
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    b.requests.push(req);
+    handler(req, res);
+  });
+  t.after(() => b.close());
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  b.port = (server.address() as AddressInfo).port;
+  b.address = { kind: 'tcp', host: '127.0.0.1', port: b.port };
+  return b;
+}
+
+/** A backend that answers `ok <index>` after reading the whole request. */
+export function okHandler(label: string): Handler {
+  return (req, res) => {
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end(label);
+    });
+  };
+}
+
+/** A port that refuses connections: bound, then closed. */
+export async function refusedAddress(): Promise<UpstreamAddress> {
+  const s = createServer();
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise<void>((resolve) => s.close(() => resolve()));
+  return { kind: 'tcp', host: '127.0.0.1', port };
+}
+
+// ---- the proxy -------------------------------------------------------------------------------------
+
+export interface Running {
+  proxy: Proxy;
+  url: string;
+  port: number;
+}
+
+/** Starts a real Proxy on 127.0.0.1:0 with `apps` in its table; destroyed after the test. */
+export async function startProxy(
+  t: TestContext,
+  apps: AppEntry[],
+  opts: { config?: BerthConfig; logger?: Logger } = {},
+): Promise<Running> {
+  const config = opts.config ?? berthConfig(apps.map((a) => a.config));
+  const proxy = new Proxy({ config, logger: opts.logger ?? silentLogger() });
+  proxy.setTable(new RoutingTable(apps));
+  t.after(() => proxy.destroy());
+  await proxy.start();
+  const addr = proxy.addresses()[0];
+  const port = addr.kind === 'tcp' ? addr.port : 0;
+  return { proxy, url: `http://127.0.0.1:${port}`, port };
+}
+
+/** A logger that keeps parsed lines in memory. */
+export function captureLogger(level = 'info'): { logger: Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const stream = new Writable({
+    write(chunk, _enc, cb) {
+      for (const l of String(chunk).split('\n')) if (l) lines.push(JSON.parse(l));
+      cb();
+    },
+  });
+  return { logger: pino({ level }, stream), lines };
+}
+
+// ---- client --------------------------------------------------------------------------------------
+
+export interface Reply {
+  status: number;
+  headers: IncomingMessage['headers'];
+  body: Buffer;
+  text: string;
+}
+
+export interface RequestOptions {
+  method?: string;
+  headers?: Record<string, string | string[]>;
+  body?: Buffer | string | AsyncIterable<Buffer> | null;
+  agent?: Agent | false;
+  socketPath?: string;
+}
+
+/** One HTTP request with a fresh connection (unless an agent is given); resolves with the whole body. */
+export function fetchRaw(url: string, opts: RequestOptions = {}): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { method: opts.method ?? 'GET', headers: opts.headers, agent: opts.agent ?? false, socketPath: opts.socketPath }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('error', reject);
+      res.on('end', () => {
+        const body = Buffer.concat(chunks);
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, text: body.toString() });
+      });
+    });
+    req.on('error', reject);
+    const body = opts.body;
+    if (body === undefined || body === null) req.end();
+    else if (typeof body === 'string' || Buffer.isBuffer(body)) req.end(body);
+    else
+      void (async () => {
+        try {
+          for await (const chunk of body) if (!req.write(chunk)) await new Promise((r) => req.once('drain', r));
+          req.end();
+        } catch (err) {
+          req.destroy(err as Error);
+        }
+      })();
+  });
+}
+
+/** Starts a request and returns it with its socket, for tests that abort mid-way. */
+export function openRequest(url: string, opts: RequestOptions = {}): { done: Promise<Reply>; abort: () => void } {
+  let abort = () => {};
+  const done = new Promise<Reply>((resolve, reject) => {
+    const req = httpRequest(url, { method: opts.method ?? 'GET', headers: opts.headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('error', reject);
+      res.on('end', () => {
+        const b = Buffer.concat(chunks);
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: b, text: b.toString() });
+      });
+    });
+    req.on('error', reject);
+    abort = () => req.destroy();
+    req.end();
+  });
+  return { done, abort };
+}
+
+/** Polls `cond` until it holds or `timeoutMs` passes (then throws with `what`). */
+export async function waitFor(cond: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** A promise and its resolver, for backends that answer when the test says so. */
+export function gate(): { promise: Promise<void>; open: () => void } {
+  let open = () => {};
+  const promise = new Promise<void>((r) => (open = r));
+  return { promise, open };
+}
+
+export type { Socket };
