@@ -23,6 +23,7 @@ import { RoutingTable, type AppEntry, type ModeState } from './proxy/router.ts';
 import { ApiServer } from './api/server.ts';
 import { Deployer, type DeployHost, type DeployableApp } from './deploy/deployer.ts';
 import { ReloadTrigger } from './deploy/reload-trigger.ts';
+import { Audit } from './api/audit.ts';
 
 export const VERSION = '0.1.0';
 
@@ -60,10 +61,11 @@ export interface AppStatus {
 export interface HistoryEntry {
   at: string;
   finishedAt: string | null;
-  app: string;
+  app: string | null;
   action: string;
-  id: string;
-  user: string | null;
+  user: string;
+  channel: string;
+  target: string | null;
   outcome: string;
   detail: string | null;
 }
@@ -110,6 +112,8 @@ export class Gateway implements DeployHost {
   #api: ApiServer;
   #supervisor: Supervisor;
   #deployer: Deployer | null = null;
+  /** The audit log: every change with who, how and the outcome. */
+  readonly audit: Audit;
   #triggers: ReloadTrigger[] = [];
   #apps = new Map<string, AppRuntime>();
   #boots: Promise<void>[] = [];
@@ -129,6 +133,7 @@ export class Gateway implements DeployHost {
       timing: opts.supervisorTiming,
       onProcess: (event, info) => this.#recordProcess(event, info),
     });
+    this.audit = new Audit(() => this.#store, opts.loggers.get('api'));
     this.#api = new ApiServer({ gateway: this, config: opts.config, logger: opts.loggers.get('api') });
   }
 
@@ -263,6 +268,10 @@ export class Gateway implements DeployHost {
     try {
       const d = this.deployer.begin(app, { kind: 'reload', user: 'reload-trigger' });
       this.#log.info({ app, deploy: d.id }, 'reload triggered by file');
+      void this.audit.begin({ user: 'reload-trigger', channel: 'internal', action: 'reload', app, target: d.id }).then(async (id) => {
+        await d.done;
+        await this.audit.finish(id, d.state === 'succeeded' ? 'ok' : 'failed', d.state === 'succeeded' ? `${d.id}: release ${d.releaseId}` : `${d.id}: ${d.error ?? d.state}`);
+      });
       return true;
     } catch (err) {
       if (err instanceof BerthError && err.code === 'BERTH_E_CONFLICT') return false;
@@ -430,20 +439,21 @@ export class Gateway implements DeployHost {
   }
 
   /**
-   * What happened, newest first: deploys, rollbacks and reloads with who asked and the outcome.
+   * What happened, newest first: every audited change (deploys, rollbacks, reloads, mode switches, runs,
+   * stops...) with who asked, through which channel, and the outcome.
    */
-  async history(filter: { app?: string; limit?: number }): Promise<HistoryEntry[]> {
-    if (!this.#store) return [];
-    const deploys = await this.#store.listDeploys({ app: filter.app, limit: filter.limit ?? 50 });
-    return deploys.map((d) => ({
-      at: d.createdAt,
-      finishedAt: d.finishedAt,
-      app: d.app,
-      action: d.kind,
-      id: d.id,
-      user: d.user,
-      outcome: d.state,
-      detail: d.state === 'failed' ? `${d.failedStep ?? '?'}: ${d.error ?? ''}` : d.releaseId ? `release ${d.releaseId}` : null,
+  async history(filter: { app?: string; user?: string; since?: string; limit?: number }): Promise<HistoryEntry[]> {
+    const rows = await this.audit.list({ app: filter.app, user: filter.user, since: filter.since, limit: filter.limit ?? 50 });
+    return rows.map((r) => ({
+      at: r.at,
+      finishedAt: r.finishedAt,
+      app: r.app,
+      action: r.action,
+      user: r.user,
+      channel: r.channel,
+      target: r.target,
+      outcome: r.outcome,
+      detail: r.detail,
     }));
   }
 

@@ -3,8 +3,17 @@
  * itself and returns undefined. Errors are thrown as BerthError; the server maps them to statuses.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, errorMessage, httpStatusFor } from '../lib/errors.ts';
+import type { Role } from '../config/schema.ts';
+import type { AuditChannel } from '../store/store.ts';
 import type { Gateway } from '../gateway.ts';
+
+/** Who is calling: set by the server from the socket (trusted) or from TCP auth. */
+export interface RequestContext {
+  user: string;
+  channel: Exclude<AuditChannel, 'internal'>;
+  roles: Role[];
+}
 
 function optionalString(body: unknown, key: string): string | null {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new BerthError('BERTH_E_BAD_REQUEST', 'request body must be a JSON object');
@@ -17,15 +26,37 @@ function optionalString(body: unknown, key: string): string | null {
 export interface ApiResult {
   status: number;
   body: unknown;
+  /** For audited endpoints: what the change acted on, and (for work that goes on after the reply,
+   *  like a deploy) a promise of its final outcome. */
+  audit?: { target?: string | null; settle?: Promise<{ outcome: 'ok' | 'failed'; detail?: string | null }> };
 }
 
-type Handler = (params: Record<string, string>, url: URL, body: unknown, req: IncomingMessage, res: ServerResponse) => Promise<ApiResult | undefined> | ApiResult | undefined;
+export type Handler = (
+  params: Record<string, string>,
+  url: URL,
+  body: unknown,
+  req: IncomingMessage,
+  res: ServerResponse,
+  ctx: RequestContext,
+) => Promise<ApiResult | undefined> | ApiResult | undefined;
+
+export interface RouteOptions {
+  /** Audited change: the action name written to the audit log (deploy, mode, run...). */
+  action?: string;
+}
 
 interface Route {
   method: string;
   pattern: RegExp;
   keys: string[];
   handler: Handler;
+  action: string | null;
+}
+
+/** Outcome of a refused change (auth, permissions, conflict) versus one that failed. */
+function outcomeFor(err: unknown): 'refused' | 'failed' {
+  const status = httpStatusFor(err);
+  return status === 401 || status === 403 || status === 409 ? 'refused' : 'failed';
 }
 
 export class ApiRoutes {
@@ -34,30 +65,27 @@ export class ApiRoutes {
 
   constructor(gateway: Gateway) {
     this.#gateway = gateway;
-    this.#add('GET', '/v1/status', () => ({ status: 200, body: this.#gateway.status() }));
-    this.#add('GET', '/v1/apps', () => ({ status: 200, body: { apps: this.#gateway.status().apps } }));
-    this.#add('GET', '/v1/apps/:app', (p) => ({ status: 200, body: this.#app(p.app) }));
-    this.#add('GET', '/v1/routes', () => ({ status: 200, body: { routes: this.#gateway.routes() } }));
-    this.#add('POST', '/v1/apps/:app/deploys', (p, _u, body) => {
+    this.add('GET', '/v1/status', () => ({ status: 200, body: this.#gateway.status() }));
+    this.add('GET', '/v1/apps', () => ({ status: 200, body: { apps: this.#gateway.status().apps } }));
+    this.add('GET', '/v1/apps/:app', (p) => ({ status: 200, body: this.#app(p.app) }));
+    this.add('GET', '/v1/routes', () => ({ status: 200, body: { routes: this.#gateway.routes() } }));
+    this.add('POST', '/v1/apps/:app/deploys', (p, _u, body, _req, _res, ctx) => {
       const source = optionalString(body, 'source');
-      const d = this.#gateway.deployer.begin(p.app, { kind: 'deploy', source, user: 'socket' });
-      return { status: 202, body: { id: d.id, app: d.app, kind: d.kind } };
-    });
-    this.#add('POST', '/v1/apps/:app/rollback', (p, _u, body) => {
+      return this.#deployResult(this.#gateway.deployer.begin(p.app, { kind: 'deploy', source, user: ctx.user }));
+    }, { action: 'deploy' });
+    this.add('POST', '/v1/apps/:app/rollback', (p, _u, body, _req, _res, ctx) => {
       const release = optionalString(body, 'release');
-      const d = this.#gateway.deployer.begin(p.app, { kind: 'rollback', release, user: 'socket' });
-      return { status: 202, body: { id: d.id, app: d.app, kind: d.kind } };
-    });
-    this.#add('POST', '/v1/apps/:app/reload', (p) => {
-      const d = this.#gateway.deployer.begin(p.app, { kind: 'reload', user: 'socket' });
-      return { status: 202, body: { id: d.id, app: d.app, kind: d.kind } };
-    });
-    this.#add('GET', '/v1/apps/:app/releases', async (p) => ({ status: 200, body: await this.#gateway.releases(p.app) }));
-    this.#add('GET', '/v1/apps/:app/deploys', async (p) => {
+      return this.#deployResult(this.#gateway.deployer.begin(p.app, { kind: 'rollback', release, user: ctx.user }));
+    }, { action: 'rollback' });
+    this.add('POST', '/v1/apps/:app/reload', (p, _u, _b, _req, _res, ctx) => {
+      return this.#deployResult(this.#gateway.deployer.begin(p.app, { kind: 'reload', user: ctx.user }));
+    }, { action: 'reload' });
+    this.add('GET', '/v1/apps/:app/releases', async (p) => ({ status: 200, body: await this.#gateway.releases(p.app) }));
+    this.add('GET', '/v1/apps/:app/deploys', async (p) => {
       this.#app(p.app);
       return { status: 200, body: { deploys: await this.#gateway.deploys(p.app) } };
     });
-    this.#add('GET', '/v1/deploys/:id', async (p, url, _b, req, res) => {
+    this.add('GET', '/v1/deploys/:id', async (p, url, _b, req, res) => {
       const found = await this.#gateway.deployer.get(p.id);
       if (!found) throw new BerthError('BERTH_E_NOT_FOUND', `no deploy with id "${p.id}"`);
       const follow = url.searchParams.get('follow');
@@ -86,19 +114,32 @@ export class ApiRoutes {
       });
       return undefined;
     });
-    this.#add('GET', '/v1/history', async (_p, url) => {
-      const app = url.searchParams.get('app');
-      if (app) this.#app(app);
+    this.add('GET', '/v1/history', async (_p, url) => {
+      const app = url.searchParams.get('app') || undefined;
+      const user = url.searchParams.get('user') || undefined;
+      const since = url.searchParams.get('since') || undefined;
+      if (since !== undefined && Number.isNaN(Date.parse(since))) throw new BerthError('BERTH_E_BAD_REQUEST', `"since" must be an ISO 8601 time, got "${since}"`);
       const limit = url.searchParams.get('limit');
       const n = limit === null ? 50 : Number(limit);
       if (!Number.isInteger(n) || n < 1 || n > 1000) throw new BerthError('BERTH_E_BAD_REQUEST', `"limit" must be an integer from 1 to 1000, got "${limit}"`);
-      return { status: 200, body: { history: await this.#gateway.history({ app: app ?? undefined, limit: n }) } };
+      const history = await this.#gateway.history({ app, user, since: since === undefined ? undefined : new Date(since).toISOString(), limit: n });
+      return { status: 200, body: { history } };
     });
-    this.#add('POST', '/v1/stop', (_p, _u, _b, _req, res) => {
+    this.add('POST', '/v1/stop', (_p, _u, _b, _req, res) => {
       // Answer first, then stop: the CLI gets its reply before the socket goes away.
       res.once('finish', () => void this.#gateway.stop());
       return { status: 202, body: { stopping: true, pid: process.pid } };
-    });
+    }, { action: 'stop' });
+  }
+
+  /** A started deploy answers 202 at once; its audit row is finished when the deploy ends. */
+  #deployResult(d: { id: string; app: string; kind: string; done: Promise<void>; state: string; releaseId: string | null; failedStep: string | null; error: string | null }): ApiResult {
+    const settle = d.done.then(() =>
+      d.state === 'succeeded'
+        ? { outcome: 'ok' as const, detail: `${d.id}: release ${d.releaseId}` }
+        : { outcome: 'failed' as const, detail: `${d.id}: ${d.state}${d.failedStep ? ` at ${d.failedStep}` : ''}: ${d.error ?? ''}` },
+    );
+    return { status: 202, body: { id: d.id, app: d.app, kind: d.kind }, audit: { target: d.id, settle } };
   }
 
   #app(name: string) {
@@ -107,16 +148,35 @@ export class ApiRoutes {
     return app;
   }
 
-  #add(method: string, path: string, handler: Handler): void {
+  /** Registers an endpoint; `:name` segments become params. Domain files call this (see register* below). */
+  add(method: string, path: string, handler: Handler, opts: RouteOptions = {}): void {
     const keys: string[] = [];
     const source = path.replace(/:([a-z]+)/g, (_m, key: string) => {
       keys.push(key);
       return '([^/]+)';
     });
-    this.#routes.push({ method, pattern: new RegExp(`^${source}/?$`), keys, handler });
+    this.#routes.push({ method, pattern: new RegExp(`^${source}/?$`), keys, handler, action: opts.action ?? null });
   }
 
-  async handle(method: string, url: URL, body: unknown, req: IncomingMessage, res: ServerResponse): Promise<ApiResult | undefined> {
+  /** Runs a change with its audit row: pending before it acts, then its outcome. */
+  async #audited(action: string, handler: Handler, params: Record<string, string>, url: URL, body: unknown, req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<ApiResult | undefined> {
+    const audit = this.#gateway.audit;
+    const target = typeof body === 'object' && body !== null ? JSON.stringify(body) : null;
+    const id = await audit.begin({ user: ctx.user, channel: ctx.channel, action, app: params.app ?? null, target: target === '{}' ? null : target });
+    let result: ApiResult | undefined;
+    try {
+      result = await handler(params, url, body, req, res, ctx);
+    } catch (err) {
+      await audit.finish(id, outcomeFor(err), errorMessage(err));
+      throw err;
+    }
+    const settle = result?.audit?.settle;
+    if (settle) void settle.then((s) => audit.finish(id, s.outcome, s.detail ?? null), (err) => audit.finish(id, 'failed', errorMessage(err)));
+    else await audit.finish(id, 'ok', result?.audit?.target ?? null);
+    return result;
+  }
+
+  async handle(method: string, url: URL, body: unknown, req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<ApiResult | undefined> {
     let pathMatched = false;
     for (const route of this.#routes) {
       const m = route.pattern.exec(url.pathname);
@@ -125,7 +185,8 @@ export class ApiRoutes {
       if (route.method !== method) continue;
       const params: Record<string, string> = {};
       route.keys.forEach((k, i) => (params[k] = decodeURIComponent(m[i + 1])));
-      return route.handler(params, url, body, req, res);
+      if (!route.action) return route.handler(params, url, body, req, res, ctx);
+      return this.#audited(route.action, route.handler, params, url, body, req, res, ctx);
     }
     if (pathMatched) throw new BerthError('BERTH_E_BAD_REQUEST', `method ${method} is not allowed on ${url.pathname}`);
     throw new BerthError('BERTH_E_NOT_FOUND', `no such endpoint: ${method} ${url.pathname}`);

@@ -11,7 +11,7 @@ import type { BerthConfig } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
 import { BerthError, errorMessage, httpStatusFor } from '../lib/errors.ts';
 import type { Gateway } from '../gateway.ts';
-import { ApiRoutes } from './routes.ts';
+import { ApiRoutes, type RequestContext } from './routes.ts';
 
 const MAX_BODY_BYTES = 1024 * 1024;
 
@@ -83,7 +83,7 @@ export class ApiServer {
     try {
       const url = new URL(req.url ?? '/', 'http://berth');
       const body = req.method === 'GET' || req.method === 'HEAD' ? undefined : await readJsonBody(req);
-      const result = await this.#routes.handle(req.method ?? 'GET', url, body, req, res);
+      const result = await this.#routes.handle(req.method ?? 'GET', url, body, req, res, socketContext(req));
       if (result !== undefined && !res.headersSent) sendJson(res, result.status, result.body);
     } catch (err) {
       const status = httpStatusFor(err);
@@ -110,6 +110,16 @@ export class ApiServer {
     });
     await unlink(this.#config.control.socket).catch(() => {});
   }
+}
+
+/**
+ * The unix socket is trusted through its file permissions: its callers are admins. The CLI names the
+ * person at the keyboard in `X-Berth-User` so the audit log says who; without it the user is `socket`.
+ */
+function socketContext(req: IncomingMessage): RequestContext {
+  const named = req.headers['x-berth-user'];
+  const user = typeof named === 'string' && /^[A-Za-z0-9._@-]{1,64}$/.test(named) ? named : 'socket';
+  return { user, channel: 'socket', roles: ['admin'] };
 }
 
 /** Reads a JSON request body (at most 1 MiB). An empty body is `{}`. */

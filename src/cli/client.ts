@@ -3,7 +3,17 @@
  * `start` and `check` is a thin client of this.
  */
 import { request } from 'node:http';
+import { userInfo } from 'node:os';
 import { BerthError, errorMessage } from '../lib/errors.ts';
+
+/** The person running the CLI, for the audit log. */
+export function cliUser(): string {
+  try {
+    return process.env.BERTH_USER ?? userInfo().username;
+  } catch {
+    return 'unknown';
+  }
+}
 
 export class ControlClient {
   readonly socket: string;
@@ -21,7 +31,10 @@ export class ControlClient {
           socketPath: this.socket,
           path,
           method,
-          headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {},
+          headers: {
+            'x-berth-user': cliUser(),
+            ...(payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}),
+          },
         },
         (res) => {
           const chunks: Buffer[] = [];

@@ -4,7 +4,7 @@ import { formatTable } from './table.ts';
 
 export const HISTORY_USAGE = 'berth history [app] [-n N] [--json]';
 
-/** `berth history [app]`: deploys, rollbacks and reloads, newest first, with who asked and the outcome. */
+/** `berth history [app]`: every change (deploys, rollbacks, reloads, modes, runs...), newest first, with who and the outcome. */
 export async function history(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, { ...CLIENT_OPTIONS, lines: { type: 'string', short: 'n', default: '50' } }, true);
   if (positionals.length > 1) throw new UsageError('expected at most one app name');
@@ -22,6 +22,6 @@ export async function history(args: string[]): Promise<number> {
     process.stdout.write('no history yet\n');
     return 0;
   }
-  process.stdout.write(formatTable(['at', 'app', 'action', 'id', 'user', 'outcome', 'detail'], history.map((h) => [h.at, h.app, h.action, h.id, h.user, h.outcome, h.detail])) + '\n');
+  process.stdout.write(formatTable(['at', 'app', 'action', 'user', 'via', 'outcome', 'detail'], history.map((h) => [h.at, h.app, h.action, h.user, h.channel, h.outcome, h.detail ?? h.target])) + '\n');
   return 0;
 }

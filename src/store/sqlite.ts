@@ -17,6 +17,10 @@ import { BerthError, ErrorCodes, errorMessage } from '../lib/errors.ts';
 import { MODES, type Mode } from '../config/schema.ts';
 import type {
   AppState,
+  AuditChannel,
+  AuditFilter,
+  AuditOutcome,
+  AuditRecord,
   DeployEvent,
   DeployKind,
   DeployRecord,
@@ -184,6 +188,7 @@ export class SqliteStore implements Store {
     if (!db) return;
     this.#db = null;
     this.#q = null;
+    this.#lazy.clear();
     db.close();
     this.#log.info({ path: this.path }, 'store closed');
   }
@@ -553,7 +558,96 @@ export class SqliteStore implements Store {
       throw failure('list processes', err);
     }
   }
+
+  // ---- lazily prepared statements (for domains added after the first ones) ----------------------
+
+  #lazy = new Map<string, StatementSync>();
+
+  /** A prepared statement, made on first use and cached until close. */
+  #prep(sql: string): StatementSync {
+    this.#statements();
+    let st = this.#lazy.get(sql);
+    if (!st) {
+      st = this.#db!.prepare(sql);
+      this.#lazy.set(sql, st);
+    }
+    return st;
+  }
+
+  // ---- audit ----------------------------------------------------------------------------------
+
+  async addAudit(e: Omit<AuditRecord, 'id'>): Promise<number> {
+    if (!AUDIT_OUTCOMES.has(e.outcome)) throw new BerthError(ErrorCodes.badRequest, `unknown audit outcome "${e.outcome}"`);
+    if (!AUDIT_CHANNELS.has(e.channel)) throw new BerthError(ErrorCodes.badRequest, `unknown audit channel "${e.channel}"`);
+    if (!e.user || !e.action) throw new BerthError(ErrorCodes.badRequest, 'an audit row needs a user and an action');
+    try {
+      const r = this.#prep(
+        `INSERT INTO audit (occurred_at, user_name, channel, action, app, target, outcome, detail, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ).run(e.at, e.user, e.channel, e.action, e.app, e.target, e.outcome, e.detail, e.finishedAt);
+      return Number(r.lastInsertRowid);
+    } catch (err) {
+      throw failure('add audit row', err);
+    }
+  }
+
+  async finishAudit(id: number, outcome: Exclude<AuditOutcome, 'pending'>, detail: string | null, finishedAt: string): Promise<void> {
+    if (!AUDIT_OUTCOMES.has(outcome) || (outcome as string) === 'pending') throw new BerthError(ErrorCodes.badRequest, `unknown final audit outcome "${outcome}"`);
+    let changes: number;
+    try {
+      changes = Number(this.#prep(`UPDATE audit SET outcome = ?, detail = COALESCE(?, detail), finished_at = ? WHERE id = ?`).run(outcome, detail, finishedAt, id).changes);
+    } catch (err) {
+      throw failure('finish audit row', err);
+    }
+    if (changes === 0) throw new BerthError(ErrorCodes.notFound, `no audit row ${id}`);
+  }
+
+  async listAudit(filter: AuditFilter = {}): Promise<AuditRecord[]> {
+    const limit = filter.limit ?? 100;
+    if (!Number.isSafeInteger(limit) || limit < 1) throw new BerthError(ErrorCodes.badRequest, `limit must be a whole number of at least 1, got ${limit}`);
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    if (filter.app !== undefined) {
+      where.push('app = ?');
+      args.push(filter.app);
+    }
+    if (filter.user !== undefined) {
+      where.push('user_name = ?');
+      args.push(filter.user);
+    }
+    if (filter.since !== undefined) {
+      where.push('occurred_at >= ?');
+      args.push(filter.since);
+    }
+    const sql = `SELECT id, occurred_at, user_name, channel, action, app, target, outcome, detail, finished_at FROM audit ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY occurred_at DESC, id DESC LIMIT ?`;
+    try {
+      return (this.#prep(sql).all(...args, limit) as Row[]).map((r) => ({
+        id: Number(r.id),
+        at: String(r.occurred_at),
+        user: String(r.user_name),
+        channel: String(r.channel) as AuditChannel,
+        action: String(r.action),
+        app: r.app === null ? null : String(r.app),
+        target: r.target === null ? null : String(r.target),
+        outcome: String(r.outcome) as AuditOutcome,
+        detail: r.detail === null ? null : String(r.detail),
+        finishedAt: r.finished_at === null ? null : String(r.finished_at),
+      }));
+    } catch (err) {
+      throw failure('list audit rows', err);
+    }
+  }
+
+  async deleteAuditBefore(before: string): Promise<number> {
+    try {
+      return Number(this.#prep('DELETE FROM audit WHERE occurred_at < ?').run(before).changes);
+    } catch (err) {
+      throw failure('delete audit rows', err);
+    }
+  }
 }
+
+const AUDIT_OUTCOMES = new Set<string>(['pending', 'ok', 'failed', 'refused']);
+const AUDIT_CHANNELS = new Set<string>(['socket', 'tcp', 'internal']);
 
 function prepareStatements(db: DatabaseSync): Statements {
   const appCols = 'app, active_release, mode, mode_message, mode_retry_after, updated_at';

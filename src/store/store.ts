@@ -30,7 +30,7 @@ export interface ReleaseRecord {
   revision: string | null;
 }
 
-export interface Store extends DeployStore {
+export interface Store extends DeployStore, AuditStore {
   /** Opens the database and runs migrations according to `migrations`. */
   open(): Promise<void>;
   close(): Promise<void>;
@@ -116,4 +116,44 @@ export interface DeployStore {
   recordProcess(p: ProcessRecord): Promise<void>;
   removeProcess(pgid: number): Promise<void>;
   listProcesses(): Promise<ProcessRecord[]>;
+}
+
+// ---- audit (migration 003) ---------------------------------------------------------------------
+export type AuditOutcome = 'pending' | 'ok' | 'failed' | 'refused';
+export type AuditChannel = 'socket' | 'tcp' | 'internal';
+
+export interface AuditRecord {
+  id: number;
+  /** When the change was asked for. */
+  at: string;
+  user: string;
+  channel: AuditChannel;
+  /** deploy, rollback, reload, mode, run, config-reload, stop, task, restart... */
+  action: string;
+  app: string | null;
+  /** What it acted on or produced: a deploy id, a mode, a command. */
+  target: string | null;
+  outcome: AuditOutcome;
+  detail: string | null;
+  finishedAt: string | null;
+}
+
+export interface AuditFilter {
+  app?: string;
+  user?: string;
+  /** ISO time: rows at or after it. */
+  since?: string;
+  /** Default 100. */
+  limit?: number;
+}
+
+export interface AuditStore {
+  /** Inserts a row and returns its id. */
+  addAudit(entry: Omit<AuditRecord, 'id'>): Promise<number>;
+  /** Sets the outcome (and detail, finishedAt) of a row. */
+  finishAudit(id: number, outcome: Exclude<AuditOutcome, 'pending'>, detail: string | null, finishedAt: string): Promise<void>;
+  /** Newest first. */
+  listAudit(filter?: AuditFilter): Promise<AuditRecord[]>;
+  /** Deletes rows that happened before `before` (ISO); returns how many. */
+  deleteAuditBefore(before: string): Promise<number>;
 }

@@ -8,6 +8,7 @@ import { BerthError } from '../../src/lib/errors.ts';
 import { silentLogger } from '../../src/lib/logger.ts';
 import { SqliteStore, MIGRATIONS_DIR, loadMigrations, type SqliteStoreOptions } from '../../src/store/sqlite.ts';
 import { storeContract } from './store-contract.ts';
+import { auditContract } from './audit-contract.ts';
 
 storeContract('sqlite', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'berth-store-'));
@@ -27,6 +28,26 @@ storeContract('sqlite', async () => {
     },
   };
 });
+const makeSqlite = async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'berth-store-'));
+  // A parent that does not exist yet: open() creates it.
+  const store = new SqliteStore({ path: join(dir, 'state', 'berth.db'), migrations: 'upgrade', resetState: false, logger: silentLogger() });
+  try {
+    await store.open();
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+  return {
+    store,
+    async cleanup() {
+      await store.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+};
+auditContract('sqlite', makeSqlite);
+
 
 async function tempDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'berth-store-'));
@@ -53,8 +74,8 @@ function tables(db: DatabaseSync): string[] {
 }
 
 /** Every table the shipped migrations create, by name. */
-const SHIPPED_TABLES = ['apps', 'deploy_events', 'deploys', 'process_groups', 'releases', 'schema_migrations'];
-const SHIPPED_VERSIONS = [1, 2];
+const SHIPPED_TABLES = ['apps', 'audit', 'deploy_events', 'deploys', 'process_groups', 'releases', 'schema_migrations'];
+const SHIPPED_VERSIONS = [1, 2, 3];
 
 /** A migrations dir holding the shipped files plus `extra` (file name -> SQL). */
 async function migrationsDir(dir: string, name: string, extra: Record<string, string> = {}): Promise<string> {
@@ -167,8 +188,8 @@ test('sqlite: migrations "none" opens an up-to-date database and fails on one th
   const old = await tempDir(t);
   await v1Database(old);
   await assert.rejects(makeStore(t, old, { migrations: 'none' }).open(), (err: unknown) => {
-    storeError(/behind.*missing migrations 002-deploys/)(err);
-    assert.deepEqual((err as BerthError).details?.missing, [2]);
+    storeError(/behind.*missing migrations 002-deploys, 003-audit/)(err);
+    assert.deepEqual((err as BerthError).details?.missing, [2, 3]);
     return true;
   });
   assert.ok(!tables(raw(t, old)).includes('deploys'), '"none" applied nothing');
@@ -179,7 +200,7 @@ test('sqlite: upgrade applies only the missing migrations and keeps the data', a
   await v1Database(dir);
 
   const newer = await migrationsDir(dir, 'newer', {
-    '010-audit.sql': 'CREATE TABLE audit (id INTEGER PRIMARY KEY, action TEXT NOT NULL);\nALTER TABLE apps ADD COLUMN node TEXT;',
+    '010-notes.sql': 'CREATE TABLE notes (id INTEGER PRIMARY KEY, action TEXT NOT NULL);\nALTER TABLE apps ADD COLUMN node TEXT;',
   });
   const second = makeStore(t, dir, { migrationsDir: newer });
   await second.open();
@@ -195,7 +216,7 @@ test('sqlite: upgrade applies only the missing migrations and keeps the data', a
   assert.equal((await second.listDeploys({ app: 'shop' }))[0]?.id, 'd1', '002 was applied on top of the old data');
   await second.close();
   const db = raw(t, dir);
-  assert.deepEqual(tables(db), [...SHIPPED_TABLES, 'audit'].sort());
+  assert.deepEqual(tables(db), [...SHIPPED_TABLES, 'notes'].sort());
   assert.deepEqual((db.prepare('SELECT version FROM schema_migrations ORDER BY version').all() as { version: number }[]).map((r) => r.version), [...SHIPPED_VERSIONS, 10]);
   // What the previous build reads is untouched by 002: its queries still answer on the upgraded file.
   assert.deepEqual(db.prepare('SELECT app, active_release, mode FROM apps').all().map((r) => ({ ...r })), [{ app: 'shop', active_release: 'r1', mode: 'maintenance' }]);

@@ -1,0 +1,75 @@
+/**
+ * The audit log: who changed what, through which channel, and how it ended. A change is written as
+ * `pending` before it acts and finished after, so even a change that took the gateway down shows.
+ * Writing the audit row must never be the reason a change fails: store errors are logged, not thrown.
+ */
+import type { Logger } from '../lib/logger.ts';
+import { errorMessage } from '../lib/errors.ts';
+import type { AuditChannel, AuditFilter, AuditOutcome, AuditRecord, Store } from '../store/store.ts';
+
+export interface AuditStart {
+  user: string;
+  channel: AuditChannel;
+  action: string;
+  app: string | null;
+  target?: string | null;
+  detail?: string | null;
+}
+
+export class Audit {
+  #store: () => Store | null;
+  #log: Logger;
+
+  /** `store` is read on each call: the gateway opens it after building this. */
+  constructor(store: () => Store | null, logger: Logger) {
+    this.#store = store;
+    this.#log = logger;
+  }
+
+  /** Records a change about to happen; returns the row id for finish(), or 0 when it could not be written. */
+  async begin(e: AuditStart): Promise<number> {
+    return this.#add(e, 'pending', null);
+  }
+
+  async finish(id: number, outcome: Exclude<AuditOutcome, 'pending'>, detail?: string | null): Promise<void> {
+    const store = this.#store();
+    if (!store || id === 0) return;
+    try {
+      await store.finishAudit(id, outcome, detail ?? null, new Date().toISOString());
+    } catch (err) {
+      this.#log.error({ id, outcome, err: errorMessage(err) }, 'cannot finish audit row');
+    }
+  }
+
+  /** A change recorded in one go (it already happened, or was refused before acting). */
+  async record(e: AuditStart & { outcome: Exclude<AuditOutcome, 'pending'> }): Promise<number> {
+    return this.#add(e, e.outcome, new Date().toISOString());
+  }
+
+  async list(filter: AuditFilter = {}): Promise<AuditRecord[]> {
+    const store = this.#store();
+    return store ? store.listAudit(filter) : [];
+  }
+
+  async #add(e: AuditStart, outcome: AuditOutcome, finishedAt: string | null): Promise<number> {
+    const store = this.#store();
+    this.#log.info({ user: e.user, channel: e.channel, action: e.action, app: e.app, target: e.target, outcome }, 'audit');
+    if (!store) return 0;
+    try {
+      return await store.addAudit({
+        at: new Date().toISOString(),
+        user: e.user,
+        channel: e.channel,
+        action: e.action,
+        app: e.app,
+        target: e.target ?? null,
+        outcome,
+        detail: e.detail ?? null,
+        finishedAt,
+      });
+    } catch (err) {
+      this.#log.error({ action: e.action, err: errorMessage(err) }, 'cannot write audit row');
+      return 0;
+    }
+  }
+}
