@@ -1,3 +1,4 @@
+import { Writable } from 'node:stream';
 import { pino, type Logger as PinoLogger, type LevelWithSilent, type DestinationStream } from 'pino';
 
 export type Logger = PinoLogger;
@@ -20,6 +21,7 @@ export class LoggerFactory {
   constructor(levels: Partial<Record<string, LogLevel>> = {}, destination?: DestinationStream) {
     this.#levels = levels;
     const rootLevel = levels.root ?? 'info';
+    if (!destination && wantsPretty()) destination = new PrettyStream(process.stdout);
     if (!destination) this.#sonic = pino.destination({ fd: 1, sync: false, minLength: 4096 });
     this.root = pino(
       { level: rootLevel, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime },
@@ -53,6 +55,48 @@ export class LoggerFactory {
     } catch {
       // stdout may already be closed; nothing left to do with the lines.
     }
+  }
+}
+
+/**
+ * JSON lines are for machines; a person at a terminal gets one readable line per entry instead.
+ * `BERTH_LOG_FORMAT=json|pretty` overrides the terminal check.
+ */
+function wantsPretty(): boolean {
+  const format = process.env.BERTH_LOG_FORMAT;
+  if (format === 'json') return false;
+  if (format === 'pretty') return true;
+  return process.stdout.isTTY === true;
+}
+
+const LEVEL_NAMES: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO ', 40: 'WARN ', 50: 'ERROR', 60: 'FATAL' };
+const SKIP_KEYS = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'logger']);
+
+/** Formats pino's JSON lines as `HH:MM:SS.mmm LEVEL logger: msg key=value ...`. */
+class PrettyStream extends Writable {
+  #out: NodeJS.WritableStream;
+  constructor(out: NodeJS.WritableStream) {
+    super();
+    this.#out = out;
+  }
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    let text = '';
+    for (const line of chunk.toString('utf8').split('\n')) {
+      if (!line) continue;
+      try {
+        const e = JSON.parse(line) as Record<string, unknown>;
+        const time = typeof e.time === 'string' ? e.time.slice(11, 23) : '';
+        const fields = Object.entries(e)
+          .filter(([k]) => !SKIP_KEYS.has(k))
+          .map(([k, v]) => `${k}=${typeof v === 'string' && !/\s/.test(v) ? v : JSON.stringify(v)}`)
+          .join(' ');
+        text += `${time} ${LEVEL_NAMES[Number(e.level)] ?? e.level} ${e.logger ?? 'root'}: ${e.msg ?? ''}${fields ? ' ' + fields : ''}\n`;
+      } catch {
+        text += line + '\n';
+      }
+    }
+    this.#out.write(text);
+    cb();
   }
 }
 
