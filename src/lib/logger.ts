@@ -73,7 +73,7 @@ const LEVEL_NAMES: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INF
 const SKIP_KEYS = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'logger']);
 
 /** Formats pino's JSON lines as `HH:MM:SS.mmm LEVEL logger: msg key=value ...`. */
-class PrettyStream extends Writable {
+export class PrettyStream extends Writable {
   #out: NodeJS.WritableStream;
   constructor(out: NodeJS.WritableStream) {
     super();
