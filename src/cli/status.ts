@@ -46,7 +46,7 @@ function formatApp(app: AppStatus): string {
         i.http ? i.served : '',
         formatBytes(i.rssBytes),
         formatUptime(i.uptimeMs),
-        i.restarts,
+        i.restarts > 0 && i.lastRestartReason ? `${i.restarts} (${i.lastRestartReason})` : i.restarts,
       ]);
     }
   }

@@ -153,7 +153,8 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
   const resetState = top.bool('reset_state') ?? false;
   const historyRetentionMs = top.duration('history_retention') ?? DEFAULT_HISTORY_RETENTION_MS;
   const cleanupCron = top.cron('cleanup_cron') ?? DEFAULT_CLEANUP_CRON;
-  const schedulerDelayMs = top.duration('scheduler_delay') ?? DEFAULT_SCHEDULER_DELAY_MS;
+  // 0 is allowed: run schedules from the first tick (tests, and hosts that never restart mid-minute).
+  const schedulerDelayMs = top.duration('scheduler_delay', true) ?? DEFAULT_SCHEDULER_DELAY_MS;
   const healthFileText = top.string('health_file');
   const healthFile = healthFileText === undefined ? null : resolve(dir, healthFileText);
   const metricsPublic = top.bool('metrics_public') ?? false;
@@ -706,10 +707,10 @@ class Checker {
     return undefined;
   }
 
-  duration(value: unknown, at: KeyPath): number | undefined {
+  duration(value: unknown, at: KeyPath, allowZero = false): number | undefined {
     const ms = parseDuration(value);
     if (ms === null) this.problem(at, `expected a duration such as 250ms, 30s, 5m, 2h or 14d, got ${show(value)}`);
-    else if (ms <= 0) this.problem(at, `expected a duration greater than 0, got ${show(value)}`);
+    else if (ms < 0 || (ms === 0 && !allowZero)) this.problem(at, `expected a duration greater than 0, got ${show(value)}`);
     else return ms;
     return undefined;
   }
@@ -847,8 +848,8 @@ class Fields {
     return this.#read(key, (v, at) => this.#c.int(v, at, min));
   }
 
-  duration(key: string): number | undefined {
-    return this.#read(key, (v, at) => this.#c.duration(v, at));
+  duration(key: string, allowZero = false): number | undefined {
+    return this.#read(key, (v, at) => this.#c.duration(v, at, allowZero));
   }
 
   cron(key: string): string | undefined {

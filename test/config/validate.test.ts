@@ -457,3 +457,9 @@ test('several problems are all reported in one ConfigError', () => {
   ]);
   assert.equal(caught.message.split('\n').length, 6, 'the message lists every problem, one per line');
 });
+
+test('scheduler_delay may be 0 (run schedules from the first tick); other durations may not', () => {
+  assert.equal(normaliseConfig({ scheduler_delay: 0 }, CTX).schedulerDelayMs, 0);
+  assert.equal(normaliseConfig({ scheduler_delay: '0s' }, CTX).schedulerDelayMs, 0);
+  assert.deepEqual(problems({ history_retention: 0 }), ['history_retention: expected a duration greater than 0, got 0']);
+});

@@ -1,0 +1,100 @@
+/**
+ * `berth logs <app>`: the app's process logs merged by time, each line already prefixed in the file
+ * with `<process>.<instance>` and the release; `-f` follows across deploys and rotations. `--deploy ID`
+ * shows a deploy's command output, `--task ID` a task run's recorded output.
+ */
+import type { IncomingMessage } from 'node:http';
+import { BerthError } from '../lib/errors.ts';
+import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
+
+export const LOGS_USAGE = 'berth logs <app> [--process P] [-n N] [-f] [--deploy ID | --task ID] [--json]';
+
+const LINE_RE = /^(\S+) (\S+) (\S+) (out|err|berth) (.*)$/;
+
+/** A process log line as JSON (`--json`), or just `{line}` when it is not in the process log format. */
+function asJson(line: string): string {
+  const m = LINE_RE.exec(line);
+  if (!m) return JSON.stringify({ line });
+  return JSON.stringify({ time: m[1], instance: m[2], release: m[3], stream: m[4], text: m[5] });
+}
+
+export async function logs(args: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    args,
+    {
+      ...CLIENT_OPTIONS,
+      process: { type: 'string', short: 'p' },
+      lines: { type: 'string', short: 'n', default: '100' },
+      follow: { type: 'boolean', short: 'f', default: false },
+      deploy: { type: 'string' },
+      task: { type: 'string' },
+    },
+    true,
+  );
+  if (positionals.length !== 1) throw new UsageError('expected one app name');
+  const n = Number(values.lines);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`-n expects a whole number, got "${values.lines}"`);
+  if ([values.process, values.deploy, values.task].filter((v) => v !== undefined).length > 1) throw new UsageError('give at most one of --process, --deploy and --task');
+  if (values.task !== undefined && values.follow) throw new UsageError('--task cannot be followed: `berth run` streams a run live');
+  const query = new URLSearchParams({ lines: String(n) });
+  if (values.process !== undefined) query.set('process', values.process);
+  if (values.deploy !== undefined) query.set('deploy', values.deploy);
+  if (values.task !== undefined) query.set('task', values.task);
+  if (values.follow) query.set('follow', '1');
+  const client = await clientFor(values);
+  const json = values.json;
+
+  return new Promise<number>((resolve, reject) => {
+    let settled = false;
+    const finish = (fn: () => void) => {
+      if (settled) return;
+      settled = true;
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      fn();
+    };
+    // Ctrl-C is how a follow ends.
+    const onSignal = () => {
+      req.destroy();
+      finish(() => resolve(0));
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    const req = client.request('GET', `/v1/apps/${encodeURIComponent(positionals[0])}/logs?${query}`, (res: IncomingMessage) => {
+      res.setEncoding('utf8');
+      if (res.statusCode !== 200) {
+        let text = '';
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => finish(() => reject(apiError(res.statusCode ?? 0, text))));
+        return;
+      }
+      let buf = '';
+      res.on('data', (chunk: string) => {
+        if (!json) {
+          process.stdout.write(chunk);
+          return;
+        }
+        buf += chunk;
+        let i;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          process.stdout.write(asJson(buf.slice(0, i)) + '\n');
+          buf = buf.slice(i + 1);
+        }
+      });
+      res.on('end', () => finish(() => resolve(0)));
+      res.on('error', (err) => finish(() => reject(err)));
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => finish(() => reject(client.unreachable(err))));
+    req.end();
+  });
+}
+
+function apiError(status: number, text: string): BerthError {
+  try {
+    const e = (JSON.parse(text) as { error?: { code?: string; message?: string } }).error;
+    if (e?.message) return new BerthError(e.code ?? 'BERTH_E_INTERNAL', e.message);
+  } catch {
+    // Not JSON: fall through.
+  }
+  return new BerthError('BERTH_E_INTERNAL', `the gateway answered ${status}`);
+}

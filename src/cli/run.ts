@@ -1,0 +1,117 @@
+/**
+ * `berth run <app> -- <cmd...>` and `berth run <app> <proctype>`: a one-off process in the app's active
+ * release, with its output streamed here as it comes and its exit code as ours. The run belongs to this
+ * CLI: Ctrl-C, SIGTERM or losing the connection kills the task's process group on the gateway.
+ */
+import type { IncomingMessage } from 'node:http';
+import { BerthError } from '../lib/errors.ts';
+import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
+
+export const RUN_USAGE = 'berth run <app> [--json] -- <cmd...> | berth run <app> <proctype>';
+
+/** Exit statuses when this CLI is told to stop, as a shell reports a process killed by the signal. */
+const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 };
+
+interface RunMessage {
+  type: 'start' | 'out' | 'err' | 'exit';
+  line?: string;
+  id?: string;
+  code?: number | null;
+  state?: string;
+  error?: string | null;
+}
+
+export async function run(args: string[]): Promise<number> {
+  const dd = args.indexOf('--');
+  const { values, positionals } = parse(dd === -1 ? args : args.slice(0, dd), CLIENT_OPTIONS, true);
+  let body: { command: string[] } | { process: string };
+  if (dd !== -1) {
+    if (positionals.length !== 1) throw new UsageError('expected the app name before --');
+    const command = args.slice(dd + 1);
+    if (command.length === 0 || command[0] === '') throw new UsageError('expected a command after --');
+    body = { command };
+  } else {
+    if (positionals.length !== 2) throw new UsageError('expected an app and a process type, or an app, -- and a command');
+    body = { process: positionals[1] };
+  }
+  const app = positionals[0];
+  const client = await clientFor(values);
+  const payload = JSON.stringify(body);
+  const json = values.json;
+
+  return new Promise<number>((resolve, reject) => {
+    let exit: RunMessage | null = null;
+    let settled = false;
+    const finish = (fn: () => void) => {
+      if (settled) return;
+      settled = true;
+      for (const [sig, handler] of handlers) process.off(sig, handler);
+      fn();
+    };
+    // Closing the connection is what kills the task on the gateway.
+    const handlers = Object.keys(SIGNAL_EXIT).map((sig) => {
+      const handler = () => {
+        req.destroy();
+        process.stderr.write(`berth run: ${sig}: the task on the gateway is killed\n`);
+        finish(() => resolve(SIGNAL_EXIT[sig]));
+      };
+      process.on(sig, handler);
+      return [sig, handler] as const;
+    });
+    const req = client.request(
+      'POST',
+      `/v1/apps/${encodeURIComponent(app)}/run`,
+      (res: IncomingMessage) => {
+        res.setEncoding('utf8');
+        if (res.statusCode !== 200) {
+          let text = '';
+          res.on('data', (c: string) => (text += c));
+          res.on('end', () => finish(() => reject(apiError(res.statusCode ?? 0, text))));
+          return;
+        }
+        let buf = '';
+        res.on('data', (chunk: string) => {
+          buf += chunk;
+          let i;
+          while ((i = buf.indexOf('\n')) >= 0) {
+            const line = buf.slice(0, i);
+            buf = buf.slice(i + 1);
+            if (line) handle(JSON.parse(line) as RunMessage, line);
+          }
+        });
+        res.on('end', () => {
+          const e = exit as RunMessage | null;
+          if (!e) {
+            finish(() => reject(new BerthError('BERTH_E_UNAVAILABLE', 'the gateway closed the stream before the task ended')));
+            return;
+          }
+          if (!json && e.state !== 'succeeded' && e.error) process.stderr.write(`berth run: ${e.id}: ${e.state}: ${e.error}\n`);
+          finish(() => resolve(typeof e.code === 'number' ? e.code : 1));
+        });
+        res.on('error', (err) => finish(() => reject(err)));
+      },
+      { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+    );
+    const handle = (msg: RunMessage, raw: string) => {
+      if (msg.type === 'exit') exit = msg;
+      if (json) {
+        process.stdout.write(raw + '\n');
+        return;
+      }
+      if (msg.type === 'out') process.stdout.write(msg.line + '\n');
+      else if (msg.type === 'err') process.stderr.write(msg.line + '\n');
+    };
+    req.on('error', (err: NodeJS.ErrnoException) => finish(() => reject(client.unreachable(err))));
+    req.end(payload);
+  });
+}
+
+function apiError(status: number, text: string): BerthError {
+  try {
+    const e = (JSON.parse(text) as { error?: { code?: string; message?: string } }).error;
+    if (e?.message) return new BerthError(e.code ?? 'BERTH_E_INTERNAL', e.message);
+  } catch {
+    // Not JSON: fall through.
+  }
+  return new BerthError('BERTH_E_INTERNAL', `the gateway answered ${status}`);
+}
