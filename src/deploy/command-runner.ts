@@ -49,10 +49,10 @@ export async function runCommand(opts: RunCommandOptions): Promise<CommandResult
       // ESRCH: already gone.
     }
   };
+  const partials = { out: '', err: '' };
   const onData = (stream: 'out' | 'err') => {
-    let partial = '';
     return (chunk: Buffer) => {
-      partial += chunk.toString('utf8');
+      let partial = partials[stream] + chunk.toString('utf8');
       let i;
       while ((i = partial.indexOf('\n')) >= 0) {
         emit(partial.slice(0, i), stream);
@@ -62,7 +62,15 @@ export async function runCommand(opts: RunCommandOptions): Promise<CommandResult
         emit(partial, stream);
         partial = '';
       }
+      partials[stream] = partial;
     };
+  };
+  /** A last line without a newline is still output. */
+  const flushPartials = () => {
+    for (const stream of ['out', 'err'] as const) {
+      if (partials[stream] !== '') emit(partials[stream], stream);
+      partials[stream] = '';
+    }
   };
   const emit = (line: string, stream: 'out' | 'err') => {
     tail.push(line);
@@ -102,6 +110,7 @@ export async function runCommand(opts: RunCommandOptions): Promise<CommandResult
         });
       });
     }
+    flushPartials();
     return { code, signal, timedOut, tail };
   } finally {
     clearTimeout(timer);
