@@ -28,7 +28,7 @@ export class Audit {
 
   /** Records a change about to happen; returns the row id for finish(), or 0 when it could not be written. */
   async begin(e: AuditStart): Promise<number> {
-    return this.#add(e, 'pending', null);
+    return this.#add(e, 'pending', false);
   }
 
   async finish(id: number, outcome: Exclude<AuditOutcome, 'pending'>, detail?: string | null): Promise<void> {
@@ -43,7 +43,7 @@ export class Audit {
 
   /** A change recorded in one go (it already happened, or was refused before acting). */
   async record(e: AuditStart & { outcome: Exclude<AuditOutcome, 'pending'> }): Promise<number> {
-    return this.#add(e, e.outcome, new Date().toISOString());
+    return this.#add(e, e.outcome, true);
   }
 
   async list(filter: AuditFilter = {}): Promise<AuditRecord[]> {
@@ -51,13 +51,14 @@ export class Audit {
     return store ? store.listAudit(filter) : [];
   }
 
-  async #add(e: AuditStart, outcome: AuditOutcome, finishedAt: string | null): Promise<number> {
+  async #add(e: AuditStart, outcome: AuditOutcome, finished: boolean): Promise<number> {
     const store = this.#store();
+    const at = new Date().toISOString();
     this.#log.info({ user: e.user, channel: e.channel, action: e.action, app: e.app, target: e.target, outcome }, 'audit');
     if (!store) return 0;
     try {
       return await store.addAudit({
-        at: new Date().toISOString(),
+        at,
         user: e.user,
         channel: e.channel,
         action: e.action,
@@ -65,7 +66,7 @@ export class Audit {
         target: e.target ?? null,
         outcome,
         detail: e.detail ?? null,
-        finishedAt,
+        finishedAt: finished ? at : null,
       });
     } catch (err) {
       this.#log.error({ action: e.action, err: errorMessage(err) }, 'cannot write audit row');

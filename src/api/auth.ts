@@ -1,0 +1,208 @@
+/**
+ * Who may do what on the control API (SPEC § Control API, "Access on TCP").
+ *
+ * A TCP caller is identified by a bearer token (compared as SHA-256 digests in constant time) or, when
+ * `control.call_context_header` is set, by the base64 JSON identity a trusted auth proxy puts in that
+ * header. Roles rank viewer < deployer < admin. `control.permissions[<environment>][<user>]` limits a
+ * user to apps matching its regexes; users not listed are unrestricted. The unix socket is trusted
+ * through its file permissions and never comes here: its callers are unrestricted admins.
+ *
+ * When no environment is selected (`--env`/`BERTH_ENV` unset) the permissions of the key `default`
+ * apply, so a single-environment setup can still restrict users.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingHttpHeaders } from 'node:http';
+import type { ControlConfig, Role } from '../config/schema.ts';
+import { ROLES } from '../config/schema.ts';
+import { BerthError } from '../lib/errors.ts';
+import type { RequestContext } from './routes.ts';
+
+/** The permissions key used when the gateway runs without a selected environment. */
+export const DEFAULT_PERMISSIONS_ENVIRONMENT = 'default';
+/** A call-context header longer than this is refused before it is decoded. */
+export const MAX_CALL_CONTEXT_BYTES = 4096;
+/** Longest user name a call context may carry (it ends up in logs and the audit log). */
+const MAX_USER_LENGTH = 128;
+/** Longest bearer token accepted; longer ones are refused without hashing them. */
+const MAX_TOKEN_LENGTH = 4096;
+
+const RANK: Record<Role, number> = { viewer: 1, deployer: 2, admin: 3 };
+
+/**
+ * The role each audited action needs. Reads (GET) need `viewer`; a change whose action is not listed
+ * needs `admin`, so an endpoint added without thinking about roles is safe by default.
+ */
+export const ACTION_ROLES: Readonly<Record<string, Role>> = {
+  deploy: 'deployer',
+  rollback: 'deployer',
+  reload: 'deployer',
+  mode: 'deployer',
+  run: 'deployer',
+  'config-reload': 'admin',
+  stop: 'admin',
+};
+
+/** The apps a user may touch in the active environment, and the config key that says so. */
+export interface AppRule {
+  /** `control.permissions.<environment>.<user>`, for messages. */
+  rule: string;
+  sources: string[];
+  patterns: RegExp[];
+}
+
+/** The role a request needs: the route's own, else by method and action. */
+export function requiredRole(method: string, action: string | null, role?: Role): Role {
+  if (role) return role;
+  if (method === 'GET' || method === 'HEAD') return 'viewer';
+  return (action !== null ? ACTION_ROLES[action] : undefined) ?? 'admin';
+}
+
+/** Whether any of `roles` ranks at least `needed`. */
+export function hasRole(roles: readonly Role[], needed: Role): boolean {
+  for (const r of roles) if (RANK[r] >= RANK[needed]) return true;
+  return false;
+}
+
+/** The highest of `roles`, or null for none. */
+export function topRole(roles: readonly Role[]): Role | null {
+  let top: Role | null = null;
+  for (const r of roles) if (top === null || RANK[r] > RANK[top]) top = r;
+  return top;
+}
+
+/** Whether the caller may touch `app` (unrestricted callers may touch every app). */
+export function permits(ctx: RequestContext, app: string): boolean {
+  const rule = ctx.apps;
+  if (!rule) return true;
+  for (const re of rule.patterns) if (re.test(app)) return true;
+  return false;
+}
+
+/** Throws 403 naming the app and the rule when the caller may not touch `app`. */
+export function assertPermitted(ctx: RequestContext, app: string, what: string): void {
+  if (permits(ctx, app)) return;
+  const rule = ctx.apps!;
+  throw new BerthError('BERTH_E_FORBIDDEN', `user ${ctx.user} may not ${what} app "${app}": ${rule.rule} allows only ${rule.sources.join(', ') || 'no app'}`, {
+    details: { app, rule: rule.rule, allowed: rule.sources },
+  });
+}
+
+/**
+ * The caller's right to a request: its role first, then the app it names. Gateway-wide changes (stop,
+ * config reload) name no app; a user limited to some apps may not make them.
+ */
+export function authorize(ctx: RequestContext, needed: Role, app: string | null, what: string): void {
+  if (!hasRole(ctx.roles, needed)) {
+    const has = ctx.roles.length ? ctx.roles.join(', ') : 'no role';
+    throw new BerthError('BERTH_E_FORBIDDEN', `user ${ctx.user} (${has}) may not ${what}: it needs the ${needed} role`, { details: { needed, roles: ctx.roles } });
+  }
+  if (app !== null) assertPermitted(ctx, app, what);
+  else if (ctx.apps && needed !== 'viewer') {
+    throw new BerthError('BERTH_E_FORBIDDEN', `user ${ctx.user} may not ${what}: it is limited to some apps by ${ctx.apps.rule} and this changes the whole gateway`, {
+      details: { rule: ctx.apps.rule, allowed: ctx.apps.sources },
+    });
+  }
+}
+
+/** `sha256:<hex>` of a token: the form `control.tokens.<user>.hash` takes. */
+export function hashToken(token: string): string {
+  return `sha256:${createHash('sha256').update(token, 'utf8').digest('hex')}`;
+}
+
+function unauthorized(message: string): BerthError {
+  return new BerthError('BERTH_E_UNAUTHORIZED', message);
+}
+
+/** A user name that is safe to log and store: printable, no control characters, not too long. */
+function validUser(user: unknown): user is string {
+  return typeof user === 'string' && user.length > 0 && user.length <= MAX_USER_LENGTH && user.trim() === user && !/[\u0000-\u001f\u007f]/.test(user);
+}
+
+/**
+ * Decodes a call-context header: base64 (or base64url) of `{"user": "...", "roles": [...]}`. Every
+ * defect is a 401 saying what is wrong, never echoing the value (it may carry more than an identity).
+ */
+export function parseCallContext(name: string, value: string | string[] | undefined): { user: string; roles: Role[] } {
+  if (Array.isArray(value)) throw unauthorized(`the ${name} header was sent more than once`);
+  if (value === undefined || value === '') throw unauthorized(`the ${name} header is empty`);
+  if (value.length > MAX_CALL_CONTEXT_BYTES) throw unauthorized(`the ${name} header is larger than ${MAX_CALL_CONTEXT_BYTES} bytes`);
+  if (!/^[A-Za-z0-9+/_-]+={0,2}$/.test(value)) throw unauthorized(`the ${name} header is not base64`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(Buffer.from(value, 'base64')));
+  } catch {
+    throw unauthorized(`the ${name} header is not base64 of a JSON object`);
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw unauthorized(`the ${name} header is not base64 of a JSON object`);
+  const { user, roles } = parsed as { user?: unknown; roles?: unknown };
+  if (!validUser(user)) throw unauthorized(`the ${name} header needs "user": a non-empty string of at most ${MAX_USER_LENGTH} printable characters`);
+  if (!Array.isArray(roles) || roles.length === 0) throw unauthorized(`the ${name} header needs "roles": a non-empty list of ${ROLES.join(', ')}`);
+  for (const r of roles) {
+    if (typeof r !== 'string' || !ROLES.includes(r as Role)) throw unauthorized(`the ${name} header names an unknown role ${JSON.stringify(r)} (known: ${ROLES.join(', ')})`);
+  }
+  return { user, roles: [...new Set(roles as Role[])] };
+}
+
+interface TokenEntry {
+  user: string;
+  digest: Buffer;
+  roles: Role[];
+}
+
+/**
+ * Authentication and permissions for one config. Built once per config (start and config reload), so a
+ * request only hashes its token and walks precompiled regexes.
+ */
+export class Auth {
+  readonly environment: string;
+  readonly callContextHeader: string | null;
+  #tokens: TokenEntry[];
+  #rules = new Map<string, AppRule>();
+
+  constructor(control: ControlConfig, environment: string | null) {
+    this.environment = environment ?? DEFAULT_PERMISSIONS_ENVIRONMENT;
+    this.callContextHeader = control.callContextHeader;
+    this.#tokens = Object.entries(control.tokens)
+      .filter(([, t]) => /^sha256:[0-9a-f]{64}$/.test(t.hash))
+      .map(([user, t]) => ({ user, digest: Buffer.from(t.hash.slice('sha256:'.length), 'hex'), roles: t.roles }));
+    const byUser = control.permissions[this.environment] ?? {};
+    for (const [user, sources] of Object.entries(byUser)) {
+      this.#rules.set(user, { rule: `control.permissions.${this.environment}.${user}`, sources, patterns: sources.map((s) => new RegExp(s)) });
+    }
+  }
+
+  /** The app rule that limits `user`, or null when the user is unrestricted. */
+  ruleFor(user: string): AppRule | null {
+    return this.#rules.get(user) ?? null;
+  }
+
+  /**
+   * Identifies a TCP caller, or throws 401. The call-context header, when configured and present, wins:
+   * it is set by the trusted proxy in front, which may pass the client's own Authorization through.
+   */
+  authenticate(headers: IncomingHttpHeaders): RequestContext {
+    const header = this.callContextHeader;
+    if (header !== null && headers[header] !== undefined) {
+      const { user, roles } = parseCallContext(header, headers[header]);
+      return { user, channel: 'tcp', roles, apps: this.ruleFor(user) };
+    }
+    const auth = headers.authorization;
+    if (auth === undefined) {
+      const how = header !== null ? `an Authorization: Bearer token or the ${header} header` : 'an Authorization: Bearer token';
+      throw unauthorized(`the control API needs ${how}`);
+    }
+    const m = /^Bearer +(\S+) *$/i.exec(auth);
+    if (!m || m[1].length > MAX_TOKEN_LENGTH) throw unauthorized('the Authorization header must be "Bearer <token>"');
+    const entry = this.#match(m[1]);
+    if (!entry) throw unauthorized('the bearer token is not valid');
+    return { user: entry.user, channel: 'tcp', roles: entry.roles, apps: this.ruleFor(entry.user) };
+  }
+
+  /** Compares the token's digest with every configured one, without stopping early on a match. */
+  #match(token: string): TokenEntry | null {
+    const digest = createHash('sha256').update(token, 'utf8').digest();
+    let found: TokenEntry | null = null;
+    for (const t of this.#tokens) if (timingSafeEqual(t.digest, digest) && found === null) found = t;
+    return found;
+  }
+}
