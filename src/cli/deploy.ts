@@ -2,7 +2,6 @@
  * `berth deploy`, `berth rollback` and `berth reload`: start the operation on the gateway, then follow
  * its step events live. The operation belongs to the gateway: Ctrl-C stops watching, not deploying.
  */
-import { request } from 'node:http';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { DeployEvent, DeployRecord } from '../store/store.ts';
@@ -65,7 +64,7 @@ async function follow(client: ControlClient, id: string, title: string, json: bo
   let end: DeployRecord | null = null;
   let failedEvent: DeployEvent | null = null;
   await new Promise<void>((resolvePromise, reject) => {
-    const req = request({ socketPath: client.socket, path: `/v1/deploys/${encodeURIComponent(id)}?follow=1`, method: 'GET' }, (res) => {
+    const req = client.request('GET', `/v1/deploys/${encodeURIComponent(id)}?follow=1`, (res) => {
       if (res.statusCode !== 200) {
         reject(new BerthError('BERTH_E_INTERNAL', `following deploy ${id}: the gateway answered ${res.statusCode}`));
         res.resume();
@@ -107,8 +106,10 @@ async function follow(client: ControlClient, id: string, title: string, json: bo
   }
   if (!json) {
     const fe = failedEvent as DeployEvent | null;
-    process.stderr.write(`failed at step ${result.failedStep ?? fe?.step ?? '?'}: ${result.error ?? 'unknown error'}\n`);
     const lines = result.logTail?.length ? result.logTail : (fe?.lines ?? []);
+    // A startup failure's message carries the log tail too; it is printed once, below.
+    const error = lines.length ? firstLine(result.error ?? 'unknown error') : (result.error ?? 'unknown error');
+    process.stderr.write(`failed at step ${result.failedStep ?? fe?.step ?? '?'}: ${error}\n`);
     if (lines.length) process.stderr.write(`last ${lines.length} log lines:\n${lines.map((l) => `  | ${l}`).join('\n')}\n`);
     if (result.previousRelease) process.stderr.write(`${result.app} still serves release ${result.previousRelease}\n`);
   }
@@ -123,5 +124,10 @@ function printEvent(e: DeployEvent, out: (s: string) => void): void {
   }
   const mark = e.status === 'succeeded' ? 'ok' : e.status === 'skipped' ? 'skip' : 'FAIL';
   const dur = e.durationMs === null ? '' : humanDuration(e.durationMs);
-  out(`  ${step}${mark.padEnd(5)} ${dur.padStart(7)}  ${e.message ?? ''}`.trimEnd());
+  out(`  ${step}${mark.padEnd(5)} ${dur.padStart(7)}  ${firstLine(e.message ?? '')}`.trimEnd());
+}
+
+function firstLine(text: string): string {
+  const i = text.indexOf('\n');
+  return i === -1 ? text : text.slice(0, i);
 }

@@ -24,6 +24,8 @@ export type DeployStep = (typeof DEPLOY_STEPS)[number];
 export const COMMAND_TIMEOUT_MS = 15 * 60_000;
 /** Drain polls the old generation's in-flight count this often. */
 const DRAIN_POLL_MS = 25;
+/** After the drain deadline, how long WebSockets closed with 1001 get to finish closing before stop_old. */
+const UPGRADE_CLOSE_WAIT_MS = 1_000;
 /** Deploys kept in memory for `GET /v1/deploys/:id` after they finish (older ones come from the store). */
 const RECENT_LIMIT = 100;
 
@@ -41,6 +43,11 @@ export interface DeployHost {
   deployable(app: string): DeployableApp | undefined;
   /** Makes `gen` the app's active generation: one pointer swap in the routing snapshot. */
   switchTo(app: string, gen: Generation): void;
+  /**
+   * The drain deadline passed: closes the WebSockets still open on `gen` (close frame 1001, then both
+   * sockets end) and returns how many. Optional: a host without a front door has none.
+   */
+  closeUpgrades?(gen: Generation): number;
 }
 
 export interface DeployRequest {
@@ -212,7 +219,7 @@ export class Deployer {
     this.#running.set(app, deploy);
     this.#recent.set(deploy.id, deploy);
     if (this.#recent.size > RECENT_LIMIT) this.#recent.delete(this.#recent.keys().next().value!);
-    void this.#run(deploy, target).finally(() => this.#running.delete(app));
+    void this.#run(deploy, target).finally(() => this.#unlock(deploy));
     return deploy;
   }
 
@@ -301,9 +308,10 @@ export class Deployer {
         return { value: undefined, message: old ? `${old.releaseId} -> ${release.id}` : `now serving ${release.id}` };
       });
     } catch (err) {
-      await this.#fail(deploy, err, log);
+      // Cleaned up before the deploy is reported failed, so whoever watches it sees the end state.
       if (gen) await this.#supervisor.stopGeneration(gen).catch((e) => log.error({ err: errorMessage(e) }, 'cannot stop the failed generation'));
       if (madeRelease) await target.releases.markFailed(madeRelease).catch(() => {});
+      await this.#fail(deploy, err, log);
       return;
     }
     // After the switch the new release serves; later steps are recorded but cannot undo the switch.
@@ -318,8 +326,14 @@ export class Deployer {
       });
       if (old) {
         const cut = await this.#step(deploy, 'drain', async () => {
-          const left = await this.#drain(old, app.timeouts.drainMs);
-          return { value: left, message: left === 0 ? `${old.id} drained` : `drain timeout: ${left} request(s) still in flight will be cut` };
+          let left = await this.#drain(old, app.timeouts.drainMs);
+          // WebSockets never end by themselves: at the deadline they are told to go away (1001).
+          const closed = left > 0 && this.#host.closeUpgrades ? this.#host.closeUpgrades(old) : 0;
+          if (closed > 0) left = await this.#drain(old, UPGRADE_CLOSE_WAIT_MS);
+          const ws = closed > 0 ? `${closed} WebSocket(s) closed with 1001` : '';
+          const message =
+            left === 0 ? (closed > 0 ? `${old.id} drained at the deadline: ${ws}` : `${old.id} drained`) : `drain timeout: ${ws ? `${ws}, ` : ''}${left} request(s) still in flight will be cut`;
+          return { value: left, message };
         });
         if (cut > 0) log.warn({ generation: old.id, inFlight: cut }, 'requests cut at drain deadline');
         await this.#step(deploy, 'stop_old', async () => {
@@ -337,6 +351,7 @@ export class Deployer {
         return { value: undefined, message: pruned.length ? `pruned ${pruned.join(', ')}` : 'nothing to prune' };
       });
       await this.#step(deploy, 'record', async () => ({ value: undefined, message: 'recorded' }));
+      this.#unlock(deploy);
       deploy.finish('succeeded');
       await this.#store.updateDeploy(deploy.id, { state: 'succeeded', finishedAt: deploy.finishedAt });
       log.info({ release: releaseId }, 'deploy succeeded');
@@ -345,6 +360,14 @@ export class Deployer {
       log.error({ err: errorMessage(err) }, 'deploy step after the switch failed');
       await this.#fail(deploy, err, log);
     }
+  }
+
+  /**
+   * Lets the next deploy of the app start. Done before a deploy is reported finished, so a client that
+   * follows one deploy to its end and starts the next at once is not refused with 409.
+   */
+  #unlock(deploy: Deploy): void {
+    if (this.#running.get(deploy.app) === deploy) this.#running.delete(deploy.app);
   }
 
   async #pickRelease(deploy: Deploy, target: DeployableApp): Promise<{ id: string; dir: string }> {
@@ -370,10 +393,12 @@ export class Deployer {
 
   /** The newest release before `current` that did not fail and still exists. */
   async #previousGood(app: string, current: string | null): Promise<string | null> {
+    // Newest first by creation time. Two ids made in the same second do not sort by time (the random
+    // suffix decides), so what is older than `current` is what comes after it here, not a smaller id.
     const releases = await this.#store.listReleases(app);
-    for (const r of releases) {
+    const at = current === null ? -1 : releases.findIndex((r) => r.id === current);
+    for (const r of releases.slice(at + 1)) {
       if (r.id === current || r.state === 'failed' || r.state === 'pruned' || r.state === 'building') continue;
-      if (current && r.id > current) continue;
       return r.id;
     }
     return null;
@@ -433,6 +458,7 @@ export class Deployer {
     deploy.failedStep = failure?.step ?? null;
     deploy.error = errorMessage(err);
     deploy.logTail = failure?.tail ?? [];
+    this.#unlock(deploy);
     deploy.finish('failed');
     log.error({ step: deploy.failedStep, err: deploy.error }, 'deploy failed');
     await this.#store

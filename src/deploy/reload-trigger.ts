@@ -1,9 +1,14 @@
 import { watchFile, unwatchFile, type Stats } from 'node:fs';
 import type { Logger } from '../lib/logger.ts';
 
-/** How often the trigger file is stat'ed, and how long touches are gathered into one reload. */
-const POLL_MS = 250;
-const DEBOUNCE_MS = 200;
+/**
+ * How often the trigger file is stat'ed, and how long touches are gathered into one reload. Touches are
+ * only seen at polls, so the window must outlast one poll interval: otherwise a burst of touches that
+ * spans a poll boundary is seen twice, DEBOUNCE_MS apart, and gives two reloads. Worst case from touch
+ * to reload: POLL_MS + DEBOUNCE_MS.
+ */
+const POLL_MS = 200;
+const DEBOUNCE_MS = 450;
 
 export interface ReloadTriggerOptions {
   file: string;
@@ -16,7 +21,7 @@ export interface ReloadTriggerOptions {
  * Watches `<state_dir>/apps/<app>/<reload_trigger>` (Passenger's restart.txt). A touch (or creation)
  * reloads the app within a second; repeated touches inside the debounce window make one reload. Stat
  * polling rather than inotify: it works for a file that does not exist yet, across renames, and on
- * network filesystems, at the cost of one stat per 250ms.
+ * network filesystems, at the cost of one stat per POLL_MS.
  */
 export class ReloadTrigger {
   #opts: ReloadTriggerOptions;

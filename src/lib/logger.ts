@@ -22,7 +22,7 @@ export class LoggerFactory {
     this.#levels = levels;
     const rootLevel = levels.root ?? 'info';
     if (!destination && wantsPretty()) destination = new PrettyStream(process.stdout);
-    if (!destination) this.#sonic = pino.destination({ fd: 1, sync: false, minLength: 4096 });
+    if (!destination) this.#sonic = pino.destination({ fd: 1, sync: false });
     this.root = pino(
       { level: rootLevel, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime },
       destination ?? this.#sonic!,
