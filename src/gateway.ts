@@ -11,8 +11,9 @@ import { readFileSync } from 'node:fs';
 import type { BerthConfig, AppConfig, Mode } from './config/schema.ts';
 import { dbDemand, HEALTH_FILE_INTERVAL_MS } from './config/schema.ts';
 import type { LoggerFactory, Logger } from './lib/logger.ts';
-import { BerthError, errorMessage } from './lib/errors.ts';
-import type { DeployRecord, ReleaseRecord, Store } from './store/store.ts';
+import { BerthError, ConfigError, errorMessage, type ConfigProblem } from './lib/errors.ts';
+import type { AuditChannel, AppState, DeployRecord, ReleaseRecord, Store } from './store/store.ts';
+import { loadConfig, type LoadOptions } from './config/load.ts';
 import { openStore } from './store/open-store.ts';
 import { ReleaseStore } from './deploy/release-store.ts';
 import { resolveProcesses } from './deploy/procfile.ts';
@@ -21,11 +22,55 @@ import type { Generation, InstanceSnapshot } from './supervisor/supervisor.ts';
 import { Proxy } from './proxy/server.ts';
 import { RoutingTable, type AppEntry, type ModeState } from './proxy/router.ts';
 import { ApiServer } from './api/server.ts';
-import { Deployer, type DeployHost, type DeployableApp } from './deploy/deployer.ts';
+import { Deployer, type Deploy, type DeployHost, type DeployableApp } from './deploy/deployer.ts';
 import { ReloadTrigger } from './deploy/reload-trigger.ts';
 import { Audit } from './api/audit.ts';
+import { Scheduler, type TaskTarget } from './scheduler/scheduler.ts';
+import type { RestartInfo } from './supervisor/supervisor.ts';
+import { Metrics } from './lib/metrics.ts';
 
 export const VERSION = '0.1.0';
+
+/**
+ * App keys that define its processes: a change to any of them reloads the app (zero downtime). Other
+ * keys (hosts, routes, queue, rate limits, pages, timeouts, schedule...) apply with the routing table.
+ */
+const PROCESS_KEYS = ['processes', 'scale', 'env', 'listen', 'health'] as const satisfies readonly (keyof AppConfig)[];
+
+/** Settings that only a restart can change: listeners stay open and the store stays the same. */
+const RESTART_ONLY_KEYS: readonly { path: string; of: (c: BerthConfig) => unknown }[] = [
+  { path: 'listen', of: (c) => c.listen.map((a) => a.text) },
+  { path: 'state_dir', of: (c) => c.stateDir },
+  { path: 'database', of: (c) => c.database },
+  { path: 'control.socket', of: (c) => c.control.socket },
+  { path: 'control.socket_group', of: (c) => c.control.socketGroup },
+  { path: 'control.listen', of: (c) => c.control.listen?.text ?? null },
+];
+
+function restartOnlyChanges(was: BerthConfig, next: BerthConfig): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  for (const key of RESTART_ONLY_KEYS) {
+    const a = JSON.stringify(key.of(was));
+    const b = JSON.stringify(key.of(next));
+    if (a !== b) problems.push({ path: key.path, message: `changing it needs a restart of the gateway (running with ${a}, the file now says ${b})` });
+  }
+  return problems;
+}
+
+/** What a config reload did. */
+export interface ConfigReloadResult {
+  config: string;
+  environment: string | null;
+  added: string[];
+  removed: string[];
+  /** Apps whose processes changed, with the reload's deploy id (null: it starts once the app is free). */
+  reloaded: { app: string; deploy: string | null }[];
+  /** Apps whose routing, limits or other live settings changed, with no reload. */
+  updated: string[];
+  unchanged: string[];
+  /** One line for logs, the audit log and the CLI. */
+  summary: string;
+}
 
 export type GatewayState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -81,6 +126,8 @@ export interface GatewayStatus {
   stateDir: string;
   listen: string[];
   control: string;
+  /** The bound `control.listen` address, or null when the control API is on the socket only. */
+  controlListen: string | null;
   apps: AppStatus[];
 }
 
@@ -89,6 +136,8 @@ export interface GatewayOptions {
   loggers: LoggerFactory;
   /** Test hook: shrink restart backoff. Passed to the supervisor. */
   supervisorTiming?: ConstructorParameters<typeof Supervisor>[0]['timing'];
+  /** How the config was found, so a config reload reads it the same way (default: its file and environment). */
+  loadOptions?: LoadOptions;
 }
 
 /** Whether `pid` is alive and is an instance of `app` (its environment names the app). */
@@ -102,7 +151,8 @@ function isBerthProcess(pid: number, app: string): boolean {
 }
 
 export class Gateway implements DeployHost {
-  readonly config: BerthConfig;
+  #config: BerthConfig;
+  #loadOptions: LoadOptions;
   #loggers: LoggerFactory;
   #log: Logger;
   #state: GatewayState = 'new';
@@ -112,9 +162,14 @@ export class Gateway implements DeployHost {
   #api: ApiServer;
   #supervisor: Supervisor;
   #deployer: Deployer | null = null;
+  /** Scheduled tasks, one-off runs and the cleanup job; made once the store is open. */
+  #scheduler: Scheduler | null = null;
   /** The audit log: every change with who, how and the outcome. */
   readonly audit: Audit;
-  #triggers: ReloadTrigger[] = [];
+  /** Prometheus metrics: `GET /metrics` on the control API, and on the front door when public. */
+  readonly metrics: Metrics;
+  /** App name -> its reload trigger watcher. */
+  #triggers = new Map<string, ReloadTrigger>();
   #apps = new Map<string, AppRuntime>();
   #boots: Promise<void>[] = [];
   #readies: Promise<void>[] = [];
@@ -123,7 +178,8 @@ export class Gateway implements DeployHost {
   #onStopped: (() => void)[] = [];
 
   constructor(opts: GatewayOptions) {
-    this.config = opts.config;
+    this.#config = opts.config;
+    this.#loadOptions = opts.loadOptions ?? { configPath: opts.config.file, env: opts.config.environment ?? undefined };
     this.#loggers = opts.loggers;
     this.#log = opts.loggers.get('root');
     this.#proxy = new Proxy({ config: opts.config, logger: opts.loggers.get('proxy') });
@@ -132,13 +188,24 @@ export class Gateway implements DeployHost {
       logger: opts.loggers.get('supervisor'),
       timing: opts.supervisorTiming,
       onProcess: (event, info) => this.#recordProcess(event, info),
+      onRestart: (info) => this.#recordRestart(info),
     });
     this.audit = new Audit(() => this.#store, opts.loggers.get('api'));
+    this.metrics = new Metrics(
+      { pools: () => this.#proxy.admissions(), instances: () => this.#supervisor.generations().flatMap((g) => g.instances) },
+      opts.loggers.get('root'),
+    );
+    this.#proxy.setMetrics(this.metrics);
     this.#api = new ApiServer({ gateway: this, config: opts.config, logger: opts.loggers.get('api') });
   }
 
   get state(): GatewayState {
     return this.#state;
+  }
+
+  /** The config in effect: the one started with, or the last one a config reload applied. */
+  get config(): BerthConfig {
+    return this.#config;
   }
 
   get proxy(): Proxy {
@@ -168,24 +235,21 @@ export class Gateway implements DeployHost {
       const store = await openStore(this.config, this.#loggers.get('store'));
       this.#store = store;
       const saved = new Map((await store.listAppStates()).map((s) => [s.app, s]));
-      for (const app of Object.values(this.config.apps)) {
-        const s = saved.get(app.name);
-        this.#apps.set(app.name, {
-          config: app,
-          get booting() {
-            return this.phase === 'booting';
-          },
-          phase: 'booting',
-          error: null,
-          releases: new ReleaseStore({ stateDir: this.config.stateDir, app, store, logger: this.#loggers.get('deploy') }),
-          active: null,
-          mode: { mode: s?.mode ?? 'normal', message: s?.modeMessage ?? null, retryAfter: s?.modeRetryAfter ?? null },
-        });
-      }
+      for (const app of Object.values(this.config.apps)) this.#apps.set(app.name, this.#newRuntime(app, store, saved.get(app.name)));
       this.#deployer = new Deployer({ host: this, store, supervisor: this.#supervisor, logger: this.#loggers.get('deploy'), stateDir: this.config.stateDir });
       await this.#deployer.recoverInterrupted();
+      this.#scheduler = new Scheduler({
+        config: this.config,
+        store,
+        host: this,
+        audit: this.audit,
+        logger: this.#loggers.get('scheduler'),
+        onProcess: (event, info) => this.#recordProcess(event, info),
+      });
+      await this.#scheduler.recoverInterrupted();
       await this.#reapOrphans(store);
       this.#rebuildTable();
+      this.metrics.start();
       await this.#proxy.start();
       await this.#api.start();
     } catch (err) {
@@ -197,16 +261,38 @@ export class Gateway implements DeployHost {
     this.#log.info({ listen: this.#proxy.addresses().map((a) => a.text), control: this.config.control.socket }, 'gateway listening');
     this.#startHealthFile();
     for (const rt of this.#apps.values()) this.#boots.push(this.#bootApp(rt));
-    for (const rt of this.#apps.values()) {
-      if (!rt.config.reloadTrigger) continue;
-      const trigger = new ReloadTrigger({
-        file: `${rt.releases.appDir}/${rt.config.reloadTrigger}`,
-        logger: this.#loggers.get('deploy').child({ app: rt.config.name }),
-        onTrigger: () => this.#triggeredReload(rt.config.name),
-      });
-      trigger.start();
-      this.#triggers.push(trigger);
-    }
+    for (const rt of this.#apps.values()) this.#watchTrigger(rt);
+    // Scheduled runs need the apps' active releases: the scheduler starts once every app has booted.
+    void Promise.allSettled(this.#boots).then(() => {
+      if (this.#state === 'running') this.#scheduler?.start();
+    });
+  }
+
+  /** An app as the gateway holds it, before it boots; its mode comes from the store. */
+  #newRuntime(app: AppConfig, store: Store, saved: AppState | null | undefined): AppRuntime {
+    return {
+      config: app,
+      get booting() {
+        return this.phase === 'booting';
+      },
+      phase: 'booting',
+      error: null,
+      releases: new ReleaseStore({ stateDir: this.config.stateDir, app, store, logger: this.#loggers.get('deploy') }),
+      active: null,
+      mode: { mode: saved?.mode ?? 'normal', message: saved?.modeMessage ?? null, retryAfter: saved?.modeRetryAfter ?? null },
+    };
+  }
+
+  /** Starts watching the app's reload trigger file, when it has one. */
+  #watchTrigger(rt: AppRuntime): void {
+    if (!rt.config.reloadTrigger) return;
+    const trigger = new ReloadTrigger({
+      file: `${rt.releases.appDir}/${rt.config.reloadTrigger}`,
+      logger: this.#loggers.get('deploy').child({ app: rt.config.name }),
+      onTrigger: () => this.#triggeredReload(rt.config.name),
+    });
+    trigger.start();
+    this.#triggers.set(rt.config.name, trigger);
   }
 
   /** Remembers app process groups in the store, so the next start can kill them if this gateway dies. */
@@ -243,6 +329,28 @@ export class Gateway implements DeployHost {
   get deployer(): Deployer {
     if (!this.#deployer) throw new BerthError('BERTH_E_UNAVAILABLE', 'the gateway is not started');
     return this.#deployer;
+  }
+
+  // ---- scheduler (tasks, one-off runs, cleanup) ----------------------------------------------------
+
+  /** The scheduler: scheduled tasks, one-off runs and the cleanup job. Throws before start(). */
+  get scheduler(): Scheduler {
+    if (!this.#scheduler) throw new BerthError('BERTH_E_UNAVAILABLE', 'the gateway is not started');
+    return this.#scheduler;
+  }
+
+  /** SchedulerHost: where an app's tasks run (its active generation's release), or undefined for no such app. */
+  taskTarget(app: string): TaskTarget | undefined {
+    const rt = this.#apps.get(app);
+    if (!rt) return undefined;
+    const gen = rt.active;
+    return { config: rt.config, releases: rt.releases, active: gen ? { id: gen.releaseId, dir: gen.releaseDir, processes: gen.processes } : null };
+  }
+
+  /** An instance ended on its own (or went silent) and is restarted: into the audit log, so history shows why. */
+  #recordRestart(info: RestartInfo): void {
+    const detail = info.delayMs === null ? `${info.detail}; crashed, not restarted` : info.detail;
+    void this.audit.record({ user: 'supervisor', channel: 'internal', action: 'restart', app: info.app, target: `${info.process}.${info.index}`, outcome: info.delayMs === null ? 'failed' : 'ok', detail });
   }
 
   /** DeployHost: the app as the deployer sees it. */
@@ -305,17 +413,26 @@ export class Gateway implements DeployHost {
       }
       release ??= await rt.releases.current();
       if (!release) {
+        // The first start of an app is a real deploy (prepare, link, build, release command...), recorded
+        // like any other, except that it switches as soon as its generation starts.
         if (!app.source) throw new BerthError('BERTH_E_RELEASE', `app ${app.name} has no release yet and no source to make one from`);
-        log.info({ source: app.source }, 'making first release');
-        const prepared = await rt.releases.prepare(app.source);
-        try {
-          await rt.releases.linkShared(prepared);
-          await rt.releases.activate(prepared.id);
-        } catch (err) {
-          await rt.releases.markFailed(prepared.id).catch(() => {});
-          throw err;
+        log.info({ source: app.source }, 'first deploy of the app');
+        const d = this.deployer.begin(app.name, { kind: 'deploy', source: app.source, user: 'berth-start', boot: true });
+        const auditId = await this.audit.begin({ user: 'berth-start', channel: 'internal', action: 'deploy', app: app.name, target: d.id });
+        await d.done;
+        await this.audit.finish(auditId, d.state === 'succeeded' ? 'ok' : 'failed', d.state === 'succeeded' ? `${d.id}: release ${d.releaseId}` : `${d.id}: ${d.error ?? d.state}`);
+        if (d.state !== 'succeeded' || !rt.active) {
+          const tail = d.logTail.length ? `\n${d.logTail.join('\n')}` : '';
+          throw new BerthError('BERTH_E_RELEASE', `first deploy ${d.id} failed at step ${d.failedStep ?? '?'}: ${d.error ?? d.state}${tail}`);
         }
-        release = { id: prepared.id, dir: prepared.dir };
+        const gen = rt.active;
+        this.#readies.push(
+          gen.waitReady().then(
+            () => log.info({ release: gen.releaseId, generation: gen.id }, 'app ready'),
+            (err) => log.error({ release: gen.releaseId, err: errorMessage(err) }, 'app not ready'),
+          ),
+        );
+        return;
       }
       const { processes } = await resolveProcesses(app, release.dir);
       if (this.#state !== 'running') return;
@@ -350,6 +467,12 @@ export class Gateway implements DeployHost {
     this.#proxy.setTable(new RoutingTable(entries));
   }
 
+  #restartHealthFile(): void {
+    if (this.#healthTimer) clearInterval(this.#healthTimer);
+    this.#healthTimer = null;
+    this.#startHealthFile();
+  }
+
   /** Touches `health_file` every 5s while the gateway runs, so a container platform can probe a file. */
   #startHealthFile(): void {
     const file = this.config.healthFile;
@@ -380,6 +503,7 @@ export class Gateway implements DeployHost {
       stateDir: this.config.stateDir,
       listen: this.#state === 'running' ? this.#proxy.addresses().map((a) => a.text) : this.config.listen.map((a) => a.text),
       control: this.config.control.socket,
+      controlListen: this.#api.tcpAddress()?.text ?? null,
       apps: [...this.#apps.keys()].map((name) => this.appStatus(name)!),
     };
   }
@@ -462,6 +586,216 @@ export class Gateway implements DeployHost {
     return this.#proxy.table.describe();
   }
 
+  /** The names of the apps the gateway holds, in config order. */
+  appNames(): string[] {
+    return [...this.#apps.keys()];
+  }
+
+  // ---- modes and WebSockets (SPEC § Modes, § Request handling 10) ----------------------------------
+
+  /** Mode switches, one after another, so the store and the routing table always agree on the last. */
+  #modeSwitches: Promise<unknown> = Promise.resolve();
+
+  /**
+   * Switches an app's mode live. It is saved in the store first (so it survives a restart), then the
+   * routing table is rebuilt: it applies from the next request on, and requests in flight keep the mode
+   * they arrived under (their table entry holds the old mode object). `normal` clears message and
+   * retryAfter. 404 for an unknown app; the store refuses a bad mode or retryAfter (400).
+   */
+  setMode(app: string, mode: Mode, opts: { message?: string | null; retryAfter?: number | null } = {}, ctx?: { user: string }): Promise<ModeState> {
+    const run = this.#modeSwitches.then(async () => {
+      const rt = this.#apps.get(app);
+      if (!rt) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${app}"`);
+      const store = this.#store;
+      if (!store || (this.#state !== 'running' && this.#state !== 'starting')) throw new BerthError('BERTH_E_UNAVAILABLE', `the gateway is ${this.#state}`);
+      const next: ModeState = mode === 'normal' ? { mode, message: null, retryAfter: null } : { mode, message: opts.message ?? null, retryAfter: opts.retryAfter ?? null };
+      await store.setMode(app, mode, next.message, next.retryAfter);
+      const was = rt.mode.mode;
+      rt.mode = next;
+      this.#rebuildTable();
+      this.#log.info({ app, mode, was, user: ctx?.user ?? null }, 'mode switched');
+      return next;
+    });
+    this.#modeSwitches = run.catch(() => {});
+    return run;
+  }
+
+  /** DeployHost: the drain deadline passed with WebSockets open on `gen`; they get close 1001. */
+  closeUpgrades(gen: Generation): number {
+    return this.#proxy.closeUpgrades(gen);
+  }
+
+  // ---- config reload (SIGHUP, `berth reload-config`) ---------------------------------------------
+
+  /**
+   * Re-reads the config the way the gateway first read it and applies it live: routing, limits, modes'
+   * pages, auth, log levels and schedules at once; apps whose process definitions changed get a
+   * zero-downtime reload; new apps boot; removed apps leave the routing table, drain and stop.
+   * Listeners stay open. An invalid config, or one that changes what only a restart can
+   * (RESTART_ONLY_KEYS), throws ConfigError listing every problem, and nothing changes.
+   */
+  async reloadConfig(by: { user: string; channel: AuditChannel }): Promise<ConfigReloadResult> {
+    if (this.#state !== 'running') throw new BerthError('BERTH_E_UNAVAILABLE', `the gateway is ${this.#state}`);
+    if (this.#reloadingConfig) throw new BerthError('BERTH_E_CONFLICT', 'a config reload is already running');
+    this.#reloadingConfig = true;
+    try {
+      const next = await loadConfig(this.#loadOptions);
+      const problems = restartOnlyChanges(this.#config, next);
+      if (problems.length > 0) throw new ConfigError(problems);
+      return this.#applyConfig(next, by);
+    } finally {
+      this.#reloadingConfig = false;
+    }
+  }
+
+  #reloadingConfig = false;
+
+  #applyConfig(next: BerthConfig, by: { user: string; channel: AuditChannel }): ConfigReloadResult {
+    const store = this.#store!;
+    const result: ConfigReloadResult = { config: next.file, environment: next.environment, added: [], removed: [], reloaded: [], updated: [], unchanged: [], summary: '' };
+    this.#config = next;
+    this.#loggers.setLevels(next.logLevels);
+    this.#api.setConfig(next);
+    const reload: string[] = [];
+    /** Apps whose reload trigger watcher must be replaced: removed, added, or its file renamed. */
+    const retrigger = new Set<string>();
+    for (const name of [...this.#apps.keys()]) {
+      if (next.apps[name]) continue;
+      this.#apps.delete(name);
+      result.removed.push(name);
+      retrigger.add(name);
+    }
+    for (const app of Object.values(next.apps)) {
+      const rt = this.#apps.get(app.name);
+      if (!rt) {
+        const fresh = this.#newRuntime(app, store, null);
+        this.#apps.set(app.name, fresh);
+        result.added.push(app.name);
+        retrigger.add(app.name);
+        continue;
+      }
+      if (JSON.stringify(rt.config) === JSON.stringify(app)) {
+        result.unchanged.push(app.name);
+        continue;
+      }
+      const processesChanged = PROCESS_KEYS.some((k) => JSON.stringify(rt.config[k]) !== JSON.stringify(app[k]));
+      if (rt.config.reloadTrigger !== app.reloadTrigger) retrigger.add(app.name);
+      // The deployer reads the app's config when a reload starts: it must be the new one by then.
+      rt.config = app;
+      rt.releases = new ReleaseStore({ stateDir: next.stateDir, app, store, logger: this.#loggers.get('deploy') });
+      if (processesChanged) reload.push(app.name);
+      else result.updated.push(app.name);
+    }
+    this.#rebuildTable();
+    this.#proxy.setConfig(next);
+    for (const name of result.removed) void this.#retireApp(name);
+    for (const name of result.added) {
+      const rt = this.#apps.get(name)!;
+      this.#boots.push(this.#restoreMode(rt).then(() => this.#bootApp(rt)));
+    }
+    for (const name of retrigger) {
+      this.#triggers.get(name)?.stop();
+      this.#triggers.delete(name);
+      const rt = this.#apps.get(name);
+      if (rt) this.#watchTrigger(rt);
+    }
+    for (const name of reload) result.reloaded.push({ app: name, deploy: this.#reloadForConfig(name, by) });
+    this.#restartHealthFile();
+    this.#scheduler?.setConfig(next);
+    const parts = [
+      result.reloaded.length ? `reloaded ${result.reloaded.map((r) => (r.deploy ? `${r.app} (${r.deploy})` : r.app)).join(', ')}` : '',
+      result.added.length ? `added ${result.added.join(', ')}` : '',
+      result.removed.length ? `removed ${result.removed.join(', ')}` : '',
+      result.updated.length ? `updated ${result.updated.join(', ')}` : '',
+    ].filter(Boolean);
+    result.summary = parts.length ? parts.join('; ') : 'no app changed';
+    this.#log.info({ added: result.added, removed: result.removed, reloaded: result.reloaded, updated: result.updated }, 'config reloaded');
+    return result;
+  }
+
+  async #restoreMode(rt: AppRuntime): Promise<void> {
+    const saved = await this.#store?.getAppState(rt.config.name).catch(() => null);
+    if (saved) {
+      rt.mode = { mode: saved.mode, message: saved.modeMessage, retryAfter: saved.modeRetryAfter };
+      this.#rebuildTable();
+    }
+  }
+
+  /**
+   * Starts the zero-downtime reload of an app whose process definition changed, audited as a reload by
+   * whoever reloaded the config. Returns the deploy id, or null when it waits for a running deploy (or
+   * the app's boot) to end first; an app that failed to boot boots again instead.
+   */
+  #reloadForConfig(name: string, by: { user: string; channel: AuditChannel }): string | null {
+    const rt = this.#apps.get(name)!;
+    if (rt.phase === 'failed' || (!rt.active && !rt.booting)) {
+      rt.phase = 'booting';
+      rt.error = null;
+      this.#boots.push(this.#bootApp(rt));
+      return null;
+    }
+    const config = rt.config;
+    const attempt = (): Deploy | null => {
+      if (this.#state !== 'running' || this.#apps.get(name)?.config !== config) return null;
+      try {
+        return this.deployer.begin(name, { kind: 'reload', user: by.user });
+      } catch (err) {
+        if (err instanceof BerthError && err.code === 'BERTH_E_CONFLICT') return null;
+        throw err;
+      }
+    };
+    const audited = (d: Deploy) => {
+      void this.audit.begin({ user: by.user, channel: by.channel, action: 'reload', app: name, target: d.id, detail: 'config reload' }).then(async (id) => {
+        await d.done;
+        await this.audit.finish(id, d.state === 'succeeded' ? 'ok' : 'failed', d.state === 'succeeded' ? `${d.id}: release ${d.releaseId}` : `${d.id}: ${d.error ?? d.state}`);
+      });
+      return d.id;
+    };
+    const now = attempt();
+    if (now) return audited(now);
+    // Busy (a deploy runs, or the app still boots): reload once it is free, with the config of this reload.
+    void (async () => {
+      while (this.#state === 'running' && this.#apps.get(name)?.config === config) {
+        await Promise.race([this.#deployer?.running(name)?.done, new Promise((r) => setTimeout(r, 200))]);
+        const d = attempt();
+        if (d) {
+          audited(d);
+          this.#log.info({ app: name, deploy: d.id }, 'config reload: app reload started');
+          return;
+        }
+      }
+    })().catch((err) => this.#log.error({ app: name, err: errorMessage(err) }, 'config reload: app reload failed to start'));
+    return null;
+  }
+
+  /** A removed app: out of the routing table already; its generations drain, then stop. */
+  async #retireApp(name: string): Promise<void> {
+    const log = this.#loggers.get('deploy').child({ app: name });
+    await this.#deployer?.running(name)?.done;
+    const gens = this.#supervisor.generations(name);
+    await Promise.all(
+      gens.map(async (gen) => {
+        const deadline = Date.now() + gen.config.timeouts.drainMs;
+        while (gen.inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+        await this.#supervisor.stopGeneration(gen);
+      }),
+    ).catch((err) => log.error({ err: errorMessage(err) }, 'removed app did not stop cleanly'));
+    log.info({ generations: gens.length }, 'removed app stopped');
+  }
+
+  /** SIGHUP: reload the config; problems are logged (and audited), never thrown. */
+  async reloadConfigOnSignal(): Promise<void> {
+    const id = await this.audit.begin({ user: 'SIGHUP', channel: 'internal', action: 'config-reload', app: null });
+    try {
+      const result = await this.reloadConfig({ user: 'SIGHUP', channel: 'internal' });
+      await this.audit.finish(id, 'ok', result.summary);
+    } catch (err) {
+      const problems = err instanceof ConfigError ? err.problems : undefined;
+      this.#log.error({ err: errorMessage(err), problems }, 'config reload refused; nothing changed');
+      await this.audit.finish(id, err instanceof BerthError && err.code === 'BERTH_E_CONFLICT' ? 'refused' : 'failed', errorMessage(err));
+    }
+  }
+
   /**
    * Graceful shutdown: stop accepting, let in-flight requests finish (up to the longest drain timeout),
    * stop every app's processes, close the control API and the store. Idempotent.
@@ -487,13 +821,18 @@ export class Gateway implements DeployHost {
   }
 
   async #teardown(drainMs = 0): Promise<void> {
+    // First: no task may start, and running ones end, before the apps they run beside stop.
+    let stopMs = 0;
+    for (const app of Object.values(this.config.apps)) stopMs = Math.max(stopMs, app.timeouts.stopMs);
+    await this.#scheduler?.stop(stopMs || 10_000).catch((err) => this.#log.error({ err: errorMessage(err) }, 'scheduler stop failed'));
     if (this.#healthTimer) clearInterval(this.#healthTimer);
     this.#healthTimer = null;
-    for (const t of this.#triggers) t.stop();
-    this.#triggers = [];
+    for (const t of this.#triggers.values()) t.stop();
+    this.#triggers.clear();
     await this.#deployer?.stop(0);
     await this.#proxy.stop(drainMs).catch((err) => this.#log.error({ err: errorMessage(err) }, 'proxy stop failed'));
-    await Promise.allSettled(this.#boots);
+    // Boots end quickly once the deployer is stopping (their commands are killed); never wait forever.
+    await Promise.race([Promise.allSettled(this.#boots), new Promise((r) => setTimeout(r, 10_000).unref())]);
     await this.#supervisor.stop().catch((err) => this.#log.error({ err: errorMessage(err) }, 'supervisor stop failed'));
     for (const rt of this.#apps.values()) {
       rt.active = null;
@@ -501,12 +840,15 @@ export class Gateway implements DeployHost {
     }
     await this.#api.stop().catch((err) => this.#log.error({ err: errorMessage(err) }, 'api stop failed'));
     await this.#store?.close().catch((err) => this.#log.error({ err: errorMessage(err) }, 'store close failed'));
+    this.metrics.stop();
   }
 
   /** Last resort: kill every app process group synchronously. */
   destroy(err?: Error): void {
+    this.#scheduler?.destroy(err);
     this.#supervisor.destroy(err);
     this.#proxy.destroy(err);
+    this.metrics.destroy(err);
   }
 }
 

@@ -58,6 +58,12 @@ export interface DeployRequest {
   release?: string | null;
   /** Who asked, for the record. */
   user?: string | null;
+  /**
+   * The first deploy of an app at gateway start: there is no older generation to protect, so the new
+   * one is switched to as soon as it is started (requests queue until its instances are ready) instead
+   * of after wait_healthy.
+   */
+  boot?: boolean;
 }
 
 type Listener = (event: DeployEvent | null) => void;
@@ -72,6 +78,10 @@ export class Deploy {
   source: string | null;
   /** rollback: the release asked for, if any. */
   readonly requested: string | null;
+  /** The first deploy at gateway start (see DeployRequest.boot). */
+  readonly boot: boolean;
+  /** Aborted when the gateway shuts down: kills a running build or release command. */
+  readonly abort = new AbortController();
   releaseId: string | null = null;
   previousRelease: string | null = null;
   state: DeployState = 'running';
@@ -91,6 +101,7 @@ export class Deploy {
     this.user = req.user ?? null;
     this.source = req.kind === 'deploy' ? (req.source ?? null) : null;
     this.requested = req.release ?? null;
+    this.boot = req.boot === true;
     this.createdAt = new Date().toISOString();
     this.done = new Promise((r) => (this.#resolveDone = r));
   }
@@ -211,7 +222,7 @@ export class Deployer {
     if (running) {
       throw new BerthError('BERTH_E_CONFLICT', `a ${running.kind} of ${app} is already running: ${running.id}`, { details: { running: running.id } });
     }
-    if (target.booting) throw new BerthError('BERTH_E_CONFLICT', `app ${app} is still starting; try again when it serves`);
+    if (target.booting && !req.boot) throw new BerthError('BERTH_E_CONFLICT', `app ${app} is still starting; try again when it serves`);
     if (req.kind === 'deploy' && !req.source && !target.config.source) {
       throw new BerthError('BERTH_E_BAD_REQUEST', `app ${app} has no source configured; name one: berth deploy ${app} <source>`);
     }
@@ -226,6 +237,8 @@ export class Deployer {
   /** Waits for running deploys to end and refuses new ones (gateway shutdown). */
   async stop(deadlineMs: number): Promise<void> {
     this.#stopping = true;
+    // A build or release command must not hold a shutdown up: it is killed, and the deploy fails.
+    for (const d of this.#running.values()) d.abort.abort();
     const all = [...this.#running.values()].map((d) => d.done);
     await Promise.race([Promise.all(all), new Promise((r) => setTimeout(r, deadlineMs).unref())]);
   }
@@ -294,6 +307,7 @@ export class Deployer {
       });
       const started = gen;
       await this.#step(deploy, 'wait_healthy', async () => {
+        if (deploy.boot && !old) return { value: undefined, status: 'skipped', message: 'first start: the app serves as its instances become ready' };
         try {
           await started.waitReady();
         } catch (err) {
@@ -419,7 +433,9 @@ export class Deployer {
       env,
       timeoutMs: COMMAND_TIMEOUT_MS,
       logFile: join(this.#stateDir, 'apps', app.name, 'logs', `deploy-${deploy.id}.log`),
+      signal: deploy.abort.signal,
     });
+    if (deploy.abort.signal.aborted) throw new StepFailure(step, `${step} command stopped: the gateway is shutting down`, res.tail);
     if (res.timedOut) throw new StepFailure(step, `${step} command timed out after ${COMMAND_TIMEOUT_MS / 60_000} minutes: ${command}`, res.tail);
     if (res.code !== 0) throw new StepFailure(step, `${step} command exited with ${res.code ?? res.signal}: ${command}`, res.tail);
   }

@@ -69,6 +69,10 @@ async function setup(t: TestContext, app: Record<string, unknown> = {}, beforeSt
   await beforeStart?.(stateDir);
   const { gateway, port, sink } = await startGateway(t, file);
   await gateway.whenAppsBooted();
+  // The first start is a deploy too and ran the release command once; the tests count runs after it.
+  const first = gateway.appStatus('shop')!.activeRelease;
+  assert.equal(await readFile(releaseLog, 'utf8'), `${first}\n`);
+  await rm(releaseLog);
   return { dir, gateway, port, sink, socket: gateway.config.control.socket, stateDir, releaseLog, source };
 }
 
@@ -408,5 +412,6 @@ test('progress: plain step lines with durations when not a TTY, NDJSON with --js
   const replay = await http({ socketPath: s.socket }, { path: `/v1/deploys/${end.deploy.id}?follow=1` });
   assert.equal(replay.body.trim().split('\n').length, events.length + 1);
   const listed = (await http({ socketPath: s.socket }, { path: '/v1/apps/shop/deploys' })).json().deploys;
-  assert.deepEqual(listed.map((d: any) => d.kind), ['reload', 'deploy']);
+  // Newest first: the reload, the deploy, and the first start's deploy.
+  assert.deepEqual(listed.map((d: any) => d.kind), ['reload', 'deploy', 'deploy']);
 });

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { existsSync, realpathSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { ROOT, FIXTURE_WEB_COMMAND, fixtureApp, http, runCli, spawnGateway, startGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
 
@@ -273,4 +273,56 @@ test('the first start makes a release from the source and runs instances in its 
   assert.equal(res.GREETING, 'hi');
   const cwd = (await http({ port }, { path: '/' })).json().cwd;
   assert.equal(cwd, join(realpathSync(dir), 'state/apps/shop/releases', release));
+});
+
+test('the first start is a full deploy: build and release commands run in the new release, and it is recorded', async (t) => {
+  const dir = await tempDir(t);
+  const src = await fixtureApp(dir);
+  const file = await writeConfig(dir, {
+    state_dir: 'state',
+    listen: ['127.0.0.1:0'],
+    log_levels: { root: 'warn' },
+    apps: {
+      shop: {
+        source: src,
+        build: 'echo built > BUILT',
+        release: 'echo "$BERTH_RELEASE" > RELEASED',
+        processes: { web: { command: FIXTURE_WEB_COMMAND } },
+      },
+    },
+  });
+  const { gateway, port } = await startGateway(t, file);
+  await gateway.whenAppsBooted();
+  const release = gateway.appStatus('shop')!.activeRelease!;
+  const releaseDir = join(dir, 'state/apps/shop/releases', release);
+  assert.equal(readFileSync(join(releaseDir, 'BUILT'), 'utf8'), 'built\n');
+  assert.equal(readFileSync(join(releaseDir, 'RELEASED'), 'utf8'), `${release}\n`);
+  assert.equal((await http({ port }, { path: '/' })).json().release, release);
+  const [deploy] = await gateway.deploys('shop');
+  assert.equal(deploy.state, 'succeeded');
+  assert.equal(deploy.user, 'berth-start');
+  const history = await gateway.history({ app: 'shop' });
+  assert.ok(history.some((h) => h.action === 'deploy' && h.user === 'berth-start' && h.outcome === 'ok'), JSON.stringify(history));
+});
+
+test('a first start whose build fails leaves that app failed with the reason, and the others serving', async (t) => {
+  const dir = await tempDir(t);
+  const src = await fixtureApp(dir);
+  const file = await writeConfig(dir, {
+    state_dir: 'state',
+    listen: ['127.0.0.1:0'],
+    log_levels: { root: 'warn' },
+    apps: {
+      good: { source: src, hosts: ['good.test'], processes: { web: { command: FIXTURE_WEB_COMMAND } } },
+      broken: { source: src, hosts: ['broken.test'], build: 'echo "cannot compile" >&2; exit 1', processes: { web: { command: FIXTURE_WEB_COMMAND } } },
+    },
+  });
+  const { gateway, port } = await startGateway(t, file);
+  await gateway.whenAppsBooted();
+  const broken = gateway.appStatus('broken')!;
+  assert.equal(broken.phase, 'failed');
+  assert.match(broken.error!, /failed at step build/);
+  assert.match(broken.error!, /cannot compile/);
+  assert.equal((await http({ port }, { host: 'good.test', path: '/' })).status, 200);
+  assert.equal((await http({ port }, { host: 'broken.test', path: '/' })).status, 503);
 });
