@@ -209,9 +209,13 @@ export class ReleaseStore {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw asReleaseError(`cannot list releases of app ${this.#app.name}`, err);
     }
-    // Ids sort by time; dot-names (releases being built) never match.
-    const ids = names.filter((n) => RELEASE_ID_RE.test(n)).sort().reverse();
-    const states = new Map((await this.#store.listReleases(this.#app.name)).map((r) => [r.id, r.state]));
+    // Newest first. Ids sort by the second they were made in; two made in the same second are ordered by
+    // the store's millisecond creation time. Dot-names (releases being built) never match.
+    const records = await this.#store.listReleases(this.#app.name);
+    const states = new Map(records.map((r) => [r.id, r.state]));
+    const created = new Map(records.map((r) => [r.id, r.createdAt]));
+    const key = (id: string) => created.get(id) ?? `${id.slice(0, 4)}-${id.slice(4, 6)}-${id.slice(6, 8)}T${id.slice(8, 10)}:${id.slice(10, 12)}:${id.slice(12, 14)}.000Z`;
+    const ids = names.filter((n) => RELEASE_ID_RE.test(n)).sort((a, b) => (key(a) === key(b) ? (a < b ? 1 : -1) : key(a) < key(b) ? 1 : -1));
     const keep = Math.max(0, this.#app.keepReleases);
     let kept = 0;
     const pruned: string[] = [];

@@ -630,3 +630,18 @@ test('prune: an app without releases prunes nothing', async (t) => {
   const s = await setup(t);
   assert.deepEqual(await s.releases.prune('20240101000000-abcdef', null), []);
 });
+
+test('prune: releases made in the same second are ordered by their creation time, not their random suffix', async (t) => {
+  const s = await setup(t, { keepReleases: 1 });
+  // Same second; the suffixes are chosen so that id order is the reverse of creation order.
+  const older = '20240101000000-ffffff';
+  const newer = '20240101000000-000000';
+  const oldest = '20231231000000-abcdef';
+  for (const [id, ms] of [[oldest, Date.UTC(2023, 11, 31)], [older, Date.UTC(2024, 0, 1, 0, 0, 0, 100)], [newer, Date.UTC(2024, 0, 1, 0, 0, 0, 900)]] as const) {
+    await mkdir(join(s.releases.releasesDir, id), { recursive: true });
+    await s.store.putRelease({ app: 'shop', id, createdAt: new Date(ms).toISOString(), state: 'ready', source: '/src', revision: 'r' });
+  }
+  // The active one is the oldest; keep 1 keeps the newest besides it, so the older of the same second goes.
+  assert.deepEqual(await s.releases.prune(oldest, null), [older]);
+  assert.deepEqual(await onDisk(s), [oldest, newer].sort());
+});
