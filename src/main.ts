@@ -13,6 +13,13 @@ import { stop, STOP_USAGE } from './cli/stop.ts';
 import { deploy, DEPLOY_USAGE, rollback, ROLLBACK_USAGE, reload, RELOAD_USAGE } from './cli/deploy.ts';
 import { releases, RELEASES_USAGE } from './cli/releases.ts';
 import { history, HISTORY_USAGE } from './cli/history.ts';
+import { mode, MODE_USAGE } from './cli/mode.ts';
+import { run, RUN_USAGE } from './cli/run.ts';
+import { logs, LOGS_USAGE } from './cli/logs.ts';
+import { tasks, TASKS_USAGE } from './cli/tasks.ts';
+import { token, TOKEN_USAGE } from './cli/token.ts';
+import { reloadConfig, RELOAD_CONFIG_USAGE } from './cli/reload-config.ts';
+import { dashboard, DASHBOARD_USAGE } from './cli/dashboard.ts';
 
 type Verb = (args: string[]) => Promise<number>;
 
@@ -25,20 +32,27 @@ const VERBS: Record<string, { run: Verb; usage: string; summary: string }> = {
   rollback: { run: rollback, usage: ROLLBACK_USAGE, summary: 'go back to the previous good release (or the one named)' },
   reload: { run: reload, usage: RELOAD_USAGE, summary: 'restart the app on its active release with zero downtime' },
   releases: { run: releases, usage: RELEASES_USAGE, summary: 'id, created, state and source of each release' },
-  history: { run: history, usage: HISTORY_USAGE, summary: 'deploys, rollbacks and reloads with who and outcome' },
+  history: { run: history, usage: HISTORY_USAGE, summary: 'every change (deploys, modes, runs, task runs...) with who and the outcome' },
   stop: { run: stop, usage: STOP_USAGE, summary: 'graceful shutdown: drain, stop every app, exit' },
+  mode: { run: mode, usage: MODE_USAGE, summary: 'switch an app to normal, maintenance or read-only, live' },
+  run: { run, usage: RUN_USAGE, summary: 'a one-off process in the active release; its output streams, its exit code is ours' },
+  logs: { run: logs, usage: LOGS_USAGE, summary: 'process logs merged by time; -f follows across deploys' },
+  tasks: { run: tasks, usage: TASKS_USAGE, summary: 'schedule entries with next and last run; --runs lists runs' },
+  'reload-config': { run: reloadConfig, usage: RELOAD_CONFIG_USAGE, summary: 're-read the config and apply it live (as SIGHUP does)' },
+  dashboard: { run: dashboard, usage: DASHBOARD_USAGE, summary: 'open the web dashboard through a local proxy and print its URL' },
+  token: { run: token, usage: TOKEN_USAGE, summary: 'hash a control API token from stdin, or make a new one' },
 };
 
 function usage(): string {
-  const width = Math.max(...Object.values(VERBS).map((v) => v.usage.length));
   return [
     `berth ${VERSION}: a zero-downtime application gateway`,
     '',
     'usage:',
-    ...Object.values(VERBS).map((v) => `  ${v.usage.padEnd(width)}  ${v.summary}`),
+    ...Object.values(VERBS).flatMap((v) => [`  ${v.usage}`, `      ${v.summary}`]),
     '',
     'The config file is --config F, else $BERTH_CONFIG, else configs/<N>.yaml for --config-name N, else ./berth.yaml.',
     'Client verbs reach the gateway on its control socket: --socket PATH, else $BERTH_CONTROL_SOCKET, else the config\'s.',
+    'A remote gateway: --url http://host:port (its control.listen) with the token in $BERTH_TOKEN.',
   ].join('\n');
 }
 
@@ -57,7 +71,9 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`berth: unknown command "${verb}"\n\n${usage()}\n`);
     return 2;
   }
-  if (rest.includes('--help') || rest.includes('-h')) {
+  // Words after `--` belong to the command `berth run` runs (`berth run app -- ls -h`), not to us.
+  const own = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
+  if (own.includes('--help') || own.includes('-h')) {
     process.stdout.write(`usage: ${entry.usage}\n`);
     return 0;
   }
