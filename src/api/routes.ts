@@ -7,12 +7,20 @@ import { BerthError, errorMessage, httpStatusFor } from '../lib/errors.ts';
 import type { Role } from '../config/schema.ts';
 import type { AuditChannel } from '../store/store.ts';
 import type { Gateway } from '../gateway.ts';
+import { registerMetricsRoutes } from './metrics-routes.ts';
+import { authorize, assertPermitted, permits, requiredRole, type AppRule } from './auth.ts';
+import { registerControlRoutes } from './control-routes.ts';
+import { registerTaskRoutes } from './task-routes.ts';
+import { registerLogRoutes } from './log-routes.ts';
+import { registerModeRoutes } from './mode-routes.ts';
 
 /** Who is calling: set by the server from the socket (trusted) or from TCP auth. */
 export interface RequestContext {
   user: string;
   channel: Exclude<AuditChannel, 'internal'>;
   roles: Role[];
+  /** The apps this caller may touch (control.permissions); absent or null: every app. */
+  apps?: AppRule | null;
 }
 
 function optionalString(body: unknown, key: string): string | null {
@@ -43,6 +51,8 @@ export type Handler = (
 export interface RouteOptions {
   /** Audited change: the action name written to the audit log (deploy, mode, run...). */
   action?: string;
+  /** The role the endpoint needs; default: viewer for GET, else by action (src/api/auth.ts ACTION_ROLES). */
+  role?: Role;
 }
 
 interface Route {
@@ -51,6 +61,7 @@ interface Route {
   keys: string[];
   handler: Handler;
   action: string | null;
+  role: Role;
 }
 
 /** Outcome of a refused change (auth, permissions, conflict) versus one that failed. */
@@ -65,10 +76,14 @@ export class ApiRoutes {
 
   constructor(gateway: Gateway) {
     this.#gateway = gateway;
-    this.add('GET', '/v1/status', () => ({ status: 200, body: this.#gateway.status() }));
-    this.add('GET', '/v1/apps', () => ({ status: 200, body: { apps: this.#gateway.status().apps } }));
+    // Lists show a caller limited by control.permissions only the apps it may touch.
+    this.add('GET', '/v1/status', (_p, _u, _b, _req, _res, ctx) => {
+      const status = this.#gateway.status();
+      return { status: 200, body: ctx.apps ? { ...status, apps: status.apps.filter((a) => permits(ctx, a.name)) } : status };
+    });
+    this.add('GET', '/v1/apps', (_p, _u, _b, _req, _res, ctx) => ({ status: 200, body: { apps: this.#gateway.status().apps.filter((a) => permits(ctx, a.name)) } }));
     this.add('GET', '/v1/apps/:app', (p) => ({ status: 200, body: this.#app(p.app) }));
-    this.add('GET', '/v1/routes', () => ({ status: 200, body: { routes: this.#gateway.routes() } }));
+    this.add('GET', '/v1/routes', (_p, _u, _b, _req, _res, ctx) => ({ status: 200, body: { routes: this.#gateway.routes().filter((r) => permits(ctx, r.app)) } }));
     this.add('POST', '/v1/apps/:app/deploys', (p, _u, body, _req, _res, ctx) => {
       const source = optionalString(body, 'source');
       return this.#deployResult(this.#gateway.deployer.begin(p.app, { kind: 'deploy', source, user: ctx.user }));
@@ -85,9 +100,10 @@ export class ApiRoutes {
       this.#app(p.app);
       return { status: 200, body: { deploys: await this.#gateway.deploys(p.app) } };
     });
-    this.add('GET', '/v1/deploys/:id', async (p, url, _b, req, res) => {
+    this.add('GET', '/v1/deploys/:id', async (p, url, _b, req, res, ctx) => {
       const found = await this.#gateway.deployer.get(p.id);
       if (!found) throw new BerthError('BERTH_E_NOT_FOUND', `no deploy with id "${p.id}"`);
+      assertPermitted(ctx, found.deploy.app, 'read');
       const follow = url.searchParams.get('follow');
       if (follow !== '1' && follow !== 'true') return { status: 200, body: { ...found.deploy, events: found.events } };
       // NDJSON: every event so far, then live ones, then an `end` line with the final record.
@@ -114,7 +130,7 @@ export class ApiRoutes {
       });
       return undefined;
     });
-    this.add('GET', '/v1/history', async (_p, url) => {
+    this.add('GET', '/v1/history', async (_p, url, _b, _req, _res, ctx) => {
       const app = url.searchParams.get('app') || undefined;
       const user = url.searchParams.get('user') || undefined;
       const since = url.searchParams.get('since') || undefined;
@@ -122,7 +138,10 @@ export class ApiRoutes {
       const limit = url.searchParams.get('limit');
       const n = limit === null ? 50 : Number(limit);
       if (!Number.isInteger(n) || n < 1 || n > 1000) throw new BerthError('BERTH_E_BAD_REQUEST', `"limit" must be an integer from 1 to 1000, got "${limit}"`);
-      const history = await this.#gateway.history({ app, user, since: since === undefined ? undefined : new Date(since).toISOString(), limit: n });
+      // A caller limited to some apps reads a wider page and keeps its apps' rows (and gateway-wide ones).
+      const wide = ctx.apps && app === undefined ? 1000 : n;
+      const rows = await this.#gateway.history({ app, user, since: since === undefined ? undefined : new Date(since).toISOString(), limit: wide });
+      const history = wide === n ? rows : rows.filter((h) => h.app === null || permits(ctx, h.app)).slice(0, n);
       return { status: 200, body: { history } };
     });
     this.add('POST', '/v1/stop', (_p, _u, _b, _req, res) => {
@@ -130,6 +149,11 @@ export class ApiRoutes {
       res.once('finish', () => void this.#gateway.stop());
       return { status: 202, body: { stopping: true, pid: process.pid } };
     }, { action: 'stop' });
+    registerMetricsRoutes(this, gateway);
+    registerControlRoutes(this, gateway);
+    registerTaskRoutes(this, gateway);
+    registerLogRoutes(this, gateway);
+    registerModeRoutes(this, gateway);
   }
 
   /** A started deploy answers 202 at once; its audit row is finished when the deploy ends. */
@@ -155,7 +179,8 @@ export class ApiRoutes {
       keys.push(key);
       return '([^/]+)';
     });
-    this.#routes.push({ method, pattern: new RegExp(`^${source}/?$`), keys, handler, action: opts.action ?? null });
+    const action = opts.action ?? null;
+    this.#routes.push({ method, pattern: new RegExp(`^${source}/?$`), keys, handler, action, role: requiredRole(method, action, opts.role) });
   }
 
   /** Runs a change with its audit row: pending before it acts, then its outcome. */
@@ -176,6 +201,23 @@ export class ApiRoutes {
     return result;
   }
 
+  /**
+   * Role and app permission, in one place for every endpoint. The app is the `:app` param, else the
+   * `?app=` filter of a read. A refused change is audited as `refused` before the 403 goes out.
+   */
+  async #authorize(route: Route, params: Record<string, string>, url: URL, body: unknown, ctx: RequestContext): Promise<void> {
+    const app = params.app ?? (route.action === null ? url.searchParams.get('app') : null) ?? null;
+    try {
+      authorize(ctx, route.role, app, route.action ?? (route.role === 'viewer' ? 'read' : `${route.method} ${url.pathname}`));
+    } catch (err) {
+      if (route.action) {
+        const target = typeof body === 'object' && body !== null ? JSON.stringify(body) : null;
+        await this.#gateway.audit.record({ user: ctx.user, channel: ctx.channel, action: route.action, app, target: target === '{}' ? null : target, outcome: 'refused', detail: errorMessage(err) });
+      }
+      throw err;
+    }
+  }
+
   async handle(method: string, url: URL, body: unknown, req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<ApiResult | undefined> {
     let pathMatched = false;
     for (const route of this.#routes) {
@@ -185,6 +227,7 @@ export class ApiRoutes {
       if (route.method !== method) continue;
       const params: Record<string, string> = {};
       route.keys.forEach((k, i) => (params[k] = decodeURIComponent(m[i + 1])));
+      await this.#authorize(route, params, url, body, ctx);
       if (!route.action) return route.handler(params, url, body, req, res, ctx);
       return this.#audited(route.action, route.handler, params, url, body, req, res, ctx);
     }

@@ -1,8 +1,10 @@
 /**
- * The CLI's side of the control API: JSON requests over the control unix socket. Every verb except
+ * The CLI's side of the control API: JSON requests over the control unix socket, or over HTTP(S) to a
+ * remote gateway's `control.listen` (`--url`, with the bearer token from BERTH_TOKEN). Every verb except
  * `start` and `check` is a thin client of this.
  */
-import { request } from 'node:http';
+import { request as httpRequest, type ClientRequest, type IncomingMessage, type RequestOptions } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { userInfo } from 'node:os';
 import { BerthError, errorMessage } from '../lib/errors.ts';
 
@@ -15,39 +17,98 @@ export function cliUser(): string {
   }
 }
 
-export class ControlClient {
-  readonly socket: string;
+/** A remote gateway: its control URL and the bearer token (null: none, e.g. an auth proxy adds identity). */
+export interface RemoteTarget {
+  url: string;
+  token?: string | null;
+}
 
-  constructor(socket: string) {
-    this.socket = socket;
+/** Parses a control URL: http or https, no credentials, no query; a path is a prefix (behind a proxy). */
+export function parseControlUrl(text: string): URL {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new BerthError('BERTH_E_BAD_REQUEST', `--url expects http://host:port, got "${text}"`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new BerthError('BERTH_E_BAD_REQUEST', `--url must be http:// or https://, got "${text}"`);
+  if (url.username || url.password) throw new BerthError('BERTH_E_BAD_REQUEST', '--url must not carry credentials: put the token in BERTH_TOKEN');
+  if (url.search || url.hash) throw new BerthError('BERTH_E_BAD_REQUEST', `--url must not have a query or fragment, got "${text}"`);
+  return url;
+}
+
+export class ControlClient {
+  /** The control socket path; empty when talking to a URL. */
+  readonly socket: string;
+  /** The remote control URL, or null on the socket. */
+  readonly url: URL | null;
+  #token: string | null;
+
+  /** `socket`: a control socket path; or a remote gateway's URL and token. */
+  constructor(target: string | RemoteTarget) {
+    if (typeof target === 'string') {
+      this.socket = target;
+      this.url = null;
+      this.#token = null;
+    } else {
+      this.socket = '';
+      this.url = parseControlUrl(target.url);
+      this.#token = target.token ?? null;
+    }
+  }
+
+  /** Where the gateway is, for messages. */
+  get where(): string {
+    return this.url ? this.url.origin + this.url.pathname.replace(/\/$/, '') : this.socket;
+  }
+
+  /**
+   * Starts one request with the right transport, identity and path; `onResponse` is called with the
+   * response as `http.request` would. For streaming endpoints (deploy follow, run, logs, events).
+   */
+  request(method: string, path: string, onResponse: (res: IncomingMessage) => void, headers: Record<string, string | number> = {}): ClientRequest {
+    const opts: RequestOptions = { method, headers: { 'x-berth-user': cliUser(), ...headers } };
+    let req: ClientRequest;
+    if (this.url) {
+      const prefix = this.url.pathname.replace(/\/$/, '');
+      opts.host = this.url.hostname.replace(/^\[|\]$/g, '');
+      opts.port = this.url.port || undefined;
+      opts.path = prefix + path;
+      if (this.#token !== null) opts.headers = { ...opts.headers, authorization: `Bearer ${this.#token}` };
+      req = (this.url.protocol === 'https:' ? httpsRequest : httpRequest)(opts, onResponse);
+    } else {
+      opts.socketPath = this.socket;
+      opts.path = path;
+      req = httpRequest(opts, onResponse);
+    }
+    return req;
+  }
+
+  /** A transport error as the CLI reports it. */
+  unreachable(err: NodeJS.ErrnoException): BerthError {
+    if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
+      const hint = this.url ? 'is it running, and is control.listen set?' : 'is it running? (start it with `berth start`)';
+      return new BerthError('BERTH_E_UNAVAILABLE', `cannot reach the gateway on ${this.where}: ${hint}`, { cause: err });
+    }
+    return new BerthError('BERTH_E_UNAVAILABLE', `control API request failed: ${errorMessage(err)}`, { cause: err });
   }
 
   /** Sends one request and returns the parsed JSON body; API errors are thrown as BerthError. */
   async call<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
-      const req = request(
-        {
-          socketPath: this.socket,
-          path,
-          method,
-          headers: {
-            'x-berth-user': cliUser(),
-            ...(payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}),
-          },
-        },
+      const req = this.request(
+        method,
+        path,
         (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
           res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
           res.on('error', reject);
         },
+        payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {},
       );
-      req.on('error', (err: NodeJS.ErrnoException) => {
-        if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
-          reject(new BerthError('BERTH_E_UNAVAILABLE', `cannot reach the gateway on ${this.socket}: is it running? (start it with \`berth start\`)`, { cause: err }));
-        } else reject(new BerthError('BERTH_E_UNAVAILABLE', `control API request failed: ${errorMessage(err)}`, { cause: err }));
-      });
+      req.on('error', (err: NodeJS.ErrnoException) => reject(this.unreachable(err)));
       req.end(payload);
     });
     let parsed: unknown;
@@ -57,8 +118,8 @@ export class ControlClient {
       throw new BerthError('BERTH_E_INTERNAL', `the gateway answered ${status} with a body that is not JSON`);
     }
     if (status >= 400) {
-      const e = (parsed as { error?: { code?: string; message?: string } }).error;
-      throw new BerthError(e?.code ?? 'BERTH_E_INTERNAL', e?.message ?? `the gateway answered ${status}`);
+      const e = (parsed as { error?: { code?: string; message?: string; details?: Record<string, unknown> } }).error;
+      throw new BerthError(e?.code ?? 'BERTH_E_INTERNAL', e?.message ?? `the gateway answered ${status}`, e?.details ? { details: e.details } : undefined);
     }
     return parsed as T;
   }

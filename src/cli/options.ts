@@ -5,7 +5,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { BerthError, errorMessage } from '../lib/errors.ts';
 import { loadConfig, type LoadOptions } from '../config/load.ts';
-import { ControlClient } from './client.ts';
+import { ControlClient, parseControlUrl } from './client.ts';
 
 export class UsageError extends BerthError {
   constructor(message: string) {
@@ -25,6 +25,7 @@ export const CONFIG_OPTIONS = {
 export const CLIENT_OPTIONS = {
   ...CONFIG_OPTIONS,
   socket: { type: 'string' },
+  url: { type: 'string' },
   json: { type: 'boolean', default: false },
 } as const satisfies ParseArgsConfig['options'];
 
@@ -42,10 +43,21 @@ export function loadOptions(values: { config?: string; 'config-name'?: string; e
 }
 
 /**
- * The control client for a verb: `--socket`, else BERTH_CONTROL_SOCKET, else the socket named by the
- * config (found the same way `berth start` finds it).
+ * The control client for a verb: `--url` (a remote gateway's control.listen, with BERTH_TOKEN), else
+ * `--socket`, else BERTH_URL, else BERTH_CONTROL_SOCKET, else the socket named by the config (found the
+ * same way `berth start` finds it).
  */
-export async function clientFor(values: { socket?: string; config?: string; 'config-name'?: string; env?: string }): Promise<ControlClient> {
+export async function clientFor(values: { socket?: string; url?: string; config?: string; 'config-name'?: string; env?: string }): Promise<ControlClient> {
+  if (values.url !== undefined && values.socket !== undefined) throw new UsageError('give --url or --socket, not both');
+  const url = values.url ?? (values.socket === undefined ? process.env.BERTH_URL || undefined : undefined);
+  if (url !== undefined) {
+    try {
+      parseControlUrl(url);
+    } catch (err) {
+      throw new UsageError(errorMessage(err));
+    }
+    return new ControlClient({ url, token: process.env.BERTH_TOKEN || null });
+  }
   const socket = values.socket ?? process.env.BERTH_CONTROL_SOCKET;
   if (socket) return new ControlClient(socket);
   const config = await loadConfig(loadOptions(values));

@@ -9,14 +9,15 @@ export const START_USAGE = 'berth start [--config F] [--config-name N] [--env E]
 /**
  * `berth start`: runs the gateway in the foreground until SIGTERM/SIGINT or `berth stop`, then shuts
  * down gracefully and exits 0. A second signal during shutdown forces it: every app process group is
- * killed and the exit status is 1.
+ * killed and the exit status is 1. SIGHUP reloads the config.
  */
 export async function start(args: string[]): Promise<number> {
   const { values } = parse(args, CONFIG_OPTIONS);
-  const config = await loadConfig(loadOptions(values));
+  const options = loadOptions(values);
+  const config = await loadConfig(options);
   const loggers = new LoggerFactory(config.logLevels);
   const log = loggers.get('root');
-  const gateway = new Gateway({ config, loggers });
+  const gateway = new Gateway({ config, loggers, loadOptions: options });
 
   // Whatever happens, no app process may outlive the gateway.
   process.once('exit', () => gateway.destroy());
@@ -35,6 +36,11 @@ export async function start(args: string[]): Promise<number> {
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // SIGHUP re-reads the config (as `berth reload-config` does); a bad one is logged and changes nothing.
+  process.on('SIGHUP', () => {
+    log.info({ signal: 'SIGHUP' }, 'reloading config');
+    void gateway.reloadConfigOnSignal();
+  });
   process.on('uncaughtException', (err) => {
     log.fatal({ err: errorMessage(err), stack: err.stack }, 'uncaught exception');
     gateway.destroy(err);

@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises';
 import { CLIENT_OPTIONS, clientFor, parse } from './options.ts';
 
-export const STOP_USAGE = 'berth stop [--socket PATH | --config F]';
+export const STOP_USAGE = 'berth stop [--socket PATH | --url URL | --config F]';
 
 /**
  * `berth stop`: asks the gateway to shut down gracefully and waits until it is gone (its control socket
@@ -20,8 +20,9 @@ export async function stop(args: string[]): Promise<number> {
     } catch {
       alive = false;
     }
-    const sock = await stat(client.socket).catch(() => null);
-    if (!alive || !sock) {
+    // A remote gateway (--url) is gone when its control API stops answering; a local one by pid and socket.
+    const gone = client.url ? await client.call('GET', '/v1/status').then(() => false, () => true) : !alive || !(await stat(client.socket).catch(() => null));
+    if (gone) {
       if (values.json) process.stdout.write(JSON.stringify({ stopped: true, pid }) + '\n');
       else process.stdout.write('gateway stopped\n');
       return 0;
