@@ -1,4 +1,25 @@
+import { channel } from 'node:diagnostics_channel';
 import type { Logger } from '../lib/logger.ts';
+
+/**
+ * One message per proxied request, published where its access-log line is written (the request is over:
+ * response sent or client gone). Metrics subscribe to it; publishers check `hasSubscribers` first.
+ */
+export const requestChannel = channel('berth:proxy:request');
+
+/**
+ * What `requestChannel` carries: the request object itself (the proxy's Forward), so publishing
+ * allocates nothing. Read it synchronously in the subscriber; it is not yours to keep.
+ */
+export interface CompletedRequest {
+  readonly app: { readonly name: string };
+  /** The route it matched; its identity is stable until the config changes. */
+  readonly route: { readonly path: string };
+  /** Status sent to the client; 499 when the client went away first. */
+  readonly status: number;
+  /** performance.now() at arrival. */
+  readonly start: number;
+}
 
 /** One access-log line. Always the same fields in the same order, so every line has one shape. */
 export interface AccessLogLine {

@@ -11,9 +11,20 @@
  * calls `sweep()` from one coarse interval timer to expire waiters and to pick up instances that became
  * ready, and `leave()` re-pumps whenever a request of this pool ends.
  */
+import { channel } from 'node:diagnostics_channel';
 import type { PoolView, Upstream } from '../supervisor/types.ts';
 
 export type AdmissionRejection = 'queue-full' | 'queue-timeout';
+
+/** One `AdmissionEvent` per admission decision; published only while someone subscribes. */
+export const admissionChannel = channel('berth:proxy:admission');
+
+export interface AdmissionEvent {
+  readonly admission: Admission;
+  readonly outcome: 'admitted' | AdmissionRejection;
+  /** Time spent in the queue, in ms: 0 when decided on arrival. */
+  readonly waitMs: number;
+}
 
 /** A request as the queue sees it. The list links live on the request so the queue never allocates. */
 export interface Waiter {
@@ -87,11 +98,13 @@ export class Admission {
       const upstream = w.pool.pick();
       if (upstream !== null) {
         this.#active++;
+        if (admissionChannel.hasSubscribers) admissionChannel.publish({ admission: this, outcome: 'admitted', waitMs: 0 });
         w.admit(upstream);
         return;
       }
     }
     if (this.#depth >= this.queueMax) {
+      if (admissionChannel.hasSubscribers) admissionChannel.publish({ admission: this, outcome: 'queue-full', waitMs: 0 });
       w.reject('queue-full');
       return;
     }
@@ -124,6 +137,7 @@ export class Admission {
     while (w !== null && w.deadline <= now) {
       const next = w.next;
       this.#unlink(w);
+      if (admissionChannel.hasSubscribers) this.#publishQueued('queue-timeout', w, now);
       w.reject('queue-timeout');
       w = next;
     }
@@ -156,6 +170,7 @@ export class Admission {
             else {
               this.#unlink(w);
               this.#active++;
+              if (admissionChannel.hasSubscribers) this.#publishQueued('admitted', w, performance.now());
               w.admit(upstream);
               if (this.#again) break;
             }
@@ -166,6 +181,15 @@ export class Admission {
     } finally {
       this.#pumping = false;
     }
+  }
+
+  /**
+   * The decision about a waiter that was queued. Its queueing time is read back from its deadline rather
+   * than stored on every request; a queue timeout changed by a reload meanwhile skews that one figure.
+   */
+  #publishQueued(outcome: AdmissionEvent['outcome'], w: Waiter, now: number): void {
+    const waitMs = now - (w.deadline - this.queueTimeoutMs);
+    admissionChannel.publish({ admission: this, outcome, waitMs: waitMs > 0 ? waitMs : 0 });
   }
 
   #unlink(w: Waiter): void {

@@ -21,7 +21,7 @@ import type { Admission, AdmissionRejection, Waiter } from './admission.ts';
 import type { AppEntry } from './router.ts';
 import type { ErrorPages, ErrorReason } from './error-pages.ts';
 import type { UpstreamClients } from './upstream-clients.ts';
-import { accessLog, elapsedMs } from './access-log.ts';
+import { accessLog, elapsedMs, requestChannel } from './access-log.ts';
 
 /** State shared by every Forward of one proxy; one object, updated in place by `setConfig`/`stop`. */
 export interface ForwardShared {
@@ -60,6 +60,8 @@ const DROP_REQUEST = new Set([
   'x-request-id',
   'x-request-start',
   'x-berth-release',
+  // Set by the proxy in read-only mode; a client must not be able to claim it.
+  'x-berth-mode',
 ]);
 
 const HOP_BY_HOP_RESPONSE = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade'];
@@ -200,6 +202,7 @@ export class Forward implements Waiter {
     }
     stripResponseHopByHop(headers);
     headers['x-request-id'] = this.requestId;
+    if (this.app.mode.mode === 'read-only') headers['x-berth-mode'] = 'read-only';
     const res = this.res;
     if (this.#shared.stopping) res.shouldKeepAlive = false;
     this.phase = 'responding';
@@ -344,6 +347,7 @@ export class Forward implements Waiter {
         clientIp: this.clientIp,
       });
     }
+    if (requestChannel.hasSubscribers) requestChannel.publish(this);
     this.res.forward = null;
     this.#shared.done(this);
   }
@@ -351,7 +355,8 @@ export class Forward implements Waiter {
   #fail(status: number, reason: ErrorReason, retryAfter: number | null): void {
     if (!this.#clientOpen || this.res.headersSent) return;
     this.status = status;
-    const pageFile = status === 502 || status === 504 ? this.app.config.pages.error : null;
+    // Every 5xx of an app (502, 504, and 503 from its queue) may use its `pages.error` template.
+    const pageFile = status >= 500 ? this.app.config.pages.error : null;
     this.#shared.pages.send(this.req, this.res, {
       status,
       reason,
@@ -397,6 +402,8 @@ export class Forward implements Waiter {
       this.generation.releaseId,
     );
     if (this.host !== '') out.push('x-forwarded-host', this.host);
+    // The mode as of arrival (the table entry this request pinned), so the app can hide its write buttons.
+    if (this.app.mode.mode === 'read-only') out.push('x-berth-mode', 'read-only');
     return out;
   }
 }

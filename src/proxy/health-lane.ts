@@ -5,6 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Mode } from '../config/schema.ts';
+import type { MetricsExporter } from '../lib/metrics.ts';
 import type { InstanceState } from '../supervisor/types.ts';
 import type { AppEntry, RoutingTable } from './router.ts';
 
@@ -14,6 +15,8 @@ export interface HealthSource {
   queueDepth(app: string): number;
   /** False while the proxy is stopping: `/health` then says so, letting load balancers move away first. */
   readonly accepting: boolean;
+  /** Served at `/metrics` when set (`metrics_public: true`); absent or null: that path is a 404. */
+  readonly publicMetrics?: MetricsExporter | null;
 }
 
 /** One app's health, as `/ready` and `/apps/<app>/health` report it. */
@@ -31,6 +34,7 @@ const HEALTH_OK = Buffer.from('{"status":"ok"}');
 const HEALTH_STOPPING = Buffer.from('{"status":"stopping"}');
 const NOT_FOUND = Buffer.from('{"error":{"status":404,"reason":"not-found"}}');
 const METHOD_NOT_ALLOWED = Buffer.from('{"error":{"status":405,"reason":"method-not-allowed"}}');
+const METRICS_FAILED = Buffer.from('{"error":{"status":500,"reason":"metrics-failed"}}');
 const APPS_PREFIX = '/apps/';
 const APP_HEALTH_SUFFIX = '/health';
 
@@ -43,7 +47,7 @@ export class HealthLane {
 
   /**
    * Answers one request. `rest` is the request target after the prefix: `/health`, `/ready`,
-   * `/apps/<app>/health`, possibly with a query (ignored).
+   * `/apps/<app>/health`, `/metrics` (when public), possibly with a query (ignored).
    */
   handle(req: IncomingMessage, res: ServerResponse, rest: string): void {
     const method = req.method;
@@ -75,6 +79,13 @@ export class HealthLane {
       if (entry !== undefined) {
         const health = appHealth(entry, this.#source.queueDepth(entry.name));
         send(req, res, health.healthy ? 200 : 503, Buffer.from(JSON.stringify(health)), null);
+        return;
+      }
+    }
+    if (path === '/metrics') {
+      const metrics = this.#source.publicMetrics;
+      if (metrics != null) {
+        void sendMetrics(req, res, metrics);
         return;
       }
     }
@@ -123,6 +134,19 @@ export function appHealth(entry: AppEntry, queue: number): AppHealth {
     queue,
     instances,
   };
+}
+
+/** Prometheus text; the levels in it are read now, from memory, like the rest of the lane. */
+async function sendMetrics(req: IncomingMessage, res: ServerResponse, metrics: MetricsExporter): Promise<void> {
+  let body: Buffer;
+  try {
+    body = Buffer.from(await metrics.text());
+  } catch {
+    if (!res.headersSent && !res.destroyed) send(req, res, 500, METRICS_FAILED, null);
+    return;
+  }
+  if (res.destroyed) return;
+  send(req, res, 200, body, { 'content-type': metrics.contentType });
 }
 
 function send(req: IncomingMessage, res: ServerResponse, status: number, body: Buffer, extra: Record<string, string> | null): void {

@@ -6,7 +6,8 @@
  *   1. gateway endpoints under `internal_prefix` (the health lane), before anything that could wait;
  *   2. the client IP;
  *   3. the route (no match: 404);
- *   4. rate limits, 5. the mode, and static routes: seams marked below, filled by later work;
+ *   4. rate limits (rate-limit.ts), 5. the mode (modes.ts), then static routes (static.ts), which take
+ *      no admission slot;
  *   6. pinning to the app's active generation (none: 503);
  *   7. admission, 8. forwarding, 9. errors: a `Forward` per request (forward.ts).
  */
@@ -16,16 +17,22 @@ import { lstat, unlink } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { BerthConfig, ListenAddress, RouteConfig } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
+import type { MetricsExporter } from '../lib/metrics.ts';
 import { BerthError } from '../lib/errors.ts';
 import { Admission, type AdmissionLimits } from './admission.ts';
-import { accessLog, elapsedMs } from './access-log.ts';
+import { accessLog, elapsedMs, requestChannel, type CompletedRequest } from './access-log.ts';
 import { clientIp, socketAddress } from './client-ip.ts';
-import { ErrorPages, type ErrorReason } from './error-pages.ts';
+import { ErrorPages, type AppPage, type ErrorReason } from './error-pages.ts';
 import { Forward, ProxyResponse, type ForwardShared } from './forward.ts';
 import { HealthLane } from './health-lane.ts';
 import { requestId } from './request-id.ts';
 import { RoutingTable, type AppEntry } from './router.ts';
 import { UpstreamClients } from './upstream-clients.ts';
+import { Modes } from './modes.ts';
+import { Static } from './static.ts';
+import { RateLimit, SWEEP_INTERVAL_MS } from './rate-limit.ts';
+import { WebSockets, type Tunnel } from './websocket.ts';
+import type { GenerationView } from '../supervisor/types.ts';
 
 export type ProxyState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -58,7 +65,6 @@ function isWebSocketUpgrade(req: IncomingMessage): boolean {
 
 type ProxyServer = Server<typeof IncomingMessage, typeof ProxyResponse>;
 
-const UPGRADE_NOT_IMPLEMENTED = 'HTTP/1.1 501 Not Implemented\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 
 export interface ProxyOptions {
   config: BerthConfig;
@@ -79,7 +85,16 @@ export class Proxy {
   #admissionByRoute = new Map<RouteConfig, Admission>();
   #clients = new UpstreamClients();
   #pages = new ErrorPages();
+  #modes = new Modes(this.#pages);
+  #static = new Static(this.#pages);
+  #websockets: WebSockets;
+  /** App name -> its rate limiter; kept across table swaps so buckets survive a deploy or mode switch. */
+  #rateLimits = new Map<string, RateLimit>();
+  /** App entry -> its limiter, rebuilt with each table, so a request finds it without a string key. */
+  #rateLimitByApp = new Map<AppEntry, RateLimit>();
+  #sweepTicks = 0;
   #lane: HealthLane;
+  #metrics: MetricsExporter | null = null;
   #shared: ForwardShared;
   #inFlight = 0;
   #tick: NodeJS.Timeout | null = null;
@@ -101,6 +116,7 @@ export class Proxy {
       stopping: false,
       done: (fw) => this.#forwardDone(fw),
     };
+    this.#websockets = new WebSockets(this.#shared, (t) => this.#tunnelDone(t));
   }
 
   get state(): ProxyState {
@@ -128,6 +144,21 @@ export class Proxy {
     return n;
   }
 
+  /** Every pool's admission (`app/process`), for the metrics read at scrape time. */
+  admissions(): IterableIterator<Admission> {
+    return this.#admissions.values();
+  }
+
+  /** The metrics `<internal_prefix>/metrics` serves while the config says `metrics_public: true`. */
+  setMetrics(metrics: MetricsExporter | null): void {
+    this.#metrics = metrics;
+  }
+
+  /** Read by the health lane: null keeps the path a 404. */
+  get publicMetrics(): MetricsExporter | null {
+    return this.#config.metricsPublic ? this.#metrics : null;
+  }
+
   /**
    * Makes `table` the one new requests see. Requests already running keep the generation they pinned.
    * Admission limits are brought in line with the table's apps (bounded by config size, not traffic).
@@ -135,6 +166,7 @@ export class Proxy {
   setTable(table: RoutingTable): void {
     this.#table = table;
     this.#syncAdmissions();
+    this.#syncRateLimits();
   }
 
   /** Applies a reloaded config: trusted_proxy_count, internal_prefix and per-app limits. Listeners stay. */
@@ -143,6 +175,23 @@ export class Proxy {
     this.#prefix = config.internalPrefix;
     this.#shared.trustedProxyCount = config.trustedProxyCount;
     this.#syncAdmissions();
+    this.#syncRateLimits();
+  }
+
+  /** Open WebSocket tunnels (queued ones included). */
+  get upgrades(): number {
+    return this.#websockets.size;
+  }
+
+  /**
+   * Closes the WebSockets pinned to `gen`: each client gets a close frame with code 1001 (going away) at a
+   * frame boundary, then both sockets end. The deployer calls this when a drain deadline passes with
+   * connections left. Returns how many were closed.
+   */
+  closeUpgrades(gen: GenerationView): number {
+    const n = this.#websockets.closeGeneration(gen);
+    if (n > 0) this.#log.info({ generation: gen.id, websockets: n }, 'websockets closed');
+    return n;
   }
 
   /**
@@ -194,6 +243,10 @@ export class Proxy {
     this.#transition('stopping');
     this.#shared.stopping = true;
     const closed = this.#servers.map(({ server }) => closeServer(server));
+    // A WebSocket never ends by itself: every one is told the gateway goes away, and counts as in flight
+    // until its sockets are closed.
+    const upgrades = this.#websockets.closeAll();
+    if (upgrades > 0) this.#log.info({ websockets: upgrades }, 'websockets closed');
     if (this.#inFlight > 0) {
       let timer: NodeJS.Timeout | null = null;
       await new Promise<void>((resolve) => {
@@ -205,6 +258,8 @@ export class Proxy {
       if (this.#inFlight > 0) this.#log.warn({ inFlight: this.#inFlight, deadlineMs }, 'proxy stop deadline passed');
     }
     for (const { server } of this.#servers) server.closeAllConnections();
+    // Upgraded sockets have left the HTTP servers, so closeAllConnections does not reach them.
+    this.#websockets.destroyAll();
     this.#clearTick();
     await this.#clients.destroy();
     await Promise.all(closed);
@@ -221,6 +276,7 @@ export class Proxy {
       server.close();
       server.closeAllConnections();
     }
+    this.#websockets.destroyAll();
     void this.#clients.destroy(err);
     this.#drained?.();
     this.#transition('stopped');
@@ -273,12 +329,25 @@ export class Proxy {
     const app = match.app;
     const route = match.route;
 
-    // 4. Rate limits: seam (per-IP limiter keyed by `ip`, answering 429 with Retry-After).
-    // 5. Mode: seam (maintenance 503 / read-only 503 for unsafe methods, X-Berth-Mode), applied from
-    //    `app.mode`; static routes are still served in maintenance, so the static branch comes after it.
+    // 4. Rate limits.
+    const limiter = this.#rateLimitByApp.size === 0 ? undefined : this.#rateLimitByApp.get(app);
+    if (limiter !== undefined && limiter.applies(path)) {
+      const waitMs = limiter.take(ip, start);
+      if (waitMs > 0) {
+        this.#direct(req, res, start, 429, 'rate-limited', app, Math.ceil(waitMs / 1000), ip, rid);
+        return;
+      }
+    }
+
+    // 5. Mode, as of arrival (the table entry read once above). Static routes are still served in
+    //    maintenance, so the static branch comes after it.
+    if (app.mode.mode !== 'normal' && this.#modes.refuses(app.mode, req.method, route.to === null)) {
+      this.#modes.send(req, res, app, rid, this.#shared.stopping);
+      this.#logDirect(req, start, this.#modes.status, app, ip, rid);
+      return;
+    }
     if (route.to === null) {
-      // Static routes: seam (files from `generation.releaseDir`, ETag, Range, precompressed siblings).
-      this.#direct(req, res, start, 501, 'static-unavailable', app, null, ip, rid);
+      this.#serveStatic(req, res, start, app, route, path, ip, rid);
       return;
     }
 
@@ -328,7 +397,11 @@ export class Proxy {
     ip: string,
     rid: string,
   ): void {
-    this.#pages.send(req, res, { status, reason, retryAfter, requestId: rid, page: null, close: this.#shared.stopping });
+    this.#pages.send(req, res, { status, reason, retryAfter, requestId: rid, page: errorPage(app, status), close: this.#shared.stopping });
+    this.#logDirect(req, start, status, app, ip, rid);
+  }
+
+  #logDirect(req: IncomingMessage, start: number, status: number, app: AppEntry | null, ip: string, rid: string): void {
     if (this.#log.isLevelEnabled('info')) {
       accessLog(this.#log, {
         app: app?.name ?? null,
@@ -344,7 +417,47 @@ export class Proxy {
     }
   }
 
+  /**
+   * Static files: from the pinned generation's release, without an admission slot (no instance is
+   * involved), but counted in flight so a graceful stop lets the download finish.
+   */
+  #serveStatic(req: IncomingMessage, res: ProxyResponse, start: number, app: AppEntry, route: RouteConfig, path: string, ip: string, rid: string): void {
+    const generation = app.generation;
+    if (generation === null) {
+      this.#direct(req, res, start, 503, 'no-active-generation', app, NO_GENERATION_RETRY_AFTER_S, ip, rid);
+      return;
+    }
+    this.#inFlight++;
+    const served = this.#static.serve({ req, res, route, generation, path, requestId: rid, mode: app.mode.mode, close: this.#shared.stopping });
+    void served.then((status) => {
+      if (this.#log.isLevelEnabled('info')) {
+        accessLog(this.#log, {
+          app: app.name,
+          method: req.method ?? '',
+          path,
+          status,
+          durationMs: elapsedMs(start),
+          requestId: rid,
+          release: generation.releaseId,
+          instance: null,
+          clientIp: ip,
+        });
+      }
+      if (requestChannel.hasSubscribers) requestChannel.publish({ app, route, status, start } satisfies CompletedRequest);
+      this.#requestDone();
+    });
+  }
+
   #forwardDone(_fw: Forward): void {
+    this.#requestDone();
+  }
+
+  #tunnelDone(_t: Tunnel): void {
+    this.#requestDone();
+  }
+
+  /** One request (forwarded, static, or a WebSocket) is over. */
+  #requestDone(): void {
     this.#inFlight--;
     if (this.#shared.stopping) {
       // Connections whose last response just ended would otherwise idle until keepAliveTimeout.
@@ -354,12 +467,108 @@ export class Proxy {
   }
 
   /**
-   * WebSockets: seam. Until the upgrade path exists an upgrade is refused outright, rather than being
-   * forwarded as a plain request with its Upgrade header stripped.
+   * A WebSocket upgrade (SPEC step 10): the same steps as a request (client IP, route, rate limit, mode,
+   * pin), then a tunnel (websocket.ts) that waits for admission like a request and holds its slot while
+   * open. Refusals are raw HTTP/1.1 responses on the socket, which has left the HTTP server.
    */
-  #onUpgrade = (_req: IncomingMessage, socket: Socket): void => {
-    socket.end(UPGRADE_NOT_IMPLEMENTED);
+  #onUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
+    const start = performance.now();
+    // The socket is ours now: without a listener, a client reset would be an uncaught error.
+    socket.on('error', ignoreError);
+    const headers = req.headers;
+    const peer = socketAddress(socket);
+    const ip = clientIp(headers['x-forwarded-for'] as string | undefined, peer, this.#shared.trustedProxyCount);
+    const rid = requestId(headers['x-request-id'] as string | undefined);
+    if (this.#shared.stopping) {
+      this.#directRaw(req, socket, start, 503, 'stopping', null, NO_GENERATION_RETRY_AFTER_S, ip, rid);
+      return;
+    }
+    let path = req.url ?? '/';
+    let host = headers.host ?? '';
+    if (path.charCodeAt(0) !== 0x2f /* / */) {
+      const target = absoluteTarget(path);
+      if (target === null) {
+        this.#directRaw(req, socket, start, 400, 'bad-request', null, null, ip, rid);
+        return;
+      }
+      path = target.path;
+      host = target.host;
+    }
+    // Gateway endpoints speak plain HTTP only.
+    const prefix = this.#prefix;
+    if (path.startsWith(prefix)) {
+      const c = path.charCodeAt(prefix.length);
+      if (path.length === prefix.length || c === 0x2f /* / */ || c === 0x3f /* ? */) {
+        this.#directRaw(req, socket, start, 400, 'bad-request', null, null, ip, rid);
+        return;
+      }
+    }
+    const match = this.#table.lookup(host, path);
+    if (match === null) {
+      this.#directRaw(req, socket, start, 404, 'no-route', null, null, ip, rid);
+      return;
+    }
+    const app = match.app;
+    const route = match.route;
+    const limiter = this.#rateLimitByApp.get(app);
+    if (limiter !== undefined && limiter.applies(path)) {
+      const waitMs = limiter.take(ip, start);
+      if (waitMs > 0) {
+        this.#directRaw(req, socket, start, 429, 'rate-limited', app, Math.ceil(waitMs / 1000), ip, rid);
+        return;
+      }
+    }
+    if (app.mode.mode !== 'normal' && this.#modes.refuses(app.mode, req.method, false)) {
+      this.#modes.sendRaw(req, socket, app, rid);
+      this.#logDirect(req, start, this.#modes.status, app, ip, rid);
+      return;
+    }
+    // A static route has no process to take a WebSocket.
+    if (route.to === null) {
+      this.#directRaw(req, socket, start, 400, 'bad-request', app, null, ip, rid);
+      return;
+    }
+    const generation = app.generation;
+    if (generation === null) {
+      this.#directRaw(req, socket, start, 503, 'no-active-generation', app, NO_GENERATION_RETRY_AFTER_S, ip, rid);
+      return;
+    }
+    const pool = generation.pools.get(route.to);
+    if (pool === undefined || pool.instances.length === 0) {
+      this.#directRaw(req, socket, start, 503, 'no-pool', app, NO_GENERATION_RETRY_AFTER_S, ip, rid);
+      return;
+    }
+    const admission = this.#admissionByRoute.get(route) ?? this.#admission(app, route.to);
+    this.#inFlight++;
+    this.#websockets.open({ req, socket, head, app, route, generation, pool, admission, path, host, socketAddress: peer, clientIp: ip, requestId: rid, start });
   };
+
+  /** #direct for an upgrade: a raw response on the socket, which is then closed. */
+  #directRaw(req: IncomingMessage, socket: Socket, start: number, status: number, reason: ErrorReason, app: AppEntry | null, retryAfter: number | null, ip: string, rid: string): void {
+    this.#pages.sendRaw(req, socket, { status, reason, retryAfter, requestId: rid, page: errorPage(app, status), close: true });
+    this.#logDirect(req, start, status, app, ip, rid);
+  }
+
+  // ---- rate limits --------------------------------------------------------------------------------
+
+  /** One limiter per app with a `rate_limit`, kept (with its buckets) while the app keeps one. */
+  #syncRateLimits(): void {
+    const byApp = new Map<AppEntry, RateLimit>();
+    const keep = new Set<string>();
+    for (const app of this.#table.apps) {
+      const config = (this.#config.apps[app.name] ?? app.config).rateLimit;
+      if (config === null) continue;
+      let limiter = this.#rateLimits.get(app.name);
+      if (limiter === undefined) {
+        limiter = new RateLimit(app.name, config);
+        this.#rateLimits.set(app.name, limiter);
+      } else if (!limiter.matches(config)) limiter.configure(config);
+      byApp.set(app, limiter);
+      keep.add(app.name);
+    }
+    for (const name of this.#rateLimits.keys()) if (!keep.has(name)) this.#rateLimits.delete(name);
+    this.#rateLimitByApp = byApp;
+  }
 
   // ---- admission ----------------------------------------------------------------------------------
 
@@ -413,6 +622,10 @@ export class Proxy {
     if (++this.#ticks * TICK_MS >= CLIENT_SWEEP_MS) {
       this.#ticks = 0;
       this.#clients.sweep();
+    }
+    if (++this.#sweepTicks * TICK_MS >= SWEEP_INTERVAL_MS) {
+      this.#sweepTicks = 0;
+      for (const limiter of this.#rateLimits.values()) limiter.sweep(now);
     }
   }
 
@@ -510,6 +723,15 @@ function listenProblem(err: unknown): string {
     default:
       return err instanceof Error ? err.message : String(err);
   }
+}
+
+function ignoreError(): void {}
+
+/** The app's `pages.error` (a 5xx template in the release now serving), when the answer is a 5xx. */
+function errorPage(app: AppEntry | null, status: number): AppPage | null {
+  const file = app?.config.pages.error ?? null;
+  const gen = app?.generation ?? null;
+  return status >= 500 && file !== null && gen !== null ? { releaseDir: gen.releaseDir, file } : null;
 }
 
 /** Host and origin-form path of an absolute-form request target; null when it is not one. */
