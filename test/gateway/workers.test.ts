@@ -165,6 +165,10 @@ test('a Procfile app (web, worker, release) deploys with no processes in config;
   });
   const gw = await spawnGateway(t, file);
   await ready(gw);
+  // The first start is a deploy too: the Procfile's release command ran once, in the first release.
+  const first = (await instances(gw, 'proc')).get('web.0').releaseId;
+  assert.equal(await readFile(marks, 'utf8'), `release ${first}\n`);
+  await writeFile(marks, '');
   const deployed = await runCli(['deploy', 'proc', '--socket', gw.socket]);
   assert.equal(deployed.code, 0, deployed.stderr);
   const now = await instances(gw, 'proc');
