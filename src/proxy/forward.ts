@@ -202,6 +202,8 @@ export class Forward implements Waiter {
     }
     stripResponseHopByHop(headers);
     headers['x-request-id'] = this.requestId;
+    // Which release answered: lets a client (and the deploy bench) see the switch.
+    headers['x-berth-release'] = this.generation.releaseId;
     if (this.app.mode.mode === 'read-only') headers['x-berth-mode'] = 'read-only';
     const res = this.res;
     if (this.#shared.stopping) res.shouldKeepAlive = false;

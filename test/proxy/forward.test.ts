@@ -72,6 +72,7 @@ test('the backend sees forwarding headers; hop-by-hop headers are stripped both 
   assert.equal(r.headers['x-hop-out'], undefined, 'headers named by Connection are stripped from the response');
   assert.notEqual(r.headers['keep-alive'], 'timeout=77', 'the backend keep-alive header is not passed on');
   assert.equal(r.headers['x-request-id'], seen['x-request-id']);
+  assert.equal(r.headers['x-berth-release'], '20250101000000-aaaaaa', 'the response names the release that answered');
   assert.ok(port > 0);
 });
 
