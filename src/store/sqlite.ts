@@ -31,6 +31,7 @@ import type {
   ReleaseState,
   Store,
 } from './store.ts';
+import type { TaskRunFilter, TaskRunRecord, TaskRunState, TaskTrigger } from './store.ts';
 
 /** The migrations that ship with this build. */
 export const MIGRATIONS_DIR = fileURLToPath(new URL('./migrations/', import.meta.url));
@@ -644,6 +645,171 @@ export class SqliteStore implements Store {
       throw failure('delete audit rows', err);
     }
   }
+
+  // ---- task runs (migration 004) -------------------------------------------------------------
+
+  async createTaskRun(run: TaskRunRecord): Promise<void> {
+    assertTaskRun(run);
+    try {
+      this.#prep(`INSERT INTO task_runs (${TASK_RUN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(
+        run.id,
+        run.app,
+        run.task,
+        run.trigger,
+        run.state,
+        run.command,
+        run.releaseId,
+        run.user,
+        run.startedAt,
+        run.finishedAt,
+        run.exitCode,
+        run.durationMs,
+        run.output,
+        run.error,
+      );
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new BerthError(ErrorCodes.conflict, `task run ${run.id} is already recorded`, { cause: err });
+      throw failure('create task run', err);
+    }
+  }
+
+  async finishTaskRun(id: string, f: Pick<TaskRunRecord, 'state' | 'finishedAt' | 'exitCode' | 'durationMs' | 'output' | 'error'>): Promise<void> {
+    assertTaskRunState(f.state);
+    assertTaskRunNumbers(f);
+    if (typeof f.output !== 'string') throw new BerthError(ErrorCodes.badRequest, 'task run output must be a string');
+    let changes: number;
+    try {
+      changes = Number(
+        this.#prep(`UPDATE task_runs SET state = ?, finished_at = ?, exit_code = ?, duration_ms = ?, output = ?, error = ? WHERE id = ?`).run(
+          f.state,
+          f.finishedAt,
+          f.exitCode,
+          f.durationMs,
+          f.output,
+          f.error,
+          id,
+        ).changes,
+      );
+    } catch (err) {
+      throw failure('finish task run', err);
+    }
+    if (changes === 0) throw new BerthError(ErrorCodes.notFound, `no task run ${id}`);
+  }
+
+  async getTaskRun(id: string): Promise<TaskRunRecord | null> {
+    try {
+      const row = this.#prep(`SELECT ${TASK_RUN_COLS} FROM task_runs WHERE id = ?`).get(id) as Row | undefined;
+      return row ? toTaskRun(row) : null;
+    } catch (err) {
+      throw failure('read task run', err);
+    }
+  }
+
+  async listTaskRuns(filter: TaskRunFilter = {}): Promise<TaskRunRecord[]> {
+    const limit = filter.limit ?? 100;
+    if (!Number.isSafeInteger(limit) || limit < 1) throw new BerthError(ErrorCodes.badRequest, `limit must be a whole number of at least 1, got ${limit}`);
+    const where: string[] = [];
+    const args: (string | number)[] = [];
+    if (filter.app !== undefined) {
+      where.push('app = ?');
+      args.push(filter.app);
+    }
+    if (filter.task !== undefined) {
+      where.push('task = ?');
+      args.push(filter.task);
+    }
+    if (filter.trigger !== undefined) {
+      if (!TASK_TRIGGERS.has(filter.trigger)) throw new BerthError(ErrorCodes.badRequest, `unknown task trigger "${filter.trigger}"`);
+      where.push('triggered_by = ?');
+      args.push(filter.trigger);
+    }
+    if (filter.states !== undefined) {
+      if (filter.states.length === 0) return [];
+      for (const s of filter.states) assertTaskRunState(s);
+      where.push(`state IN (${filter.states.map(() => '?').join(', ')})`);
+      args.push(...filter.states);
+    }
+    const sql = `SELECT ${TASK_RUN_COLS} FROM task_runs ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY started_at DESC, id DESC LIMIT ?`;
+    try {
+      return (this.#prep(sql).all(...args, limit) as Row[]).map(toTaskRun);
+    } catch (err) {
+      throw failure('list task runs', err);
+    }
+  }
+
+  async interruptTaskRuns(finishedAt: string): Promise<string[]> {
+    try {
+      const rows = this.#prep(`SELECT id FROM task_runs WHERE state = 'running' ORDER BY started_at, id`).all() as Row[];
+      const ids = rows.map((r) => String(r.id));
+      if (ids.length > 0) {
+        this.#prep(`UPDATE task_runs SET state = 'interrupted', finished_at = ?, error = COALESCE(error, 'the gateway stopped while this ran') WHERE state = 'running'`).run(finishedAt);
+      }
+      return ids;
+    } catch (err) {
+      throw failure('interrupt task runs', err);
+    }
+  }
+
+  async deleteTaskRunsBefore(before: string): Promise<number> {
+    try {
+      return Number(this.#prep(`DELETE FROM task_runs WHERE started_at < ? AND state <> 'running'`).run(before).changes);
+    } catch (err) {
+      throw failure('delete task runs', err);
+    }
+  }
+
+  async deleteDeploysBefore(before: string): Promise<number> {
+    try {
+      // deploy_events go with their deploy (ON DELETE CASCADE).
+      return Number(this.#prep(`DELETE FROM deploys WHERE created_at < ? AND state <> 'running'`).run(before).changes);
+    } catch (err) {
+      throw failure('delete deploys', err);
+    }
+  }
+}
+
+const TASK_RUN_COLS = 'id, app, task, triggered_by, state, command, release_id, user_name, started_at, finished_at, exit_code, duration_ms, output, error';
+const TASK_RUN_STATES: ReadonlySet<string> = new Set<TaskRunState>(['running', 'succeeded', 'failed', 'skipped', 'timeout', 'interrupted']);
+const TASK_TRIGGERS: ReadonlySet<string> = new Set<TaskTrigger>(['schedule', 'manual', 'cleanup']);
+
+function assertTaskRunState(state: string): void {
+  if (!TASK_RUN_STATES.has(state)) throw new BerthError(ErrorCodes.badRequest, `unknown task run state "${state}": expected ${[...TASK_RUN_STATES].join(', ')}`);
+}
+
+function assertTaskRunNumbers(f: { exitCode: number | null; durationMs: number | null }): void {
+  if (f.exitCode !== null && !Number.isSafeInteger(f.exitCode)) throw new BerthError(ErrorCodes.badRequest, `task run exit code must be a whole number or null, got ${f.exitCode}`);
+  if (f.durationMs !== null && !(Number.isSafeInteger(f.durationMs) && f.durationMs >= 0)) {
+    throw new BerthError(ErrorCodes.badRequest, `task run duration must be a non-negative whole number of ms or null, got ${f.durationMs}`);
+  }
+}
+
+function assertTaskRun(run: TaskRunRecord): void {
+  if (typeof run.id !== 'string' || run.id === '') throw new BerthError(ErrorCodes.badRequest, 'a task run needs an id');
+  if (typeof run.task !== 'string' || run.task === '') throw new BerthError(ErrorCodes.badRequest, 'a task run needs a task name');
+  if (!TASK_TRIGGERS.has(run.trigger)) throw new BerthError(ErrorCodes.badRequest, `unknown task trigger "${run.trigger}": expected ${[...TASK_TRIGGERS].join(', ')}`);
+  assertTaskRunState(run.state);
+  assertTaskRunNumbers(run);
+  if (Number.isNaN(Date.parse(run.startedAt))) throw new BerthError(ErrorCodes.badRequest, `task run start must be an ISO time, got "${run.startedAt}"`);
+  if (typeof run.output !== 'string') throw new BerthError(ErrorCodes.badRequest, 'task run output must be a string');
+}
+
+function toTaskRun(row: Row): TaskRunRecord {
+  return {
+    id: String(row.id),
+    app: textOrNull(row.app),
+    task: String(row.task),
+    trigger: String(row.triggered_by) as TaskTrigger,
+    state: String(row.state) as TaskRunState,
+    command: textOrNull(row.command),
+    releaseId: textOrNull(row.release_id),
+    user: textOrNull(row.user_name),
+    startedAt: String(row.started_at),
+    finishedAt: textOrNull(row.finished_at),
+    exitCode: row.exit_code == null ? null : Number(row.exit_code),
+    durationMs: row.duration_ms == null ? null : Number(row.duration_ms),
+    output: String(row.output ?? ''),
+    error: textOrNull(row.error),
+  };
 }
 
 const AUDIT_OUTCOMES = new Set<string>(['pending', 'ok', 'failed', 'refused']);

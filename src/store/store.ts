@@ -30,7 +30,7 @@ export interface ReleaseRecord {
   revision: string | null;
 }
 
-export interface Store extends DeployStore, AuditStore {
+export interface Store extends DeployStore, AuditStore, TaskStore {
   /** Opens the database and runs migrations according to `migrations`. */
   open(): Promise<void>;
   close(): Promise<void>;
@@ -156,4 +156,59 @@ export interface AuditStore {
   listAudit(filter?: AuditFilter): Promise<AuditRecord[]>;
   /** Deletes rows that happened before `before` (ISO); returns how many. */
   deleteAuditBefore(before: string): Promise<number>;
+}
+
+// ---- task runs (migration 004) -----------------------------------------------------------------
+export type TaskRunState = 'running' | 'succeeded' | 'failed' | 'skipped' | 'timeout' | 'interrupted';
+/** schedule: a `schedule` entry's cron time. manual: `berth run`. cleanup: the built-in cleanup job. */
+export type TaskTrigger = 'schedule' | 'manual' | 'cleanup';
+
+export interface TaskRunRecord {
+  /** `t<YYYYMMDDHHMMSS>-<6 hex>`. */
+  id: string;
+  /** Null for gateway-wide jobs (cleanup). */
+  app: string | null;
+  /** The schedule entry name, `cleanup`, `run` (a one-off command) or the process type a one-off ran. */
+  task: string;
+  trigger: TaskTrigger;
+  state: TaskRunState;
+  /** What ran, as a shell command line; null for built-in jobs. */
+  command: string | null;
+  /** The active release it ran in. */
+  releaseId: string | null;
+  /** Who asked (one-off runs), else null. */
+  user: string | null;
+  startedAt: string;
+  finishedAt: string | null;
+  exitCode: number | null;
+  durationMs: number | null;
+  /** The last 64 KiB of combined stdout and stderr. */
+  output: string;
+  /** Why it failed, was skipped or was killed (timeout, signal, no active release...). */
+  error: string | null;
+}
+
+export interface TaskRunFilter {
+  app?: string;
+  task?: string;
+  trigger?: TaskTrigger;
+  /** Only runs in one of these states. */
+  states?: TaskRunState[];
+  /** Default 100. */
+  limit?: number;
+}
+
+export interface TaskStore {
+  createTaskRun(run: TaskRunRecord): Promise<void>;
+  /** Sets the final fields of a run. Throws BERTH_E_NOT_FOUND for an unknown id. */
+  finishTaskRun(id: string, fields: Pick<TaskRunRecord, 'state' | 'finishedAt' | 'exitCode' | 'durationMs' | 'output' | 'error'>): Promise<void>;
+  getTaskRun(id: string): Promise<TaskRunRecord | null>;
+  /** Newest first. */
+  listTaskRuns(filter?: TaskRunFilter): Promise<TaskRunRecord[]>;
+  /** Runs still `running` (left by a gateway that was killed) become `interrupted`; returns their ids. */
+  interruptTaskRuns(finishedAt: string): Promise<string[]>;
+  /** Deletes finished runs that started before `before` (ISO); returns how many. */
+  deleteTaskRunsBefore(before: string): Promise<number>;
+  /** Deletes finished deploys (and their events) created before `before` (ISO); returns how many. */
+  deleteDeploysBefore(before: string): Promise<number>;
 }

@@ -1,3 +1,4 @@
+import { channel } from 'node:diagnostics_channel';
 import type { HealthConfig } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
 import { probe } from './probe.ts';
@@ -8,6 +9,20 @@ export interface HealthTarget {
   readonly address: UpstreamAddress | null;
   /** In flight, and none of its requests has been running longer than busy_grace. */
   readonly busy: boolean;
+  /** For the probe metrics' labels; an Instance has both. */
+  readonly app?: string;
+  readonly process?: string;
+}
+
+/** ok; failed (counted); busy: failed while the instance was busy, so not counted. */
+export type ProbeResult = 'ok' | 'failed' | 'busy';
+
+/** One `ProbeEvent` per ongoing health probe that lands; published only while someone subscribes. */
+export const probeChannel = channel('berth:supervisor:probe');
+
+export interface ProbeEvent {
+  readonly target: HealthTarget;
+  readonly result: ProbeResult;
 }
 
 /**
@@ -54,8 +69,8 @@ export class Health {
     this.#timer = null;
   }
 
-  #schedule(): void {
-    this.#timer = setTimeout(() => void this.#tick(), this.config.intervalMs);
+  #schedule(delayMs: number = this.config.intervalMs): void {
+    this.#timer = setTimeout(() => void this.#tick(), delayMs);
     this.#timer.unref();
   }
 
@@ -67,9 +82,14 @@ export class Health {
       return;
     }
     const epoch = this.#epoch;
+    const started = performance.now();
     const busyAtStart = this.#target.busy;
     const ok = await probe(address, this.config.path, this.config.timeoutMs);
     if (epoch !== this.#epoch || !this.#active) return;
+    if (probeChannel.hasSubscribers) {
+      const result: ProbeResult = ok ? 'ok' : busyAtStart || this.#target.busy ? 'busy' : 'failed';
+      probeChannel.publish({ target: this.#target, result } satisfies ProbeEvent);
+    }
     if (ok) {
       if (this.#failures > 0) this.#log.info({ failures: this.#failures }, 'health probe passed again');
       this.#failures = 0;
@@ -84,6 +104,8 @@ export class Health {
         return;
       }
     }
-    this.#schedule();
+    // Probes start every interval (not interval after the last one ended), so a dead instance is found
+    // within busy_grace + unhealthy_after x interval + timeout, however long the failing probes take.
+    this.#schedule(Math.max(0, this.config.intervalMs - (performance.now() - started)));
   }
 }

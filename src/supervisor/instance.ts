@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { channel } from 'node:diagnostics_channel';
 import { readFileSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -29,6 +30,18 @@ const GONE_POLL_MS = 20;
 /** Instance-specific variables: never inherited from the gateway's own environment. */
 const INSTANCE_VARS = ['PORT', 'BERTH_SOCKET', 'BERTH_APP', 'BERTH_RELEASE', 'BERTH_PROCESS', 'BERTH_INSTANCE', 'BERTH_DB_POOL_SIZE', 'BERTH_HEARTBEAT_FILE'];
 
+/**
+ * One `InstanceEvent` when an instance restarts after its process exited, and when it is marked
+ * unhealthy; published only while someone subscribes. State changes are not events: metrics read
+ * states when scraped.
+ */
+export const instanceChannel = channel('berth:supervisor:instance');
+
+export interface InstanceEvent {
+  readonly instance: Instance;
+  readonly event: 'restart' | 'unhealthy';
+}
+
 /** One instance as `berth status` shows it. */
 export interface InstanceSnapshot {
   process: string;
@@ -47,7 +60,27 @@ export interface InstanceSnapshot {
   uptimeMs: number | null;
   restarts: number;
   lastExit: { code: number | null; signal: string | null; at: string } | null;
+  /** Why the process last ended without being asked to: it exited, went silent, or never got ready. */
+  lastRestartReason: RestartReason | null;
 }
+
+/** exit: the process ended by itself. heartbeat: it stopped touching its heartbeat file and was killed.
+ * startup-timeout: it never answered within startup_timeout and was killed. */
+export type RestartReason = 'exit' | 'heartbeat' | 'startup-timeout';
+
+/** An instance's process ended without a stop() and is restarted after `delayMs` (null: crashed, not restarted). */
+export interface RestartInfo {
+  app: string;
+  process: string;
+  index: number;
+  releaseId: string;
+  reason: RestartReason;
+  /** For people: "heartbeat: silent for 12s", "exited with code 1"... */
+  detail: string;
+  delayMs: number | null;
+}
+
+export type RestartHook = (info: RestartInfo) => void;
 
 /** What an instance tells its generation. Methods, so no closure is kept per instance. */
 export interface InstanceListener {
@@ -77,6 +110,8 @@ export interface InstanceOptions {
   listener?: InstanceListener | null;
   /** Told when a process group starts and when its leader exits (the gateway records them in the store). */
   onProcess?: ProcessHook | null;
+  /** Told when the process ended without a stop() and why (the gateway records it in the audit log). */
+  onRestart?: RestartHook | null;
 }
 
 /** A process group started (`spawn`) or its leader exited (`exit`). */
@@ -119,6 +154,7 @@ export class Instance implements Upstream {
   #log: Logger;
   #listener: InstanceListener | null;
   #onProcess: ProcessHook | null;
+  #onRestart: RestartHook | null;
   #backoff: Backoff;
   #health: Health | null = null;
   #heartbeat: Heartbeat | null = null;
@@ -129,6 +165,9 @@ export class Instance implements Upstream {
   #startedAt = 0;
   #restarts = 0;
   #lastExit: InstanceSnapshot['lastExit'] = null;
+  #lastRestartReason: RestartReason | null = null;
+  /** Set when the gateway itself kills the process (heartbeat, startup timeout), so the exit says why. */
+  #killReason: { reason: RestartReason; detail: string } | null = null;
   /** Bumped at every start and stop: async work of an earlier start checks it and gives up. */
   #run = 0;
   /** stop() or destroy() was called: the process is never started again. */
@@ -159,6 +198,7 @@ export class Instance implements Upstream {
     this.#log = opts.logger;
     this.#listener = opts.listener ?? null;
     this.#onProcess = opts.onProcess ?? null;
+    this.#onRestart = opts.onRestart ?? null;
     this.#backoff = new Backoff(opts.timing);
     if (this.http && opts.app.health.path !== null) {
       this.#health = new Health(this, opts.app.health, opts.logger, this.#unhealthy.bind(this));
@@ -288,6 +328,7 @@ export class Instance implements Upstream {
       uptimeMs: this.#startedAt === 0 ? null : Date.now() - this.#startedAt,
       restarts: this.#restarts,
       lastExit: this.#lastExit,
+      lastRestartReason: this.#lastRestartReason,
     };
   }
 
@@ -410,12 +451,14 @@ export class Instance implements Upstream {
     this.#startupTimer = null;
     if (run !== this.#run || this.#state !== 'starting') return;
     this.#log.warn({ pid: this.#pid, startupTimeoutMs: this.config.health.startupTimeoutMs }, 'instance not ready in time: killing it');
+    this.#killReason = { reason: 'startup-timeout', detail: `startup-timeout: not ready within ${Math.round(this.config.health.startupTimeoutMs / 1000)}s` };
     this.#group?.signal('SIGKILL');
   }
 
   #unhealthy(failures: number): void {
     if (this.#state !== 'ready') return;
     this.#log.warn({ failures, pid: this.#pid }, 'instance unhealthy');
+    if (instanceChannel.hasSubscribers) instanceChannel.publish({ instance: this, event: 'unhealthy' } satisfies InstanceEvent);
     this.#transition('unhealthy');
     this.#listener?.instanceUnhealthy(this);
   }
@@ -423,6 +466,8 @@ export class Instance implements Upstream {
   #heartbeatMissed(silentMs: number): void {
     if (this.#ended || this.#child === null || this.#group === null) return;
     this.#log.warn({ pid: this.#pid, silentMs, heartbeatTimeoutMs: this.processConfig.heartbeatTimeoutMs }, 'heartbeat missed: restarting instance');
+    this.#killReason = { reason: 'heartbeat', detail: `heartbeat: silent for ${Math.round(silentMs / 1000)}s` };
+    this.#line('berth', `heartbeat missed: silent for ${Math.round(silentMs / 1000)}s, restarting`);
     this.#terminate(this.#group);
   }
 
@@ -473,8 +518,14 @@ export class Instance implements Upstream {
     this.#run++;
     this.#clearProcessTimers();
     if (address?.kind === 'unix') void this.#ports.release(address.path).catch(() => {});
+    const killed = this.#killReason;
+    this.#killReason = null;
     if (this.#ended) return; // stop() is waiting for the group and sets the state
     const delay = this.#backoff.failure(Date.now(), upMs);
+    const reason = killed?.reason ?? 'exit';
+    this.#lastRestartReason = reason;
+    const detail = killed?.detail ?? (signal !== null ? `exited: killed by ${signal}` : code !== null ? `exited with code ${code}` : 'could not start');
+    this.#onRestart?.({ app: this.app, process: this.process, index: this.index, releaseId: this.releaseId, reason, detail, delayMs: delay });
     if (delay === null) {
       this.#log.error({ restarts: this.#restarts, failures: this.#backoff.recentFailures }, 'instance crashed: not restarting');
       this.#transition('crashed');
@@ -489,6 +540,7 @@ export class Instance implements Upstream {
     this.#restartTimer = null;
     if (this.#ended) return;
     this.#restarts++;
+    if (instanceChannel.hasSubscribers) instanceChannel.publish({ instance: this, event: 'restart' } satisfies InstanceEvent);
     this.#launch();
   }
 

@@ -5,13 +5,13 @@ import { BerthError, errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { RestartTiming } from './backoff.ts';
 import { Generation, type InstanceFactory } from './generation.ts';
-import { Instance, type ProcessHook } from './instance.ts';
+import { Instance, type ProcessHook, type RestartHook } from './instance.ts';
 import { LogWriter } from './log-writer.ts';
 import { Ports } from './ports.ts';
 
 export { Generation, Instance };
 export type { GenerationSnapshot } from './generation.ts';
-export type { InstanceSnapshot } from './instance.ts';
+export type { InstanceSnapshot, RestartInfo, RestartReason } from './instance.ts';
 export type { RestartTiming } from './backoff.ts';
 
 export interface SupervisorOptions {
@@ -27,6 +27,8 @@ export interface SupervisorOptions {
   logs?: { maxBytes?: number; keepFiles?: number };
   /** Told about every process group started and ended, so orphans can be found after a crash. */
   onProcess?: ProcessHook;
+  /** Told when an instance's process ended without a stop() and why (exit, heartbeat, startup timeout). */
+  onRestart?: RestartHook;
 }
 
 type SupervisorState = 'running' | 'stopping' | 'stopped';
@@ -53,6 +55,7 @@ export class Supervisor implements InstanceFactory {
   #stopping: Promise<void> | null = null;
 
   #onProcess: ProcessHook | null;
+  #onRestart: RestartHook | null;
 
   constructor(opts: SupervisorOptions) {
     this.stateDir = opts.stateDir;
@@ -61,6 +64,7 @@ export class Supervisor implements InstanceFactory {
     this.#timing = opts.timing ?? {};
     this.#logOptions = opts.logs ?? {};
     this.#onProcess = opts.onProcess ?? null;
+    this.#onRestart = opts.onRestart ?? null;
     this.#ports = new Ports(opts.stateDir);
   }
 
@@ -149,6 +153,7 @@ export class Supervisor implements InstanceFactory {
       logger: this.#log.child({ app: app.name, generation: gen.id, instance: `${proc.name}.${index}` }),
       listener: gen,
       onProcess: this.#onProcess,
+      onRestart: this.#onRestart,
     });
   }
 

@@ -9,6 +9,7 @@ import { silentLogger } from '../../src/lib/logger.ts';
 import { SqliteStore, MIGRATIONS_DIR, loadMigrations, type SqliteStoreOptions } from '../../src/store/sqlite.ts';
 import { storeContract } from './store-contract.ts';
 import { auditContract } from './audit-contract.ts';
+import { taskContract } from './task-contract.ts';
 
 storeContract('sqlite', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'berth-store-'));
@@ -47,6 +48,7 @@ const makeSqlite = async () => {
   };
 };
 auditContract('sqlite', makeSqlite);
+taskContract('sqlite', makeSqlite);
 
 
 async function tempDir(t: TestContext): Promise<string> {
@@ -74,8 +76,8 @@ function tables(db: DatabaseSync): string[] {
 }
 
 /** Every table the shipped migrations create, by name. */
-const SHIPPED_TABLES = ['apps', 'audit', 'deploy_events', 'deploys', 'process_groups', 'releases', 'schema_migrations'];
-const SHIPPED_VERSIONS = [1, 2, 3];
+const SHIPPED_TABLES = ['apps', 'audit', 'deploy_events', 'deploys', 'process_groups', 'releases', 'schema_migrations', 'task_runs'];
+const SHIPPED_VERSIONS = [1, 2, 3, 4];
 
 /** A migrations dir holding the shipped files plus `extra` (file name -> SQL). */
 async function migrationsDir(dir: string, name: string, extra: Record<string, string> = {}): Promise<string> {
@@ -189,7 +191,7 @@ test('sqlite: migrations "none" opens an up-to-date database and fails on one th
   await v1Database(old);
   await assert.rejects(makeStore(t, old, { migrations: 'none' }).open(), (err: unknown) => {
     storeError(/behind.*missing migrations 002-deploys, 003-audit/)(err);
-    assert.deepEqual((err as BerthError).details?.missing, [2, 3]);
+    assert.deepEqual((err as BerthError).details?.missing, SHIPPED_VERSIONS.slice(1));
     return true;
   });
   assert.ok(!tables(raw(t, old)).includes('deploys'), '"none" applied nothing');
