@@ -210,12 +210,21 @@ export class ReleaseStore {
       throw asReleaseError(`cannot list releases of app ${this.#app.name}`, err);
     }
     // Newest first. Ids sort by the second they were made in; two made in the same second are ordered by
-    // the store's millisecond creation time. Dot-names (releases being built) never match.
+    // the store's millisecond creation time (their random suffixes say nothing). Dot-names (releases being
+    // built) never match.
     const records = await this.#store.listReleases(this.#app.name);
     const states = new Map(records.map((r) => [r.id, r.state]));
     const created = new Map(records.map((r) => [r.id, r.createdAt]));
-    const key = (id: string) => created.get(id) ?? `${id.slice(0, 4)}-${id.slice(4, 6)}-${id.slice(6, 8)}T${id.slice(8, 10)}:${id.slice(10, 12)}:${id.slice(12, 14)}.000Z`;
-    const ids = names.filter((n) => RELEASE_ID_RE.test(n)).sort((a, b) => (key(a) === key(b) ? (a < b ? 1 : -1) : key(a) < key(b) ? 1 : -1));
+    const newerFirst = (a: string, b: string): number => {
+      const sa = a.slice(0, 14);
+      const sb = b.slice(0, 14);
+      if (sa !== sb) return sa < sb ? 1 : -1;
+      const ca = created.get(a) ?? '';
+      const cb = created.get(b) ?? '';
+      if (ca !== cb) return ca < cb ? 1 : -1;
+      return a < b ? 1 : -1;
+    };
+    const ids = names.filter((n) => RELEASE_ID_RE.test(n)).sort(newerFirst);
     const keep = Math.max(0, this.#app.keepReleases);
     let kept = 0;
     const pruned: string[] = [];

@@ -27,7 +27,9 @@ test('examples/berth.yaml loads: two apps, their sources, hosts and DB budgets',
   for (const app of [node, py]) {
     assert.ok(app.source && existsSync(app.source), `${app.name}: source ${app.source} exists`);
     assert.equal(app.processes?.web.http, true);
-    assert.deepEqual(app.routes.map((r) => [r.path, r.to]), [['/', 'web']]);
+    // node-demo also serves its public/ directory as a static route.
+    const expected = app === node ? [['/static', null], ['/', 'web']] : [['/', 'web']];
+    assert.deepEqual(app.routes.map((r) => [r.path, r.to]), expected);
     assert.equal(app.health.path, '/up');
     assert.equal(app.dbConnections, dbDemand(app), `${app.name}: the budget covers the pool exactly`);
     // The Procfile shipped beside each app agrees with the config's command.

@@ -248,7 +248,8 @@ test('TCP control API: tokens and call contexts authenticate, roles and per-app 
   assert.equal(has('carol@example.com', 'mode', 'blog', 'ok'), 1);
   assert.ok(rows.every((r) => r.outcome !== 'pending'), 'every change finished');
   // Only authenticated callers appear: the 401s (and the CLI's own X-Berth-User over TCP) name nobody.
-  assert.deepEqual([...new Set(rows.map((r) => r.user))].sort(), ['alice', 'carol@example.com', 'vic']);
+  // `berth-start` is the gateway's own first deploy of each app.
+  assert.deepEqual([...new Set(rows.map((r) => r.user))].sort(), ['alice', 'berth-start', 'carol@example.com', 'vic']);
   // The history filters: by user, by app, by time.
   const byVic = (await tcp(port, 'GET', '/v1/history?user=vic', { token: TOKENS.root })).json().history;
   assert.equal(byVic.length, changes.length);
