@@ -1,7 +1,9 @@
 // A test app that can saturate itself: a plain node:http server on $PORT or $BERTH_SOCKET.
 //
 //   GET /up            200 while the event loop is free (it cannot answer during a /block)
-//   GET /block?ms=N    holds the event loop in a busy loop for N ms, then answers
+//   GET /block?ms=N    holds the event loop for N ms, then answers: in Atomics.wait by default (a synchronous
+//                      call waiting on a database: the loop is stuck, the CPU is free), or in a busy loop
+//                      with &how=spin (the loop is stuck and the CPU is burnt)
 //   GET /sleep?ms=N    answers after N ms without blocking (a slow but free app)
 //   GET /stats         { pid, instance, inFlight, maxInFlight, served }: its own count of the requests it
 //                      held at once (received and not yet answered)
@@ -42,6 +44,14 @@ function finish(res, start, body) {
   reply(res, 200, body);
 }
 
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
+/** Holds the event loop for `ms`: nothing else in this process runs meanwhile, /up included. */
+function holdLoop(ms, how) {
+  if (how === 'spin') busyLoop(ms);
+  else Atomics.wait(sleeper, 0, 0, ms);
+}
+
 function busyLoop(ms) {
   const until = performance.now() + ms;
   while (performance.now() < until) {
@@ -73,7 +83,7 @@ function spinSoon() {
 
 function spin() {
   const job = blocks.shift();
-  busyLoop(job.ms);
+  holdLoop(job.ms, job.how);
   setTimeout(answer, SETTLE_MS, job);
 }
 
@@ -99,7 +109,7 @@ const server = createServer((req, res) => {
     setTimeout(finish, ms, res, start, body);
     return;
   }
-  blocks.push({ res, start, body, ms });
+  blocks.push({ res, start, body, ms, how: url.searchParams.get('how') === 'spin' ? 'spin' : 'wait' });
   spinSoon();
 });
 

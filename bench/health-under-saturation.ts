@@ -2,8 +2,10 @@
  * Health under saturation: does a health check still answer, at once, while the app is saturated, and
  * is a busy instance left alone?
  *
- * The app (bench/blocking-app.mjs, 2 instances x concurrency 2) spins its event loop for `--block-ms`
- * on every request, so its own /up cannot answer meanwhile. `--clients` concurrent clients send it
+ * The app (bench/blocking-app.mjs, 2 instances x concurrency 2) holds its event loop for `--block-ms`
+ * on every request, so its own /up cannot answer meanwhile: in a synchronous wait by default (`--block
+ * wait`: a request waiting on its database, the incident this bench reproduces), or in a busy loop
+ * (`--block spin`: the instances also burn every core, so the gateway competes for the CPU). `--clients` concurrent clients send it
  * GET /block for `--duration` seconds: every slot is taken and the queue never empties (queue.max and
  * queue.timeout are sized so that clients wait rather than fail). Meanwhile GET /_berth/health and
  * GET /_berth/apps/<app>/health are probed every 100ms with a 1s timeout.
@@ -51,7 +53,7 @@ const START_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 15_000;
 const NGINX_CANDIDATES = ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx'];
 
-const USAGE = 'usage: npx node bench/health-under-saturation.ts [--short] [--json] [--duration S] [--clients N] [--block-ms MS] [--no-gunicorn]';
+const USAGE = 'usage: npx node bench/health-under-saturation.ts [--short] [--json] [--duration S] [--clients N] [--block-ms MS] [--block wait|spin] [--no-gunicorn]';
 
 interface Options {
   short: boolean;
@@ -59,6 +61,8 @@ interface Options {
   durationS: number;
   clients: number;
   blockMs: number;
+  /** wait: the app's loop is stuck in a synchronous wait (a database call); spin: it burns the CPU too. */
+  block: 'wait' | 'spin';
   gunicorn: boolean;
 }
 
@@ -73,6 +77,7 @@ function parseOptions(argv: string[]): Options {
       duration: { type: 'string' },
       clients: { type: 'string' },
       'block-ms': { type: 'string' },
+      block: { type: 'string', default: 'wait' },
       'no-gunicorn': { type: 'boolean', default: false },
     },
     strict: true,
@@ -85,8 +90,14 @@ function parseOptions(argv: string[]): Options {
     durationS: positiveInt(values.duration ?? (short ? '5' : '30'), '--duration', 3600),
     clients: positiveInt(values.clients ?? (short ? '12' : '40'), '--clients', 1000),
     blockMs: positiveInt(values['block-ms'] ?? (short ? '1000' : '5000'), '--block-ms', 60_000),
+    block: blockKind(values.block),
     gunicorn: !values['no-gunicorn'],
   };
+}
+
+function blockKind(text: string | undefined): 'wait' | 'spin' {
+  if (text === 'wait' || text === 'spin') return text;
+  throw new UsageError(`--block must be wait or spin, got "${text}"`);
 }
 
 function positiveInt(text: string, flag: string, max: number): number {
@@ -510,7 +521,7 @@ async function runBerth(opts: Options, dir: string): Promise<BerthResult> {
   for (const i of (await appStatus()).generations[0].instances) before.set(`${i.process}.${i.index}`, i.pid);
 
   const probers = [new Prober({ port }, '/_berth/health'), new Prober({ port }, `/_berth/apps/${APP_NAME}/health`)];
-  const load = new Load(port, `/block?ms=${opts.blockMs}`, opts.clients, queueTimeoutMs(opts) + 4 * opts.blockMs + 10_000);
+  const load = new Load(port, `/block?ms=${opts.blockMs}&how=${opts.block}`, opts.clients, queueTimeoutMs(opts) + 4 * opts.blockMs + 10_000);
   let maxInFlight = 0;
   let maxQueueDepth = 0;
   let sampling = true;
@@ -593,10 +604,15 @@ def app(environ, start_response):
     if path == '/up':
         body = b'{"ok": true}'
     elif path == '/block':
-        ms = min(float(parse_qs(environ.get('QUERY_STRING', '')).get('ms', ['1000'])[0]), 60000)
-        until = time.monotonic() + ms / 1000
-        while time.monotonic() < until:
-            pass
+        query = parse_qs(environ.get('QUERY_STRING', ''))
+        ms = min(float(query.get('ms', ['1000'])[0]), 60000)
+        if query.get('how', ['wait'])[0] == 'spin':
+            until = time.monotonic() + ms / 1000
+            while time.monotonic() < until:
+                pass
+        else:
+            # A sync worker waiting on its database: the worker is held, the CPU is free.
+            time.sleep(ms / 1000)
         body = json.dumps({'ms': ms}).encode()
     else:
         start_response('404 Not Found', [('Content-Type', 'application/json')])
@@ -655,7 +671,7 @@ http {
 
   note(`gunicorn: ${opts.clients} clients x GET /block?ms=${opts.blockMs} through nginx for ${opts.durationS}s, probing /up every ${PROBE_INTERVAL_MS}ms`);
   const prober = new Prober({ port }, '/up');
-  const load = new Load(port, `/block?ms=${opts.blockMs}`, opts.clients, queueTimeoutMs(opts) + 4 * opts.blockMs + 10_000);
+  const load = new Load(port, `/block?ms=${opts.blockMs}&how=${opts.block}`, opts.clients, queueTimeoutMs(opts) + 4 * opts.blockMs + 10_000);
   load.start();
   prober.start();
   await sleep(opts.durationS * 1000);
@@ -671,7 +687,7 @@ http {
 // ---- report ----------------------------------------------------------------------------------------
 
 interface Result {
-  options: { clients: number; blockMs: number; durationS: number; instances: number; concurrency: number; queueMax: number; queueTimeoutMs: number };
+  options: { clients: number; blockMs: number; block: 'wait' | 'spin'; durationS: number; instances: number; concurrency: number; queueMax: number; queueTimeoutMs: number };
   node: string;
   cpus: number;
   /** 1-minute load average before the run and after it: the probes' latency depends on spare CPU. */
@@ -707,7 +723,7 @@ function report(r: Result): string {
   const o = r.options;
   const b = r.berth;
   const lines = [
-    `health under saturation: ${o.clients} clients x GET /block?ms=${o.blockMs} for ${o.durationS}s; app ${o.instances} instances x concurrency ${o.concurrency}; queue max ${o.queueMax}, timeout ${o.queueTimeoutMs}ms`,
+    `health under saturation: ${o.clients} clients x GET /block?ms=${o.blockMs}&how=${o.block} for ${o.durationS}s; app ${o.instances} instances x concurrency ${o.concurrency}; queue max ${o.queueMax}, timeout ${o.queueTimeoutMs}ms`,
     `node ${r.node}, ${r.cpus} cpus, load average ${r.loadAverage.before.toFixed(2)} before, ${r.loadAverage.after.toFixed(2)} after; probes every ${PROBE_INTERVAL_MS}ms, ${PROBE_TIMEOUT_MS}ms timeout, fresh connection each`,
     '',
     'berth',
@@ -764,6 +780,7 @@ async function run(opts: Options, dir: string): Promise<boolean> {
     options: {
       clients: opts.clients,
       blockMs: opts.blockMs,
+      block: opts.block,
       durationS: opts.durationS,
       instances: INSTANCES,
       concurrency: CONCURRENCY,

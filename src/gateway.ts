@@ -32,6 +32,12 @@ import { Metrics } from './lib/metrics.ts';
 export const VERSION = '0.1.0';
 
 /**
+ * At shutdown, how long a running deploy gets to end once its build or release command was told to
+ * stop (the command runner sends SIGKILL 5s after SIGTERM) and its generations were stopped.
+ */
+const DEPLOY_END_WAIT_MS = 10_000;
+
+/**
  * App keys that define its processes: a change to any of them reloads the app (zero downtime). Other
  * keys (hosts, routes, queue, rate limits, pages, timeouts, schedule...) apply with the routing table.
  */
@@ -834,6 +840,9 @@ export class Gateway implements DeployHost {
     // Boots end quickly once the deployer is stopping (their commands are killed); never wait forever.
     await Promise.race([Promise.allSettled(this.#boots), new Promise((r) => setTimeout(r, 10_000).unref())]);
     await this.#supervisor.stop().catch((err) => this.#log.error({ err: errorMessage(err) }, 'supervisor stop failed'));
+    // A deploy still running ends now (its command was killed, its generation stopped): it must record
+    // its end, and its audit row its outcome, before the store closes; and no command may outlive us.
+    await this.#deployer?.stop(DEPLOY_END_WAIT_MS);
     for (const rt of this.#apps.values()) {
       rt.active = null;
       if (rt.phase !== 'failed') rt.phase = 'stopped';

@@ -146,7 +146,8 @@ export class ApiRoutes {
     });
     this.add('POST', '/v1/stop', (_p, _u, _b, _req, res) => {
       // Answer first, then stop: the CLI gets its reply before the socket goes away.
-      res.once('finish', () => void this.#gateway.stop());
+      // 'close' fires whether or not the reply reached the client, so a stop is never lost.
+      res.once('close', () => void this.#gateway.stop());
       return { status: 202, body: { stopping: true, pid: process.pid } };
     }, { action: 'stop' });
     registerMetricsRoutes(this, gateway);
@@ -226,7 +227,11 @@ export class ApiRoutes {
       pathMatched = true;
       if (route.method !== method) continue;
       const params: Record<string, string> = {};
-      route.keys.forEach((k, i) => (params[k] = decodeURIComponent(m[i + 1])));
+      try {
+        route.keys.forEach((k, i) => (params[k] = decodeURIComponent(m[i + 1])));
+      } catch {
+        throw new BerthError('BERTH_E_BAD_REQUEST', `bad percent-encoding in ${url.pathname}`);
+      }
       await this.#authorize(route, params, url, body, ctx);
       if (!route.action) return route.handler(params, url, body, req, res, ctx);
       return this.#audited(route.action, route.handler, params, url, body, req, res, ctx);

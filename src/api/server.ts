@@ -92,6 +92,8 @@ export class ApiServer {
         server.once('error', reject);
         server.listen(path, () => {
           server.off('error', reject);
+          // Once bound, an accept error (EMFILE...) is logged; without a listener it would crash the gateway.
+          server.on('error', (err) => this.#log.error({ err: errorMessage(err) }, 'control socket error'));
           resolve();
         });
       });
@@ -126,6 +128,7 @@ export class ApiServer {
         server.once('error', reject);
         server.listen(address.port, address.host, () => {
           server.off('error', reject);
+          server.on('error', (err) => this.#log.error({ err: errorMessage(err) }, 'control listener error'));
           resolve();
         });
       });

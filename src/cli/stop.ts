@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises';
-import { CLIENT_OPTIONS, clientFor, parse } from './options.ts';
+import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 
-export const STOP_USAGE = 'berth stop [--socket PATH | --url URL | --config F]';
+export const STOP_USAGE = 'berth stop [--timeout SECONDS] [--socket PATH | --url URL | --config F]';
 
 /**
  * `berth stop`: asks the gateway to shut down gracefully and waits until it is gone (its control socket
@@ -9,16 +9,19 @@ export const STOP_USAGE = 'berth stop [--socket PATH | --url URL | --config F]';
  */
 export async function stop(args: string[]): Promise<number> {
   const { values } = parse(args, { ...CLIENT_OPTIONS, timeout: { type: 'string', default: '120' } });
+  const timeout = Number(values.timeout);
+  if (values.timeout.trim() === '' || !Number.isFinite(timeout) || timeout <= 0) throw new UsageError(`--timeout expects a positive number of seconds, got "${values.timeout}"`);
   const client = await clientFor(values);
   const { pid } = await client.call<{ pid: number }>('POST', '/v1/stop');
   if (!values.json) process.stdout.write(`stopping gateway (pid ${pid}): draining requests and stopping apps\n`);
-  const deadline = Date.now() + Number(values.timeout) * 1000;
+  const deadline = Date.now() + timeout * 1000;
   while (Date.now() < deadline) {
     let alive = true;
     try {
       process.kill(pid, 0);
-    } catch {
-      alive = false;
+    } catch (err) {
+      // EPERM: it runs as another user (a control.socket_group member may stop a gateway it does not own).
+      alive = (err as NodeJS.ErrnoException).code === 'EPERM';
     }
     // A remote gateway (--url) is gone when its control API stops answering; a local one by pid and socket.
     const gone = client.url ? await client.call('GET', '/v1/status').then(() => false, () => true) : !alive || !(await stat(client.socket).catch(() => null));

@@ -185,6 +185,8 @@ export class Deployer {
   #baseEnv: Record<string, string | undefined>;
   #running = new Map<string, Deploy>();
   #recent = new Map<string, Deploy>();
+  /** Every deploy's whole run, up to its last store write (which comes after `done` resolves). */
+  #work = new Set<Promise<void>>();
   #stopping = false;
 
   constructor(opts: DeployerOptions) {
@@ -230,17 +232,23 @@ export class Deployer {
     this.#running.set(app, deploy);
     this.#recent.set(deploy.id, deploy);
     if (this.#recent.size > RECENT_LIMIT) this.#recent.delete(this.#recent.keys().next().value!);
-    void this.#run(deploy, target).finally(() => this.#unlock(deploy));
+    const work: Promise<void> = this.#run(deploy, target).finally(() => {
+      this.#unlock(deploy);
+      this.#work.delete(work);
+    });
+    this.#work.add(work);
     return deploy;
   }
 
-  /** Waits for running deploys to end and refuses new ones (gateway shutdown). */
+  /**
+   * Refuses new deploys and waits, up to `deadlineMs`, for running ones to end and record their end
+   * (gateway shutdown). Can be called again to wait longer.
+   */
   async stop(deadlineMs: number): Promise<void> {
     this.#stopping = true;
     // A build or release command must not hold a shutdown up: it is killed, and the deploy fails.
     for (const d of this.#running.values()) d.abort.abort();
-    const all = [...this.#running.values()].map((d) => d.done);
-    await Promise.race([Promise.all(all), new Promise((r) => setTimeout(r, deadlineMs).unref())]);
+    await Promise.race([Promise.allSettled([...this.#work]), new Promise((r) => setTimeout(r, deadlineMs).unref())]);
   }
 
   /** On start: deploys a killed gateway left running are marked `interrupted`. */
@@ -370,8 +378,13 @@ export class Deployer {
       await this.#store.updateDeploy(deploy.id, { state: 'succeeded', finishedAt: deploy.finishedAt });
       log.info({ release: releaseId }, 'deploy succeeded');
     } catch (err) {
-      // The switch happened: the deploy is done for traffic, so what failed after it is recorded.
+      // The switch happened: the deploy is done for traffic, so what failed after it is recorded. The old
+      // generation still gets no new requests: drain and stop it anyway rather than leave it running.
       log.error({ err: errorMessage(err) }, 'deploy step after the switch failed');
+      if (old && old.state !== 'stopping' && old.state !== 'stopped') {
+        await this.#drain(old, app.timeouts.drainMs);
+        await this.#supervisor.stopGeneration(old).catch((e) => log.error({ err: errorMessage(e) }, 'cannot stop the old generation'));
+      }
       await this.#fail(deploy, err, log);
     }
   }

@@ -61,6 +61,8 @@ const STATUS_BY_CODE: Record<string, number> = {
   [ErrorCodes.unauthorized]: 401,
   [ErrorCodes.forbidden]: 403,
   [ErrorCodes.unprocessable]: 422,
+  // The gateway is shutting down or a dependency is not there: try again (not a server bug).
+  [ErrorCodes.unavailable]: 503,
 };
 
 /** The control API's single mapping from error to HTTP status. Unknown errors are 500. */

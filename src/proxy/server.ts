@@ -640,14 +640,14 @@ export class Proxy {
     const server = createServer(SERVER_OPTIONS, this.#onRequest);
     server.on('upgrade', this.#onUpgrade);
     try {
-      await listen(server, address);
+      await listen(server, address, this.#log);
     } catch (err) {
       // A unix socket file left by a process that died is in the way but dead: nobody accepts on it.
       // Anything else at that path (a live socket, a regular file) is left alone and reported.
       if (address.kind === 'unix' && (err as NodeJS.ErrnoException).code === 'EADDRINUSE' && (await isDeadSocket(address.path))) {
         await unlink(address.path).catch(() => {});
         try {
-          await listen(server, address);
+          await listen(server, address, this.#log);
           return server;
         } catch (again) {
           err = again;
@@ -666,12 +666,15 @@ export class Proxy {
   }
 }
 
-function listen(server: ProxyServer, address: ListenAddress): Promise<void> {
+function listen(server: ProxyServer, address: ListenAddress, log: Logger): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once('error', onError);
     const done = () => {
       server.off('error', onError);
+      // Once bound, an accept error (EMFILE...) must not crash the gateway: it is reported, and Node
+      // keeps accepting when it can.
+      server.on('error', (err: Error) => log.error({ listen: address.text, err: err.message }, 'listener error'));
       resolve();
     };
     if (address.kind === 'unix') server.listen(address.path, done);

@@ -10,7 +10,9 @@ import { mkdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import { DEPLOY_STEPS } from '../../src/deploy/deployer.ts';
 import type { Gateway } from '../../src/gateway.ts';
-import { FIXTURE_WEB_COMMAND, fixtureApp, http, runCli, startGateway, tempDir, waitFor, writeConfig, type LogSink } from '../helpers/gateway.ts';
+import { FIXTURE_WEB_COMMAND, fixtureApp, http, LogSink, runCli, startGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
+import { openStore } from '../../src/store/open-store.ts';
+import { LoggerFactory } from '../../src/lib/logger.ts';
 import { LoadRunner } from './load-runner.ts';
 import { gatedBoot } from './gated-boot.ts';
 
@@ -353,6 +355,12 @@ test('bad requests to the deploy endpoints are refused with a clear error', asyn
   assert.equal(res.status, 400);
   res = await call('/v1/deploys/d20200101000000-000000', '', 'GET');
   assert.equal(res.status, 404);
+  // A malformed escape in a path parameter is the caller's mistake, not an internal error.
+  res = await call('/v1/apps/%E0%A4/deploys', '{}');
+  assert.equal(res.status, 400, res.body);
+  assert.equal(res.json().error.code, 'BERTH_E_BAD_REQUEST');
+  res = await call('/v1/deploys/%ZZ', '', 'GET');
+  assert.equal(res.status, 400, res.body);
   const usage = await runCli(['deploy', '--socket', s.socket]);
   assert.equal(usage.code, 2);
   assert.match(usage.stderr, /usage: berth deploy <app> \[source\]/);
@@ -414,4 +422,27 @@ test('progress: plain step lines with durations when not a TTY, NDJSON with --js
   const listed = (await http({ socketPath: s.socket }, { path: '/v1/apps/shop/deploys' })).json().deploys;
   // Newest first: the reload, the deploy, and the first start's deploy.
   assert.deepEqual(listed.map((d: any) => d.kind), ['reload', 'deploy', 'deploy']);
+});
+
+test('a gateway stop during a release command that ignores SIGTERM waits for it to be killed; the deploy and its audit row record the end', async (t) => {
+  const s = await setup(t, { release: `if [ -f HANG_RELEASE ]; then trap '' TERM; echo $$ > release.pid; sleep 60; fi; ${RELEASE}` });
+  const res = await http({ socketPath: s.socket }, { path: '/v1/apps/shop/deploys', method: 'POST', body: JSON.stringify({ source: await s.source('v2', { HANG_RELEASE: '' }) }), headers: { 'content-type': 'application/json' } });
+  assert.equal(res.status, 202, res.body);
+  const id: string = res.json().id;
+  const d = s.gateway.deployer.running('shop')!;
+  const pid = Number(await waitFor(async () => d.releaseId && (await readFile(join(s.stateDir, 'apps/shop/releases', d.releaseId, 'release.pid'), 'utf8').catch(() => '')).trim(), { message: 'the release command running' }));
+  await s.gateway.stop();
+  assert.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, 'the release command does not outlive the gateway');
+  assert.equal(d.state, 'failed');
+  assert.equal(d.failedStep, 'release');
+  const store = await openStore(s.gateway.config, new LoggerFactory({}, new LogSink()).get('store'));
+  try {
+    assert.equal((await store.getDeploy(id))!.state, 'failed');
+    const rows = (await store.listAudit({ app: 'shop' })).filter((r) => r.action === 'deploy' && r.channel === 'socket');
+    assert.equal(rows.length, 1);
+    assert.equal(rows[0].outcome, 'failed');
+    assert.notEqual(rows[0].finishedAt, null);
+  } finally {
+    await store.close();
+  }
 });

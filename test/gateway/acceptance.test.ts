@@ -5,8 +5,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
-import { ROOT, FIXTURE_WEB_COMMAND, fixtureApp, http, runCli, spawnGateway, startGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
+import { spawn, spawnSync } from 'node:child_process';
+import { createServer } from 'node:http';
+import { chmod } from 'node:fs/promises';
+import { ROOT, MAIN, FIXTURE_WEB_COMMAND, fixtureApp, http, runCli, spawnGateway, startGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
 
 const hasPython = spawnSync('python3', ['--version']).status === 0;
 
@@ -199,6 +201,43 @@ test('SIGTERM to berth start drains and exits 0 with no app process left', async
   assert.equal((await slow).status, 200);
   assert.equal((await gw.exited).code, 0);
   for (const pid of pids) assert.equal(processGroupAlive(pid), false);
+});
+
+test('berth stop refuses a bad --timeout with exit 2 before it asks anything', async (t) => {
+  const dir = await tempDir(t);
+  for (const timeout of ['abc', '0', '-5', '']) {
+    const res = await runCli(['stop', `--timeout=${timeout}`, '--socket', join(dir, 'control.sock')]);
+    assert.equal(res.code, 2, `--timeout ${JSON.stringify(timeout)}: ${res.stderr}`);
+    assert.match(res.stderr, /--timeout expects a positive number of seconds/);
+  }
+});
+
+test('berth stop run by another user than the gateway (a socket_group member) waits until the gateway is gone', { skip: process.getuid?.() === 0 ? false : 'needs root to run the CLI as another user' }, async (t) => {
+  const dir = await tempDir(t);
+  await chmod(dir, 0o755);
+  const socket = join(dir, 'control.sock');
+  // Stands in for a gateway of this (root) process: it takes the stop, and goes away 1.5s later.
+  let goneAt = 0;
+  const server = createServer((_req, res) => {
+    res.writeHead(202, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ stopping: true, pid: process.pid }));
+    setTimeout(() => {
+      goneAt = Date.now();
+      server.close();
+      server.closeAllConnections();
+    }, 1500).unref();
+  });
+  await new Promise<void>((r) => server.listen(socket, () => r()));
+  t.after(() => server.close());
+  await chmod(socket, 0o666);
+  const cli = spawn(process.execPath, [MAIN, 'stop', '--socket', socket], { uid: 65534, gid: 65534, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  cli.stdout.on('data', (c: Buffer) => (out += c));
+  cli.stderr.on('data', (c: Buffer) => (out += c));
+  const code = await new Promise<number | null>((r) => cli.once('exit', r));
+  assert.equal(code, 0, out);
+  assert.match(out, /gateway stopped/);
+  assert.ok(goneAt > 0, `berth stop returned while the gateway still ran: ${out}`);
 });
 
 test('status and routes show apps and instances; client verbs fail clearly without a gateway', async (t) => {
