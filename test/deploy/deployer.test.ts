@@ -446,3 +446,22 @@ test('a gateway stop during a release command that ignores SIGTERM waits for it 
     await store.close();
   }
 });
+
+test('a step that fails after the switch is recorded, the new release keeps serving, and the old generation is still stopped', async (t) => {
+  const s = await setup(t);
+  const oldPids = pids(s.gateway);
+  // `current` replaced by a real directory with a file in it: the rename() of the current step fails.
+  const current = join(s.stateDir, 'apps/shop/current');
+  await rm(current);
+  await mkdir(current);
+  await writeFile(join(current, 'keep'), 'x');
+  const v2 = await s.source('v2', { VERSION: '2\n' });
+  const d = await run(s.gateway, 'shop', { kind: 'deploy', source: v2 });
+  assert.equal(d.state, 'failed');
+  assert.equal(d.failedStep, 'current');
+  // Traffic already moved: the new release serves, and the old generation did not stay behind.
+  const res = await http({ port: s.port }, { path: '/' });
+  assert.equal(res.json().release, d.releaseId);
+  assert.equal(s.gateway.appStatus('shop')!.generations.length, 1);
+  for (const pid of oldPids) await waitFor(() => { try { process.kill(pid, 0); return false; } catch { return true; } }, { message: `old pid ${pid} gone` });
+});
