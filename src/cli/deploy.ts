@@ -60,6 +60,7 @@ export async function reload(args: string[]): Promise<number> {
 async function follow(client: ControlClient, id: string, title: string, json: boolean): Promise<number> {
   const out = (s: string) => process.stdout.write(s + '\n');
   if (!json) out(`${title} (${id})`);
+  const progress = new Progress(out);
   const started = Date.now();
   let end: DeployRecord | null = null;
   let failedEvent: DeployEvent | null = null;
@@ -79,13 +80,20 @@ async function follow(client: ControlClient, id: string, title: string, json: bo
           const line = buf.slice(0, i);
           buf = buf.slice(i + 1);
           if (!line) continue;
-          const msg = JSON.parse(line);
+          let msg;
+          try {
+            msg = JSON.parse(line);
+          } catch {
+            req.destroy();
+            reject(new BerthError('BERTH_E_INTERNAL', `following deploy ${id}: the gateway sent a line that is not JSON (the deploy goes on; see berth status)`));
+            return;
+          }
           if (json) out(line);
           if (msg.type === 'end') end = msg.deploy;
           else if (msg.type === 'event') {
             const e = msg as DeployEvent;
             if (e.status === 'failed') failedEvent = e;
-            if (!json) printEvent(e, out);
+            if (!json) progress.event(e);
           }
         }
       });
@@ -94,7 +102,7 @@ async function follow(client: ControlClient, id: string, title: string, json: bo
     });
     req.on('error', (err) => reject(new BerthError('BERTH_E_UNAVAILABLE', `lost the gateway while following ${id}: ${err.message} (the deploy goes on; see berth status)`)));
     req.end();
-  });
+  }).finally(() => progress.stop());
   const result = end as DeployRecord | null;
   if (!result) {
     process.stderr.write(`berth: the stream of ${id} ended early; the deploy goes on in the gateway (see berth status)\n`);
@@ -111,20 +119,60 @@ async function follow(client: ControlClient, id: string, title: string, json: bo
     const error = lines.length ? firstLine(result.error ?? 'unknown error') : (result.error ?? 'unknown error');
     process.stderr.write(`failed at step ${result.failedStep ?? fe?.step ?? '?'}: ${error}\n`);
     if (lines.length) process.stderr.write(`last ${lines.length} log lines:\n${lines.map((l) => `  | ${l}`).join('\n')}\n`);
-    if (result.previousRelease) process.stderr.write(`${result.app} still serves release ${result.previousRelease}\n`);
+    // A step after the switch failing leaves the new release serving; one before it, the old.
+    const afterSwitch = result.failedStep !== null && POST_SWITCH_STEPS.has(result.failedStep);
+    if (afterSwitch) process.stderr.write(`${result.app} serves release ${result.releaseId}: the switch had happened\n`);
+    else if (result.previousRelease) process.stderr.write(`${result.app} still serves release ${result.previousRelease}\n`);
   }
   return 1;
 }
 
-function printEvent(e: DeployEvent, out: (s: string) => void): void {
-  const step = e.step.padEnd(13);
-  if (e.status === 'started') {
-    if (SLOW_STEPS.has(e.step)) out(`  ${step}...`);
-    return;
+/** Steps that run once traffic has moved to the new release. */
+const POST_SWITCH_STEPS = new Set(['current', 'drain', 'stop_old', 'flush', 'prune', 'record']);
+const SPINNER = ['|', '/', '-', '\\'];
+
+/**
+ * Prints deploy steps: one line per finished step with its duration. A slow step that is running shows
+ * a spinner with its elapsed time on a terminal, and a plain `...` line otherwise (logs, CI).
+ */
+class Progress {
+  #out: (s: string) => void;
+  #tty = process.stdout.isTTY === true;
+  #timer: NodeJS.Timeout | null = null;
+
+  constructor(out: (s: string) => void) {
+    this.#out = out;
   }
-  const mark = e.status === 'succeeded' ? 'ok' : e.status === 'skipped' ? 'skip' : 'FAIL';
-  const dur = e.durationMs === null ? '' : humanDuration(e.durationMs);
-  out(`  ${step}${mark.padEnd(5)} ${dur.padStart(7)}  ${firstLine(e.message ?? '')}`.trimEnd());
+
+  event(e: DeployEvent): void {
+    const step = e.step.padEnd(13);
+    if (e.status === 'started') {
+      if (!SLOW_STEPS.has(e.step)) return;
+      if (!this.#tty) {
+        this.#out(`  ${step}...`);
+        return;
+      }
+      this.stop();
+      const since = Date.now();
+      let frame = 0;
+      const draw = () => process.stdout.write(`\r\x1b[2K  ${step}${SPINNER[frame++ % SPINNER.length]} ${humanDuration(Date.now() - since)}`);
+      draw();
+      this.#timer = setInterval(draw, 100);
+      return;
+    }
+    this.stop();
+    const mark = e.status === 'succeeded' ? 'ok' : e.status === 'skipped' ? 'skip' : 'FAIL';
+    const dur = e.durationMs === null ? '' : humanDuration(e.durationMs);
+    this.#out(`  ${step}${mark.padEnd(5)} ${dur.padStart(7)}  ${firstLine(e.message ?? '')}`.trimEnd());
+  }
+
+  /** Clears a running spinner's line. */
+  stop(): void {
+    if (!this.#timer) return;
+    clearInterval(this.#timer);
+    this.#timer = null;
+    process.stdout.write('\r\x1b[2K');
+  }
 }
 
 function firstLine(text: string): string {

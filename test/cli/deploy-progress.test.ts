@@ -1,0 +1,33 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync, spawn } from 'node:child_process';
+import { FIXTURE_WEB_COMMAND, MAIN, fixtureApp, http, spawnGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
+
+const hasScript = spawnSync('script', ['--version']).status === 0;
+
+test('berth deploy on a terminal shows a spinner with the elapsed time of a running step', { skip: hasScript ? false : 'script(1) is not installed' }, async (t) => {
+  const dir = await tempDir(t);
+  const src = await fixtureApp(dir);
+  const file = await writeConfig(dir, {
+    state_dir: 'state',
+    listen: ['127.0.0.1:0'],
+    log_levels: { root: 'warn' },
+    apps: { shop: { source: src, build: 'sleep 0.5', processes: { web: { command: FIXTURE_WEB_COMMAND } } } },
+  });
+  const gw = await spawnGateway(t, file);
+  await waitFor(async () => (await http({ port: gw.port }, { path: '/_berth/ready' })).status === 200, { message: 'ready' });
+  // script(1) gives the CLI a pseudo-terminal, as a person's shell would.
+  const command = `"${process.execPath}" "${MAIN}" deploy shop --socket "${gw.socket}"`;
+  const out = await new Promise<string>((resolve) => {
+    const p = spawn('script', ['-qec', command, '/dev/null'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let text = '';
+    p.stdout.on('data', (c: Buffer) => (text += c));
+    p.on('exit', (code) => {
+      assert.equal(code, 0, text);
+      resolve(text);
+    });
+  });
+  assert.match(out, /\r\x1b\[2K {2}build {8}[|/\\-] \d+ms/, 'a spinner line for the running build');
+  assert.match(out, / {2}build {8}ok +\d/, 'the finished build line');
+  assert.match(out, /done: shop serves release \d{14}-[0-9a-f]{6}/);
+});
