@@ -366,7 +366,7 @@ export class Deployer {
         await this.#skip(deploy, 'drain', 'no previous generation');
         await this.#skip(deploy, 'stop_old', 'no previous generation');
       }
-      await this.#step(deploy, 'flush', async () => ({ value: undefined, status: 'skipped', message: app.cacheFlush ? 'cache flush runs separately' : 'no cache_flush config' }));
+      await this.#step(deploy, 'flush', async () => ({ value: undefined, status: 'skipped', message: app.cacheFlush ? 'cache_flush is configured, but this build has no flush providers yet: nothing was purged' : 'no cache_flush config' }));
       await this.#step(deploy, 'prune', async () => {
         const previous = old && old.releaseId !== releaseId ? old.releaseId : await this.#previousGood(app.name, releaseId);
         const pruned = await target.releases.prune(releaseId, previous);
