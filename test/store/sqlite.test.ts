@@ -11,24 +11,7 @@ import { storeContract } from './store-contract.ts';
 import { auditContract } from './audit-contract.ts';
 import { taskContract } from './task-contract.ts';
 
-storeContract('sqlite', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'berth-store-'));
-  // A parent that does not exist yet: open() creates it.
-  const store = new SqliteStore({ path: join(dir, 'state', 'berth.db'), migrations: 'upgrade', resetState: false, logger: silentLogger() });
-  try {
-    await store.open();
-  } catch (err) {
-    await rm(dir, { recursive: true, force: true });
-    throw err;
-  }
-  return {
-    store,
-    async cleanup() {
-      await store.close();
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
-});
+/** A SQLite store in a fresh temp dir, for the shared contract suites. */
 const makeSqlite = async () => {
   const dir = await mkdtemp(join(tmpdir(), 'berth-store-'));
   // A parent that does not exist yet: open() creates it.
@@ -47,9 +30,9 @@ const makeSqlite = async () => {
     },
   };
 };
+storeContract('sqlite', makeSqlite);
 auditContract('sqlite', makeSqlite);
 taskContract('sqlite', makeSqlite);
-
 
 async function tempDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'berth-store-'));
