@@ -21,6 +21,7 @@ import type { Admission, AdmissionRejection, Waiter } from './admission.ts';
 import type { AppEntry } from './router.ts';
 import type { ErrorPages, ErrorReason } from './error-pages.ts';
 import type { UpstreamClients } from './upstream-clients.ts';
+import { instanceName, upstreamRequestHeaders } from './request-headers.ts';
 import { accessLog, elapsedMs, requestChannel } from './access-log.ts';
 
 /** State shared by every Forward of one proxy; one object, updated in place by `setConfig`/`stop`. */
@@ -42,27 +43,6 @@ export class ProxyResponse extends ServerResponse {
 
 /** new -> queued? -> upstream -> responding -> done. Not logged per transition: this is the hot path. */
 export type ForwardPhase = 'new' | 'queued' | 'upstream' | 'responding' | 'done';
-
-/** Request headers never passed on: hop-by-hop ones, and those the proxy sets itself. */
-const DROP_REQUEST = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  // Node has already answered `Expect: 100-continue` by reading the body; undici refuses the header.
-  'expect',
-  'x-forwarded-for',
-  'x-forwarded-proto',
-  'x-forwarded-host',
-  'x-request-id',
-  'x-request-start',
-  'x-berth-release',
-  // Set by the proxy in read-only mode; a client must not be able to claim it.
-  'x-berth-mode',
-]);
 
 const HOP_BY_HOP_RESPONSE = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade'];
 
@@ -369,44 +349,18 @@ export class Forward implements Waiter {
     });
   }
 
-  /**
-   * The request headers for the instance: the client's, minus hop-by-hop ones (and what `Connection`
-   * names), plus the forwarding headers. A flat [name, value, ...] list, as undici takes it.
-   */
+  /** The request headers for the instance (see request-headers.ts). */
   #buildHeaders(): string[] {
-    const raw = this.req.rawHeaders;
-    const out: string[] = [];
-    let connection: string | null = null;
-    let forwardedFor: string | null = null;
-    let forwardedProto: string | null = null;
-    for (let i = 0; i < raw.length; i += 2) {
-      const name = raw[i];
-      const lower = name.toLowerCase();
-      if (DROP_REQUEST.has(lower)) {
-        if (lower === 'connection') connection = connection === null ? raw[i + 1] : `${connection},${raw[i + 1]}`;
-        else if (lower === 'x-forwarded-for') forwardedFor = forwardedFor === null ? raw[i + 1] : `${forwardedFor}, ${raw[i + 1]}`;
-        else if (lower === 'x-forwarded-proto' && forwardedProto === null) forwardedProto = raw[i + 1];
-        continue;
-      }
-      out.push(name, raw[i + 1]);
-    }
-    if (connection !== null) dropConnectionTokens(out, connection);
-    out.push(
-      'x-forwarded-for',
-      forwardedFor === null ? this.socketAddress : `${forwardedFor}, ${this.socketAddress}`,
-      'x-forwarded-proto',
-      this.#shared.trustedProxyCount > 0 && forwardedProto !== null ? forwardedProto : 'http',
-      'x-request-id',
+    return upstreamRequestHeaders(
+      this.req.rawHeaders,
+      this.socketAddress,
+      this.#shared.trustedProxyCount,
       this.requestId,
-      'x-request-start',
-      `t=${this.arrivedAt}`,
-      'x-berth-release',
+      this.arrivedAt,
       this.generation.releaseId,
+      this.host,
+      this.app.mode.mode === 'read-only',
     );
-    if (this.host !== '') out.push('x-forwarded-host', this.host);
-    // The mode as of arrival (the table entry this request pinned), so the app can hide its write buttons.
-    if (this.app.mode.mode === 'read-only') out.push('x-berth-mode', 'read-only');
-    return out;
   }
 }
 
@@ -417,27 +371,6 @@ function onClientClose(this: ProxyResponse): void {
 
 function onClientDrain(this: ProxyResponse): void {
   this.forward?.clientDrained();
-}
-
-function instanceName(up: Upstream | null): string | null {
-  return up === null ? null : `${up.process}.${up.index}`;
-}
-
-/** Removes from a flat header list the headers a `Connection` header names (they are hop-by-hop too). */
-function dropConnectionTokens(out: string[], connection: string): void {
-  const names = new Set<string>();
-  for (const token of connection.split(',')) {
-    const t = token.trim().toLowerCase();
-    if (t !== '' && t !== 'close' && t !== 'keep-alive') names.add(t);
-  }
-  if (names.size === 0) return;
-  let w = 0;
-  for (let r = 0; r < out.length; r += 2) {
-    if (names.has(out[r].toLowerCase())) continue;
-    out[w++] = out[r];
-    out[w++] = out[r + 1];
-  }
-  out.length = w;
 }
 
 /** Strips hop-by-hop headers (and those `Connection` names) from a parsed response header object. */

@@ -24,6 +24,7 @@ import type { Admission, AdmissionRejection, Waiter } from './admission.ts';
 import type { ErrorReason } from './error-pages.ts';
 import type { ForwardShared } from './forward.ts';
 import type { AppEntry } from './router.ts';
+import { instanceName, upstreamRequestHeaders } from './request-headers.ts';
 import { accessLog, elapsedMs, requestChannel } from './access-log.ts';
 
 /**
@@ -41,24 +42,6 @@ const MAX_RESPONSE_HEAD = 64 * 1024;
 /** Retry-After (seconds) for a full queue, as for requests. */
 const QUEUE_FULL_RETRY_AFTER_S = 1;
 const CRLF2 = Buffer.from('\r\n\r\n');
-
-/** Request headers not passed on: hop-by-hop ones (Upgrade and Connection are set again) and those the proxy sets. */
-const DROP_REQUEST = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'x-forwarded-for',
-  'x-forwarded-proto',
-  'x-forwarded-host',
-  'x-request-id',
-  'x-request-start',
-  'x-berth-release',
-  'x-berth-mode',
-]);
 
 /** Connection errors after which an upgrade that got no answer yet is tried once on another instance. */
 const RETRY_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ECONNABORTED', 'ENOENT']);
@@ -513,43 +496,21 @@ export class Tunnel implements Waiter {
     this.#up?.destroy();
   };
 
-  /** The upgrade request for the instance: the client's headers minus hop-by-hop ones, plus forwarding headers. */
+  /** The upgrade request for the instance: the shared request headers (request-headers.ts), then Upgrade. */
   #buildRequestHead(): Buffer {
-    const raw = this.req.rawHeaders;
+    const headers = upstreamRequestHeaders(
+      this.req.rawHeaders,
+      this.#socketAddress,
+      this.#shared.trustedProxyCount,
+      this.requestId,
+      this.#arrivedAt,
+      this.generation.releaseId,
+      this.host,
+      this.app.mode.mode === 'read-only',
+    );
     let head = `${this.req.method ?? 'GET'} ${this.path} HTTP/1.1\r\n`;
-    let connection = '';
-    let upgrade = 'websocket';
-    let forwardedFor: string | null = null;
-    let forwardedProto: string | null = null;
-    const kept: string[] = [];
-    for (let i = 0; i < raw.length; i += 2) {
-      const name = raw[i];
-      const lower = name.toLowerCase();
-      if (DROP_REQUEST.has(lower)) {
-        if (lower === 'connection') connection += `,${raw[i + 1]}`;
-        else if (lower === 'upgrade') upgrade = raw[i + 1];
-        else if (lower === 'x-forwarded-for') forwardedFor = forwardedFor === null ? raw[i + 1] : `${forwardedFor}, ${raw[i + 1]}`;
-        else if (lower === 'x-forwarded-proto' && forwardedProto === null) forwardedProto = raw[i + 1];
-        continue;
-      }
-      kept.push(lower, name, raw[i + 1]);
-    }
-    // Headers that `Connection` names are hop-by-hop too (except Upgrade, which is what we pass on).
-    const named = new Set<string>();
-    for (const token of connection.split(',')) {
-      const t = token.trim().toLowerCase();
-      if (t !== '' && t !== 'upgrade' && t !== 'close' && t !== 'keep-alive') named.add(t);
-    }
-    for (let i = 0; i < kept.length; i += 3) if (!named.has(kept[i])) head += `${kept[i + 1]}: ${kept[i + 2]}\r\n`;
-    head +=
-      `connection: Upgrade\r\nupgrade: ${upgrade}\r\n` +
-      `x-forwarded-for: ${forwardedFor === null ? this.#socketAddress : `${forwardedFor}, ${this.#socketAddress}`}\r\n` +
-      `x-forwarded-proto: ${this.#shared.trustedProxyCount > 0 && forwardedProto !== null ? forwardedProto : 'http'}\r\n` +
-      `x-request-id: ${this.requestId}\r\n` +
-      `x-request-start: t=${this.#arrivedAt}\r\n` +
-      `x-berth-release: ${this.generation.releaseId}\r\n`;
-    if (this.host !== '') head += `x-forwarded-host: ${this.host}\r\n`;
-    if (this.app.mode.mode === 'read-only') head += 'x-berth-mode: read-only\r\n';
+    for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+    head += `connection: Upgrade\r\nupgrade: ${this.req.headers.upgrade ?? 'websocket'}\r\n`;
     return Buffer.from(head + '\r\n', 'latin1');
   }
 
@@ -564,9 +525,6 @@ export class Tunnel implements Waiter {
 
 const READ_ONLY_HEADER = Buffer.from('x-berth-mode: read-only\r\n', 'latin1');
 
-function instanceName(up: Upstream | null): string | null {
-  return up === null ? null : `${up.process}.${up.index}`;
-}
 
 /**
  * Follows WebSocket frame boundaries in a byte stream (RFC 6455 § 5.2): it reads each frame's header
