@@ -457,9 +457,7 @@ export class SqliteStore implements Store {
   async listDeploys(filter: { app?: string; state?: DeployState; limit?: number } = {}): Promise<DeployRecord[]> {
     const { app, state, limit = DEFAULT_DEPLOY_LIST_LIMIT } = filter;
     if (state !== undefined) assertDeployState(state);
-    if (!(Number.isSafeInteger(limit) && limit >= 1)) {
-      throw new BerthError(ErrorCodes.badRequest, `limit must be a whole number of at least 1, got ${limit}`);
-    }
+    checkLimit(limit);
     const q = this.#statements();
     try {
       let rows: Row[];
@@ -603,18 +601,11 @@ export class SqliteStore implements Store {
   }
 
   async listAudit(filter: AuditFilter = {}): Promise<AuditRecord[]> {
-    const limit = filter.limit ?? 100;
-    if (!Number.isSafeInteger(limit) || limit < 1) throw new BerthError(ErrorCodes.badRequest, `limit must be a whole number of at least 1, got ${limit}`);
-    const where: string[] = [];
-    const args: (string | number)[] = [];
-    if (filter.app !== undefined) {
-      where.push('app = ?');
-      args.push(filter.app);
-    }
-    if (filter.user !== undefined) {
-      where.push('user_name = ?');
-      args.push(filter.user);
-    }
+    const limit = checkLimit(filter.limit ?? 100);
+    const { where, args } = equalities([
+      ['app', filter.app],
+      ['user_name', filter.user],
+    ]);
     if (filter.since !== undefined) {
       where.push('occurred_at >= ?');
       args.push(filter.since);
@@ -706,23 +697,13 @@ export class SqliteStore implements Store {
   }
 
   async listTaskRuns(filter: TaskRunFilter = {}): Promise<TaskRunRecord[]> {
-    const limit = filter.limit ?? 100;
-    if (!Number.isSafeInteger(limit) || limit < 1) throw new BerthError(ErrorCodes.badRequest, `limit must be a whole number of at least 1, got ${limit}`);
-    const where: string[] = [];
-    const args: (string | number)[] = [];
-    if (filter.app !== undefined) {
-      where.push('app = ?');
-      args.push(filter.app);
-    }
-    if (filter.task !== undefined) {
-      where.push('task = ?');
-      args.push(filter.task);
-    }
-    if (filter.trigger !== undefined) {
-      if (!TASK_TRIGGERS.has(filter.trigger)) throw new BerthError(ErrorCodes.badRequest, `unknown task trigger "${filter.trigger}"`);
-      where.push('triggered_by = ?');
-      args.push(filter.trigger);
-    }
+    const limit = checkLimit(filter.limit ?? 100);
+    if (filter.trigger !== undefined && !TASK_TRIGGERS.has(filter.trigger)) throw new BerthError(ErrorCodes.badRequest, `unknown task trigger "${filter.trigger}"`);
+    const { where, args } = equalities([
+      ['app', filter.app],
+      ['task', filter.task],
+      ['triggered_by', filter.trigger],
+    ]);
     if (filter.states !== undefined) {
       if (filter.states.length === 0) return [];
       for (const s of filter.states) assertTaskRunState(s);
@@ -810,6 +791,24 @@ function toTaskRun(row: Row): TaskRunRecord {
     output: String(row.output ?? ''),
     error: textOrNull(row.error),
   };
+}
+
+/** A list query's row limit: a whole number of at least 1, else BERTH_E_BAD_REQUEST. */
+function checkLimit(limit: number): number {
+  if (!(Number.isSafeInteger(limit) && limit >= 1)) throw new BerthError(ErrorCodes.badRequest, `limit must be a whole number of at least 1, got ${limit}`);
+  return limit;
+}
+
+/** `column = ?` conditions for the filters that are set, with their values, for a list query's WHERE. */
+function equalities(pairs: [column: string, value: string | undefined][]): { where: string[]; args: (string | number)[] } {
+  const where: string[] = [];
+  const args: (string | number)[] = [];
+  for (const [column, value] of pairs) {
+    if (value === undefined) continue;
+    where.push(`${column} = ?`);
+    args.push(value);
+  }
+  return { where, args };
 }
 
 const AUDIT_OUTCOMES = new Set<string>(['pending', 'ok', 'failed', 'refused']);
