@@ -212,7 +212,14 @@ test('berth stop refuses a bad --timeout with exit 2 before it asks anything', a
   }
 });
 
-test('berth stop run by another user than the gateway (a socket_group member) waits until the gateway is gone', { skip: process.getuid?.() === 0 ? false : 'needs root to run the CLI as another user' }, async (t) => {
+/** Why the CLI cannot run as another user here (not root, or the checkout is private to root), or false. */
+function otherUserSkip(): string | false {
+  if (process.getuid?.() !== 0) return 'needs root to run the CLI as another user';
+  const probe = spawnSync(process.execPath, [MAIN, '--version'], { uid: 65534, gid: 65534 });
+  return probe.status === 0 ? false : `uid 65534 cannot run the CLI from this checkout (${probe.error?.message ?? `exit ${probe.status}`})`;
+}
+
+test('berth stop run by another user than the gateway (a socket_group member) waits until the gateway is gone', { skip: otherUserSkip() }, async (t) => {
   const dir = await tempDir(t);
   await chmod(dir, 0o755);
   const socket = join(dir, 'control.sock');
