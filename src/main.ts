@@ -50,7 +50,7 @@ function usage(): string {
     'usage:',
     ...Object.values(VERBS).flatMap((v) => [`  ${v.usage}`, `      ${v.summary}`]),
     '',
-    'The config file is --config F, else $BERTH_CONFIG, else configs/<N>.yaml for --config-name N, else ./berth.yaml.',
+    'The config file is --config F, else $BERTH_CONFIG, else configs/<N>.yaml for --config-name N (or $BERTH_CONFIG_NAME), else ./berth.yaml.',
     'Client verbs reach the gateway on its control socket: --socket PATH, else $BERTH_CONTROL_SOCKET, else the config\'s.',
     'A remote gateway: --url http://host:port (its control.listen) with the token in $BERTH_TOKEN.',
   ].join('\n');

@@ -6,7 +6,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { LineCounter, parseDocument } from 'yaml';
+import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
 import { ConfigError, errorMessage, type ConfigProblem } from '../lib/errors.ts';
 import type { BerthConfig } from './schema.ts';
 import { checkConfig, isMapping, put, toProblem, TOP_LEVEL_KEYS, type ConfigIssue, type KeyPath } from './validate.ts';
@@ -14,7 +14,7 @@ import { checkConfig, isMapping, put, toProblem, TOP_LEVEL_KEYS, type ConfigIssu
 export interface LoadOptions {
   /** --config */
   configPath?: string;
-  /** --config-name NAME -> <cwd>/configs/NAME.yaml */
+  /** --config-name NAME -> <cwd>/configs/NAME.yaml (else environ.BERTH_CONFIG_NAME) */
   configName?: string;
   /** --env NAME (else environ.BERTH_ENV) */
   env?: string;
@@ -32,15 +32,27 @@ interface Override {
   created: KeyPath | null;
 }
 
-/** Which file: --config, then BERTH_CONFIG, then --config-name, then ./berth.yaml. Absolute path. */
+/**
+ * Which file: --config, then BERTH_CONFIG, then --config-name (or its env form BERTH_CONFIG_NAME), then
+ * ./berth.yaml. Absolute path.
+ */
 export function resolveConfigPath(opts: LoadOptions): string {
   const cwd = opts.cwd ?? process.cwd();
   const environ = opts.environ ?? process.env;
   if (opts.configPath) return resolve(cwd, opts.configPath);
   if (environ.BERTH_CONFIG) return resolve(cwd, environ.BERTH_CONFIG);
-  if (opts.configName) return resolve(cwd, 'configs', `${opts.configName}.yaml`);
+  const name = opts.configName || environ.BERTH_CONFIG_NAME;
+  if (name) {
+    if (!CONFIG_NAME_RE.test(name)) {
+      throw new ConfigError([{ path: '', message: `config name ${JSON.stringify(name)}: expected letters, digits, ".", "_" or "-" (it names configs/<name>.yaml)` }]);
+    }
+    return resolve(cwd, 'configs', `${name}.yaml`);
+  }
   return resolve(cwd, 'berth.yaml');
 }
+
+/** A --config-name / BERTH_CONFIG_NAME: a file name under configs/, never a path out of it. */
+const CONFIG_NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
 
 /** Reads, merges, validates. Throws ConfigError (src/lib/errors.ts) listing EVERY problem as {path, message}. */
 export async function loadConfig(opts: LoadOptions): Promise<BerthConfig> {
@@ -96,6 +108,7 @@ async function readYaml(file: string): Promise<Record<string, unknown>> {
     });
     throw new ConfigError(problems, { cause: doc.errors[0] });
   }
+  keepEnvText(doc);
   let value: unknown;
   try {
     value = doc.toJS();
@@ -108,6 +121,29 @@ async function readYaml(file: string): Promise<Record<string, unknown>> {
     throw new ConfigError([{ path: '', message: `${file}: the top level must be a mapping of keys, got ${kind}` }]);
   }
   return value;
+}
+
+/**
+ * App `env` values reach the app exactly as written: a plain scalar YAML would read as a number or a
+ * boolean (`0123`, `0x1F`, `1.50`, `1e3`, `yes`) keeps its source text. Null (`~`, empty) stays null ("").
+ * Covers `apps.<app>.env`, `apps.<app>.processes.<type>.env`, and the same under `environments.<name>`.
+ */
+function keepEnvText(doc: Document): void {
+  const child = (node: unknown, key: string): unknown => (isMap(node) ? node.get(key, true) : undefined);
+  const eachValue = (node: unknown, fn: (value: unknown) => void): void => {
+    if (isMap(node)) for (const pair of node.items) fn(pair.value);
+  };
+  const keepMap = (env: unknown): void =>
+    eachValue(env, (v) => {
+      if (isScalar(v) && v.type === 'PLAIN' && v.value !== null && typeof v.value !== 'string' && typeof v.source === 'string') v.value = v.source;
+    });
+  const apps = (top: unknown): void =>
+    eachValue(child(top, 'apps'), (app) => {
+      keepMap(child(app, 'env'));
+      eachValue(child(app, 'processes'), (proc) => keepMap(child(proc, 'env')));
+    });
+  apps(doc.contents);
+  eachValue(child(doc.contents, 'environments'), apps);
 }
 
 /** Removes `environments` from the top level and returns its sections; bad sections become issues. */
@@ -168,7 +204,7 @@ function applyOverrides(target: Record<string, unknown>, environ: Record<string,
     let created: KeyPath | null = null;
     for (let i = 0; i < segments.length; i++) {
       // App `env` names are the app's own environment variables: keep the case they are written in.
-      const keepCase = i === 3 && at[0] === 'apps' && at[2] === 'env';
+      const keepCase = isEnvValue([...at, segments[i]]);
       const key = matchKey(node, segments[i], keepCase);
       if (key === null) {
         issues.push({ at: [...at], message: `environment variable ${variable}: ${JSON.stringify(segments[i])} is not an index of this list`, unknownKey: false });
@@ -177,7 +213,8 @@ function applyOverrides(target: Record<string, unknown>, environ: Record<string,
       }
       at.push(key);
       if (i === segments.length - 1) {
-        setChild(node, key, parseScalar(text));
+        // An app's env value reaches the app exactly as written: `0123e4` stays "0123e4".
+        setChild(node, key, isEnvValue(at) ? text : parseScalar(text));
         break;
       }
       let child: unknown = Array.isArray(node) ? node[key as number] : Object.hasOwn(node, key) ? node[key] : undefined;
@@ -211,6 +248,12 @@ function matchKey(node: Record<string, unknown> | unknown[], segment: string, ke
   if (Object.hasOwn(node, lower)) return lower;
   const keys = Object.keys(node);
   return keys.find((k) => k.toLowerCase() === lower) ?? keys.find((k) => k.toLowerCase().replaceAll('-', '_') === lower) ?? (keepCase ? segment : lower);
+}
+
+/** `apps.<app>.env.<NAME>` or `apps.<app>.processes.<type>.env.<NAME>`. */
+function isEnvValue(at: KeyPath): boolean {
+  if (at[0] !== 'apps') return false;
+  return (at.length === 4 && at[2] === 'env') || (at.length === 6 && at[2] === 'processes' && at[4] === 'env');
 }
 
 function setChild(node: Record<string, unknown> | unknown[], key: string | number, value: unknown): void {

@@ -42,6 +42,25 @@ export const RESTART_FAILURE_WINDOW_MS = 10 * 60_000;
 export const DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024;
 export const DEFAULT_LOG_KEEP_FILES = 3;
 export const HEALTH_FILE_INTERVAL_MS = 5_000;
+/** Node's setTimeout limit (2^31-1 ms, about 24.8 days): durations that drive a timer may not exceed it. */
+export const MAX_TIMER_MS = 2_147_483_647;
+/** Request bodies larger than this get 413 (`max_body`). */
+export const DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024;
+/** A buffered request body or response is held in memory up to this size, then spilled to a temp file. */
+export const DEFAULT_BUFFER_MEMORY_BYTES = 1024 * 1024;
+/** A request body that sends nothing for this long gets 408 (nginx's client_body_timeout). */
+export const DEFAULT_BODY_TIMEOUT_MS = 60_000;
+/** A client that accepts no response bytes for this long is closed (nginx's send_timeout). */
+export const DEFAULT_SEND_TIMEOUT_MS = 60_000;
+/** Open WebSockets per pool (http process type), counted apart from request slots. */
+export const DEFAULT_WEBSOCKETS_MAX = 1000;
+/** The user an app runs as (berth running as root) when its source belongs to root (Passenger's default_user). */
+export const DEFAULT_USER = 'nobody';
+/** Where the call-context header is honoured from when `control.call_context_from` is not set: loopback. */
+export const DEFAULT_CALL_CONTEXT_FROM = ['127.0.0.0/8', '::1/128'];
+/** A prepared release (copied, extracted or checked out) may hold at most this much, before build. */
+export const DEFAULT_MAX_RELEASE_BYTES = 1024 * 1024 * 1024;
+export const DEFAULT_MAX_RELEASE_FILES = 100_000;
 
 // ---- types -----------------------------------------------------------------------------------
 export type Mode = 'normal' | 'maintenance' | 'read-only';
@@ -62,6 +81,8 @@ export interface ProcessConfig {
   concurrency: number;
   http: boolean;
   heartbeatTimeoutMs: number | null;
+  /** Merged over the app's `env` for this process type's instances (`processes.<type>.env`). */
+  env: Record<string, string>;
 }
 
 export interface RouteConfig {
@@ -74,6 +95,8 @@ export interface RouteConfig {
   /** `immutable`, or a literal Cache-Control value, or null. */
   cache: string | null;
   cors: string | null;
+  /** `routes[].buffering`, default true; false: neither request bodies nor responses are buffered. */
+  buffering: boolean;
 }
 
 export interface HealthConfig {
@@ -112,8 +135,33 @@ export interface CacheFlushConfig {
   rules: { templates: string[]; includes: string[]; excludes: string[] }[];
 }
 
+/** `apps.<app>.buffering`: nginx's proxy_request_buffering / proxy_buffering, per app. */
+export interface BufferingConfig {
+  /** Read a request body whole (memory, then a temp file) before the request takes an admission slot. */
+  requests: boolean;
+  /** Read the app's response as fast as it sends (memory, then a temp file), freeing the slot early. */
+  responses: boolean;
+  /** Per body or response: held in memory up to this many bytes, then spilled to `<state_dir>/tmp`. */
+  memoryBytes: number;
+  /** A request body idle for this long gets 408. */
+  bodyTimeoutMs: number;
+  /** A client that accepts no response bytes for this long is closed. */
+  sendTimeoutMs: number;
+}
+
+export interface WebSocketsConfig {
+  /** Most WebSockets open at once per pool (http process type); beyond it: 503. Not request slots. */
+  max: number;
+  /** A WebSocket with no bytes either way for this long is closed with 1001; null: never. */
+  idleTimeoutMs: number | null;
+}
+
 export interface AppConfig {
   name: string;
+  /** OS user every process of the app runs as when berth runs as root; null: the source's owner (root -> default_user). */
+  user: string | null;
+  /** OS group; null: the user's primary group. */
+  group: string | null;
   /** Lower-cased host patterns: exact names and `*.suffix` wildcards. Empty: catch-all. */
   hosts: string[];
   /** Absolute directory or .tar.gz path, or a git URL/path with `#ref`; null when not set. */
@@ -141,6 +189,13 @@ export interface AppConfig {
   /** Paths inside the release. */
   pages: { maintenance: string | null; readOnly: string | null; error: string | null };
   cacheFlush: CacheFlushConfig | null;
+  /** Request bodies larger than this get 413. */
+  maxBodyBytes: number;
+  buffering: BufferingConfig;
+  websockets: WebSocketsConfig;
+  /** Limits on a prepared release (archive bombs): bytes and files. */
+  maxReleaseBytes: number;
+  maxReleaseFiles: number;
 }
 
 export interface TokenConfig {
@@ -155,8 +210,12 @@ export interface ControlConfig {
   listen: ListenAddress | null;
   tokens: Record<string, TokenConfig>;
   callContextHeader: string | null;
-  /** environment -> user -> app regex sources */
+  /** environment -> user -> app regex sources; each matches the whole app name. */
   permissions: Record<string, Record<string, string[]>>;
+  /** Starting with permissions that cannot be enforced against app code (berth not root) is allowed. */
+  permissionsUnenforcedOk: boolean;
+  /** Addresses or CIDR blocks the call-context header is honoured from (e.g. "127.0.0.0/8", "::1/128"). */
+  callContextFrom: string[];
 }
 
 export interface BerthConfig {
@@ -182,6 +241,12 @@ export interface BerthConfig {
   /** Absolute, or null. */
   healthFile: string | null;
   metricsPublic: boolean;
+  /** Keep request header names with underscores (nginx's underscores_in_headers); default false: dropped. */
+  underscoresInHeaders: boolean;
+  /** Front-door health endpoints give reasons, and responses carry X-Berth-Release; default false. */
+  publicDetails: boolean;
+  /** The user an app runs as, berth being root, when its source belongs to root. */
+  defaultUser: string;
   /** In config file order. */
   apps: Record<string, AppConfig>;
 }

@@ -31,13 +31,25 @@
  * - A Procfile app's DB budget cannot be checked at load time: its process types are only known per
  *   release.
  */
+import { isIP } from 'node:net';
 import { dirname, isAbsolute, posix, resolve } from 'node:path';
 import { Cron } from 'croner';
 import { ConfigError, type ConfigProblem } from '../lib/errors.ts';
-import { parseDuration } from '../lib/durations.ts';
+import { formatDuration, parseDuration } from '../lib/durations.ts';
+import { parseSize } from '../lib/sizes.ts';
 import { LOGGER_NAMES, type LogLevel } from '../lib/logger.ts';
 import {
   DEFAULT_APP_LISTEN,
+  DEFAULT_BODY_TIMEOUT_MS,
+  DEFAULT_BUFFER_MEMORY_BYTES,
+  DEFAULT_CALL_CONTEXT_FROM,
+  DEFAULT_MAX_BODY_BYTES,
+  DEFAULT_MAX_RELEASE_BYTES,
+  DEFAULT_MAX_RELEASE_FILES,
+  DEFAULT_SEND_TIMEOUT_MS,
+  DEFAULT_USER,
+  DEFAULT_WEBSOCKETS_MAX,
+  MAX_TIMER_MS,
   DEFAULT_CACHE_FLUSH_CONCURRENCY,
   DEFAULT_CACHE_FLUSH_METHOD,
   DEFAULT_CACHE_FLUSH_PROVIDER,
@@ -67,6 +79,8 @@ import {
   ROLES,
   type AppConfig,
   type BerthConfig,
+  type BufferingConfig,
+  type WebSocketsConfig,
   type CacheFlushConfig,
   type ControlConfig,
   type HealthConfig,
@@ -106,6 +120,9 @@ export const TOP_LEVEL_KEYS = [
   'scheduler_delay',
   'health_file',
   'metrics_public',
+  'underscores_in_headers',
+  'public_details',
+  'default_user',
   'apps',
 ] as const;
 
@@ -118,6 +135,8 @@ const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const TOKEN_HASH_RE = /^sha256:[0-9a-fA-F]{64}$/;
 const HTTP_METHOD_RE = /^[A-Za-z]+$/;
 const PORT_RE = /^\d{1,5}$/;
+/** An OS user or group name (POSIX portable names, as useradd accepts them), or a numeric id. */
+const OS_NAME_RE = /^(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|\d{1,10})$/;
 const RATE_RE = /^(\d+)\s*\/\s*(s|m|h)$/;
 const RATE_UNIT_MS: Record<string, number> = { s: 1_000, m: 60_000, h: 3_600_000 };
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -151,13 +170,17 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
   const database = checkDatabase(c, top);
   const migrations = top.choice('migrations', MIGRATIONS) ?? DEFAULT_MIGRATIONS;
   const resetState = top.bool('reset_state') ?? false;
-  const historyRetentionMs = top.duration('history_retention') ?? DEFAULT_HISTORY_RETENTION_MS;
+  // A cut-off for cleanup queries, not a timer: longer than Node's timer limit is fine.
+  const historyRetentionMs = top.duration('history_retention', false, Number.MAX_SAFE_INTEGER) ?? DEFAULT_HISTORY_RETENTION_MS;
   const cleanupCron = top.cron('cleanup_cron') ?? DEFAULT_CLEANUP_CRON;
   // 0 is allowed: run schedules from the first tick (tests, and hosts that never restart mid-minute).
   const schedulerDelayMs = top.duration('scheduler_delay', true) ?? DEFAULT_SCHEDULER_DELAY_MS;
   const healthFileText = top.string('health_file');
   const healthFile = healthFileText === undefined ? null : resolve(dir, healthFileText);
   const metricsPublic = top.bool('metrics_public') ?? false;
+  const underscoresInHeaders = top.bool('underscores_in_headers') ?? false;
+  const publicDetails = top.bool('public_details') ?? false;
+  const defaultUser = top.osName('default_user') ?? DEFAULT_USER;
 
   const apps: Record<string, AppConfig> = {};
   const explicitRoutes = new Set<string>();
@@ -187,6 +210,9 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
     schedulerDelayMs,
     healthFile,
     metricsPublic,
+    underscoresInHeaders,
+    publicDetails,
+    defaultUser,
     apps,
   };
   return { config, issues: inDocumentOrder(c.issues, raw) };
@@ -313,8 +339,33 @@ function checkControl(c: Checker, f: Fields, stateDir: string): ControlConfig {
     }
     put(permissions, env, byUser);
   }
+  const permissionsUnenforcedOk = f.bool('permissions_unenforced_ok') ?? false;
+  const callContextFrom = checkAddressBlocks(c, f, 'call_context_from') ?? [...DEFAULT_CALL_CONTEXT_FROM];
   f.done();
-  return { socket, socketGroup, listen, tokens, callContextHeader, permissions };
+  return { socket, socketGroup, listen, tokens, callContextHeader, permissions, permissionsUnenforcedOk, callContextFrom };
+}
+
+/**
+ * A list of IP addresses and CIDR blocks (`127.0.0.1`, `10.0.0.0/8`, `::1`, `fd00::/8`), normalised to
+ * CIDR form (`127.0.0.1/32`).
+ */
+function checkAddressBlocks(c: Checker, f: Fields, key: string): string[] | undefined {
+  const list = f.strings(key);
+  if (list === undefined) return undefined;
+  const out: string[] = [];
+  list.forEach((text, i) => {
+    const at = f.listItemPath(key, i);
+    const [addr, bits, extra] = text.trim().split('/');
+    const family = isIP(addr);
+    const max = family === 6 ? 128 : 32;
+    const prefix = bits === undefined ? max : /^\d{1,3}$/.test(bits) ? Number(bits) : -1;
+    if (family === 0 || extra !== undefined || prefix < 0 || prefix > max) {
+      c.problem(at, `expected an IP address or a CIDR block such as "127.0.0.0/8" or "::1/128", got ${show(text)}`);
+      return;
+    }
+    out.push(`${addr}/${prefix}`);
+  });
+  return out;
 }
 
 function checkInternalPrefix(c: Checker, top: Fields): string {
@@ -396,7 +447,7 @@ function checkApp(c: Checker, name: string, value: unknown, at: KeyPath, dir: st
   // Routes need the process types and the process types need the routes (http defaults): cross-check here.
   let finalRoutes = routes.map((r) => r.route);
   if (f.raw('routes') === undefined) {
-    finalRoutes = processes === null || processes.web?.http ? [{ path: '/', to: 'web', static: null, cache: null, cors: null }] : [];
+    finalRoutes = processes === null || processes.web?.http ? [{ path: '/', to: 'web', static: null, cache: null, cors: null, buffering: true }] : [];
   } else if (processes !== null) {
     for (const { route, at: rat } of routes) {
       if (route.to === null) continue;
@@ -427,10 +478,19 @@ function checkApp(c: Checker, name: string, value: unknown, at: KeyPath, dir: st
   };
   pagesF.done();
   const cacheFlush = checkCacheFlush(c, f);
+  const user = f.osName('user') ?? null;
+  const group = f.osName('group') ?? null;
+  const maxBodyBytes = f.size('max_body') ?? DEFAULT_MAX_BODY_BYTES;
+  const buffering = checkBuffering(f.fields('buffering'));
+  const websockets = checkWebSockets(f.fields('websockets'));
+  const maxReleaseBytes = f.size('max_release_size', 1) ?? DEFAULT_MAX_RELEASE_BYTES;
+  const maxReleaseFiles = f.int('max_release_files', 1) ?? DEFAULT_MAX_RELEASE_FILES;
   f.done();
 
   const app: AppConfig = {
     name,
+    user,
+    group,
     hosts,
     source,
     build,
@@ -451,9 +511,35 @@ function checkApp(c: Checker, name: string, value: unknown, at: KeyPath, dir: st
     reloadTrigger,
     pages,
     cacheFlush,
+    maxBodyBytes,
+    buffering,
+    websockets,
+    maxReleaseBytes,
+    maxReleaseFiles,
   };
   if (processes !== null && dbConnections !== null) checkBudget(c, app, f.path('db_connections'));
   return app;
+}
+
+function checkBuffering(f: Fields): BufferingConfig {
+  const buffering: BufferingConfig = {
+    requests: f.bool('requests') ?? true,
+    responses: f.bool('responses') ?? true,
+    memoryBytes: f.size('memory') ?? DEFAULT_BUFFER_MEMORY_BYTES,
+    bodyTimeoutMs: f.duration('body_timeout') ?? DEFAULT_BODY_TIMEOUT_MS,
+    sendTimeoutMs: f.duration('send_timeout') ?? DEFAULT_SEND_TIMEOUT_MS,
+  };
+  f.done();
+  return buffering;
+}
+
+function checkWebSockets(f: Fields): WebSocketsConfig {
+  const websockets: WebSocketsConfig = {
+    max: f.int('max', 1) ?? DEFAULT_WEBSOCKETS_MAX,
+    idleTimeoutMs: f.duration('idle_timeout') ?? null,
+  };
+  f.done();
+  return websockets;
 }
 
 function checkHosts(c: Checker, f: Fields): string[] {
@@ -482,6 +568,8 @@ function checkEnv(c: Checker, f: Fields): Record<string, string> {
   for (const [key, value] of f.entries('env')) {
     const at = [...f.path('env'), key];
     if (!ENV_NAME_RE.test(key)) c.problem(at, `expected an environment variable name (letters, digits, _), got ${show(key)}`);
+    // load.ts keeps the source text of plain YAML scalars here; numbers and booleans only arrive from
+    // callers that build the raw object themselves.
     if (value === null || value === undefined) put(env, key, '');
     else if (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean') put(env, key, String(value));
     else c.problem(at, `expected a string, number or boolean, got ${show(value)}`);
@@ -502,6 +590,7 @@ function checkRoutes(c: Checker, f: Fields): { route: RouteConfig; at: KeyPath }
     const stat = r.releasePath('static');
     const cache = r.string('cache') ?? null;
     const cors = r.string('cors') ?? null;
+    const buffering = r.bool('buffering') ?? true;
     if (r.raw('to') !== undefined && r.raw('static') !== undefined) c.problem(at, 'expected either "to" (a process type) or "static" (a directory), not both');
     else if (r.raw('to') === undefined && r.raw('static') === undefined) c.problem(at, 'expected "to" (a process type) or "static" (a directory)');
     if (to !== undefined && !PROCESS_NAME_RE.test(to)) c.problem(r.path('to'), `process type names must match ${PROCESS_NAME_RE.source}, got ${show(to)}`);
@@ -514,7 +603,7 @@ function checkRoutes(c: Checker, f: Fields): { route: RouteConfig; at: KeyPath }
     const first = seen.get(path);
     if (first !== undefined) c.problem(r.path('path'), `duplicate path ${show(path)}: routes.${first} already routes it`);
     else seen.set(path, i);
-    out.push({ route: { path, to: to ?? null, static: to === undefined ? (stat ?? null) : null, cache, cors }, at });
+    out.push({ route: { path, to: to ?? null, static: to === undefined ? (stat ?? null) : null, cache, cors, buffering }, at });
   });
   return out;
 }
@@ -539,6 +628,7 @@ function checkProcesses(c: Checker, f: Fields, routeTargets: Set<string>): Recor
     const concurrency = p.int('concurrency', 1);
     const heartbeat = p.duration('heartbeat_timeout');
     if (heartbeat !== undefined && http) c.problem(p.path('heartbeat_timeout'), 'only applies to non-http process types');
+    const env = checkEnv(c, p);
     p.done();
     put(processes, name, {
       name,
@@ -547,6 +637,7 @@ function checkProcesses(c: Checker, f: Fields, routeTargets: Set<string>): Recor
       concurrency: http ? (concurrency ?? DEFAULT_CONCURRENCY) : 1,
       http,
       heartbeatTimeoutMs: http ? null : (heartbeat ?? null),
+      env,
     } satisfies ProcessConfig);
   }
   return processes;
@@ -707,11 +798,30 @@ class Checker {
     return undefined;
   }
 
-  duration(value: unknown, at: KeyPath, allowZero = false): number | undefined {
+  /** `maxMs` defaults to Node's timer limit: a longer timer would fire at once (about every 1 ms). */
+  duration(value: unknown, at: KeyPath, allowZero = false, maxMs = MAX_TIMER_MS): number | undefined {
     const ms = parseDuration(value);
     if (ms === null) this.problem(at, `expected a duration such as 250ms, 30s, 5m, 2h or 14d, got ${show(value)}`);
     else if (ms < 0 || (ms === 0 && !allowZero)) this.problem(at, `expected a duration greater than 0, got ${show(value)}`);
+    else if (ms > maxMs) this.problem(at, `expected a duration of at most ${formatDuration(Math.floor(maxMs / 60_000) * 60_000)} (the longest timer Node can set, about 24.8 days), got ${show(value)}`);
     else return ms;
+    return undefined;
+  }
+
+  size(value: unknown, at: KeyPath, min: 0 | 1): number | undefined {
+    const bytes = parseSize(value);
+    if (bytes === null) this.problem(at, `expected a size such as 512k, 10m or 1g (or a number of bytes), got ${show(value)}`);
+    else if (bytes < min) this.problem(at, `expected a size greater than 0, got ${show(value)}`);
+    else return bytes;
+    return undefined;
+  }
+
+  /** A user or group name as the OS knows it, or a numeric id. Whether it exists is checked at use. */
+  osName(value: unknown, at: KeyPath): string | undefined {
+    const text = typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 ? String(value) : this.string(value, at);
+    if (text === undefined) return undefined;
+    if (OS_NAME_RE.test(text)) return text;
+    this.problem(at, `expected a user or group name (letters, digits, "_", "-", "."), or a numeric id, got ${show(text)}`);
     return undefined;
   }
 
@@ -848,8 +958,16 @@ class Fields {
     return this.#read(key, (v, at) => this.#c.int(v, at, min));
   }
 
-  duration(key: string, allowZero = false): number | undefined {
-    return this.#read(key, (v, at) => this.#c.duration(v, at, allowZero));
+  duration(key: string, allowZero = false, maxMs?: number): number | undefined {
+    return this.#read(key, (v, at) => this.#c.duration(v, at, allowZero, maxMs));
+  }
+
+  size(key: string, min: 0 | 1 = 0): number | undefined {
+    return this.#read(key, (v, at) => this.#c.size(v, at, min));
+  }
+
+  osName(key: string): string | undefined {
+    return this.#read(key, (v, at) => this.#c.osName(v, at));
   }
 
   cron(key: string): string | undefined {

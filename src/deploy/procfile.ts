@@ -38,6 +38,7 @@ export function parseProcfile(text: string, scale: Record<string, number> = {}, 
       command: command.trim(),
       instances: scale[name] ?? DEFAULT_INSTANCES,
       concurrency: http ? DEFAULT_CONCURRENCY : 1,
+      env: {},
       http,
       heartbeatTimeoutMs: null,
     };

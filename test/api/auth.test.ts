@@ -24,6 +24,8 @@ function control(over: Partial<ControlConfig> = {}): ControlConfig {
     },
     callContextHeader: HEADER,
     permissions: { production: { alice: ['^shop$', '^shop-'] } },
+    permissionsUnenforcedOk: false,
+    callContextFrom: ['127.0.0.0/8', '::1/128'],
     ...over,
   };
 }

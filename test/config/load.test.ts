@@ -86,6 +86,39 @@ test('resolveConfigPath: --config, then BERTH_CONFIG, then --config-name, then .
   assert.equal(resolveConfigPath({ cwd, environ: {} }), '/srv/site/berth.yaml');
   assert.equal(resolveConfigPath({ configPath: '/abs/x.yaml', cwd, environ: {} }), '/abs/x.yaml');
   assert.equal(resolveConfigPath({ cwd, environ: { BERTH_CONFIG: 'rel/c.yaml' } }), '/srv/site/rel/c.yaml');
+  // BERTH_CONFIG_NAME is the env form of --config-name: below BERTH_CONFIG and the flag.
+  assert.equal(resolveConfigPath({ cwd, environ: { BERTH_CONFIG_NAME: 'prod' } }), '/srv/site/configs/prod.yaml');
+  assert.equal(resolveConfigPath({ cwd, configName: 'staging', environ: { BERTH_CONFIG_NAME: 'prod' } }), '/srv/site/configs/staging.yaml');
+  assert.equal(resolveConfigPath({ cwd, environ: { BERTH_CONFIG: 'b.yaml', BERTH_CONFIG_NAME: 'prod' } }), '/srv/site/b.yaml');
+  // A name is a file name under configs/, never a way out of it.
+  assert.throws(() => resolveConfigPath({ cwd, environ: { BERTH_CONFIG_NAME: '../../etc/x' } }), /config name "..\/..\/etc\/x": expected letters/);
+});
+
+test('app env values reach the app exactly as written in the file, environments included', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(
+    join(dir, 'berth.yaml'),
+    [
+      'apps:',
+      '  shop:',
+      '    env: { ZIP: 0123, MASK: 0x1F, RATIO: 1.50, BIG: 0123e4, YES: yes, ON: true, Q: "007", NONE: ~ }',
+      '    processes:',
+      '      web: { command: "node s.js", env: { OCT: 0o17 } }',
+      'environments:',
+      '  prod:',
+      '    apps: { shop: { env: { PORT_HINT: 08080 } } }',
+      '',
+    ].join('\n'),
+  );
+  const config = await loadConfig({ cwd: dir, environ: {}, env: 'prod' });
+  assert.deepEqual(config.apps.shop.env, { ZIP: '0123', MASK: '0x1F', RATIO: '1.50', BIG: '0123e4', YES: 'yes', ON: 'true', Q: '007', NONE: '', PORT_HINT: '08080' });
+  assert.deepEqual(config.apps.shop.processes?.web.env, { OCT: '0o17' });
+  // Other keys are still read as YAML: 0x10 instances is 16.
+  await writeFile(join(dir, 'berth.yaml'), 'apps: { shop: { processes: { web: { command: "x", instances: 0x2 } }, env: { N: 0x2 } } }\n');
+  const other = await loadConfig({ cwd: dir, environ: { BERTH_APPS__SHOP__PROCESSES__WEB__ENV__K: '0123' } });
+  assert.equal(other.apps.shop.processes?.web.instances, 2);
+  assert.deepEqual(other.apps.shop.env, { N: '0x2' });
+  assert.deepEqual(other.apps.shop.processes?.web.env, { K: '0123' });
 });
 
 test('loadConfig reads the file the resolution order picks', async (t) => {
@@ -148,7 +181,7 @@ test('YAML anchors and merge keys work', async (t) => {
   assert.ok(config instanceof ConfigError);
   assert.deepEqual(config.problems, [{ path: 'x-web', message: 'unknown key' }]);
   const ok = await load(dir, ['apps:', '  shop:', '    processes:', '      web: &web { command: "node server.js", concurrency: 4 }', '      api: { <<: *web, instances: 2 }'].join('\n'));
-  assert.deepEqual(ok.apps.shop.processes?.api, { name: 'api', command: 'node server.js', instances: 2, concurrency: 1, http: false, heartbeatTimeoutMs: null });
+  assert.deepEqual(ok.apps.shop.processes?.api, { name: 'api', command: 'node server.js', instances: 2, concurrency: 1, http: false, heartbeatTimeoutMs: null, env: {} });
 });
 
 test('environments: the chosen section deep-merges; lists and scalars replace', async (t) => {
@@ -170,7 +203,7 @@ test('environments: the chosen section deep-merges; lists and scalars replace', 
   const prod = await load(dir, text, { env: 'production' });
   assert.equal(prod.environment, 'production');
   assert.deepEqual(prod.listen.map((a) => a.text), ['0.0.0.0:0']);
-  assert.deepEqual(prod.apps.shop.processes?.web, { name: 'web', command: 'node server.js', instances: 4, concurrency: 2, http: true, heartbeatTimeoutMs: null });
+  assert.deepEqual(prod.apps.shop.processes?.web, { name: 'web', command: 'node server.js', instances: 4, concurrency: 2, http: true, heartbeatTimeoutMs: null, env: {} });
   const viaEnviron = await load(dir, text, { environ: { BERTH_ENV: 'production' } });
   assert.equal(viaEnviron.environment, 'production');
   assert.equal(viaEnviron.apps.shop.processes?.web.instances, 4);
@@ -261,6 +294,8 @@ test('BERTH_* overrides win over the file and the environment section; values ar
       BERTH_APPS__SHOP_API__HOSTS: '[b.test, c.test]',
       BERTH_APPS__SHOP_API__ENV__NOTE: 'release #42',
       BERTH_APPS__SHOP_API__ENV__QUOTED: "'4'",
+      BERTH_APPS__SHOP_API__ENV__OCTAL: '0123',
+      BERTH_APPS__SHOP_API__ENV__EXP: '0123e4',
       BERTH_APPS__SHOP_API__BUILD: '',
     },
   });
@@ -272,7 +307,8 @@ test('BERTH_* overrides win over the file and the environment section; values ar
   assert.equal(ok.apps['shop-api'].processes?.Web.instances, 4);
   assert.equal(ok.apps['shop-api'].processes?.Web.command, 'node server.js --mode: fast', 'text YAML would read as a mapping stays a string');
   assert.deepEqual(ok.apps['shop-api'].hosts, ['b.test', 'c.test']);
-  assert.deepEqual(ok.apps['shop-api'].env, { NOTE: 'release #42', QUOTED: '4' }, 'env names keep their case');
+  // An app's env value reaches the app exactly as the variable holds it: no YAML reading, quotes kept.
+  assert.deepEqual(ok.apps['shop-api'].env, { NOTE: 'release #42', QUOTED: "'4'", OCTAL: '0123', EXP: '0123e4' }, 'env names keep their case, values their text');
 });
 
 test('override problems name the variable; variables that are not config keys are ignored', async (t) => {

@@ -2,7 +2,17 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { normaliseConfig, checkConfig, parseListenAddress, TOP_LEVEL_KEYS } from '../../src/config/validate.ts';
 import { ConfigError } from '../../src/lib/errors.ts';
-import { DEFAULT_CONCURRENCY, DEFAULT_INSTANCES, DEFAULT_SCHEDULE_TIMEOUT_MS, DEFAULT_TIMEOUT_HEADERS_MS } from '../../src/config/schema.ts';
+import {
+  DEFAULT_BUFFER_MEMORY_BYTES,
+  DEFAULT_CONCURRENCY,
+  DEFAULT_INSTANCES,
+  DEFAULT_MAX_BODY_BYTES,
+  DEFAULT_SCHEDULE_TIMEOUT_MS,
+  DEFAULT_TIMEOUT_HEADERS_MS,
+  DEFAULT_WEBSOCKETS_MAX,
+  MAX_TIMER_MS,
+} from '../../src/config/schema.ts';
+import { formatDuration } from '../../src/lib/durations.ts';
 
 // normaliseConfig is pure: the file is never read, only its directory is used to resolve paths.
 const CTX = { file: '/srv/site/berth.yaml', environment: null };
@@ -76,9 +86,9 @@ test('instances may be 0 but not negative; concurrency must be positive', () => 
 test('process defaults: web is http with the default concurrency, others are workers with concurrency 1', () => {
   const config = normaliseConfig(withApp({ processes: { web: { command: 'a' }, worker: { command: 'b', concurrency: 50, heartbeat_timeout: '30s' } } }), CTX);
   const { web, worker } = config.apps.shop.processes!;
-  assert.deepEqual(web, { name: 'web', command: 'a', instances: DEFAULT_INSTANCES, concurrency: DEFAULT_CONCURRENCY, http: true, heartbeatTimeoutMs: null });
-  assert.deepEqual(worker, { name: 'worker', command: 'b', instances: 1, concurrency: 1, http: false, heartbeatTimeoutMs: 30_000 });
-  assert.deepEqual(config.apps.shop.routes, [{ path: '/', to: 'web', static: null, cache: null, cors: null }]);
+  assert.deepEqual(web, { name: 'web', command: 'a', instances: DEFAULT_INSTANCES, concurrency: DEFAULT_CONCURRENCY, http: true, heartbeatTimeoutMs: null, env: {} });
+  assert.deepEqual(worker, { name: 'worker', command: 'b', instances: 1, concurrency: 1, http: false, heartbeatTimeoutMs: 30_000, env: {} });
+  assert.deepEqual(config.apps.shop.routes, [{ path: '/', to: 'web', static: null, cache: null, cors: null, buffering: true }]);
 });
 
 test('a route target becomes http; http: false on a route target is a problem', () => {
@@ -111,7 +121,7 @@ test('a Procfile app (no processes) may route to any type: it is checked at depl
   assert.equal(config.apps.docs.processes, null);
   assert.deepEqual(config.apps.docs.scale, { api: 3 });
   const defaults = normaliseConfig({ apps: { docs: {} } }, CTX);
-  assert.deepEqual(defaults.apps.docs.routes, [{ path: '/', to: 'web', static: null, cache: null, cors: null }]);
+  assert.deepEqual(defaults.apps.docs.routes, [{ path: '/', to: 'web', static: null, cache: null, cors: null, buffering: true }]);
 });
 
 test('scale is a problem on an app with processes; empty processes is a problem', () => {
@@ -131,8 +141,8 @@ test('an app without a web type and without routes gets no routes', () => {
 test('routes: trailing slashes, exactly one of to/static, duplicates, static-only keys, paths inside the release', () => {
   const config = normaliseConfig(withApp({ routes: [{ path: '/api/', to: 'web' }, { path: '/', static: './public/', cache: 'max-age=60' }] }), CTX);
   assert.deepEqual(config.apps.shop.routes, [
-    { path: '/api', to: 'web', static: null, cache: null, cors: null },
-    { path: '/', to: null, static: 'public', cache: 'max-age=60', cors: null },
+    { path: '/api', to: 'web', static: null, cache: null, cors: null, buffering: true },
+    { path: '/', to: null, static: 'public', cache: 'max-age=60', cors: null, buffering: true },
   ]);
   const raw = withApp({
     routes: [
@@ -462,4 +472,51 @@ test('scheduler_delay may be 0 (run schedules from the first tick); other durati
   assert.equal(normaliseConfig({ scheduler_delay: 0 }, CTX).schedulerDelayMs, 0);
   assert.equal(normaliseConfig({ scheduler_delay: '0s' }, CTX).schedulerDelayMs, 0);
   assert.deepEqual(problems({ history_retention: 0 }), ['history_retention: expected a duration greater than 0, got 0']);
+});
+
+test('timer durations beyond Node\'s limit (about 24.8 days) are errors; history_retention may be longer', () => {
+  assert.deepEqual(problems(withApp({ health: { interval: '30d' }, timeouts: { drain: '25d' } })), [
+    'apps.shop.health.interval: expected a duration of at most 24d20h31m (the longest timer Node can set, about 24.8 days), got "30d"',
+    'apps.shop.timeouts.drain: expected a duration of at most 24d20h31m (the longest timer Node can set, about 24.8 days), got "25d"',
+  ].map((line) => line.replace('24d20h31m', formatDuration(Math.floor(MAX_TIMER_MS / 60_000) * 60_000))));
+  assert.equal(normaliseConfig(withApp({ health: { interval: '24d' } }), CTX).apps.shop.health.intervalMs, 24 * 86_400_000);
+  assert.equal(normaliseConfig({ history_retention: '365d' }, CTX).historyRetentionMs, 365 * 86_400_000);
+});
+
+test('sizes, buffering, websockets and release limits: defaults, units and problems', () => {
+  const shop = normaliseConfig(withApp({}), CTX).apps.shop;
+  assert.equal(shop.maxBodyBytes, DEFAULT_MAX_BODY_BYTES);
+  assert.deepEqual(shop.buffering, { requests: true, responses: true, memoryBytes: DEFAULT_BUFFER_MEMORY_BYTES, bodyTimeoutMs: 60_000, sendTimeoutMs: 60_000 });
+  assert.deepEqual(shop.websockets, { max: DEFAULT_WEBSOCKETS_MAX, idleTimeoutMs: null });
+  assert.equal(shop.maxReleaseBytes, 1024 ** 3);
+  assert.equal(shop.maxReleaseFiles, 100_000);
+  const set = normaliseConfig(withApp({ max_body: '512k', buffering: { memory: 4096, requests: false }, websockets: { max: 10, idle_timeout: '5m' }, max_release_size: '2G' }), CTX).apps.shop;
+  assert.equal(set.maxBodyBytes, 512 * 1024);
+  assert.equal(set.buffering.memoryBytes, 4096);
+  assert.equal(set.buffering.requests, false);
+  assert.deepEqual(set.websockets, { max: 10, idleTimeoutMs: 300_000 });
+  assert.equal(set.maxReleaseBytes, 2 * 1024 ** 3);
+  assert.deepEqual(problems(withApp({ max_body: 'lots', buffering: { memory: '-1k', extra: 1 }, websockets: { max: 0 }, max_release_size: 0 })), [
+    'apps.shop.max_body: expected a size such as 512k, 10m or 1g (or a number of bytes), got "lots"',
+    'apps.shop.buffering.memory: expected a size such as 512k, 10m or 1g (or a number of bytes), got "-1k"',
+    'apps.shop.buffering.extra: unknown key',
+    'apps.shop.websockets.max: expected a positive integer, got 0',
+    'apps.shop.max_release_size: expected a size greater than 0, got 0',
+  ]);
+});
+
+test('users, groups and call_context_from are checked by shape', () => {
+  const config = normaliseConfig(withApp({ user: 'www-data', group: 33 }, { default_user: 'daemon', control: { call_context_from: ['10.1.2.3', 'fd00::/8'] } }), CTX);
+  assert.equal(config.apps.shop.user, 'www-data');
+  assert.equal(config.apps.shop.group, '33');
+  assert.equal(config.defaultUser, 'daemon');
+  assert.deepEqual(config.control.callContextFrom, ['10.1.2.3/32', 'fd00::/8']);
+  assert.deepEqual(normaliseConfig({}, CTX).control.callContextFrom, ['127.0.0.0/8', '::1/128']);
+  assert.equal(normaliseConfig({}, CTX).defaultUser, 'nobody');
+  assert.deepEqual(problems(withApp({ user: 'bad user', group: '../x' }, { control: { call_context_from: ['example.com', '10.0.0.0/33'] } })), [
+    'control.call_context_from.0: expected an IP address or a CIDR block such as "127.0.0.0/8" or "::1/128", got "example.com"',
+    'control.call_context_from.1: expected an IP address or a CIDR block such as "127.0.0.0/8" or "::1/128", got "10.0.0.0/33"',
+    'apps.shop.user: expected a user or group name (letters, digits, "_", "-", "."), or a numeric id, got "bad user"',
+    'apps.shop.group: expected a user or group name (letters, digits, "_", "-", "."), or a numeric id, got "../x"',
+  ]);
 });

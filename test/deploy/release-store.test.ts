@@ -13,6 +13,7 @@ import type { ReleaseState } from '../../src/store/store.ts';
 import { ReleaseStore, RELEASE_ID_RE, type PreparedRelease } from '../../src/deploy/release-store.ts';
 import { parseSource, treeHash } from '../../src/deploy/sources.ts';
 import type { AppConfig } from '../../src/config/schema.ts';
+import { appConfig as baseAppConfig } from '../proxy/fixtures.ts';
 
 const exec = promisify(execFile);
 
@@ -24,31 +25,9 @@ async function tempDir(t: TestContext): Promise<string> {
   return dir;
 }
 
+/** The shared test config of an app, as a Procfile app without routes. */
 function appConfig(over: Partial<AppConfig> = {}): AppConfig {
-  return {
-    name: 'shop',
-    hosts: [],
-    source: null,
-    build: null,
-    release: null,
-    keepReleases: 5,
-    shared: [],
-    env: {},
-    processes: null,
-    scale: {},
-    listen: 'port',
-    routes: [],
-    health: { path: '/up', intervalMs: 2000, timeoutMs: 1000, unhealthyAfter: 3, startupTimeoutMs: 30_000, busyGraceMs: 30_000 },
-    queue: { max: 100, timeoutMs: 10_000 },
-    timeouts: { headersMs: 30_000, drainMs: 30_000, stopMs: 10_000 },
-    dbConnections: null,
-    rateLimit: null,
-    schedule: {},
-    reloadTrigger: null,
-    pages: { maintenance: null, readOnly: null, error: null },
-    cacheFlush: null,
-    ...over,
-  };
+  return baseAppConfig('shop', { processes: null, routes: [], ...over });
 }
 
 interface Setup {

@@ -17,16 +17,18 @@ import { RoutingTable, type AppEntry, type ModeState } from '../../src/proxy/rou
 // ---- config ------------------------------------------------------------------------------------
 
 export function route(path: string, to: string | null = 'web', staticDir: string | null = null): RouteConfig {
-  return { path, to: staticDir === null ? to : null, static: staticDir, cache: null, cors: null };
+  return { path, to: staticDir === null ? to : null, static: staticDir, cache: null, cors: null, buffering: true };
 }
 
 export function processConfig(name: string, instances: number, concurrency: number): ProcessConfig {
-  return { name, command: 'node server.js', instances, concurrency, http: true, heartbeatTimeoutMs: null };
+  return { name, command: 'node server.js', instances, concurrency, http: true, heartbeatTimeoutMs: null, env: {} };
 }
 
 export function appConfig(name: string, over: Partial<AppConfig> = {}): AppConfig {
   return {
     name,
+    user: null,
+    group: null,
     hosts: [],
     source: null,
     build: null,
@@ -47,6 +49,11 @@ export function appConfig(name: string, over: Partial<AppConfig> = {}): AppConfi
     reloadTrigger: null,
     pages: { maintenance: null, readOnly: null, error: null },
     cacheFlush: null,
+    maxBodyBytes: 100 * 1024 * 1024,
+    buffering: { requests: true, responses: true, memoryBytes: 1024 * 1024, bodyTimeoutMs: 60_000, sendTimeoutMs: 60_000 },
+    websockets: { max: 1000, idleTimeoutMs: null },
+    maxReleaseBytes: 1024 ** 3,
+    maxReleaseFiles: 100_000,
     ...over,
   };
 }
@@ -57,7 +64,7 @@ export function berthConfig(apps: AppConfig[], over: Partial<BerthConfig> = {}):
     environment: null,
     stateDir: '.berth',
     listen: [{ kind: 'tcp', host: '127.0.0.1', port: 0, text: '127.0.0.1:0' }],
-    control: { socket: 'control.sock', socketGroup: null, listen: null, tokens: {}, callContextHeader: null, permissions: {} },
+    control: { socket: 'control.sock', socketGroup: null, listen: null, tokens: {}, callContextHeader: null, permissions: {}, permissionsUnenforcedOk: false, callContextFrom: ['127.0.0.0/8', '::1/128'] },
     trustedProxyCount: 0,
     internalPrefix: '/_berth',
     logLevels: {},
@@ -69,6 +76,9 @@ export function berthConfig(apps: AppConfig[], over: Partial<BerthConfig> = {}):
     schedulerDelayMs: 60_000,
     healthFile: null,
     metricsPublic: false,
+    underscoresInHeaders: false,
+    publicDetails: false,
+    defaultUser: 'nobody',
     apps: Object.fromEntries(apps.map((a) => [a.name, a])),
     ...over,
   };

@@ -8,6 +8,7 @@ import { silentLogger } from '../../src/lib/logger.ts';
 import { openStore, SQLITE_FILE } from '../../src/store/open-store.ts';
 import { SqliteStore } from '../../src/store/sqlite.ts';
 import type { BerthConfig } from '../../src/config/schema.ts';
+import { berthConfig } from '../proxy/fixtures.ts';
 
 async function tempDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'berth-open-'));
@@ -16,26 +17,8 @@ async function tempDir(t: TestContext): Promise<string> {
 }
 
 function config(stateDir: string, over: Partial<BerthConfig> = {}): BerthConfig {
-  return {
-    file: join(stateDir, 'berth.yaml'),
-    environment: null,
-    stateDir,
-    listen: [],
-    control: { socket: join(stateDir, 'control.sock'), socketGroup: null, listen: null, tokens: {}, callContextHeader: null, permissions: {} },
-    trustedProxyCount: 0,
-    internalPrefix: '/_berth',
-    logLevels: {},
-    database: null,
-    migrations: 'upgrade',
-    resetState: false,
-    historyRetentionMs: 14 * 86_400_000,
-    cleanupCron: '0 * * * *',
-    schedulerDelayMs: 60_000,
-    healthFile: null,
-    metricsPublic: false,
-    apps: {},
-    ...over,
-  };
+  const base = berthConfig([]);
+  return { ...base, file: join(stateDir, 'berth.yaml'), stateDir, listen: [], control: { ...base.control, socket: join(stateDir, 'control.sock') }, ...over };
 }
 
 test('openStore: database null opens SQLite at <stateDir>/berth.db, migrated and ready', async (t) => {

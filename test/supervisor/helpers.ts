@@ -13,6 +13,7 @@ import type { AppConfig, HealthConfig, ProcessConfig } from '../../src/config/sc
 import { silentLogger, type Logger } from '../../src/lib/logger.ts';
 import { Supervisor, type SupervisorOptions } from '../../src/supervisor/supervisor.ts';
 import type { Instance } from '../../src/supervisor/instance.ts';
+import { appConfig as baseAppConfig } from '../proxy/fixtures.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const APP_FIXTURE = join(HERE, 'fixtures', 'app.mjs');
@@ -34,7 +35,7 @@ export async function tempDir(t: TestContext): Promise<string> {
 
 export function proc(name: string, command: string, over: Partial<ProcessConfig> = {}): ProcessConfig {
   const http = over.http ?? name === 'web';
-  return { name, command, instances: 1, concurrency: http ? 4 : 1, http, heartbeatTimeoutMs: null, ...over };
+  return { name, command, instances: 1, concurrency: http ? 4 : 1, http, heartbeatTimeoutMs: null, env: {}, ...over };
 }
 
 export interface AppOverrides extends Partial<Omit<AppConfig, 'health' | 'timeouts'>> {
@@ -46,25 +47,7 @@ export interface AppOverrides extends Partial<Omit<AppConfig, 'health' | 'timeou
 export function appConfig(name: string, over: AppOverrides = {}): AppConfig {
   const { health, timeouts, ...rest } = over;
   return {
-    name,
-    hosts: [],
-    source: null,
-    build: null,
-    release: null,
-    keepReleases: 5,
-    shared: [],
-    env: {},
-    processes: null,
-    scale: {},
-    listen: 'port',
-    routes: [],
-    queue: { max: 100, timeoutMs: 10_000 },
-    dbConnections: null,
-    rateLimit: null,
-    schedule: {},
-    reloadTrigger: null,
-    pages: { maintenance: null, readOnly: null, error: null },
-    cacheFlush: null,
+    ...baseAppConfig(name, { processes: null, routes: [] }),
     ...rest,
     health: { path: null, intervalMs: 50, timeoutMs: 1_000, unhealthyAfter: 2, startupTimeoutMs: 15_000, busyGraceMs: 30_000, ...health },
     timeouts: { headersMs: 30_000, drainMs: 1_000, stopMs: 3_000, ...timeouts },
