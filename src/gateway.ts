@@ -6,12 +6,13 @@
  * holds up the others. Stop: stop accepting and drain the front door, stop every app's processes, then
  * close the control API and the store.
  */
-import { mkdir, utimes, writeFile } from 'node:fs/promises';
+import { utimes, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import type { BerthConfig, AppConfig, Mode } from './config/schema.ts';
 import { dbDemand, HEALTH_FILE_INTERVAL_MS } from './config/schema.ts';
 import type { LoggerFactory, Logger } from './lib/logger.ts';
 import { BerthError, ConfigError, errorMessage, type ConfigProblem } from './lib/errors.ts';
+import { redactText } from './lib/redact.ts';
 import type { AuditChannel, AppState, DeployRecord, ReleaseRecord, Store } from './store/store.ts';
 import { loadConfig, type LoadOptions } from './config/load.ts';
 import { openStore } from './store/open-store.ts';
@@ -28,6 +29,9 @@ import { Audit } from './api/audit.ts';
 import { Scheduler, type TaskTarget } from './scheduler/scheduler.ts';
 import type { RestartInfo } from './supervisor/supervisor.ts';
 import { Metrics } from './lib/metrics.ts';
+import { isRoot, resolveAppUser, type AppUser } from './supervisor/app-user.ts';
+import { DEFAULT_PERMISSIONS_ENVIRONMENT } from './api/auth.ts';
+import { prepareAppDirs, secureStateDir } from './supervisor/state-access.ts';
 
 export const VERSION = '0.1.0';
 
@@ -41,7 +45,7 @@ const DEPLOY_END_WAIT_MS = 10_000;
  * App keys that define its processes: a change to any of them reloads the app (zero downtime). Other
  * keys (hosts, routes, queue, rate limits, pages, timeouts, schedule...) apply with the routing table.
  */
-const PROCESS_KEYS = ['processes', 'scale', 'env', 'listen', 'health'] as const satisfies readonly (keyof AppConfig)[];
+const PROCESS_KEYS = ['processes', 'scale', 'env', 'listen', 'health', 'user', 'group'] as const satisfies readonly (keyof AppConfig)[];
 
 /** Settings that only a restart can change: listeners stay open and the store stays the same. */
 const RESTART_ONLY_KEYS: readonly { path: string; of: (c: BerthConfig) => unknown }[] = [
@@ -193,6 +197,7 @@ export class Gateway implements DeployHost {
       stateDir: opts.config.stateDir,
       logger: opts.loggers.get('supervisor'),
       timing: opts.supervisorTiming,
+      appUser: this.#appUser,
       onProcess: (event, info) => this.#recordProcess(event, info),
       onRestart: (info) => this.#recordRestart(info),
     });
@@ -237,12 +242,13 @@ export class Gateway implements DeployHost {
     if (this.#state !== 'new') throw new BerthError('BERTH_E_INTERNAL', `gateway already ${this.#state}`);
     this.#transition('starting');
     try {
-      await mkdir(this.config.stateDir, { recursive: true });
+      await secureStateDir(this.config.stateDir, { root: isRoot(), socketGroup: this.config.control.socketGroup });
+      this.#warnSharedUser();
       const store = await openStore(this.config, this.#loggers.get('store'));
       this.#store = store;
       const saved = new Map((await store.listAppStates()).map((s) => [s.app, s]));
       for (const app of Object.values(this.config.apps)) this.#apps.set(app.name, this.#newRuntime(app, store, saved.get(app.name)));
-      this.#deployer = new Deployer({ host: this, store, supervisor: this.#supervisor, logger: this.#loggers.get('deploy'), stateDir: this.config.stateDir });
+      this.#deployer = new Deployer({ host: this, store, supervisor: this.#supervisor, logger: this.#loggers.get('deploy'), stateDir: this.config.stateDir, appUser: this.#appUser });
       await this.#deployer.recoverInterrupted();
       this.#scheduler = new Scheduler({
         config: this.config,
@@ -250,6 +256,7 @@ export class Gateway implements DeployHost {
         host: this,
         audit: this.audit,
         logger: this.#loggers.get('scheduler'),
+        appUser: this.#appUser,
         onProcess: (event, info) => this.#recordProcess(event, info),
       });
       await this.#scheduler.recoverInterrupted();
@@ -272,6 +279,27 @@ export class Gateway implements DeployHost {
     void Promise.allSettled(this.#boots).then(() => {
       if (this.#state === 'running') this.#scheduler?.start();
     });
+  }
+
+  /**
+   * Who every process of an app runs as (app-user.ts), with the config in effect: read at each spawn,
+   * so a config reload's `default_user` applies to the next one. Throws for an unknown user or group.
+   */
+  #appUser = (app: AppConfig): AppUser => resolveAppUser(app, this.#config.defaultUser);
+
+  /**
+   * berth not root: apps share its user, so `user` and `group` cannot apply. berth root: an app with
+   * `user: root` can use the control socket, which matters when permissions restrict someone. Said once, at start.
+   */
+  #warnSharedUser(): void {
+    if (isRoot()) {
+      const limited = Object.keys(this.config.control.permissions[this.config.environment ?? DEFAULT_PERMISSIONS_ENVIRONMENT] ?? {});
+      const asRoot = Object.values(this.config.apps).filter((a) => a.user === 'root' || a.user === '0').map((a) => a.name);
+      if (limited.length > 0 && asRoot.length > 0) this.#log.warn({ apps: asRoot, restricted: limited }, 'apps run as root: their code can use the control socket, whatever control.permissions says');
+      return;
+    }
+    const named = Object.values(this.config.apps).filter((a) => a.user !== null || a.group !== null).map((a) => a.name);
+    if (named.length > 0) this.#log.warn({ apps: named, uid: process.getuid?.() }, 'berth is not root: apps run as its own user, and their user and group settings are not used');
   }
 
   /** An app as the gateway holds it, before it boots; its mode comes from the store. */
@@ -409,6 +437,10 @@ export class Gateway implements DeployHost {
     const app = rt.config;
     const log = this.#loggers.get('deploy').child({ app: app.name });
     try {
+      // An unknown user or group fails the boot here, naming it; the app's directories get their owners.
+      const user = this.#appUser(app);
+      await prepareAppDirs(rt.releases.appDir, user, app.shared);
+      log.info({ user: user.name, uid: user.uid, gid: user.gid, from: user.from }, 'app user');
       const store = this.#store!;
       const saved = await store.getAppState(app.name);
       let release: { id: string; dir: string } | null = null;
@@ -422,7 +454,7 @@ export class Gateway implements DeployHost {
         // The first start of an app is a real deploy (prepare, link, build, release command...), recorded
         // like any other, except that it switches as soon as its generation starts.
         if (!app.source) throw new BerthError('BERTH_E_RELEASE', `app ${app.name} has no release yet and no source to make one from`);
-        log.info({ source: app.source }, 'first deploy of the app');
+        log.info({ source: redactText(app.source) }, 'first deploy of the app');
         const d = this.deployer.begin(app.name, { kind: 'deploy', source: app.source, user: 'berth-start', boot: true });
         const auditId = await this.audit.begin({ user: 'berth-start', channel: 'internal', action: 'deploy', app: app.name, target: d.id });
         await d.done;

@@ -1,8 +1,9 @@
 import { loadConfig } from '../config/load.ts';
 import { LoggerFactory } from '../lib/logger.ts';
-import { errorMessage } from '../lib/errors.ts';
+import { ConfigError, errorMessage } from '../lib/errors.ts';
 import { Gateway } from '../gateway.ts';
 import { CONFIG_OPTIONS, loadOptions, parse } from './options.ts';
+import { checkUsers } from './user-checks.ts';
 
 export const START_USAGE = 'berth start [--config F] [--config-name N] [--env E]';
 
@@ -15,8 +16,12 @@ export async function start(args: string[]): Promise<number> {
   const { values } = parse(args, CONFIG_OPTIONS);
   const options = loadOptions(values);
   const config = await loadConfig(options);
+  // Refused before anything is touched, as a bad config is (exit 2): see user-checks.ts.
+  const users = checkUsers(config);
+  if (users.problems.length > 0) throw new ConfigError(users.problems);
   const loggers = new LoggerFactory(config.logLevels);
   const log = loggers.get('root');
+  for (const w of users.warnings) log.warn({ warning: w }, 'control permissions are not enforced against app code');
   const gateway = new Gateway({ config, loggers, loadOptions: options });
 
   // Whatever happens, no app process may outlive the gateway.

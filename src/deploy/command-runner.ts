@@ -3,6 +3,7 @@ import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { BerthError } from '../lib/errors.ts';
+import { spawnIdentity, type AppUser } from '../supervisor/app-user.ts';
 
 export interface CommandResult {
   code: number | null;
@@ -16,6 +17,8 @@ export interface RunCommandOptions {
   command: string;
   cwd: string;
   env: Record<string, string | undefined>;
+  /** Who the command runs as (app-user.ts); default: the gateway's own user. */
+  user?: AppUser | null;
   timeoutMs: number;
   /** Appends every output line here (the deploy log). */
   logFile?: string;
@@ -40,7 +43,8 @@ export async function runCommand(opts: RunCommandOptions): Promise<CommandResult
     await mkdir(dirname(opts.logFile), { recursive: true });
     log = createWriteStream(opts.logFile, { flags: 'a' });
   }
-  const child = spawn('/bin/sh', ['-c', opts.command], { cwd: opts.cwd, env: opts.env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  const identity = opts.user ? spawnIdentity(opts.user) : {};
+  const child = spawn('/bin/sh', ['-c', opts.command], { cwd: opts.cwd, env: opts.env, detached: true, stdio: ['ignore', 'pipe', 'pipe'], ...identity });
   const killGroup = (sig: NodeJS.Signals) => {
     if (child.pid === undefined) return;
     try {

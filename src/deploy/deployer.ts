@@ -11,11 +11,15 @@ import { join } from 'node:path';
 import type { AppConfig } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
 import { BerthError, errorMessage } from '../lib/errors.ts';
+import { redactNullable, redactText } from '../lib/redact.ts';
 import type { DeployEvent, DeployKind, DeployRecord, DeployState, Store } from '../store/store.ts';
 import type { Supervisor, Generation } from '../supervisor/supervisor.ts';
 import type { ReleaseStore } from './release-store.ts';
 import { resolveProcesses } from './procfile.ts';
 import { runCommand } from './command-runner.ts';
+import { appEnv, commandVars } from '../supervisor/app-env.ts';
+import { gatewayUser, type AppUser } from '../supervisor/app-user.ts';
+import { ownRelease, prepareAppDirs } from '../supervisor/state-access.ts';
 
 export const DEPLOY_STEPS = ['prepare', 'link', 'build', 'release', 'start', 'wait_healthy', 'switch', 'current', 'drain', 'stop_old', 'flush', 'prune', 'record'] as const;
 export type DeployStep = (typeof DEPLOY_STEPS)[number];
@@ -68,6 +72,13 @@ export interface DeployRequest {
 
 type Listener = (event: DeployEvent | null) => void;
 
+/**
+ * The source a deploy fetches from, as asked: it may carry credentials (`https://user:token@host/...`),
+ * so it lives only here, out of every record. `Deploy.source` is the redacted form that is logged,
+ * stored and returned.
+ */
+const fetchSources = new WeakMap<Deploy, string>();
+
 /** One deploy, rollback or reload while it runs (and a while after). */
 export class Deploy {
   readonly id: string;
@@ -99,7 +110,8 @@ export class Deploy {
     this.app = app;
     this.kind = req.kind;
     this.user = req.user ?? null;
-    this.source = req.kind === 'deploy' ? (req.source ?? null) : null;
+    this.source = req.kind === 'deploy' ? redactNullable(req.source ?? null) : null;
+    if (req.kind === 'deploy' && req.source) fetchSources.set(this, req.source);
     this.requested = req.release ?? null;
     this.boot = req.boot === true;
     this.createdAt = new Date().toISOString();
@@ -172,8 +184,10 @@ export interface DeployerOptions {
   supervisor: Supervisor;
   logger: Logger;
   stateDir: string;
-  /** Environment inherited by build and release commands (default process.env). */
+  /** The gateway's environment; only its pass-through list reaches build and release commands (app-env.ts). */
   baseEnv?: Record<string, string | undefined>;
+  /** Who runs an app's build and release commands and owns its new releases (app-user.ts). Default: the gateway's user. */
+  appUser?: (app: AppConfig) => AppUser;
 }
 
 export class Deployer {
@@ -183,6 +197,7 @@ export class Deployer {
   #log: Logger;
   #stateDir: string;
   #baseEnv: Record<string, string | undefined>;
+  #appUser: (app: AppConfig) => AppUser;
   #running = new Map<string, Deploy>();
   #recent = new Map<string, Deploy>();
   /** Every deploy's whole run, up to its last store write (which comes after `done` resolves). */
@@ -196,6 +211,7 @@ export class Deployer {
     this.#log = opts.logger;
     this.#stateDir = opts.stateDir;
     this.#baseEnv = opts.baseEnv ?? process.env;
+    this.#appUser = opts.appUser ?? gatewayUser;
   }
 
   /** The deploy running for an app now, if any. */
@@ -278,15 +294,18 @@ export class Deployer {
       await this.#store.createDeploy(deploy.record());
       let release: { id: string; dir: string };
       if (deploy.kind === 'deploy') {
-        const source = deploy.source ?? app.source!;
-        deploy.source = source;
+        const source = fetchSources.get(deploy) ?? app.source!;
+        deploy.source = redactText(source);
         const prepared = await this.#step(deploy, 'prepare', async () => {
+          const user = this.#appUser(app); // an unknown user or group fails the deploy here, naming it
+          await prepareAppDirs(target.releases.appDir, user, app.shared);
           const r = await target.releases.prepare(source);
-          return { value: r, message: `release ${r.id} from ${source}` };
+          await ownRelease(r.dir, user);
+          return { value: r, message: `release ${r.id} from ${r.source}` };
         });
         madeRelease = prepared.id;
         deploy.releaseId = prepared.id;
-        await this.#store.updateDeploy(deploy.id, { releaseId: prepared.id, source });
+        await this.#store.updateDeploy(deploy.id, { releaseId: prepared.id, source: deploy.source });
         await this.#step(deploy, 'link', async () => {
           await target.releases.linkShared(prepared);
           return { value: undefined, message: app.shared.length ? `linked ${app.shared.join(', ')}` : 'nothing shared' };
@@ -439,11 +458,13 @@ export class Deployer {
   }
 
   async #command(deploy: Deploy, step: 'build' | 'release', command: string, app: AppConfig, release: { id: string; dir: string }): Promise<void> {
-    const env: Record<string, string | undefined> = { ...this.#baseEnv, BERTH_APP: app.name, BERTH_RELEASE: release.id, ...app.env };
+    const user = this.#appUser(app);
+    const env = appEnv(this.#baseEnv, { app, user, vars: commandVars(app, release.id) });
     const res = await runCommand({
       command,
       cwd: release.dir,
       env,
+      user,
       timeoutMs: COMMAND_TIMEOUT_MS,
       logFile: join(this.#stateDir, 'apps', app.name, 'logs', `deploy-${deploy.id}.log`),
       signal: deploy.abort.signal,
@@ -473,7 +494,9 @@ export class Deployer {
   }
 
   async #event(deploy: Deploy, e: Omit<DeployEvent, 'deployId' | 'seq'>): Promise<void> {
-    const event: DeployEvent = { deployId: deploy.id, seq: deploy.events.length + 1, ...e };
+    // Messages and output lines can quote the source (git echoes its URL): never with its credentials.
+    const event: DeployEvent = { deployId: deploy.id, seq: deploy.events.length + 1, ...e, message: redactNullable(e.message) };
+    if (e.lines) event.lines = e.lines.map((l) => redactText(l));
     deploy.emit(event);
     try {
       await this.#store.addDeployEvent(event);
@@ -485,8 +508,8 @@ export class Deployer {
   async #fail(deploy: Deploy, err: unknown, log: Logger): Promise<void> {
     const failure = err instanceof StepFailure ? err : null;
     deploy.failedStep = failure?.step ?? null;
-    deploy.error = errorMessage(err);
-    deploy.logTail = failure?.tail ?? [];
+    deploy.error = redactText(errorMessage(err));
+    deploy.logTail = (failure?.tail ?? []).map((l) => redactText(l));
     this.#unlock(deploy);
     deploy.finish('failed');
     log.error({ step: deploy.failedStep, err: deploy.error }, 'deploy failed');

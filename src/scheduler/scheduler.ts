@@ -15,6 +15,7 @@ import type { Logger } from '../lib/logger.ts';
 import type { AuditOutcome, Store, TaskRunFilter, TaskRunRecord, TaskRunState } from '../store/store.ts';
 import type { ReleaseStore } from '../deploy/release-store.ts';
 import type { ProcessHook } from '../supervisor/instance.ts';
+import { gatewayUser, type AppUser } from '../supervisor/app-user.ts';
 import type { AuditStart } from '../api/audit.ts';
 import { CleanupJob } from './cleanup-job.ts';
 import { TaskRun, newTaskRunId, type TaskRunExec } from './task-run.ts';
@@ -53,8 +54,10 @@ export interface SchedulerOptions {
   audit: TaskAudit;
   /** The 'scheduler' logger. */
   logger: Logger;
-  /** Inherited by every task (PATH, HOME...); default process.env. */
+  /** The gateway's environment; only its pass-through list reaches tasks (app-env.ts). Default process.env. */
   baseEnv?: Record<string, string | undefined>;
+  /** Who an app's tasks run as (app-user.ts); throws for an unknown user. Default: the gateway's user. */
+  appUser?: (app: AppConfig) => AppUser;
   /** Told about every task process group, so orphans can be found after a crash. */
   onProcess?: ProcessHook;
   /** Between SIGTERM and SIGKILL when a run is killed; default TASK_KILL_GRACE_MS. */
@@ -106,6 +109,7 @@ export class Scheduler {
   #audit: TaskAudit;
   #log: Logger;
   #baseEnv: Record<string, string | undefined>;
+  #appUser: (app: AppConfig) => AppUser;
   #onProcess: ProcessHook | null;
   #killGraceMs: number | undefined;
   #state: SchedulerState = 'new';
@@ -123,6 +127,7 @@ export class Scheduler {
     this.#audit = opts.audit;
     this.#log = opts.logger;
     this.#baseEnv = opts.baseEnv ?? process.env;
+    this.#appUser = opts.appUser ?? gatewayUser;
     this.#onProcess = opts.onProcess ?? null;
     this.#killGraceMs = opts.killGraceMs;
   }
@@ -348,7 +353,8 @@ export class Scheduler {
 
   #newRun(target: TaskTarget, task: string, trigger: 'schedule' | 'manual', user: string | null, command: string | readonly string[], timeoutMs: number | null, onLine: OneOffRequest['onLine'] | null): TaskRun {
     const active = target.active!;
-    const exec: TaskRunExec = { kind: 'process', command, cwd: active.dir, env: TaskRun.env(this.#baseEnv, target.config, active.id, task), timeoutMs };
+    const runAs = this.#appUser(target.config);
+    const exec: TaskRunExec = { kind: 'process', command, cwd: active.dir, env: TaskRun.env(this.#baseEnv, target.config, active.id, task, runAs), user: runAs, timeoutMs };
     return new TaskRun({
       app: target.config.name,
       task,

@@ -5,6 +5,8 @@ import type { AppConfig } from '../config/schema.ts';
 import { errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { Store, TaskRunRecord, TaskRunState, TaskTrigger } from '../store/store.ts';
+import { appEnv, taskVars } from '../supervisor/app-env.ts';
+import { gatewayUser, spawnIdentity, type AppUser } from '../supervisor/app-user.ts';
 import { execCommand } from '../supervisor/exec-command.ts';
 import type { ProcessHook } from '../supervisor/instance.ts';
 import { LineSplitter } from '../supervisor/line-splitter.ts';
@@ -16,9 +18,6 @@ export const TASK_KILL_GRACE_MS = 5_000;
 /** After the leader exits, how long to wait for the last output (a grandchild may hold the pipes). */
 const OUTPUT_WAIT_MS = 2_000;
 
-/** Set per run, never inherited from the gateway's own environment. */
-const TASK_VARS = ['PORT', 'BERTH_SOCKET', 'BERTH_APP', 'BERTH_RELEASE', 'BERTH_PROCESS', 'BERTH_INSTANCE', 'BERTH_DB_POOL_SIZE', 'BERTH_HEARTBEAT_FILE', 'BERTH_TASK'];
-
 /** What a run executes: a process in the release, or a job inside the gateway (the built-in cleanup). */
 export type TaskRunExec =
   | {
@@ -27,6 +26,8 @@ export type TaskRunExec =
       command: string | readonly string[];
       cwd: string;
       env: Record<string, string>;
+      /** Who the process runs as (app-user.ts); default: the gateway's own user. */
+      user?: AppUser | null;
       /** Null: no limit. */
       timeoutMs: number | null;
     }
@@ -128,18 +129,13 @@ export class TaskRun {
     this.done = new Promise((resolve) => (this.#resolve = resolve));
   }
 
-  /** The environment of a task process (SPEC § Environment, without PORT and the instance variables). */
-  static env(inherited: Record<string, string | undefined>, app: AppConfig, releaseId: string, task: string): Record<string, string> {
-    const env: Record<string, string> = {};
-    for (const key of Object.keys(inherited)) {
-      const value = inherited[key];
-      if (value !== undefined && !TASK_VARS.includes(key)) env[key] = value;
-    }
-    env.BERTH_APP = app.name;
-    env.BERTH_RELEASE = releaseId;
-    env.BERTH_TASK = task;
-    env.BERTH_DB_POOL_SIZE = '1';
-    return Object.assign(env, app.env);
+  /**
+   * The environment of a task process, from the one builder of app environments (app-env.ts): the
+   * pass-through part of `inherited`, the user's HOME/USER/LOGNAME, the app's `env`, then BERTH_APP,
+   * BERTH_RELEASE, BERTH_TASK and BERTH_DB_POOL_SIZE=1 (no PORT, no instance variables).
+   */
+  static env(inherited: Record<string, string | undefined>, app: AppConfig, releaseId: string, task: string, user: AppUser = gatewayUser()): Record<string, string> {
+    return appEnv(inherited, { app, user, vars: taskVars(app, releaseId, task) });
   }
 
   get state(): TaskRunState {
@@ -227,7 +223,8 @@ export class TaskRun {
     const args = typeof exec.command === 'string' ? ['-c', execCommand(exec.command)] : ['-c', 'exec "$@"', 'berth-run', ...exec.command];
     let child: ChildProcess;
     try {
-      child = spawn('/bin/sh', args, { cwd: exec.cwd, env: exec.env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+      const identity = exec.user ? spawnIdentity(exec.user) : {};
+      child = spawn('/bin/sh', args, { cwd: exec.cwd, env: exec.env, detached: true, stdio: ['ignore', 'pipe', 'pipe'], ...identity });
     } catch (err) {
       return this.#cannotStart(err, exec.cwd);
     }

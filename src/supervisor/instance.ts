@@ -1,12 +1,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { channel } from 'node:diagnostics_channel';
-import { readFileSync } from 'node:fs';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { constants, readFileSync } from 'node:fs';
+import { chmod, mkdir, open, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { AppConfig, ProcessConfig } from '../config/schema.ts';
 import { errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
+import { appEnv, instanceVars } from './app-env.ts';
+import { gatewayUser, spawnIdentity, type AppUser } from './app-user.ts';
 import { Backoff, type RestartTiming } from './backoff.ts';
 import { execCommand } from './exec-command.ts';
 import { Health } from './health.ts';
@@ -26,9 +28,6 @@ export const READY_POLL_MS = 100;
 const KILL_WAIT_MS = 5_000;
 /** How often a stop looks whether the process group is gone. */
 const GONE_POLL_MS = 20;
-
-/** Instance-specific variables: never inherited from the gateway's own environment. */
-const INSTANCE_VARS = ['PORT', 'BERTH_SOCKET', 'BERTH_APP', 'BERTH_RELEASE', 'BERTH_PROCESS', 'BERTH_INSTANCE', 'BERTH_DB_POOL_SIZE', 'BERTH_HEARTBEAT_FILE'];
 
 /**
  * One `InstanceEvent` when an instance restarts after its process exited, and when it is marked
@@ -99,8 +98,10 @@ export interface InstanceOptions {
   releaseId: string;
   /** The release's real path: the working directory. */
   releaseDir: string;
-  /** Environment before the per-start address and the app's `env`: inherited vars plus BERTH_*. */
+  /** The whole environment (Instance.baseEnv) but the per-start address (PORT or BERTH_SOCKET). */
   env: Record<string, string>;
+  /** Who the process runs as (app-user.ts); default: the gateway's own user. */
+  user?: AppUser | null;
   /** Non-http types: the heartbeat file (created empty at each start). */
   heartbeatFile: string | null;
   ports: Ports;
@@ -141,12 +142,17 @@ export class Instance implements Upstream {
 
   #state: InstanceState = 'stopped';
   #address: UpstreamAddress | null = null;
+  /** The socket path the app binds, once `#address` has moved to its pinned link (Ports.pin). */
+  #bound: string | null = null;
   /** In-flight tickets -> start time. A Map keeps insertion order, so its first entry is the oldest. */
   #tickets = new Map<number, number>();
   #lastTicket = 0;
+  /** WebSockets open to this instance; they hold no ticket (no request slot). */
+  #tunnels = 0;
   #served = 0;
 
   #env: Record<string, string>;
+  #user: AppUser;
   /** What `/bin/sh -c` runs: the command, with `exec` when it is a simple one. */
   #script: string;
   #ports: Ports;
@@ -192,6 +198,7 @@ export class Instance implements Upstream {
     this.label = `${this.process}.${this.index}`;
     this.heartbeatFile = opts.heartbeatFile;
     this.#env = opts.env;
+    this.#user = opts.user ?? gatewayUser();
     this.#script = execCommand(opts.process.command);
     this.#ports = opts.ports;
     this.#writer = opts.logWriter;
@@ -208,7 +215,11 @@ export class Instance implements Upstream {
     }
   }
 
-  /** Builds the environment shared by every start of one instance slot (SPEC § Environment). */
+  /**
+   * Builds the environment shared by every start of one instance slot (SPEC § Environment), with the
+   * one builder of app environments (app-env.ts): the pass-through part of `inherited`, the user's
+   * HOME/USER/LOGNAME, the app's `env`, the process type's `env`, then the BERTH_* variables.
+   */
   static baseEnv(
     inherited: Record<string, string | undefined>,
     app: AppConfig,
@@ -216,23 +227,18 @@ export class Instance implements Upstream {
     proc: ProcessConfig,
     index: number,
     heartbeatFile: string | null,
+    user: AppUser = gatewayUser(),
   ): Record<string, string> {
-    const env: Record<string, string> = {};
-    for (const key of Object.keys(inherited)) {
-      const value = inherited[key];
-      if (value !== undefined && !INSTANCE_VARS.includes(key)) env[key] = value;
-    }
-    env.BERTH_APP = app.name;
-    env.BERTH_RELEASE = releaseId;
-    env.BERTH_PROCESS = proc.name;
-    env.BERTH_INSTANCE = String(index);
-    env.BERTH_DB_POOL_SIZE = String(proc.http ? proc.concurrency : 1);
-    if (!proc.http && heartbeatFile !== null) env.BERTH_HEARTBEAT_FILE = heartbeatFile;
-    return env;
+    return appEnv(inherited, { app, user, process: proc, vars: instanceVars(app, releaseId, proc, index, heartbeatFile) });
   }
 
   get state(): InstanceState {
     return this.#state;
+  }
+
+  /** The OS user the process runs as. */
+  get user(): AppUser {
+    return this.#user;
   }
 
   get address(): UpstreamAddress | null {
@@ -245,6 +251,10 @@ export class Instance implements Upstream {
 
   get served(): number {
     return this.#served;
+  }
+
+  get tunnels(): number {
+    return this.#tunnels;
   }
 
   get pid(): number | null {
@@ -275,7 +285,17 @@ export class Instance implements Upstream {
   end(ticket: number): void {
     if (!this.#tickets.delete(ticket)) return;
     this.#served++;
-    if (this.#tickets.size === 0 && this.#listener !== null) this.#listener.instanceIdle(this);
+    if (this.#tickets.size === 0 && this.#tunnels === 0 && this.#listener !== null) this.#listener.instanceIdle(this);
+  }
+
+  beginTunnel(): void {
+    this.#tunnels++;
+  }
+
+  endTunnel(): void {
+    if (this.#tunnels === 0) return;
+    this.#tunnels--;
+    if (this.#tunnels === 0 && this.#tickets.size === 0 && this.#listener !== null) this.#listener.instanceIdle(this);
   }
 
   /** The last lines of output (stdout and stderr, as written to the log file), oldest first. */
@@ -359,20 +379,33 @@ export class Instance implements Upstream {
 
   /** Everything a start needs before the spawn: an address (http types), an empty heartbeat file. */
   async #prepare(): Promise<UpstreamAddress | null> {
-    if (this.heartbeatFile !== null) {
-      await mkdir(dirname(this.heartbeatFile), { recursive: true });
-      await writeFile(this.heartbeatFile, '');
-    }
+    if (this.heartbeatFile !== null) await this.#heartbeatFile(this.heartbeatFile);
     if (!this.http) return null;
-    if (this.config.listen === 'socket') return { kind: 'unix', path: await this.#ports.socket(this.app, this.process, this.index) };
+    if (this.config.listen === 'socket') return { kind: 'unix', path: await this.#ports.socket(this.app, this.process, this.index, this.#user) };
     return { kind: 'tcp', host: '127.0.0.1', port: await this.#ports.port() };
+  }
+
+  /**
+   * An empty heartbeat file the app's user can touch. Its directory belongs to root (when berth is
+   * root) so the app can neither swap the file for a symlink nor make berth write through one; the
+   * file itself is opened without following symlinks.
+   */
+  async #heartbeatFile(file: string): Promise<void> {
+    const dir = dirname(file);
+    await mkdir(dir, { recursive: true });
+    if (this.#user.switches) await chmod(dir, 0o711);
+    const handle = await open(file, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW, 0o644);
+    try {
+      if (this.#user.switches) await handle.chown(this.#user.uid, this.#user.gid);
+    } finally {
+      await handle.close();
+    }
   }
 
   #spawn(run: number, address: UpstreamAddress | null): void {
     const env: Record<string, string> = { ...this.#env };
     if (address?.kind === 'tcp') env.PORT = String(address.port);
     else if (address?.kind === 'unix') env.BERTH_SOCKET = address.path;
-    Object.assign(env, this.config.env);
     let child: ChildProcess;
     try {
       child = spawn('/bin/sh', ['-c', this.#script], {
@@ -380,6 +413,7 @@ export class Instance implements Upstream {
         detached: true,
         stdio: ['ignore', 'pipe', 'pipe'],
         env,
+        ...spawnIdentity(this.#user),
       });
     } catch (err) {
       this.#log.error({ err: errorMessage(err) }, 'instance cannot start');
@@ -430,6 +464,31 @@ export class Instance implements Upstream {
     this.#readyTimer = null;
     const address = this.#address;
     if (run !== this.#run || this.#state !== 'starting' || address === null) return;
+    // An app with a user of its own binds in a directory it owns: nothing is probed (or proxied) there
+    // before its socket is pinned where the app cannot swap it (Ports.pin).
+    if (address.kind === 'unix' && this.#user.switches && this.#bound === null) {
+      this.#ports.pin(address.path, this.#user.uid).then(
+        (pinned) => {
+          if (run !== this.#run || this.#state !== 'starting') {
+            if (pinned !== null) void this.#ports.release(pinned).catch(() => {});
+            return;
+          }
+          if (pinned === null) {
+            this.#readyTimer = setTimeout(() => this.#pollReady(run), READY_POLL_MS);
+            return;
+          }
+          this.#bound = address.path;
+          this.#address = { kind: 'unix', path: pinned };
+          this.#pollReady(run);
+        },
+        (err) => {
+          if (run !== this.#run) return;
+          this.#log.warn({ err: errorMessage(err), socket: address.path }, 'cannot pin the instance socket');
+          this.#readyTimer = setTimeout(() => this.#pollReady(run), READY_POLL_MS);
+        },
+      );
+      return;
+    }
     const h = this.config.health;
     probe(address, h.path, h.timeoutMs).then((ok) => {
       if (run !== this.#run || this.#state !== 'starting') return;
@@ -518,6 +577,8 @@ export class Instance implements Upstream {
     this.#run++;
     this.#clearProcessTimers();
     if (address?.kind === 'unix') void this.#ports.release(address.path).catch(() => {});
+    if (this.#bound !== null) void this.#ports.release(this.#bound).catch(() => {});
+    this.#bound = null;
     const killed = this.#killReason;
     this.#killReason = null;
     if (this.#ended) return; // stop() is waiting for the group and sets the state

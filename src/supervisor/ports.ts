@@ -1,9 +1,10 @@
 import { createServer } from 'node:net';
 import { createHash } from 'node:crypto';
-import { lstat, mkdir, rm } from 'node:fs/promises';
+import { chmod, chown, link, lstat, mkdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { BerthError } from '../lib/errors.ts';
+import type { AppUser } from './app-user.ts';
 
 /**
  * The longest unix socket path we hand out, in bytes. sun_path holds 108 bytes on Linux and 104 on
@@ -55,26 +56,69 @@ export class Ports {
 
   /**
    * A socket path for one start of one instance, unique within this gateway's life: its directory is
-   * created and any stale file at the path removed, so the app can bind it at once.
+   * created and any stale file at the path removed, so the app can bind it at once. An app that runs as
+   * another user (berth is root) binds in a directory of its own, `<dir>/<app>/`, owned by that user and
+   * closed to everyone else: no other app can take or replace its socket names, and it can take no
+   * other app's.
    */
-  async socket(app: string, proc: string, index: number): Promise<string> {
-    const path = this.socketPath(app, proc, index);
+  async socket(app: string, proc: string, index: number, user: AppUser | null = null): Promise<string> {
+    const sub = user?.switches ? app : null;
+    const path = this.socketPath(app, proc, index, sub);
     const dir = path.slice(0, path.lastIndexOf('/'));
-    if (dir === this.fallbackDir) await this.#privateDir(dir);
-    else await mkdir(dir, { recursive: true });
+    const base = sub === null ? dir : dir.slice(0, dir.lastIndexOf('/'));
+    if (base === this.fallbackDir) await this.#privateDir(base, sub !== null);
+    else {
+      await mkdir(base, { recursive: true });
+      // The app user must pass through to its own directory; nothing here is listed or written by others.
+      if (sub !== null) await chmod(base, 0o711);
+    }
+    if (sub !== null && user) {
+      await mkdir(dir, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EEXIST') throw err;
+      });
+      const st = await lstat(dir);
+      if (!st.isDirectory()) throw new BerthError('BERTH_E_SPAWN', `socket dir ${dir} is not a directory`);
+      await chown(dir, user.uid, user.gid);
+      await chmod(dir, 0o700);
+    }
     await rm(path, { force: true });
     return path;
   }
 
-  /** The path `socket()` would use, without touching the file system. */
-  socketPath(app: string, proc: string, index: number): string {
+  /** The path `socket()` would use, without touching the file system (`sub`: the app's own directory). */
+  socketPath(app: string, proc: string, index: number, sub: string | null = null): string {
     const name = `${app}.${proc}.${index}.${++this.#n}.sock`;
-    const preferred = join(this.socketDir, name);
+    const inDir = (dir: string) => (sub === null ? dir : join(dir, sub));
+    const preferred = join(inDir(this.socketDir), name);
     if (Buffer.byteLength(preferred) <= MAX_SOCKET_PATH_BYTES) return preferred;
-    const fallback = join(this.fallbackDir, name);
+    const fallback = join(inDir(this.fallbackDir), name);
     if (Buffer.byteLength(fallback) <= MAX_SOCKET_PATH_BYTES) return fallback;
-    // Long app or process names: the name is hashed, the counter keeps it unique.
-    return join(this.fallbackDir, `${shortHash(`${app}.${proc}.${index}`)}.${this.#n}.sock`);
+    // Long app or process names: the names are hashed, the counter keeps it unique.
+    const hashed = `${shortHash(`${app}.${proc}.${index}`)}.${this.#n}.sock`;
+    return join(sub === null ? this.fallbackDir : join(this.fallbackDir, shortHash(sub)), hashed);
+  }
+
+  /**
+   * The socket an app bound at `path` (in its own directory, from `socket()` with a user), pinned where
+   * only berth can write: a hard link in the root-owned directory above, used for probes and traffic.
+   * The app owns its directory, so it could replace its socket by a symlink to a socket it may not use
+   * itself (the control socket) and have berth, as root, connect there for it; a hard link made here
+   * names the inode the app bound, and link(2) links a symlink itself, never its target. Returns null
+   * while `path` is not a socket that `uid` owns (not bound yet, or something else).
+   */
+  async pin(path: string, uid: number): Promise<string | null> {
+    const pinned = join(dirname(dirname(path)), basename(path));
+    await rm(pinned, { force: true });
+    try {
+      await link(path, pinned);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+    const st = await lstat(pinned);
+    if (st.isSocket() && st.uid === uid) return pinned;
+    await rm(pinned, { force: true });
+    return null;
   }
 
   /** Removes a socket file after its process has gone. */
@@ -82,14 +126,18 @@ export class Ports {
     await rm(path, { force: true });
   }
 
-  /** The temp dir is shared with other users: refuse one that someone else made (or a symlink). */
-  async #privateDir(dir: string): Promise<void> {
+  /**
+   * The temp dir is shared with other users: refuse one that someone else made (or a symlink). It is
+   * 0700, or 0711 when app users must pass through it to their own directories.
+   */
+  async #privateDir(dir: string, traversable: boolean): Promise<void> {
     await mkdir(dir, { recursive: true, mode: 0o700 });
     const st = await lstat(dir);
     const uid = process.getuid?.();
     if (!st.isDirectory() || (uid !== undefined && st.uid !== uid)) {
       throw new BerthError('BERTH_E_SPAWN', `socket dir ${dir} is not a directory owned by this user`);
     }
+    if (traversable && (st.mode & 0o777) !== 0o711) await chmod(dir, 0o711);
   }
 }
 

@@ -7,6 +7,7 @@ import type { RestartTiming } from './backoff.ts';
 import { Generation, type InstanceFactory } from './generation.ts';
 import { Instance, type ProcessHook, type RestartHook } from './instance.ts';
 import { LogWriter } from './log-writer.ts';
+import { gatewayUser, type AppUser } from './app-user.ts';
 import { Ports } from './ports.ts';
 
 export { Generation, Instance };
@@ -19,8 +20,10 @@ export interface SupervisorOptions {
   stateDir: string;
   /** The 'supervisor' logger. */
   logger: Logger;
-  /** Inherited by every instance (PATH, HOME...); default process.env. */
+  /** The gateway's environment; only its pass-through list reaches instances (app-env.ts). Default process.env. */
   baseEnv?: Record<string, string | undefined>;
+  /** Who an app's instances run as (app-user.ts); throws for an unknown user. Default: the gateway's user. */
+  appUser?: (app: AppConfig) => AppUser;
   /** Restart policy; defaults are the RESTART_* constants. Tests shrink them. */
   timing?: Partial<RestartTiming>;
   /** Log rotation; defaults DEFAULT_LOG_MAX_BYTES and DEFAULT_LOG_KEEP_FILES. */
@@ -42,6 +45,7 @@ export class Supervisor implements InstanceFactory {
   readonly stateDir: string;
   #log: Logger;
   #baseEnv: Record<string, string | undefined>;
+  #appUser: (app: AppConfig) => AppUser;
   #timing: Partial<RestartTiming>;
   #logOptions: { maxBytes?: number; keepFiles?: number };
   #ports: Ports;
@@ -61,6 +65,7 @@ export class Supervisor implements InstanceFactory {
     this.stateDir = opts.stateDir;
     this.#log = opts.logger;
     this.#baseEnv = opts.baseEnv ?? process.env;
+    this.#appUser = opts.appUser ?? gatewayUser;
     this.#timing = opts.timing ?? {};
     this.#logOptions = opts.logs ?? {};
     this.#onProcess = opts.onProcess ?? null;
@@ -83,6 +88,8 @@ export class Supervisor implements InstanceFactory {
     } catch (err) {
       throw new BerthError('BERTH_E_SPAWN', `release directory ${release.dir} of ${app.name} cannot be resolved: ${errorMessage(err)}`, { cause: err });
     }
+    // An unknown user fails here, before any generation exists (createInstance resolves it per instance).
+    this.#appUser(app);
     const n = (this.#seq.get(app.name) ?? 0) + 1;
     this.#seq.set(app.name, n);
     const id = `${app.name}#${n}`;
@@ -139,13 +146,15 @@ export class Supervisor implements InstanceFactory {
     const genNumber = gen.id.slice(gen.id.lastIndexOf('#') + 1);
     // Numbered by generation: the old and new generations of a deploy run side by side.
     const heartbeatFile = proc.http ? null : join(appDir, 'run', `${proc.name}.${index}.${genNumber}.heartbeat`);
+    const user = this.#appUser(app);
     return new Instance({
       app,
       process: proc,
       index,
       releaseId: gen.releaseId,
       releaseDir: gen.releaseDir,
-      env: Instance.baseEnv(this.#baseEnv, app, gen.releaseId, proc, index, heartbeatFile),
+      env: Instance.baseEnv(this.#baseEnv, app, gen.releaseId, proc, index, heartbeatFile, user),
+      user,
       heartbeatFile,
       ports: this.#ports,
       logWriter: this.#writer(join(appDir, 'logs', `${proc.name}.log`)),

@@ -36,12 +36,51 @@ export async function fixtureApp(dir: string, name = 'web-src'): Promise<string>
   return dest;
 }
 
-/** Writes a berth.yaml (object -> YAML) and returns its path. */
+/** True when the tests run as root (as CI does). */
+export const RUNNING_AS_ROOT = process.getuid?.() === 0;
+
+/**
+ * Writes a berth.yaml (object -> YAML) and returns its path.
+ *
+ * When the tests run as root, every app that names no `user` gets `user: root`. Without it berth (as
+ * root) would run the app as the owner of its source, which in a test is root, so as `default_user`
+ * (nobody); and nobody may not be able to exec Node from the checkout (node_modules/node/bin/node in a
+ * CI clone under a private home directory) nor read the test's temp dirs. Ordinary tests are about
+ * other things; the privilege tests (test/gateway/privileges.test.ts) set users explicitly.
+ */
 export async function writeConfig(dir: string, config: unknown): Promise<string> {
   await mkdir(dir, { recursive: true });
   const file = join(dir, 'berth.yaml');
-  await writeFile(file, typeof config === 'string' ? config : YAML.stringify(config));
+  await writeFile(file, typeof config === 'string' ? rootUserText(config) : YAML.stringify(RUNNING_AS_ROOT ? withRootUser(config) : config));
   return file;
+}
+
+function withRootUser(config: unknown): unknown {
+  if (config === null || typeof config !== 'object' || Array.isArray(config)) return config;
+  const apps = (config as { apps?: unknown }).apps;
+  if (apps === null || typeof apps !== 'object' || Array.isArray(apps)) return config;
+  const out: Record<string, unknown> = {};
+  for (const [name, app] of Object.entries(apps as Record<string, unknown>)) {
+    out[name] = app !== null && typeof app === 'object' && !Array.isArray(app) && !('user' in app) ? { ...app, user: 'root' } : app;
+  }
+  return { ...(config as object), apps: out };
+}
+
+/** The same for a config given as YAML text; text that does not parse is written as it is. */
+function rootUserText(text: string): string {
+  if (!RUNNING_AS_ROOT) return text;
+  const doc = YAML.parseDocument(text);
+  if (doc.errors.length > 0) return text;
+  const apps = doc.get('apps', true);
+  if (!YAML.isMap(apps)) return text;
+  let changed = false;
+  for (const pair of apps.items) {
+    if (YAML.isMap(pair.value) && !pair.value.has('user')) {
+      pair.value.set('user', 'root');
+      changed = true;
+    }
+  }
+  return changed ? String(doc) : text;
 }
 
 export async function waitFor<T>(fn: () => T | Promise<T>, opts: { timeoutMs?: number; intervalMs?: number; message?: string } = {}): Promise<NonNullable<T>> {
@@ -105,9 +144,10 @@ export interface ChildGateway {
  * Starts `berth start --config <file>` as a child process and waits until it listens. The config should
  * listen on 127.0.0.1:0; the bound port is read from `GET /v1/status` on the control socket.
  */
-export async function spawnGateway(t: TestContext, configPath: string, opts: { env?: Record<string, string> } = {}): Promise<ChildGateway> {
+export async function spawnGateway(t: TestContext, configPath: string, opts: { env?: Record<string, string>; /** false: apps without a user keep berth's default (privilege tests) */ rootUser?: boolean } = {}): Promise<ChildGateway> {
+  const rootUser = opts.rootUser === false ? {} : await rootUserOverrides(configPath, { ...process.env, ...opts.env });
   const proc = spawn(process.execPath, [MAIN, 'start', '--config', configPath], {
-    env: { ...process.env, ...opts.env },
+    env: { ...process.env, ...rootUser, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: any[] = [];
@@ -168,6 +208,24 @@ export async function spawnGateway(t: TestContext, configPath: string, opts: { e
   };
 }
 
+/**
+ * For a config file not written by writeConfig (examples/berth.yaml): `BERTH_APPS__<APP>__USER=root`
+ * for each app without a user, when the tests run as root, for the reason writeConfig gives.
+ */
+async function rootUserOverrides(configPath: string, environ: Record<string, string | undefined>): Promise<Record<string, string>> {
+  if (!RUNNING_AS_ROOT) return {};
+  let apps: string[];
+  try {
+    const config = await loadConfig({ configPath, environ });
+    apps = Object.values(config.apps).filter((a) => a.user === null).map((a) => a.name);
+  } catch {
+    return {}; // a bad config: the gateway says so itself
+  }
+  const env: Record<string, string> = {};
+  for (const name of apps) env[`BERTH_APPS__${name.toUpperCase().replaceAll('-', '_')}__USER`] = 'root';
+  return env;
+}
+
 /** Runs the berth CLI to completion. */
 export function runCli(args: string[], opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolvePromise) => {
@@ -195,7 +253,8 @@ export class LogSink extends Writable {
 
 /** Starts a gateway in this process (real sockets and child processes) and stops it after the test. */
 export async function startGateway(t: TestContext, configPath: string, opts: Partial<Pick<GatewayOptions, 'supervisorTiming'>> & { environ?: Record<string, string> } = {}): Promise<{ gateway: Gateway; port: number; sink: LogSink }> {
-  const config = await loadConfig({ configPath, environ: { ...process.env, ...opts.environ } });
+  const environ = { ...process.env, ...opts.environ };
+  const config = await loadConfig({ configPath, environ: { ...environ, ...(await rootUserOverrides(configPath, environ)) } });
   const sink = new LogSink();
   const loggers = new LoggerFactory(config.logLevels, sink);
   const gateway = new Gateway({ config, loggers, supervisorTiming: opts.supervisorTiming });

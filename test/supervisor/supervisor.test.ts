@@ -66,7 +66,8 @@ test('instances get the environment of SPEC, run in the release real path, and a
     assert.equal(body.env.BERTH_PROCESS, 'web');
     assert.equal(body.env.BERTH_INSTANCE, String(inst.index));
     assert.equal(body.env.BERTH_DB_POOL_SIZE, '3');
-    assert.equal(body.env.INHERITED, 'yes');
+    assert.equal(body.env.INHERITED, undefined, 'only the pass-through list comes from the gateway environment (app-env.ts)');
+    assert.equal(body.env.PATH, process.env.PATH);
     assert.equal(body.env.OVERRIDE, 'app', 'app env comes last');
     assert.equal(body.env.BERTH_SOCKET, undefined);
     assert.equal(body.env.BERTH_HEARTBEAT_FILE, undefined);
