@@ -2,9 +2,12 @@
  * The audit log: who changed what, through which channel, and how it ended. A change is written as
  * `pending` before it acts and finished after, so even a change that took the gateway down shows.
  * Writing the audit row must never be the reason a change fails: store errors are logged, not thrown.
+ * Targets and details are redacted (src/lib/redact.ts) before they are logged or stored, and again when
+ * read: a deploy's target is its request body, whose source URL may carry credentials.
  */
 import type { Logger } from '../lib/logger.ts';
 import { errorMessage } from '../lib/errors.ts';
+import { redactNullable } from '../lib/redact.ts';
 import type { AuditChannel, AuditFilter, AuditOutcome, AuditRecord, Store } from '../store/store.ts';
 
 export interface AuditStart {
@@ -35,7 +38,7 @@ export class Audit {
     const store = this.#store();
     if (!store || id === 0) return;
     try {
-      await store.finishAudit(id, outcome, detail ?? null, new Date().toISOString());
+      await store.finishAudit(id, outcome, redactNullable(detail ?? null), new Date().toISOString());
     } catch (err) {
       this.#log.error({ id, outcome, err: errorMessage(err) }, 'cannot finish audit row');
     }
@@ -48,13 +51,15 @@ export class Audit {
 
   async list(filter: AuditFilter = {}): Promise<AuditRecord[]> {
     const store = this.#store();
-    return store ? store.listAudit(filter) : [];
+    if (!store) return [];
+    return (await store.listAudit(filter)).map((r) => ({ ...r, target: redactNullable(r.target), detail: redactNullable(r.detail) }));
   }
 
   async #add(e: AuditStart, outcome: AuditOutcome, finished: boolean): Promise<number> {
     const store = this.#store();
     const at = new Date().toISOString();
-    this.#log.info({ user: e.user, channel: e.channel, action: e.action, app: e.app, target: e.target, outcome }, 'audit');
+    const target = redactNullable(e.target ?? null);
+    this.#log.info({ user: e.user, channel: e.channel, action: e.action, app: e.app, target, outcome }, 'audit');
     if (!store) return 0;
     try {
       return await store.addAudit({
@@ -63,9 +68,9 @@ export class Audit {
         channel: e.channel,
         action: e.action,
         app: e.app,
-        target: e.target ?? null,
+        target,
         outcome,
-        detail: e.detail ?? null,
+        detail: redactNullable(e.detail ?? null),
         finishedAt: finished ? at : null,
       });
     } catch (err) {

@@ -1,7 +1,10 @@
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BerthError } from '../lib/errors.ts';
+import { readContained } from '../lib/contained-file.ts';
 import { DEFAULT_CONCURRENCY, DEFAULT_INSTANCES, type AppConfig, type ProcessConfig } from '../config/schema.ts';
+
+/** The largest Procfile read. */
+const PROCFILE_MAX_BYTES = 1024 * 1024;
 
 /** What a Procfile declares: process types, plus the `release:` line, which is the release command. */
 export interface Procfile {
@@ -56,12 +59,11 @@ export function parseProcfile(text: string, scale: Record<string, number> = {}, 
 export async function resolveProcesses(app: AppConfig, releaseDir: string): Promise<Procfile> {
   if (app.processes) return { processes: app.processes, release: app.release };
   const file = join(releaseDir, 'Procfile');
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    throw new BerthError('BERTH_E_RELEASE', `app ${app.name} has no processes in config and its release has no Procfile`, { cause: err });
-  }
+  // Read only when it really lies inside the release: a Procfile symlinked elsewhere counts as missing,
+  // and so does one too large to be a Procfile (the release is the app's; the gateway's memory is not).
+  const body = await readContained(file, releaseDir, PROCFILE_MAX_BYTES);
+  if (body === null) throw new BerthError('BERTH_E_RELEASE', `app ${app.name} has no processes in config and its release has no Procfile (a regular file inside the release, at most 1 MiB)`);
+  const text = body.toString('utf8');
   const procfile = parseProcfile(text, app.scale);
   for (const route of app.routes) {
     if (route.to === null) continue;

@@ -6,10 +6,11 @@
 import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, readdir, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, posix, relative } from 'node:path';
-import type { AppConfig } from '../config/schema.ts';
+import { DEFAULT_MAX_RELEASE_BYTES, DEFAULT_MAX_RELEASE_FILES, type AppConfig } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
 import { BerthError, ErrorCodes, errorMessage } from '../lib/errors.ts';
 import { symlinkAtomic } from '../lib/atomic-fs.ts';
+import { redactText } from '../lib/redact.ts';
 import type { ReleaseState, Store } from '../store/store.ts';
 import { fetchSource, parseSource, treeHash } from './sources.ts';
 
@@ -92,7 +93,8 @@ export class ReleaseStore {
    */
   async prepare(source: string): Promise<PreparedRelease> {
     const parsed = parseSource(source);
-    const recorded = parsed.kind === 'git' ? (parsed.local ? `${parsed.url}#${parsed.ref}` : source.trim()) : parsed.path;
+    // What is logged and stored: credentials in a git URL never are (src/lib/redact.ts).
+    const recorded = redactText(parsed.kind === 'git' ? (parsed.local ? `${parsed.url}#${parsed.ref}` : source.trim()) : parsed.path);
     const now = new Date();
     const id = this.newReleaseId(now);
     const final = join(this.#releasesDir, id);
@@ -105,14 +107,20 @@ export class ReleaseStore {
       const fetched = await fetchSource(parsed, staging, {
         exclude: [await realpath(this.#stateDir)],
         scratch: join(this.#releasesDir, `.${id}.clone`),
+        limits: {
+          // Apps built by hand (tests, tools) may leave the limits out: the defaults apply.
+          maxBytes: this.#app.maxReleaseBytes ?? DEFAULT_MAX_RELEASE_BYTES,
+          maxFiles: this.#app.maxReleaseFiles ?? DEFAULT_MAX_RELEASE_FILES,
+        },
       });
       revision = fetched.revision ?? (await treeHash(staging));
-      await writeFile(join(staging, REVISION_FILE), `${revision}\n`);
+      await writeRevision(staging, revision);
       await rename(staging, final);
     } catch (err) {
       await rm(staging, { recursive: true, force: true });
-      this.#log.warn({ release: id, source: recorded, err: errorMessage(err) }, 'release not prepared');
-      throw asReleaseError(`cannot prepare a release from ${recorded}`, err);
+      const failure = redactError(asReleaseError(`cannot prepare a release from ${recorded}`, err), source);
+      this.#log.warn({ release: id, source: recorded, err: failure.message }, 'release not prepared');
+      throw failure;
     }
     let dir: string;
     try {
@@ -247,6 +255,17 @@ export class ReleaseStore {
   }
 }
 
+/**
+ * Writes `<release>/REVISION`. Whatever the source put there (a file, a directory, a symlink to a file
+ * elsewhere) is removed first, and the new file is created exclusively (O_EXCL never follows a link),
+ * so the write can only land in the release.
+ */
+async function writeRevision(dir: string, revision: string): Promise<void> {
+  const file = join(dir, REVISION_FILE);
+  await rm(file, { recursive: true, force: true });
+  await writeFile(file, `${revision}\n`, { flag: 'wx' });
+}
+
 /** A shared entry as a clean relative path; anything absolute or climbing out is a config mistake. */
 function sharedEntryPath(entry: string): string {
   const rel = posix.normalize(entry.replace(/\/+$/, ''));
@@ -275,6 +294,15 @@ async function ensureRealParents(root: string, rel: string): Promise<void> {
     if (st.isSymbolicLink()) throw new BerthError(ErrorCodes.release, `"${relative(root, dir)}" in the release is a symlink; a shared entry cannot be linked below it`);
     if (!st.isDirectory()) throw new BerthError(ErrorCodes.release, `"${relative(root, dir)}" in the release is not a directory`);
   }
+}
+
+/**
+ * The error with every trace of the source's credentials removed from its message. The cause is dropped
+ * when the message changed, since it may quote the URL as given.
+ */
+function redactError(err: BerthError, source: string): BerthError {
+  const message = redactText(err.message, [source.trim()]);
+  return message === err.message ? err : new BerthError(err.code, message, { details: err.details });
 }
 
 function asReleaseError(context: string, err: unknown): BerthError {

@@ -14,22 +14,28 @@
  *   with 304s) instead of guessing a freshness lifetime from Last-Modified and keeping old assets after a
  *   deploy.
  * - Index files: a path ending in `/` serves that directory's `index.html`; a directory without the slash
- *   is redirected (301) to the slash, so relative links in the index resolve. There are no listings.
+ *   is redirected (301) to the slash, so relative links in the index resolve. There are no listings. The
+ *   Location is the request path with runs of `/` collapsed, so `//evil.example` (which a browser reads
+ *   as another host) can never come out; a Location that would still start with `//` or `/\` gives 404.
  * - Safety: every request path is decoded once, and any `.` or `..` segment, encoded slash or backslash,
- *   NUL, malformed escape or dot-file segment (except `.well-known`) gives 404. The file's real path (all
- *   symlinks resolved) must lie inside the real path of the static directory, so a symlink leaving it also
- *   gives 404. Only regular files are opened, so a FIFO or device node can never block a request.
+ *   NUL, malformed escape or dot-file segment (except `.well-known`) gives 404. The static directory's
+ *   real path must lie inside the release's real path (or the app's `shared` dir, for a shared entry),
+ *   checked once per release and route and cached. Each file is judged on the file actually opened
+ *   (src/lib/contained-file.ts: its real path, from the open descriptor, must lie inside the static
+ *   directory), so a symlink leaving it, even one swapped in after a check, gives 404. Only regular files
+ *   are opened, so a FIFO or device node can never block a request or be touched.
  * - Files are streamed (fs.createReadStream), never read whole into memory.
  */
-import { createReadStream, type ReadStream } from 'node:fs';
-import { realpath, stat } from 'node:fs/promises';
+import { close, createReadStream, type ReadStream } from 'node:fs';
+import { realpath } from 'node:fs/promises';
 import { channel } from 'node:diagnostics_channel';
-import { join, sep, extname } from 'node:path';
+import { basename, dirname, join, extname } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Stats } from 'node:fs';
 import type { Mode, RouteConfig } from '../config/schema.ts';
 import type { GenerationView } from '../supervisor/types.ts';
 import type { ErrorPages, ErrorReason } from './error-pages.ts';
+import { openContained, openContainedSync } from '../lib/contained-file.ts';
 
 /** One `{ file }` per file opened for a response; published only while someone subscribes. */
 export const staticChannel = channel('berth:proxy:static');
@@ -108,16 +114,18 @@ export interface StaticRequest {
   close: boolean;
 }
 
-/** A file chosen for a response. */
+/** A file chosen for a response, open: whoever ends the response closes `fd`. */
 interface Chosen {
+  /** Real path of the file opened. */
   file: string;
+  fd: number;
   /** The file the client asked for: its name gives the Content-Type, whatever the encoding. */
   asked: string;
   stats: Stats;
   encoding: 'br' | 'gzip' | null;
 }
 
-type Found = { kind: 'file'; file: string; stats: Stats } | { kind: 'redirect' } | { kind: 'missing' } | { kind: 'busy' };
+type Found = { kind: 'file'; file: string; fd: number; stats: Stats } | { kind: 'redirect' } | { kind: 'missing' } | { kind: 'busy' };
 
 const MISSING: Found = { kind: 'missing' };
 const REDIRECT: Found = { kind: 'redirect' };
@@ -126,7 +134,7 @@ const BUSY: Found = { kind: 'busy' };
 /** The static file server of one proxy. */
 export class Static {
   #pages: ErrorPages;
-  /** `<releaseDir>\0<static dir>` -> its real path, or null when it does not exist. */
+  /** `<releaseDir>\0<static dir>` -> its real path, or null when it does not exist or leaves the release. */
   #roots = new Map<string, string | null>();
 
   constructor(pages: ErrorPages) {
@@ -158,63 +166,73 @@ export class Static {
     if (found.kind === 'missing') return this.#error(r, 404, 'not-found', null);
     if (found.kind === 'busy') return this.#error(r, 503, 'static-unavailable', BUSY_RETRY_AFTER_S);
     if (found.kind === 'redirect') return this.#redirect(r);
-    const chosen = await this.#encoding(r, found.file, found.stats);
-    return this.#send(r, chosen);
+    const chosen = this.#encoding(r, found.file, found.fd, found.stats);
+    try {
+      return this.#send(r, chosen);
+    } catch (err) {
+      close(chosen.fd, noop);
+      throw err;
+    }
   }
 
-  /** The file for the request, or why there is none. Never throws. */
+  /** The file for the request, opened, or why there is none. Never throws. */
   async #find(r: StaticRequest): Promise<Found> {
     const rel = relativePath(r.path, r.route.path);
     if (rel === null) return MISSING;
     const root = await this.#root(r.generation.releaseDir, r.route.static!);
     if (root === null) return MISSING;
+    const roots = [root];
     try {
-      let file = await realpath(rel.path === '' ? root : join(root, rel.path));
-      if (!inside(file, root)) return MISSING;
-      let stats = await stat(file);
-      if (stats.isDirectory()) {
+      let found = openContainedSync(rel.path === '' ? root : join(root, rel.path), roots);
+      if (found.kind === 'directory') {
         if (!rel.dir) return REDIRECT;
-        file = await realpath(join(file, INDEX_FILE));
-        if (!inside(file, root)) return MISSING;
-        stats = await stat(file);
-      } else if (rel.dir) {
+        found = openContainedSync(join(found.real, INDEX_FILE), roots);
+      } else if (found.kind === 'file' && rel.dir) {
         // `file.css/` names a directory that is not there.
+        close(found.fd, noop);
         return MISSING;
       }
-      return stats.isFile() ? { kind: 'file', file, stats } : MISSING;
+      return found.kind === 'file' ? { kind: 'file', file: found.real, fd: found.fd, stats: found.stats } : MISSING;
     } catch (err) {
       return isBusy(err) ? BUSY : MISSING;
     }
   }
 
-  /** The real path of a release's static directory, cached (releases do not move). */
+  /**
+   * The real path of a release's static directory, cached (releases do not move); null when it does not
+   * exist, is not a directory, or resolves outside the release (a symlink to /etc), except into the
+   * app's `shared` dir, where berth's own links for `shared` entries lead.
+   */
   async #root(releaseDir: string, dir: string): Promise<string | null> {
     const key = releaseDir + '\0' + dir;
     const cached = this.#roots.get(key);
     if (cached !== undefined) return cached;
-    const real = await realpath(join(releaseDir, dir)).catch(() => null);
+    const real = await containedRoot(releaseDir, dir);
     if (this.#roots.size >= ROOT_CACHE_SIZE) this.#roots.delete(this.#roots.keys().next().value!);
     this.#roots.set(key, real);
     return real;
   }
 
   /** A precompressed sibling the client accepts (br first), else the file itself. */
-  async #encoding(r: StaticRequest, file: string, stats: Stats): Promise<Chosen> {
+  #encoding(r: StaticRequest, file: string, fd: number, stats: Stats): Chosen {
     const accept = r.req.headers['accept-encoding'];
-    if (accept === undefined) return { file, asked: file, stats, encoding: null };
-    const root = (await this.#root(r.generation.releaseDir, r.route.static!))!;
+    if (accept === undefined) return { file, fd, asked: file, stats, encoding: null };
+    // Cached by #find, which ran first for this request.
+    const root = this.#roots.get(r.generation.releaseDir + '\0' + r.route.static!);
+    if (!root) return { file, fd, asked: file, stats, encoding: null };
     for (const [encoding, suffix] of SIBLINGS) {
       if (!acceptsEncoding(accept, encoding)) continue;
       try {
-        const sibling = await realpath(file + suffix);
-        if (!inside(sibling, root)) continue;
-        const st = await stat(sibling);
-        if (st.isFile()) return { file: sibling, asked: file, stats: st, encoding };
+        const sibling = openContainedSync(file + suffix, [root]);
+        if (sibling.kind === 'file') {
+          close(fd, noop);
+          return { file: sibling.real, fd: sibling.fd, asked: file, stats: sibling.stats, encoding };
+        }
       } catch {
-        // No such sibling: try the next encoding.
+        // No usable sibling: try the next encoding.
       }
     }
-    return { file, asked: file, stats, encoding: null };
+    return { file, fd, asked: file, stats, encoding: null };
   }
 
   #send(r: StaticRequest, chosen: Chosen): Promise<number> {
@@ -238,11 +256,13 @@ export class Static {
     const ifMatch = h['if-match'];
     const ifUnmodified = h['if-unmodified-since'];
     if (ifMatch !== undefined ? !matchesEtag(ifMatch, etag, true) : ifUnmodified !== undefined && isAfter(mtime, ifUnmodified)) {
+      close(chosen.fd, noop);
       return finish(res, 412, headers);
     }
     const ifNoneMatch = h['if-none-match'];
     const ifModified = h['if-modified-since'];
     if (ifNoneMatch !== undefined ? matchesEtag(ifNoneMatch, etag, false) : ifModified !== undefined && !isAfter(mtime, ifModified, true)) {
+      close(chosen.fd, noop);
       return finish(res, 304, headers);
     }
 
@@ -260,6 +280,7 @@ export class Static {
       if (parsed === 'unsatisfiable') {
         headers['content-range'] = `bytes */${size}`;
         headers['content-length'] = 0;
+        close(chosen.fd, noop);
         return finish(res, 416, headers);
       }
       if (parsed !== null) {
@@ -271,14 +292,19 @@ export class Static {
     }
     headers['content-length'] = end - start + 1;
     // The client may have gone while the file was looked up: then there is nobody to stream to.
-    if (res.destroyed) return Promise.resolve(499);
+    if (res.destroyed) {
+      close(chosen.fd, noop);
+      return Promise.resolve(499);
+    }
     res.writeHead(status, headers);
     if (req.method === 'HEAD' || size === 0) {
+      close(chosen.fd, noop);
       res.end();
       return closed(res, status);
     }
     if (staticChannel.hasSubscribers) staticChannel.publish({ file: chosen.file } satisfies StaticFileEvent);
-    const stream = createReadStream(chosen.file, { start, end });
+    // Read from the descriptor that was checked, never by path again; the stream closes it.
+    const stream = createReadStream(chosen.file, { fd: chosen.fd, start, end });
     stream.on('error', onStreamError);
     (stream as StreamWithResponse).res = res;
     res.once('close', () => stream.destroy());
@@ -301,7 +327,10 @@ export class Static {
 
   #redirect(r: StaticRequest): Promise<number> {
     const q = r.path.indexOf('?');
-    const location = q < 0 ? r.path + '/' : r.path.slice(0, q) + '/' + r.path.slice(q);
+    // `//sub` is the directory `sub` here, but a Location of `//sub/` is the host `sub` to a browser.
+    const path = (q < 0 ? r.path : r.path.slice(0, q)).replace(/\/{2,}/g, '/');
+    if (!isLocalPath(path)) return this.#error(r, 404, 'not-found', null);
+    const location = q < 0 ? path + '/' : path + '/' + r.path.slice(q);
     const headers: Record<string, string | number> = { location, 'content-length': 0, 'cache-control': 'no-cache', 'x-request-id': r.requestId };
     if (r.close) headers['connection'] = 'close';
     return finish(r.res, 301, headers);
@@ -355,8 +384,37 @@ function closed(res: ServerResponse, status: number): Promise<number> {
   return new Promise((resolve) => res.once('close', () => resolve(res.writableFinished ? status : 499)));
 }
 
-function inside(file: string, root: string): boolean {
-  return file === root || (file.startsWith(root) && (root.endsWith(sep) || file.charCodeAt(root.length) === 0x2f /* / */));
+function noop(): void {}
+
+/** A path that a browser reads as a path on this host: one `/`, then not another `/` or a `\`. */
+function isLocalPath(path: string): boolean {
+  if (path.charCodeAt(0) !== 0x2f /* / */) return false;
+  const c = path.charCodeAt(1);
+  return c !== 0x2f && c !== 0x5c /* \ */;
+}
+
+/**
+ * The real path of `<releaseDir>/<dir>` when it is a directory inside the release (or inside the app's
+ * `shared` dir, `<releaseDir>/../../shared`, where berth links `shared` entries); else null.
+ */
+async function containedRoot(releaseDir: string, dir: string): Promise<string | null> {
+  try {
+    const release = await realpath(releaseDir);
+    const found = await openContained(join(release, dir), [release, ...(await sharedDirOf(release))]);
+    return found.kind === 'directory' ? found.real : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The app's real `shared` dir for a release at `<appDir>/releases/<id>`, when there is one. */
+async function sharedDirOf(release: string): Promise<string[]> {
+  const releases = dirname(release);
+  if (basename(releases) !== 'releases') return [];
+  return realpath(join(dirname(releases), 'shared')).then(
+    (p) => [p],
+    () => [],
+  );
 }
 
 function isBusy(err: unknown): boolean {

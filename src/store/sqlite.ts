@@ -7,6 +7,10 @@
  *
  * Constraint violations that callers can cause (a duplicate id, an event for an unknown deploy) surface as
  * BERTH_E_CONFLICT / BERTH_E_NOT_FOUND; anything else the database refuses is BERTH_E_STORE.
+ *
+ * Text that can quote a deploy source (release and deploy sources, deploy errors, log tails and events,
+ * audit targets and details) is redacted (src/lib/redact.ts) on write, so credentials never reach the
+ * file, and again on read, so rows an older berth wrote in clear come out clean.
  */
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { mkdir, readdir, readFile } from 'node:fs/promises';
@@ -14,6 +18,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from '../lib/logger.ts';
 import { BerthError, ErrorCodes, errorMessage } from '../lib/errors.ts';
+import { redactNullable, redactText } from '../lib/redact.ts';
 import { MODES, type Mode } from '../config/schema.ts';
 import type {
   AppState,
@@ -324,7 +329,7 @@ export class SqliteStore implements Store {
     assertReleaseState(release.state);
     const q = this.#statements();
     try {
-      q.putRelease.run(release.app, release.id, release.createdAt, release.state, release.source, release.revision);
+      q.putRelease.run(release.app, release.id, release.createdAt, release.state, redactText(release.source), release.revision);
     } catch (err) {
       throw failure('put release', err);
     }
@@ -387,11 +392,11 @@ export class SqliteStore implements Store {
         deploy.state,
         deploy.releaseId,
         deploy.previousRelease,
-        deploy.source,
+        redactNullable(deploy.source),
         deploy.user,
         deploy.failedStep,
-        deploy.error,
-        JSON.stringify(deploy.logTail),
+        redactNullable(deploy.error),
+        JSON.stringify(redactLines(deploy.logTail)),
         deploy.createdAt,
         deploy.finishedAt,
       );
@@ -425,15 +430,15 @@ export class SqliteStore implements Store {
         set_previous_release: flag(fields.previousRelease),
         previous_release: fields.previousRelease ?? null,
         set_source: flag(fields.source),
-        source: fields.source ?? null,
+        source: redactNullable(fields.source ?? null),
         set_user_name: flag(fields.user),
         user_name: fields.user ?? null,
         set_failed_step: flag(fields.failedStep),
         failed_step: fields.failedStep ?? null,
         set_error: flag(fields.error),
-        error: fields.error ?? null,
+        error: redactNullable(fields.error ?? null),
         set_log_tail: flag(fields.logTail),
-        log_tail: fields.logTail === undefined ? null : JSON.stringify(fields.logTail),
+        log_tail: fields.logTail === undefined ? null : JSON.stringify(redactLines(fields.logTail)),
         set_finished_at: flag(fields.finishedAt),
         finished_at: fields.finishedAt ?? null,
       }).changes;
@@ -495,8 +500,8 @@ export class SqliteStore implements Store {
         event.status,
         event.at,
         event.durationMs,
-        event.message,
-        event.lines === undefined ? null : JSON.stringify(event.lines),
+        redactNullable(event.message),
+        event.lines === undefined ? null : JSON.stringify(redactLines(event.lines)),
       );
     } catch (err) {
       const code = sqliteErrcode(err);
@@ -582,7 +587,7 @@ export class SqliteStore implements Store {
     try {
       const r = this.#prep(
         `INSERT INTO audit (occurred_at, user_name, channel, action, app, target, outcome, detail, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      ).run(e.at, e.user, e.channel, e.action, e.app, e.target, e.outcome, e.detail, e.finishedAt);
+      ).run(e.at, e.user, e.channel, e.action, e.app, redactNullable(e.target), e.outcome, redactNullable(e.detail), e.finishedAt);
       return Number(r.lastInsertRowid);
     } catch (err) {
       throw failure('add audit row', err);
@@ -593,7 +598,7 @@ export class SqliteStore implements Store {
     if (!AUDIT_OUTCOMES.has(outcome) || (outcome as string) === 'pending') throw new BerthError(ErrorCodes.badRequest, `unknown final audit outcome "${outcome}"`);
     let changes: number;
     try {
-      changes = Number(this.#prep(`UPDATE audit SET outcome = ?, detail = COALESCE(?, detail), finished_at = ? WHERE id = ?`).run(outcome, detail, finishedAt, id).changes);
+      changes = Number(this.#prep(`UPDATE audit SET outcome = ?, detail = COALESCE(?, detail), finished_at = ? WHERE id = ?`).run(outcome, redactNullable(detail), finishedAt, id).changes);
     } catch (err) {
       throw failure('finish audit row', err);
     }
@@ -619,9 +624,9 @@ export class SqliteStore implements Store {
         channel: String(r.channel) as AuditChannel,
         action: String(r.action),
         app: r.app === null ? null : String(r.app),
-        target: r.target === null ? null : String(r.target),
+        target: r.target === null ? null : redactText(String(r.target)),
         outcome: String(r.outcome) as AuditOutcome,
-        detail: r.detail === null ? null : String(r.detail),
+        detail: r.detail === null ? null : redactText(String(r.detail)),
         finishedAt: r.finished_at === null ? null : String(r.finished_at),
       }));
     } catch (err) {
@@ -966,7 +971,7 @@ function toRelease(row: Row): ReleaseRecord {
     id: String(row.id),
     createdAt: String(row.created_at),
     state: String(row.state) as ReleaseState,
-    source: String(row.source),
+    source: redactText(String(row.source)),
     revision: row.revision == null ? null : String(row.revision),
   };
 }
@@ -979,11 +984,11 @@ function toDeploy(row: Row): DeployRecord {
     state: String(row.state) as DeployState,
     releaseId: textOrNull(row.release_id),
     previousRelease: textOrNull(row.previous_release),
-    source: textOrNull(row.source),
+    source: redactNullable(textOrNull(row.source)),
     user: textOrNull(row.user_name),
     failedStep: textOrNull(row.failed_step),
-    error: textOrNull(row.error),
-    logTail: JSON.parse(String(row.log_tail)) as string[],
+    error: redactNullable(textOrNull(row.error)),
+    logTail: redactLines(JSON.parse(String(row.log_tail)) as string[]),
     createdAt: String(row.created_at),
     finishedAt: textOrNull(row.finished_at),
   };
@@ -997,10 +1002,10 @@ function toDeployEvent(row: Row): DeployEvent {
     status: String(row.status) as DeployEvent['status'],
     at: String(row.occurred_at),
     durationMs: row.duration_ms == null ? null : Number(row.duration_ms),
-    message: textOrNull(row.message),
+    message: redactNullable(textOrNull(row.message)),
   };
   // `lines` is optional in the record: absent stays absent, so an event reads back as it was written.
-  if (row.lines != null) event.lines = JSON.parse(String(row.lines)) as string[];
+  if (row.lines != null) event.lines = redactLines(JSON.parse(String(row.lines)) as string[]);
   return event;
 }
 
@@ -1014,6 +1019,14 @@ function toProcess(row: Row): ProcessRecord {
     gatewayPid: Number(row.gateway_pid),
     startedAt: String(row.started_at),
   };
+}
+
+/**
+ * Output lines as recorded: a URL with credentials (a deploy source echoed by git or a build) is
+ * redacted. Done on write and again on read, so rows written before redaction existed come out clean.
+ */
+function redactLines(lines: string[]): string[] {
+  return Array.isArray(lines) ? lines.map((l) => (typeof l === 'string' ? redactText(l) : l)) : lines;
 }
 
 function textOrNull(value: unknown): string | null {
