@@ -3,20 +3,20 @@
  * read-only, admission, no generation), 502/504 (forwarding), and the few others static files need.
  *
  * A client that prefers JSON gets `{"error":{"status":502,"reason":"...","message"?:"..."}}`; anyone else
- * gets HTML: the app's own page when the caller names one (a file inside the pinned release, read once per
- * release), else a small built-in page. Every built-in page has the same design: a headline, one sentence,
- * and the reason and request id in small print. Bodies never echo request data; the only free text is the
- * operator's mode message, which is HTML-escaped.
+ * gets HTML: the app's own page when the caller names one (a regular file of at most 1 MiB whose real path
+ * lies inside the pinned release, read once per release), else a small built-in page. Every built-in page has the same
+ * design: a headline, one sentence, and the reason and request id in small print. Bodies never echo
+ * request data; the only free text is the operator's mode message, which is HTML-escaped.
  *
  * An app page is a template: `{{status}}`, `{{title}}`, `{{message}}`, `{{reason}}`, `{{request_id}}` and
  * `{{retry_after}}` are replaced (HTML-escaped) in it, so a maintenance page can show the operator's
  * message. A page without `{{` is sent as read, byte for byte.
  */
-import { readFile } from 'node:fs/promises';
 import { resolve, sep } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Mode } from '../config/schema.ts';
+import { readContained } from '../lib/contained-file.ts';
 
 /** Why the gateway answered instead of the app; sent as `X-Berth-Reason`. */
 export type ErrorReason =
@@ -31,16 +31,24 @@ export type ErrorReason =
   | 'read-only'
   | 'queue-full'
   | 'queue-timeout'
+  | 'websocket-limit'
   | 'upstream-unreachable'
   | 'upstream-timeout'
+  | 'bad-upstream-response'
+  | 'body-too-large'
+  | 'body-timeout'
+  | 'buffer-failed'
   | 'bad-request'
   | 'stopping';
 
 const TITLES: Record<number, string> = {
   400: 'Bad Request',
   404: 'Not Found',
+  408: 'Request Timeout',
+  413: 'Content Too Large',
   405: 'Method Not Allowed',
   429: 'Too Many Requests',
+  500: 'Internal Server Error',
   501: 'Not Implemented',
   502: 'Bad Gateway',
   503: 'Service Unavailable',
@@ -65,14 +73,24 @@ const EXPLANATIONS: Record<ErrorReason, string> = {
   'read-only': 'The site is read-only for the moment, so changes cannot be saved. Please try again later.',
   'queue-full': 'The application is busy. Please try again in a moment.',
   'queue-timeout': 'The application is busy. Please try again in a moment.',
+  'websocket-limit': 'The application has too many open connections. Please try again in a moment.',
   'upstream-unreachable': 'The application could not be reached.',
   'upstream-timeout': 'The application did not answer in time.',
+  'bad-upstream-response': 'The application sent an answer the gateway cannot relay.',
+  'body-too-large': 'The request body is larger than this application accepts.',
+  'body-timeout': 'The request body was not sent in time.',
+  'buffer-failed': 'The gateway could not hold the request body. Please try again in a moment.',
   'bad-request': 'The request could not be understood.',
   stopping: 'The gateway is restarting. Please try again in a moment.',
 };
 
 /** How many releases' pages stay cached; a few generations live at once, so this is plenty. */
 const PAGE_CACHE_SIZE = 32;
+/**
+ * The largest app page read: pages are held in memory (up to PAGE_CACHE_SIZE releases' worth), and a
+ * release's content is the app's. A larger one is ignored, like a missing one: the built-in page is sent.
+ */
+const PAGE_MAX_BYTES = 1024 * 1024;
 
 const HTML = 'text/html; charset=utf-8';
 const JSON_TYPE = 'application/json';
@@ -158,9 +176,10 @@ export class ErrorPages {
     let loaded: LoadedPage | null = null;
     const root = resolve(page.releaseDir);
     const file = resolve(root, page.file);
-    // The page path comes from config, but a `..` must still not reach outside the release.
+    // The page path comes from config, but a `..` must still not reach outside the release, and neither
+    // may a symlink in the release (a page linked to /etc/hostname): the file read must really lie inside.
     if (file.startsWith(root + sep)) {
-      const body = await readFile(file).catch(() => null);
+      const body = await readContained(file, root, PAGE_MAX_BYTES).catch(() => null);
       if (body !== null) loaded = { body, parts: splitTemplate(body) };
     }
     if (this.#cache.size >= PAGE_CACHE_SIZE) this.#cache.delete(this.#cache.keys().next().value!);

@@ -16,9 +16,14 @@ const DROP_REQUEST = new Set([
   'upgrade',
   // Node has already answered `Expect: 100-continue` by reading the body; undici refuses the header.
   'expect',
+  // Set from the routing decision (the absolute-form target's authority wins over the header).
+  'host',
   'x-forwarded-for',
   'x-forwarded-proto',
   'x-forwarded-host',
+  'x-real-ip',
+  // Only passed on from trusted proxies (see below).
+  'forwarded',
   'x-request-id',
   'x-request-start',
   'x-berth-release',
@@ -27,13 +32,40 @@ const DROP_REQUEST = new Set([
 ]);
 
 /**
- * A flat [name, value, ...] list, as undici takes it. Positional arguments rather than an options
- * object: this runs once per request and allocates only the list it returns.
+ * Names a `Connection` header may not remove: the message's framing and target, and every header the
+ * proxy sets. `Connection: host` or `Connection: content-length` would otherwise strip what the app
+ * needs to read the request (or what tells it who the client is).
+ */
+const NOT_HOP_BY_HOP = new Set([
+  'host',
+  'content-length',
+  'transfer-encoding',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'x-real-ip',
+  'forwarded',
+  'x-request-id',
+  'x-request-start',
+  'x-berth-release',
+  'x-berth-mode',
+]);
+
+/**
+ * A flat [name, value, ...] list, as undici (and node:http's client) take it. Positional arguments
+ * rather than an options object: this runs once per request and allocates only the list it returns.
+ * @param host the Host the request was routed by: the absolute-form target's authority when there
+ *   was one (RFC 9112 § 3.2.2), else the Host header; '' when neither (then none is sent).
+ * @param clientIp the client IP as the proxy resolved it (rate limits use the same), sent as X-Real-IP.
+ * @param underscores keep header names with `_` (`underscores_in_headers`); by default they are
+ *   dropped, as nginx does, because CGI-style apps read `X-Foo` and `X_Foo` as the same variable.
  */
 export function upstreamRequestHeaders(
   raw: readonly string[],
   socketAddress: string,
+  clientIp: string,
   trustedProxyCount: number,
+  underscores: boolean,
   requestId: string,
   arrivedAt: number,
   releaseId: string,
@@ -41,16 +73,21 @@ export function upstreamRequestHeaders(
   readOnly: boolean,
 ): string[] {
   const out: string[] = [];
+  if (host !== '') out.push('host', host);
   let connection: string | null = null;
   let forwardedFor: string | null = null;
   let forwardedProto: string | null = null;
+  const trusted = trustedProxyCount > 0;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i];
+    if (!underscores && name.indexOf('_') >= 0) continue;
     const lower = name.toLowerCase();
     if (DROP_REQUEST.has(lower)) {
       if (lower === 'connection') connection = connection === null ? raw[i + 1] : `${connection},${raw[i + 1]}`;
       else if (lower === 'x-forwarded-for') forwardedFor = forwardedFor === null ? raw[i + 1] : `${forwardedFor}, ${raw[i + 1]}`;
       else if (lower === 'x-forwarded-proto' && forwardedProto === null) forwardedProto = raw[i + 1];
+      // RFC 7239 `Forwarded` is as easy to forge as X-Forwarded-For: only a trusted proxy's is kept.
+      else if (lower === 'forwarded' && trusted) out.push(name, raw[i + 1]);
       continue;
     }
     out.push(name, raw[i + 1]);
@@ -60,7 +97,9 @@ export function upstreamRequestHeaders(
     'x-forwarded-for',
     forwardedFor === null ? socketAddress : `${forwardedFor}, ${socketAddress}`,
     'x-forwarded-proto',
-    trustedProxyCount > 0 && forwardedProto !== null ? forwardedProto : 'http',
+    trusted && forwardedProto !== null ? forwardedProto : 'http',
+    'x-real-ip',
+    clientIp,
     'x-request-id',
     requestId,
     'x-request-start',
@@ -79,7 +118,7 @@ function dropConnectionTokens(out: string[], connection: string): void {
   const names = new Set<string>();
   for (const token of connection.split(',')) {
     const t = token.trim().toLowerCase();
-    if (t !== '' && t !== 'close' && t !== 'keep-alive') names.add(t);
+    if (t !== '' && t !== 'close' && t !== 'keep-alive' && !NOT_HOP_BY_HOP.has(t)) names.add(t);
   }
   if (names.size === 0) return;
   let w = 0;
@@ -89,6 +128,41 @@ function dropConnectionTokens(out: string[], connection: string): void {
     out[w++] = out[r + 1];
   }
   out.length = w;
+}
+
+/**
+ * True when the request carries more than one Host header, in any letter case (RFC 9112 § 3.2: a 400).
+ * Node keeps only the first in `req.headers`, so an app behind us could read another one than we routed
+ * by. A scan of the raw list without allocating: only 4-letter names are looked at closely.
+ */
+export function hasDuplicateHost(raw: readonly string[]): boolean {
+  let seen = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i];
+    if (name.length !== 4) continue;
+    if ((name.charCodeAt(0) | 0x20) !== 0x68 || (name.charCodeAt(1) | 0x20) !== 0x6f || (name.charCodeAt(2) | 0x20) !== 0x73 || (name.charCodeAt(3) | 0x20) !== 0x74) continue;
+    if (seen) return true;
+    seen = true;
+  }
+  return false;
+}
+
+/**
+ * Characters a Host may hold (RFC 3986 authority without userinfo: a reg-name or IP literal, then a
+ * port): letters, digits, `-._~!$&'()*+,;=%:[]`. Node's parser lets `/`, `\`, `@`, `#`, `?`, spaces and
+ * bytes over 0x7f through in a Host header; with a wildcard host rule, `evil.example/.shop.test` would
+ * reach shop as its Host, and an app building links from it would link to evil.example.
+ */
+const HOST_CHAR = new Uint8Array(128);
+for (const c of "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%:[]") HOST_CHAR[c.charCodeAt(0)] = 1;
+
+/** True when `host` (a Host header or an absolute-form authority; '' when there is none) is a valid authority. */
+export function isValidHost(host: string): boolean {
+  for (let i = 0; i < host.length; i++) {
+    const c = host.charCodeAt(i);
+    if (c >= 128 || HOST_CHAR[c] === 0) return false;
+  }
+  return true;
 }
 
 /** `web.0`, for logs. */

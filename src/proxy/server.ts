@@ -27,6 +27,7 @@ import { Forward, ProxyResponse, type ForwardShared } from './forward.ts';
 import { HealthLane } from './health-lane.ts';
 import { requestId } from './request-id.ts';
 import { RoutingTable, type AppEntry } from './router.ts';
+import { hasDuplicateHost, isValidHost } from './request-headers.ts';
 import { UpstreamClients } from './upstream-clients.ts';
 import { Modes } from './modes.ts';
 import { Static } from './static.ts';
@@ -44,23 +45,25 @@ const CLIENT_SWEEP_MS = 30_000;
 const NO_GENERATION_RETRY_AFTER_S = 5;
 
 /**
- * Server limits, so a slow client cannot hold a connection (and through it an admission slot) forever:
- * the whole header block within 30s, the whole request within 5 min, idle keep-alive 5s. Header size
- * stays Node's default (16 KiB).
+ * Server limits, so a slow client cannot hold a connection forever: the whole header block within 30s,
+ * the whole request within 5 min, idle keep-alive 5s. Header size stays Node's default (16 KiB). A body
+ * no longer holds an admission slot while it arrives (it is read whole first, with its own idle timeout,
+ * `buffering.body_timeout`: forward.ts, request-buffer.ts).
  */
 const SERVER_OPTIONS = {
   ServerResponse: ProxyResponse,
   headersTimeout: 30_000,
   requestTimeout: 300_000,
   keepAliveTimeout: 5_000,
-  // Only WebSocket upgrades leave the request path. Others (`curl --http2` sends `Upgrade: h2c`) are
-  // served as plain HTTP/1.1 requests, their Upgrade header stripped as hop-by-hop.
+  // Only WebSocket upgrades leave the request path, and only with GET (RFC 6455 § 4.1). Others (`curl
+  // --http2` sends `Upgrade: h2c`) are served as plain HTTP/1.1 requests, their Upgrade header stripped
+  // as hop-by-hop, their body framed by node's parser as for any request.
   shouldUpgradeCallback: isWebSocketUpgrade,
 };
 
 function isWebSocketUpgrade(req: IncomingMessage): boolean {
   const upgrade = req.headers.upgrade;
-  return upgrade !== undefined && upgrade.toLowerCase().includes('websocket');
+  return req.method === 'GET' && upgrade !== undefined && upgrade.toLowerCase().includes('websocket');
 }
 
 type ProxyServer = Server<typeof IncomingMessage, typeof ProxyResponse>;
@@ -113,7 +116,11 @@ export class Proxy {
       pages: this.#pages,
       log: opts.logger,
       trustedProxyCount: opts.config.trustedProxyCount,
+      underscoresInHeaders: opts.config.underscoresInHeaders === true,
       stopping: false,
+      publicDetails: opts.config.publicDetails === true,
+      stateDir: opts.config.stateDir,
+      table: this.#table,
       done: (fw) => this.#forwardDone(fw),
     };
     this.#websockets = new WebSockets(this.#shared, (t) => this.#tunnelDone(t));
@@ -159,12 +166,18 @@ export class Proxy {
     return this.#config.metricsPublic ? this.#metrics : null;
   }
 
+  /** Read by the health lane: `/ready` and `/apps/<app>/health` give details only with `public_details: true`. */
+  get publicDetails(): boolean {
+    return this.#config.publicDetails === true;
+  }
+
   /**
    * Makes `table` the one new requests see. Requests already running keep the generation they pinned.
    * Admission limits are brought in line with the table's apps (bounded by config size, not traffic).
    */
   setTable(table: RoutingTable): void {
     this.#table = table;
+    this.#shared.table = table;
     this.#syncAdmissions();
     this.#syncRateLimits();
   }
@@ -174,11 +187,14 @@ export class Proxy {
     this.#config = config;
     this.#prefix = config.internalPrefix;
     this.#shared.trustedProxyCount = config.trustedProxyCount;
+    this.#shared.publicDetails = config.publicDetails === true;
+    this.#shared.stateDir = config.stateDir;
+    this.#shared.underscoresInHeaders = config.underscoresInHeaders === true;
     this.#syncAdmissions();
     this.#syncRateLimits();
   }
 
-  /** Open WebSocket tunnels (queued ones included). */
+  /** Open WebSocket tunnels (ones waiting for an instance included). */
   get upgrades(): number {
     return this.#websockets.size;
   }
@@ -290,18 +306,34 @@ export class Proxy {
 
   #handle(req: IncomingMessage, res: ProxyResponse): void {
     const start = performance.now();
-    if (this.#shared.stopping) res.shouldKeepAlive = false;
+    // A request that asked for an upgrade it does not get (h2c, a non-GET WebSocket): node's parser stops
+    // at it and drops the rest of that packet, so a pipelined request behind it would go unanswered.
+    // The connection closes after the response instead of hanging.
+    if (this.#shared.stopping || req.headers.upgrade !== undefined) res.shouldKeepAlive = false;
     let path = req.url ?? '/';
     let host = req.headers.host ?? '';
     if (path.charCodeAt(0) !== 0x2f /* / */) {
-      // Absolute form (`GET http://host/path`): its authority replaces the Host header (RFC 9112 3.2.2).
+      // Absolute form (`GET http://host/path`): its authority replaces the Host header (RFC 9112 3.2.2),
+      // for routing and in the request the app gets (request-headers.ts).
       const target = absoluteTarget(path);
       if (target === null) {
+        res.shouldKeepAlive = false;
         this.#direct(req, res, start, 400, 'bad-request', null, null, '', requestId(undefined));
         return;
       }
       path = target.path;
       host = target.host;
+    }
+    // Two Host headers: node keeps the first, an app's framework might read the other (RFC 9112 3.2).
+    // A Host that is no authority (`evil.example/.shop.test` matches `*.shop.test`): a 400, as nginx.
+    // A Transfer-Encoding that does not end in chunked (or comes with a Content-Length): node's parser
+    // refuses it, but only after emitting the request, and with buffering off it would already be on
+    // its way to the app (RFC 9112 6.3: a 400, and the connection closes).
+    if (hasDuplicateHost(req.rawHeaders) || !isValidHost(host) || (req.headers['transfer-encoding'] !== undefined && badTransferEncoding(req.headers))) {
+      // A client this confused (or hostile) gets no further requests parsed on this connection.
+      res.shouldKeepAlive = false;
+      this.#direct(req, res, start, 400, 'bad-request', null, null, '', requestId(undefined));
+      return;
     }
 
     // 1. Gateway endpoints, before anything that could queue.
@@ -468,8 +500,9 @@ export class Proxy {
 
   /**
    * A WebSocket upgrade (SPEC step 10): the same steps as a request (client IP, route, rate limit, mode,
-   * pin), then a tunnel (websocket.ts) that waits for admission like a request and holds its slot while
-   * open. Refusals are raw HTTP/1.1 responses on the socket, which has left the HTTP server.
+   * pin), then a tunnel (websocket.ts), held to the pool's WebSocket limit rather than to request
+   * admission. Refusals are raw HTTP/1.1 responses on the socket, which has left the HTTP server, and
+   * which is then closed.
    */
   #onUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
     const start = performance.now();
@@ -493,6 +526,13 @@ export class Proxy {
       }
       path = target.path;
       host = target.host;
+    }
+    // Two Host headers, a Host that is no authority, or a body: node hands an upgrade's body to us unparsed (in `head`), and after a
+    // 101 it would reach the app as tunnel bytes. An upgrade has no body (RFC 6455 § 4.1).
+    const length = headers['content-length'];
+    if (hasDuplicateHost(req.rawHeaders) || !isValidHost(host) || headers['transfer-encoding'] !== undefined || (length !== undefined && Number(length) !== 0)) {
+      this.#directRaw(req, socket, start, 400, 'bad-request', null, null, ip, rid);
+      return;
     }
     // Gateway endpoints speak plain HTTP only.
     const prefix = this.#prefix;
@@ -538,9 +578,8 @@ export class Proxy {
       this.#directRaw(req, socket, start, 503, 'no-pool', app, NO_GENERATION_RETRY_AFTER_S, ip, rid);
       return;
     }
-    const admission = this.#admissionByRoute.get(route) ?? this.#admission(app, route.to);
     this.#inFlight++;
-    this.#websockets.open({ req, socket, head, app, route, generation, pool, admission, path, host, socketAddress: peer, clientIp: ip, requestId: rid, start });
+    this.#websockets.open({ req, socket, head, app, route, generation, pool, path, host, socketAddress: peer, clientIp: ip, requestId: rid, start });
   };
 
   /** #direct for an upgrade: a raw response on the socket, which is then closed. */
@@ -619,6 +658,7 @@ export class Proxy {
   #onTick(): void {
     const now = performance.now();
     for (const a of this.#admissions.values()) if (a.depth > 0) a.sweep(now);
+    if (this.#websockets.waiting > 0) this.#websockets.sweep(now);
     if (++this.#ticks * TICK_MS >= CLIENT_SWEEP_MS) {
       this.#ticks = 0;
       this.#clients.sweep();
@@ -639,6 +679,10 @@ export class Proxy {
   async #listen(address: ListenAddress): Promise<ProxyServer> {
     const server = createServer(SERVER_OPTIONS, this.#onRequest);
     server.on('upgrade', this.#onUpgrade);
+    // `Expect: 100-continue` comes to us unanswered: the Forward sends 100 only once it wants the body,
+    // so a body refused unread (413 from Content-Length, 404, 429...) is never sent. A final answer
+    // without 100 closes the connection (node does that), as the client may still send the body.
+    server.on('checkContinue', this.#onRequest);
     try {
       await listen(server, address, this.#log);
     } catch (err) {
@@ -737,6 +781,22 @@ function errorPage(app: AppEntry | null, status: number): AppPage | null {
   return status >= 500 && file !== null && gen !== null ? { releaseDir: gen.releaseDir, file } : null;
 }
 
+/**
+ * A request Transfer-Encoding whose last coding is not exactly `chunked`, or one sent with a
+ * Content-Length: the body length cannot be known (RFC 9112 6.1, 6.3). Called only when the header is
+ * there. Node joins repeated Transfer-Encoding headers with ", ", so the last token is the last coding.
+ */
+function badTransferEncoding(headers: IncomingMessage['headers']): boolean {
+  if (headers['content-length'] !== undefined) return true;
+  const te = headers['transfer-encoding']!;
+  const comma = te.lastIndexOf(',');
+  let last = comma < 0 ? te : te.slice(comma + 1);
+  // Optional whitespace is spaces and tabs (RFC 9110 5.6.3): `gzip,\tchunked` is chunked to node too.
+  while (last.charCodeAt(0) === 0x20 || last.charCodeAt(0) === 0x09) last = last.slice(1);
+  while (last.charCodeAt(last.length - 1) === 0x20 || last.charCodeAt(last.length - 1) === 0x09) last = last.slice(0, -1);
+  return last.length !== 7 || last.toLowerCase() !== 'chunked';
+}
+
 /** Host and origin-form path of an absolute-form request target; null when it is not one. */
 function absoluteTarget(url: string): { host: string; path: string } | null {
   const scheme = url.startsWith('http://') ? 7 : url.startsWith('https://') ? 8 : -1;
@@ -745,6 +805,9 @@ function absoluteTarget(url: string): { host: string; path: string } | null {
   const q = url.indexOf('?', scheme);
   const end = slash < 0 ? (q < 0 ? url.length : q) : q < 0 ? slash : Math.min(slash, q);
   const host = url.slice(scheme, end);
+  // No userinfo (RFC 9110 4.2.4: a recipient treats it as an error) and no empty authority: either
+  // would reach the app as a Host it cannot trust.
+  if (host === '' || host.indexOf('@') >= 0) return null;
   const rest = url.slice(end);
   return { host, path: rest === '' ? '/' : rest.charCodeAt(0) === 0x3f ? `/${rest}` : rest };
 }

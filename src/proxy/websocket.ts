@@ -2,25 +2,32 @@
  * WebSocket upgrades, proxied as byte tunnels.
  *
  * An upgrade is routed, rate limited, put through its mode and pinned like any request (server.ts), then
- * becomes a `Tunnel`: it waits for admission like a request, holds its admission slot and one of its
- * instance's in-flight tickets (`begin()`/`end()`) for as long as the socket is open, so an instance's
- * `concurrency` bounds its WebSockets too and the generation's `inFlight` counts them (which is what the
- * deployer's drain waits for). The upgrade request goes to the instance with the forwarding headers; from
- * then on bytes are piped both ways, with backpressure, until either side closes.
+ * becomes a `Tunnel`. Tunnels do not take request admission slots or an instance's request tickets: an
+ * idle WebSocket must not make an app answer 503 to ordinary requests. Instead each pool (`app/process`,
+ * across generations) has its own limit, `websockets.max` (over it: 503 `websocket-limit`), and each
+ * instance counts its tunnels (`beginTunnel()`/`endTunnel()`), which the generation's `inFlight` includes,
+ * so the deployer's drain still waits for them. WebSockets are not counted against `db_connections`.
+ *
+ * The upgrade request goes to the instance through node:http's client, so the instance's answer is
+ * parsed by a real HTTP parser: only a `101` with `Upgrade` and `Connection: upgrade` (node's 'upgrade'
+ * event) starts the tunnel, and only then does a byte of the client's go to the instance. Any other
+ * answer is relayed as an ordinary, re-framed response with `Connection: close`; then both connections
+ * are closed (the instance's is never reused). From the 101 on, bytes are piped both ways with
+ * backpressure until either side closes, or until `websockets.idle_timeout` passes with no byte either
+ * way.
  *
  * The proxy does not parse client frames. It does follow the frame boundaries the instance sends (headers
  * only, payloads are skipped in bulk), so that when the gateway must close a tunnel (the drain deadline of
- * a deploy, or a gateway stop) it can put a close frame with code 1001 (going away) between two frames
- * rather than inside one, and then end both sockets.
+ * a deploy, a gateway stop, the idle timeout) it can put a close frame with code 1001 (going away) between
+ * two frames rather than inside one, and then end both sockets.
  *
  * Upgrades are not retried once the instance has answered, and the 101 response passes through as the
  * instance wrote it (plus `X-Berth-Mode` in read-only mode).
  */
-import { connect, type Socket } from 'node:net';
-import type { IncomingMessage } from 'node:http';
+import { request, type ClientRequest, type IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
 import type { RouteConfig } from '../config/schema.ts';
 import type { GenerationView, PoolView, Upstream } from '../supervisor/types.ts';
-import type { Admission, AdmissionRejection, Waiter } from './admission.ts';
 import type { ErrorReason } from './error-pages.ts';
 import type { ForwardShared } from './forward.ts';
 import type { AppEntry } from './router.ts';
@@ -28,23 +35,26 @@ import { instanceName, upstreamRequestHeaders } from './request-headers.ts';
 import { accessLog, elapsedMs, requestChannel } from './access-log.ts';
 
 /**
- * queued: waiting for admission. connecting: TCP connect to the instance. handshake: upgrade request
- * sent, waiting for the instance's answer. open: 101 received, bytes flow. responding: the instance
- * refused the upgrade with a plain response, which is passing through. closing: the gateway is closing
- * it with 1001. closed: both sockets are gone.
+ * waiting: no ready instance yet (it waits up to `queue.timeout`). connecting: upgrade request sent,
+ * waiting for the instance's answer. open: 101 received, bytes flow. responding: the instance refused
+ * the upgrade with a plain response, which is being relayed. closing: the gateway is closing it (1001,
+ * or an error answer). closed: both sockets are gone.
  */
-export type TunnelPhase = 'queued' | 'connecting' | 'handshake' | 'open' | 'responding' | 'closing' | 'closed';
+export type TunnelPhase = 'waiting' | 'connecting' | 'open' | 'responding' | 'closing' | 'closed';
 
 /** How long a closing socket may take to flush and close before it is destroyed. */
 const CLOSE_GRACE_MS = 2_000;
-/** The instance's answer to the upgrade request must fit in this many bytes. */
-const MAX_RESPONSE_HEAD = 64 * 1024;
-/** Retry-After (seconds) for a full queue, as for requests. */
-const QUEUE_FULL_RETRY_AFTER_S = 1;
-const CRLF2 = Buffer.from('\r\n\r\n');
+/** Retry-After (seconds) over the WebSocket limit: a slot frees as soon as any WebSocket closes. */
+const LIMIT_RETRY_AFTER_S = 1;
+const EMPTY = Buffer.alloc(0);
+const CRLF = Buffer.from('\r\n');
+const LAST_CHUNK = Buffer.from('0\r\n\r\n');
 
 /** Connection errors after which an upgrade that got no answer yet is tried once on another instance. */
 const RETRY_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ECONNABORTED', 'ENOENT']);
+
+/** Response headers not relayed with a refused upgrade's answer; the relay frames the body itself. */
+const HOP_BY_HOP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length']);
 
 export interface TunnelInit {
   req: IncomingMessage;
@@ -55,10 +65,9 @@ export interface TunnelInit {
   route: RouteConfig;
   generation: GenerationView;
   pool: PoolView;
-  admission: Admission;
   /** Origin-form request target, query included. */
   path: string;
-  /** The Host header as received; '' when absent. */
+  /** The Host the request was routed by (absolute-form authority or Host header); '' when absent. */
   host: string;
   socketAddress: string;
   clientIp: string;
@@ -67,29 +76,52 @@ export interface TunnelInit {
   start: number;
 }
 
-/** Every tunnel of one proxy. */
+/** Every tunnel of one proxy, and the per-pool WebSocket counts. */
 export class WebSockets {
   #shared: ForwardShared;
   #done: (t: Tunnel) => void;
   #tunnels = new Set<Tunnel>();
+  /** Tunnels waiting for a ready instance, retried by `sweep()`. */
+  #waiting = new Set<Tunnel>();
+  /** `app/process` -> tunnels counted against `websockets.max` (waiting and relaying ones included). */
+  #perPool = new Map<string, number>();
 
-  /** `done` is called once per tunnel, when both of its sockets are closed and its slot is freed. */
+  /** `done` is called once per tunnel, when both of its sockets are closed. */
   constructor(shared: ForwardShared, done: (t: Tunnel) => void) {
     this.#shared = shared;
     this.#done = done;
   }
 
-  /** Tunnels not yet closed (queued ones included). */
+  /** Tunnels not yet closed (waiting ones included). */
   get size(): number {
     return this.#tunnels.size;
   }
 
-  /** Starts a tunnel: admission, then the upgrade request to an instance. */
+  /** Tunnels waiting for a ready instance. */
+  get waiting(): number {
+    return this.#waiting.size;
+  }
+
+  /** Starts a tunnel: the pool's WebSocket limit, then the upgrade request to an instance. */
   open(init: TunnelInit): Tunnel {
     const t = new Tunnel(this.#shared, init, this);
     this.#tunnels.add(t);
+    const key = `${init.app.name}/${init.route.to}`;
+    const n = this.#perPool.get(key) ?? 0;
+    const max = init.app.config.websockets.max;
+    if (n >= max) {
+      t.refuse(503, 'websocket-limit', LIMIT_RETRY_AFTER_S);
+      return t;
+    }
+    this.#perPool.set(key, n + 1);
+    t.poolKey = key;
     t.run(init.start);
     return t;
+  }
+
+  /** Retries the waiting tunnels' picks and expires those past `queue.timeout`. Called by the proxy's tick. */
+  sweep(now: number): void {
+    for (const t of this.#waiting) t.retry(now);
   }
 
   /**
@@ -114,56 +146,70 @@ export class WebSockets {
     for (const t of this.#tunnels) t.destroy();
   }
 
+  /** Called by a tunnel that starts or stops waiting for an instance. */
+  setWaiting(t: Tunnel, waiting: boolean): void {
+    if (waiting) this.#waiting.add(t);
+    else this.#waiting.delete(t);
+  }
+
   /** Called by a tunnel once it is over. */
   ended(t: Tunnel): void {
+    this.#waiting.delete(t);
+    if (t.poolKey !== null) {
+      const n = (this.#perPool.get(t.poolKey) ?? 1) - 1;
+      if (n > 0) this.#perPool.set(t.poolKey, n);
+      else this.#perPool.delete(t.poolKey);
+      t.poolKey = null;
+    }
     if (this.#tunnels.delete(t)) this.#done(t);
   }
 }
 
-/** One proxied WebSocket: the admission queue node, and both sockets' event target. */
-export class Tunnel implements Waiter {
-  // Waiter links: this object is the admission queue node.
-  prev: Waiter | null = null;
-  next: Waiter | null = null;
-  deadline = 0;
-  queued = false;
-
+/** One proxied WebSocket: both sockets' event target. */
+export class Tunnel {
   readonly req: IncomingMessage;
   readonly app: AppEntry;
   readonly route: RouteConfig;
   readonly generation: GenerationView;
   readonly pool: PoolView;
-  readonly admission: Admission;
   readonly path: string;
   readonly host: string;
   readonly clientIp: string;
   readonly requestId: string;
   readonly start: number;
-  phase: TunnelPhase = 'queued';
+  phase: TunnelPhase = 'waiting';
   /** Status of the instance's answer (101 when open); a gateway error status; 499 when the client left first. */
   status = 0;
   upstream: Upstream | null = null;
+  /** The pool whose WebSocket count this tunnel holds; null when it holds none (refused at the limit). */
+  poolKey: string | null = null;
 
   #shared: ForwardShared;
   #owner: WebSockets;
   #client: Socket;
+  /** Client bytes read with the upgrade request's head; held until the 101. */
   #head: Buffer;
   #socketAddress: string;
   #arrivedAt = Date.now();
+  /** The upgrade request while the instance has not answered (or its refusal is being relayed). */
+  #req: ClientRequest | null = null;
+  /** The instance's refusal being relayed. */
+  #res: IncomingMessage | null = null;
+  /** The refusal is relayed with chunked framing (its length was not known). */
+  #chunked = false;
+  #resEnded = false;
+  /** The instance's socket once it answered 101. */
   #up: Socket | null = null;
-  #ticket = 0;
   #attempts = 0;
-  #admitted = false;
   #attemptOpen = false;
   #clientClosed = false;
   #upError: string | null = null;
   #timedOut = false;
-  /** The instance's answer while its head is incomplete. */
-  #responseHead: Buffer | null = null;
+  #deadline = 0;
   #frames = new FrameBoundary();
   #closeFrame: Buffer | null = null;
   #timer: NodeJS.Timeout | null = null;
-  #requestHead: Buffer | null = null;
+  #requestHeaders: string[] | null = null;
 
   constructor(shared: ForwardShared, init: TunnelInit, owner: WebSockets) {
     this.#shared = shared;
@@ -173,7 +219,6 @@ export class Tunnel implements Waiter {
     this.route = init.route;
     this.generation = init.generation;
     this.pool = init.pool;
-    this.admission = init.admission;
     this.path = init.path;
     this.host = init.host;
     this.clientIp = init.clientIp;
@@ -183,7 +228,8 @@ export class Tunnel implements Waiter {
     this.#socketAddress = init.socketAddress;
     const client = init.socket;
     this.#client = client;
-    // Nothing is read from the client until there is an instance to give it to.
+    // Nothing is read from the client until the instance has accepted the upgrade: before the 101, the
+    // client's bytes are not WebSocket frames for the instance, whatever they are.
     client.pause();
     client.setNoDelay(true);
     client.on('data', this.#onClientData);
@@ -191,23 +237,39 @@ export class Tunnel implements Waiter {
     client.on('drain', this.#onClientDrain);
     client.on('error', this.#onClientError);
     client.on('close', this.#onClientClose);
+    client.on('timeout', this.#onIdle);
   }
 
-  /** Hands the tunnel to admission: it starts now, waits in the queue, or is turned away. */
+  /** Starts on the least-tunnelled ready instance, or waits for one until `queue.timeout`. */
   run(now: number): void {
-    this.admission.enter(this, now);
+    const upstream = this.pool.pickTunnel();
+    if (upstream !== null) {
+      this.#attempt(upstream);
+      return;
+    }
+    this.#deadline = now + this.app.config.queue.timeoutMs;
+    this.#owner.setWaiting(this, true);
   }
 
-  // ---- Waiter ----------------------------------------------------------------------------------
-
-  admit(upstream: Upstream): void {
-    this.#admitted = true;
-    this.#attempt(upstream);
+  /** A waiting tunnel: tries again to find a ready instance; gives up with 503 past its deadline. */
+  retry(now: number): void {
+    if (this.phase !== 'waiting' || this.#clientClosed) {
+      this.#owner.setWaiting(this, false);
+      return;
+    }
+    const upstream = this.pool.pickTunnel();
+    if (upstream !== null) {
+      this.#owner.setWaiting(this, false);
+      this.#attempt(upstream);
+    } else if (now >= this.#deadline) {
+      this.#owner.setWaiting(this, false);
+      this.#fail(503, 'queue-timeout', Math.max(1, Math.ceil(this.app.config.queue.timeoutMs / 1000)));
+    }
   }
 
-  reject(reason: AdmissionRejection): void {
-    const retryAfter = reason === 'queue-full' ? QUEUE_FULL_RETRY_AFTER_S : Math.max(1, Math.ceil(this.admission.queueTimeoutMs / 1000));
-    this.#fail(503, reason, retryAfter);
+  /** Turned away before any instance is involved (over the WebSocket limit). */
+  refuse(status: number, reason: ErrorReason, retryAfter: number | null): void {
+    this.#fail(status, reason, retryAfter);
   }
 
   // ---- closing ------------------------------------------------------------------------------------
@@ -220,6 +282,7 @@ export class Tunnel implements Waiter {
     switch (this.phase) {
       case 'open': {
         this.#transition('closing');
+        this.#client.setTimeout(0);
         const text = Buffer.from(reason.slice(0, 120));
         // Server-to-client frames are unmasked (RFC 6455 § 5.1): FIN + close opcode, length, code, reason.
         this.#closeFrame = Buffer.concat([Buffer.from([0x88, 2 + text.length, 0x03, 0xe9]), text]);
@@ -229,13 +292,13 @@ export class Tunnel implements Waiter {
         this.#arm(CLOSE_GRACE_MS);
         return true;
       }
-      case 'queued':
+      case 'waiting':
       case 'connecting':
-      case 'handshake':
-        if (this.queued) this.admission.cancel(this);
+      case 'responding':
+        this.#owner.setWaiting(this, false);
         this.#transition('closing');
         this.#client.destroy();
-        this.#up?.destroy();
+        this.#req?.destroy();
         return true;
       default:
         return false;
@@ -245,39 +308,207 @@ export class Tunnel implements Waiter {
   /** Forced: both sockets go now. */
   destroy(): void {
     this.#client.destroy();
+    this.#req?.destroy();
     this.#up?.destroy();
   }
 
-  // ---- the instance side ---------------------------------------------------------------------------
+  // ---- the upgrade request -------------------------------------------------------------------------
 
   #attempt(upstream: Upstream): void {
     this.upstream = upstream;
-    this.#ticket = upstream.begin();
+    upstream.beginTunnel();
     this.#attempts++;
     this.#attemptOpen = true;
     this.#upError = null;
     this.#transition('connecting');
+    this.#requestHeaders ??= this.#buildHeaders();
     // pick() only returns instances with an address, and nothing ran in between.
     const address = upstream.address!;
-    const up = address.kind === 'tcp' ? connect({ host: address.host, port: address.port }) : connect({ path: address.path });
+    let req: ClientRequest;
+    try {
+      // node:http's client, not a raw socket: its parser tells a real 101 ('upgrade') from any other
+      // answer ('response'), frames that answer's body, and handles 1xx interim responses. No agent:
+      // the connection is this tunnel's alone and is never reused.
+      req = request({
+        host: address.kind === 'tcp' ? address.host : undefined,
+        port: address.kind === 'tcp' ? address.port : undefined,
+        socketPath: address.kind === 'unix' ? address.path : undefined,
+        method: 'GET',
+        path: this.path,
+        headers: this.#requestHeaders,
+        agent: false,
+        setHost: false,
+      });
+    } catch {
+      // A header node:http will not write (the server's parser let it through): refuse the request.
+      this.#endAttempt();
+      this.#fail(400, 'bad-request', null);
+      return;
+    }
+    this.#req = req;
+    req.on('upgrade', this.#onUpgrade);
+    req.on('response', this.#onResponse);
+    req.on('error', this.#onReqError);
+    req.on('close', this.#onReqClose);
+    req.end();
+    this.#arm(this.app.config.timeouts.headersMs);
+  }
+
+  /** The instance accepted: a 101 with Upgrade and Connection: upgrade. From here bytes flow both ways. */
+  #onUpgrade = (res: IncomingMessage, up: Socket, upHead: Buffer): void => {
+    this.#disarm();
+    if (this.#clientClosed || this.phase !== 'connecting' || res.headers.upgrade === undefined) {
+      // The client left (or the gateway dropped the tunnel) meanwhile.
+      up.destroy();
+      this.#attemptClosed();
+      return;
+    }
     this.#up = up;
+    this.status = 101;
     up.setNoDelay(true);
-    up.on('connect', this.#onUpConnect);
     up.on('data', this.#onUpData);
     up.on('drain', this.#onUpDrain);
     up.on('error', this.#onUpError);
     up.on('close', this.#onUpClose);
-    this.#arm(this.app.config.timeouts.headersMs);
-  }
-
-  #onUpConnect = (): void => {
-    this.#transition('handshake');
-    this.#requestHead ??= this.#buildRequestHead();
-    const up = this.#up!;
-    up.write(this.#requestHead);
+    this.#transition('open');
+    let head = `HTTP/1.1 101 ${res.statusMessage || 'Switching Protocols'}\r\n`;
+    const raw = res.rawHeaders;
+    for (let i = 0; i < raw.length; i += 2) head += `${raw[i]}: ${raw[i + 1]}\r\n`;
+    if (this.app.mode.mode === 'read-only') head += 'x-berth-mode: read-only\r\n';
+    const client = this.#client;
+    client.write(head + '\r\n', 'latin1');
+    if (upHead.length > 0) {
+      this.#frames.consume(upHead, false);
+      client.write(upHead);
+    }
+    // Only now may the client's bytes reach the instance.
     if (this.#head.length > 0) up.write(this.#head);
-    this.#client.resume();
+    this.#head = EMPTY;
+    const idle = this.app.config.websockets.idleTimeoutMs;
+    // Every byte either way passes through the client socket, so its inactivity timeout is exactly
+    // "no byte either way".
+    if (idle !== null && idle > 0) client.setTimeout(idle);
+    client.resume();
   };
+
+  /**
+   * The instance answered with anything but a valid 101 (a 404, a 403, a 200 ignoring the Upgrade, a
+   * 101 without Upgrade): its answer goes to the client as a plain response, re-framed, with
+   * `Connection: close`.
+   */
+  #onResponse = (res: IncomingMessage): void => {
+    this.#disarm();
+    const status = res.statusCode ?? 0;
+    if (this.#clientClosed || this.phase !== 'connecting') {
+      this.#req?.destroy();
+      return;
+    }
+    if (status < 200) {
+      // A 101 that node's parser did not take for an upgrade (no Upgrade or Connection: upgrade): not a
+      // valid switch, and not an answer that can be relayed either.
+      this.#shared.log.warn({ app: this.app.name, instance: instanceName(this.upstream), status, requestId: this.requestId }, 'websocket upstream invalid 101');
+      this.#fail(502, 'bad-upstream-response', null);
+      this.#req?.destroy();
+      return;
+    }
+    this.#res = res;
+    this.status = status;
+    this.#transition('responding');
+    const raw = res.rawHeaders;
+    const named = connectionNames(res.headers.connection);
+    let head = `HTTP/1.1 ${status} ${res.statusMessage ?? ''}\r\n`;
+    for (let i = 0; i < raw.length; i += 2) {
+      const lower = raw[i].toLowerCase();
+      if (HOP_BY_HOP_RESPONSE.has(lower) || (named !== null && named.has(lower))) continue;
+      head += `${raw[i]}: ${raw[i + 1]}\r\n`;
+    }
+    if (this.app.mode.mode === 'read-only') head += 'x-berth-mode: read-only\r\n';
+    const length = res.headers['content-length'];
+    if (status === 204 || status === 304) {
+      // No body, whatever the headers say.
+    } else if (length !== undefined && res.headers['transfer-encoding'] === undefined) {
+      head += `content-length: ${length}\r\n`;
+    } else {
+      this.#chunked = true;
+      head += 'transfer-encoding: chunked\r\n';
+    }
+    head += 'connection: close\r\n\r\n';
+    this.#client.write(head, 'latin1');
+    res.on('data', this.#onResData);
+    res.on('end', this.#onResEnd);
+    res.on('error', this.#onReqError);
+  };
+
+  #onResData = (chunk: Buffer): void => {
+    const client = this.#client;
+    let ok: boolean;
+    if (this.#chunked) {
+      client.write(`${chunk.length.toString(16)}\r\n`, 'latin1');
+      client.write(chunk);
+      ok = client.write(CRLF);
+    } else ok = client.write(chunk);
+    if (!ok) {
+      this.#res!.pause();
+      // A client that stops reading the answer (nginx's send_timeout): without this, a large page
+      // answering an upgrade would hold the pool's WebSocket count and an app connection for as long
+      // as the client likes. The next drain disarms it.
+      const ms = this.app.config.buffering.sendTimeoutMs;
+      if (ms > 0) this.#arm(ms);
+    }
+  };
+
+  #onResEnd = (): void => {
+    this.#resEnded = true;
+    if (this.#chunked) this.#client.write(LAST_CHUNK);
+    // The client connection has left node's HTTP server (it was handed over for the upgrade), so berth
+    // cannot go on parsing it as HTTP; whatever it sent after the upgrade request is unread. Closing it
+    // is the safe end: no later byte of it can reach the instance. The instance's connection is
+    // destroyed, never reused: its state after a refused upgrade is unknown.
+    this.#client.destroySoon();
+    this.#arm(CLOSE_GRACE_MS);
+    this.#req?.destroy();
+  };
+
+  #onReqError = (err: NodeJS.ErrnoException): void => {
+    this.#upError ??= err.code ?? err.message;
+  };
+
+  /** The upgrade request is over: upgraded (the socket took over), relayed, or failed without an answer. */
+  #onReqClose = (): void => {
+    this.#req = null;
+    if (this.#up !== null) return;
+    if (this.#res !== null) {
+      // A complete answer may still be buffered (a slow client): #onResEnd finishes the relay. One that
+      // broke off leaves only one honest signal: cutting the connection.
+      if (!this.#resEnded && !this.#res.complete) this.#client.destroy();
+      this.#attemptClosed();
+      return;
+    }
+    const failed = this.upstream;
+    const waiting = this.phase === 'connecting';
+    this.#endAttempt();
+    if (this.#clientClosed) {
+      this.#maybeDone();
+      return;
+    }
+    if (!waiting) return;
+    this.#disarm();
+    const code = this.#upError ?? 'closed';
+    // Not answered yet: a bodiless GET, so a refused or broken connection is tried once elsewhere.
+    if (this.#attempts === 1 && !this.#timedOut && RETRY_ERRORS.has(code)) {
+      const other = this.pool.pickTunnel(failed ?? undefined);
+      if (other !== null) {
+        this.#shared.log.warn({ app: this.app.name, instance: instanceName(failed), retry: instanceName(other), code, requestId: this.requestId }, 'websocket upstream retry');
+        this.#attempt(other);
+        return;
+      }
+    }
+    this.#shared.log.warn({ app: this.app.name, instance: instanceName(failed), code, requestId: this.requestId }, this.#timedOut ? 'websocket upstream timeout' : 'websocket upstream error');
+    if (this.#timedOut) this.#fail(504, 'upstream-timeout', null);
+    else this.#fail(502, 'upstream-unreachable', null);
+  };
+
+  // ---- the open tunnel -----------------------------------------------------------------------------
 
   #onUpData = (chunk: Buffer): void => {
     const client = this.#client;
@@ -285,12 +516,6 @@ export class Tunnel implements Waiter {
       case 'open':
         this.#frames.consume(chunk, false);
         if (!client.write(chunk)) this.#up!.pause();
-        return;
-      case 'responding':
-        if (!client.write(chunk)) this.#up!.pause();
-        return;
-      case 'handshake':
-        this.#onResponseHead(chunk);
         return;
       case 'closing': {
         if (this.#closeFrame === null) return;
@@ -305,37 +530,6 @@ export class Tunnel implements Waiter {
     }
   };
 
-  /** Collects the instance's answer until its head is complete, then lets everything through. */
-  #onResponseHead(chunk: Buffer): void {
-    const buf = this.#responseHead === null ? chunk : Buffer.concat([this.#responseHead, chunk]);
-    const end = buf.indexOf(CRLF2);
-    if (end < 0) {
-      if (buf.length > MAX_RESPONSE_HEAD) {
-        this.#upError = 'response head too large';
-        this.#up!.destroy();
-        return;
-      }
-      this.#responseHead = buf;
-      return;
-    }
-    this.#responseHead = null;
-    this.#disarm();
-    const status = Number(buf.toString('latin1', 9, 12));
-    this.status = Number.isInteger(status) ? status : 502;
-    let out = buf;
-    if (this.app.mode.mode === 'read-only') {
-      out = Buffer.concat([buf.subarray(0, end + 2), READ_ONLY_HEADER, buf.subarray(end + 2)]);
-    }
-    if (this.status === 101) {
-      this.#transition('open');
-      this.#frames.consume(buf.subarray(end + 4), false);
-    } else {
-      // The instance refused the upgrade (404, 400, ...): its answer passes through, then the connection ends.
-      this.#transition('responding');
-    }
-    if (!this.#client.write(out)) this.#up!.pause();
-  }
-
   #onUpDrain = (): void => {
     if (this.phase !== 'closing') this.#client.resume();
   };
@@ -345,28 +539,10 @@ export class Tunnel implements Waiter {
   };
 
   #onUpClose = (): void => {
-    const waiting = this.phase === 'connecting' || this.phase === 'handshake';
-    const failed = this.upstream;
     this.#up = null;
     this.#endAttempt();
     if (this.#clientClosed) {
       this.#maybeDone();
-      return;
-    }
-    if (waiting) {
-      const code = this.#upError ?? 'closed';
-      // Not answered yet: an idempotent GET, so a refused or broken connection is tried once elsewhere.
-      if (this.#attempts === 1 && !this.#timedOut && RETRY_ERRORS.has(code)) {
-        const other = this.pool.pick(failed ?? undefined);
-        if (other !== null) {
-          this.#shared.log.warn({ app: this.app.name, instance: instanceName(failed), retry: instanceName(other), code, requestId: this.requestId }, 'websocket upstream retry');
-          this.#attempt(other);
-          return;
-        }
-      }
-      this.#shared.log.warn({ app: this.app.name, instance: instanceName(failed), code, requestId: this.requestId }, this.#timedOut ? 'websocket upstream timeout' : 'websocket upstream error');
-      if (this.#timedOut) this.#fail(504, 'upstream-timeout', null);
-      else this.#fail(502, 'upstream-unreachable', null);
       return;
     }
     if (this.phase === 'closing' && this.#closeFrame !== null) {
@@ -379,22 +555,30 @@ export class Tunnel implements Waiter {
     this.#arm(CLOSE_GRACE_MS);
   };
 
+  /** The instance's side of the current attempt is gone; the tunnel ends once the client's is too. */
+  #attemptClosed(): void {
+    this.#endAttempt();
+    this.#maybeDone();
+  }
+
   #endAttempt(): void {
     if (!this.#attemptOpen) return;
     this.#attemptOpen = false;
-    this.upstream!.end(this.#ticket);
+    this.upstream!.endTunnel();
   }
 
   // ---- the client side ----------------------------------------------------------------------------
 
   #onClientData = (chunk: Buffer): void => {
     const up = this.#up;
-    if (up === null || this.phase === 'closing') return;
+    if (up === null || this.phase !== 'open') return;
     if (!up.write(chunk)) this.#client.pause();
   };
 
   #onClientDrain = (): void => {
+    if (this.phase === 'responding' && !this.#resEnded) this.#disarm();
     this.#up?.resume();
+    this.#res?.resume();
   };
 
   #onClientEnd = (): void => {
@@ -410,9 +594,15 @@ export class Tunnel implements Waiter {
   #onClientClose = (): void => {
     this.#clientClosed = true;
     if (this.status === 0) this.status = 499;
-    if (this.queued) this.admission.cancel(this);
+    this.#owner.setWaiting(this, false);
+    this.#req?.destroy();
     this.#up?.destroy();
     this.#maybeDone();
+  };
+
+  /** `websockets.idle_timeout` passed with no byte either way: the tunnel goes away as at a drain. */
+  #onIdle = (): void => {
+    if (this.phase === 'open') this.goAway('idle timeout');
   };
 
   // ---- internals ----------------------------------------------------------------------------------
@@ -449,10 +639,6 @@ export class Tunnel implements Waiter {
   #maybeDone(): void {
     if (!this.#clientClosed || this.#attemptOpen || this.phase === 'closed') return;
     this.#disarm();
-    if (this.#admitted) {
-      this.#admitted = false;
-      this.admission.leave();
-    }
     this.#transition('closed');
     const log = this.#shared.log;
     if (log.isLevelEnabled('info')) {
@@ -486,32 +672,34 @@ export class Tunnel implements Waiter {
 
   #onTimer = (): void => {
     this.#timer = null;
-    if (this.phase === 'connecting' || this.phase === 'handshake') {
+    if (this.phase === 'connecting') {
       this.#timedOut = true;
-      this.#up?.destroy();
+      this.#req?.destroy();
       return;
     }
-    // Closing took too long (a client that does not read, or a frame that never ends).
+    // Closing took too long (a client that does not read, or a frame that never ends), or a client
+    // stopped reading a relayed answer for the send timeout.
     this.#client.destroy();
+    this.#req?.destroy();
     this.#up?.destroy();
   };
 
-  /** The upgrade request for the instance: the shared request headers (request-headers.ts), then Upgrade. */
-  #buildRequestHead(): Buffer {
+  /** The upgrade request's headers: the shared request headers (request-headers.ts), then Upgrade. */
+  #buildHeaders(): string[] {
     const headers = upstreamRequestHeaders(
       this.req.rawHeaders,
       this.#socketAddress,
+      this.clientIp,
       this.#shared.trustedProxyCount,
+      this.#shared.underscoresInHeaders,
       this.requestId,
       this.#arrivedAt,
       this.generation.releaseId,
       this.host,
       this.app.mode.mode === 'read-only',
     );
-    let head = `${this.req.method ?? 'GET'} ${this.path} HTTP/1.1\r\n`;
-    for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
-    head += `connection: Upgrade\r\nupgrade: ${this.req.headers.upgrade ?? 'websocket'}\r\n`;
-    return Buffer.from(head + '\r\n', 'latin1');
+    headers.push('connection', 'Upgrade', 'upgrade', this.req.headers.upgrade ?? 'websocket');
+    return headers;
   }
 
   #transition(next: TunnelPhase): void {
@@ -523,8 +711,16 @@ export class Tunnel implements Waiter {
   }
 }
 
-const READ_ONLY_HEADER = Buffer.from('x-berth-mode: read-only\r\n', 'latin1');
-
+/** The lower-cased names a response's `Connection` header lists (they are hop-by-hop too); null: none. */
+function connectionNames(connection: string | undefined): Set<string> | null {
+  if (connection === undefined) return null;
+  const names = new Set<string>();
+  for (const token of connection.split(',')) {
+    const t = token.trim().toLowerCase();
+    if (t !== '' && t !== 'close' && t !== 'keep-alive') names.add(t);
+  }
+  return names.size === 0 ? null : names;
+}
 
 /**
  * Follows WebSocket frame boundaries in a byte stream (RFC 6455 § 5.2): it reads each frame's header

@@ -90,11 +90,14 @@ export class Generation implements GenerationView, InstanceListener {
     return this.#instances;
   }
 
-  /** Requests in flight on its instances, including ones being replaced that still drain. */
+  /**
+   * Requests and WebSockets in flight on its instances, including ones being replaced that still drain.
+   * WebSockets hold no request slot, but a deploy's drain must still wait for them (then close them).
+   */
   get inFlight(): number {
     let n = 0;
-    for (const inst of this.#instances) n += inst.inFlight;
-    for (const inst of this.#retiring.keys()) n += inst.inFlight;
+    for (const inst of this.#instances) n += inst.inFlight + inst.tunnels;
+    for (const inst of this.#retiring.keys()) n += inst.inFlight + inst.tunnels;
     return n;
   }
 
@@ -248,7 +251,7 @@ export class Generation implements GenerationView, InstanceListener {
     if (pool) pool.setInstances(pool.instances.map((u) => (u === old ? fresh : u)));
     this.#log.info({ instance: fresh.label, pid: fresh.pid, was: old.pid, state: fresh.state }, 'instance replaced');
     // Out of the pool now, so it gets no new requests; the ones it holds may finish, up to timeouts.drain.
-    if (old.inFlight === 0) {
+    if (old.inFlight + old.tunnels === 0) {
       this.#retiring.set(old, null);
       this.#retire(old);
     } else {
@@ -260,7 +263,7 @@ export class Generation implements GenerationView, InstanceListener {
     const timer = this.#retiring.get(old);
     if (timer) clearTimeout(timer);
     this.#retiring.set(old, null);
-    if (old.inFlight > 0) this.#log.warn({ instance: old.label, pid: old.pid, inFlight: old.inFlight }, 'drain timeout: stopping instance with requests in flight');
+    if (old.inFlight + old.tunnels > 0) this.#log.warn({ instance: old.label, pid: old.pid, inFlight: old.inFlight, websockets: old.tunnels }, 'drain timeout: stopping instance with requests in flight');
     old.stop().then(() => this.#retiring.delete(old));
   }
 

@@ -35,6 +35,20 @@ export class Pool implements PoolView {
     return best;
   }
 
+  pickTunnel(exclude?: Upstream): Upstream | null {
+    const list = this.instances;
+    const n = list.length;
+    if (n === 0) return null;
+    const start = this.#next++ % n;
+    let best: Upstream | null = null;
+    for (let i = 0; i < n; i++) {
+      const inst = list[(start + i) % n];
+      if (inst === exclude || inst.state !== 'ready' || inst.address === null) continue;
+      if (best === null || inst.tunnels < best.tunnels) best = inst;
+    }
+    return best;
+  }
+
   /** Ready instances, for health reporting. */
   readyCount(): number {
     let n = 0;

@@ -21,8 +21,13 @@ export interface Upstream {
   readonly state: InstanceState;
   /** Where it listens now; null while it has no live process. Changes when it restarts. */
   readonly address: UpstreamAddress | null;
-  /** Requests (and WebSockets) currently being served by it. */
+  /** Requests currently being served by it (WebSockets are counted in `tunnels`, not here). */
   readonly inFlight: number;
+  /**
+   * WebSockets open to it. They hold no request slot (`pick()` ignores them), but a drain waits for
+   * them: the generation's `inFlight` includes them.
+   */
+  readonly tunnels: number;
   /** Most requests it may hold at once. */
   readonly concurrency: number;
   /** Total requests it has finished. */
@@ -31,6 +36,10 @@ export interface Upstream {
   begin(): number;
   /** Marks the request with this ticket as finished. */
   end(ticket: number): void;
+  /** A WebSocket to it has been opened (its upgrade request is about to be sent). */
+  beginTunnel(): void;
+  /** That WebSocket is closed; called once per beginTunnel(). */
+  endTunnel(): void;
 }
 
 export type GenerationState = 'starting' | 'ready' | 'failed' | 'draining' | 'stopping' | 'stopped';
@@ -46,7 +55,7 @@ export interface GenerationView {
   readonly state: GenerationState;
   /** http process type name -> pool. */
   readonly pools: ReadonlyMap<string, PoolView>;
-  /** Requests in flight across all of this generation's instances. */
+  /** Requests and WebSockets in flight across all of this generation's instances (what a drain waits for). */
   readonly inFlight: number;
 }
 
@@ -57,4 +66,9 @@ export interface PoolView {
   readonly instances: readonly Upstream[];
   /** The least-busy ready instance with a free slot, skipping `exclude`; null when none. */
   pick(exclude?: Upstream): Upstream | null;
+  /**
+   * For a WebSocket: the ready instance with the fewest tunnels, skipping `exclude`, whether or not its
+   * request slots are full (a tunnel takes none); null when no instance is ready.
+   */
+  pickTunnel(exclude?: Upstream): Upstream | null;
 }

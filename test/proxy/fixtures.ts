@@ -6,6 +6,8 @@ import { createServer, request as httpRequest, type IncomingMessage, type Server
 import type { AddressInfo, Socket } from 'node:net';
 import type { TestContext } from 'node:test';
 import { Writable } from 'node:stream';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { pino } from 'pino';
 import type { AppConfig, BerthConfig, ProcessConfig, RouteConfig } from '../../src/config/schema.ts';
 import type { GenerationState, GenerationView, InstanceState, Upstream, UpstreamAddress } from '../../src/supervisor/types.ts';
@@ -62,7 +64,8 @@ export function berthConfig(apps: AppConfig[], over: Partial<BerthConfig> = {}):
   return {
     file: 'berth.yaml',
     environment: null,
-    stateDir: '.berth',
+    // Absolute, as normalised; bodies and responses past the memory threshold spill to <stateDir>/tmp.
+    stateDir: join(tmpdir(), 'berth-proxy-fixtures'),
     listen: [{ kind: 'tcp', host: '127.0.0.1', port: 0, text: '127.0.0.1:0' }],
     control: { socket: 'control.sock', socketGroup: null, listen: null, tokens: {}, callContextHeader: null, permissions: {}, permissionsUnenforcedOk: false, callContextFrom: ['127.0.0.0/8', '::1/128'] },
     trustedProxyCount: 0,
@@ -97,6 +100,8 @@ export class TestUpstream implements Upstream {
   inFlight = 0;
   readonly concurrency: number;
   served = 0;
+  /** WebSockets open to it (beginTunnel/endTunnel). */
+  tunnels = 0;
   /** Most requests seen in flight at once. */
   peak = 0;
   /** Tickets ended twice or never begun: must stay empty. */
@@ -129,6 +134,15 @@ export class TestUpstream implements Upstream {
     this.inFlight--;
     this.served++;
   }
+
+  beginTunnel(): void {
+    this.tunnels++;
+  }
+
+  endTunnel(): void {
+    if (this.tunnels === 0) this.mistakes.push('endTunnel() without an open beginTunnel()');
+    else this.tunnels--;
+  }
 }
 
 export class TestGeneration implements GenerationView {
@@ -148,7 +162,7 @@ export class TestGeneration implements GenerationView {
 
   get inFlight(): number {
     let n = 0;
-    for (const p of this.pools.values()) for (const i of p.instances) n += i.inFlight;
+    for (const p of this.pools.values()) for (const i of p.instances) n += i.inFlight + i.tunnels;
     return n;
   }
 

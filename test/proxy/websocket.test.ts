@@ -10,7 +10,7 @@ import type { AppConfig, RouteConfig } from '../../src/config/schema.ts';
 import type { UpstreamAddress } from '../../src/supervisor/types.ts';
 import { RoutingTable, type ModeState } from '../../src/proxy/router.ts';
 import { FrameBoundary } from '../../src/proxy/websocket.ts';
-import { appConfig, berthConfig, captureLogger, entry, processConfig, refusedAddress, route, startProxy, TestGeneration, waitFor } from './fixtures.ts';
+import { appConfig, berthConfig, captureLogger, entry, fetchRaw, processConfig, refusedAddress, route, startProxy, TestGeneration, waitFor } from './fixtures.ts';
 
 interface WsBackend {
   address: UpstreamAddress;
@@ -102,7 +102,7 @@ async function setup(t: TestContext, opts: { over?: Partial<AppConfig>; mode?: P
   return { ...running, be, gen, config, lines: log.lines, ws: `ws://127.0.0.1:${running.port}` };
 }
 
-test('messages flow both ways with forwarding headers; the socket counts in flight until it closes', async (t) => {
+test('messages flow both ways with forwarding headers; the socket counts as a tunnel (not a request slot) until it closes', async (t) => {
   const { ws: base, be, gen, proxy, lines } = await setup(t);
   const { ws } = await open(t, `${base}/chat?room=1`, { 'x-forwarded-for': '9.9.9.9', 'x-berth-mode': 'read-only', 'x-request-id': 'ws-req-1' });
   ws.send('hi');
@@ -122,16 +122,17 @@ test('messages flow both ways with forwarding headers; the socket counts in flig
   assert.equal(up.headers['x-berth-release'], 'r1');
   assert.equal(up.headers['x-berth-mode'], undefined, 'a client cannot claim a mode');
   assert.match(String(up.headers['x-request-start']), /^t=\d+$/);
+  assert.equal(up.headers['x-real-ip'], '127.0.0.1');
   const inst = gen.instances()[0];
-  assert.equal(inst.inFlight, 1);
-  assert.equal(gen.inFlight, 1);
+  assert.equal(inst.inFlight, 0, 'no request ticket');
+  assert.equal(inst.tunnels, 1);
+  assert.equal(gen.inFlight, 1, 'a drain still sees it');
   assert.equal(proxy.inFlight, 1);
   assert.equal(proxy.upgrades, 1);
   ws.close(1000, 'bye');
   assert.equal((await closed(ws)).code, 1000);
-  await waitFor(() => inst.inFlight === 0 && proxy.inFlight === 0 && proxy.upgrades === 0, 'the tunnel to end');
+  await waitFor(() => inst.tunnels === 0 && proxy.inFlight === 0 && proxy.upgrades === 0, 'the tunnel to end');
   assert.deepEqual(inst.mistakes, []);
-  assert.equal(inst.served, 1);
   await waitFor(() => lines.some((l) => l.msg === 'request' && l.status === 101), 'the access log line');
   const line = lines.find((l) => l.msg === 'request' && l.status === 101)!;
   assert.equal(line.path, '/chat?room=1');
@@ -148,33 +149,53 @@ test('the instance closing its side ends the tunnel, with its close code', async
   await waitFor(() => gen.inFlight === 0 && proxy.upgrades === 0, 'the tunnel to end');
 });
 
-test('concurrency bounds WebSockets: a full pool queues the next one and admits it when a slot frees; an overflow gets 503', async (t) => {
-  const over = { processes: { web: processConfig('web', 1, 1) }, queue: { max: 1, timeoutMs: 10_000 } };
-  const { ws: base, proxy, gen } = await setup(t, { over, concurrency: 1 });
+test('WebSockets take no request slots: with concurrency 1, open WebSockets leave room for requests; websockets.max bounds them with 503', async (t) => {
+  const over = { processes: { web: processConfig('web', 1, 1) }, queue: { max: 1, timeoutMs: 10_000 }, websockets: { max: 2, idleTimeoutMs: null } };
+  const { ws: base, proxy, gen, port } = await setup(t, { over, concurrency: 1 });
   const first = await open(t, `${base}/a`);
-  const second = open(t, `${base}/b`);
-  await waitFor(() => proxy.queueDepth('chat') === 1, 'the second socket queued');
+  const second = await open(t, `${base}/b`);
+  // Before: the first WebSocket held the only slot, the second queued and a plain request got 503.
+  const plain = await fetchRaw(`http://127.0.0.1:${port}/plain`);
+  assert.equal(plain.status, 200);
+  assert.equal(plain.text, 'plain');
   const third = await refused(t, `${base}/c`);
   assert.equal(third.status, 503);
-  assert.equal(third.headers['x-berth-reason'], 'queue-full');
+  assert.equal(third.headers['x-berth-reason'], 'websocket-limit');
   assert.equal(third.headers['retry-after'], '1');
-  assert.equal(gen.inFlight, 1);
+  assert.equal(gen.inFlight, 2);
+  assert.equal(gen.instances()[0].tunnels, 2);
+  assert.equal(gen.instances()[0].peak, 1, 'requests alone count against the concurrency');
   first.ws.close();
-  const { ws } = await second;
+  await waitFor(() => gen.instances()[0].tunnels === 1 && proxy.upgrades === 1, 'a slot freed');
+  const { ws } = await open(t, `${base}/d`);
   ws.send('x');
   assert.equal(await nextMessage(ws), 'echo:x');
-  assert.equal(gen.instances()[0].peak, 1, 'never more than the concurrency');
+  second.ws.send('y');
+  assert.equal(await nextMessage(second.ws), 'echo:y');
+  assert.deepEqual(gen.instances()[0].mistakes, []);
 });
 
-test('a client that leaves while queued leaves the queue', async (t) => {
-  const over = { processes: { web: processConfig('web', 1, 1) }, queue: { max: 5, timeoutMs: 10_000 } };
-  const { ws: base, proxy } = await setup(t, { over, concurrency: 1 });
-  await open(t, `${base}/a`);
-  const ws = new WebSocket(`${base}/b`);
-  ws.on('error', () => {});
-  await waitFor(() => proxy.queueDepth('chat') === 1, 'queued');
-  ws.terminate();
-  await waitFor(() => proxy.queueDepth('chat') === 0 && proxy.upgrades === 1, 'the queued one gone');
+test('with no ready instance an upgrade waits up to queue.timeout, then gets 503; a client that leaves while waiting is forgotten', async (t) => {
+  const over = { queue: { max: 5, timeoutMs: 300 } };
+  const { ws: base, proxy, gen } = await setup(t, { over });
+  const inst = gen.instances()[0];
+  inst.state = 'starting';
+  const leaving = new WebSocket(`${base}/b`);
+  leaving.on('error', () => {});
+  await waitFor(() => proxy.upgrades === 1, 'waiting');
+  leaving.terminate();
+  await waitFor(() => proxy.upgrades === 0, 'the waiting one gone');
+  const r = await refused(t, `${base}/a`);
+  assert.equal(r.status, 503);
+  assert.equal(r.headers['x-berth-reason'], 'queue-timeout');
+  // An instance that becomes ready in time takes the waiting upgrade.
+  const pending = open(t, `${base}/c`);
+  await waitFor(() => proxy.upgrades === 1, 'waiting again');
+  inst.state = 'ready';
+  const { ws } = await pending;
+  ws.send('late');
+  assert.equal(await nextMessage(ws), 'echo:late');
+  assert.deepEqual(inst.mistakes, []);
 });
 
 test('closeUpgrades(gen) sends 1001 to that generation only, after the frame under way', async (t) => {
@@ -242,7 +263,8 @@ test('refusals: no route 404, a static route 400, the health lane 400, rate limi
 
 test('upstream problems: a refused instance is retried on another; all refused is 502; a refusal by the app passes through', async (t) => {
   const dead = await refusedAddress();
-  const { ws: base, gen, lines } = await setup(t, { addresses: [dead, (await wsBackend(t)).address] });
+  const live = await wsBackend(t);
+  const { ws: base, gen, lines } = await setup(t, { addresses: [dead, live.address] });
   // Pool.pick rotates: open several so the dead instance is tried first at least once.
   for (let i = 0; i < 3; i++) {
     const { ws } = await open(t, `${base}/x${i}`);
@@ -253,7 +275,7 @@ test('upstream problems: a refused instance is retried on another; all refused i
   await waitFor(() => gen.inFlight === 0, 'all closed');
   assert.ok(lines.some((l) => l.msg === 'websocket upstream retry'), 'the dead instance was tried and the socket retried');
   assert.deepEqual(gen.instances()[0].mistakes, []);
-  assert.equal(gen.instances()[1].served, 3);
+  assert.equal(live.upgrades.length, 3);
   const only = await setup(t, { addresses: [dead] });
   const r = await refused(t, `${only.ws}/x`);
   assert.equal(r.status, 502);
