@@ -409,8 +409,12 @@ async function startBerth(dir: string, sources: string[]): Promise<{ child: Chil
     state_dir: stateDir,
     listen: ['127.0.0.1:0'],
     log_levels: { root: 'warn' },
+    // Responses carry X-Berth-Release only with public_details; the bench reads it to see the switch.
+    public_details: true,
     apps: {
       [APP]: {
+        // As root, berth would run a root-owned source as `nobody`, who may not reach this temp dir or Node.
+        ...(process.getuid?.() === 0 ? { user: 'root' } : {}),
         source: sources[0],
         processes: { web: { command: `"${process.execPath}" server.mjs`, instances: 2, concurrency: 128 } },
         routes: [{ path: '/', to: 'web' }],

@@ -3,7 +3,8 @@
  *
  * A `Forward` is the only object made per proxied request. It is at once the admission queue node (a
  * `Waiter`), the undici dispatch handler, and the target of the client response's events (through
- * `ProxyResponse.forward` and module-level listeners), so the hot path creates no closures.
+ * `ProxyResponse.forward` and module-level listeners), so the hot path creates no closures. Only a
+ * request with a body adds a RequestBuffer, and only a client that pushes back adds a ResponseBuffer.
  *
  * Accounting rules:
  * - `upstream.begin()` is called when an instance is chosen and `upstream.end(ticket)` exactly once when
@@ -11,6 +12,17 @@
  * - The admission slot is held from admission until the last attempt is over; a retry keeps it.
  * - The proxy is told `done` once both sides are over: the client response has closed and no upstream
  *   attempt is running. That is what `Proxy.inFlight` and a graceful stop wait for.
+ *
+ * Buffering (nginx's proxy_request_buffering / proxy_buffering; see request-buffer.ts and
+ * response-buffer.ts), so that a slow client holds a connection of the gateway, never a slot of the app:
+ * - A request with a body is read whole before it enters admission (phase `buffering`).
+ * - The response is written straight to the client while the client keeps up; once the client pushes
+ *   back, the rest is held in a ResponseBuffer and the app is read on at its own pace, so the slot and
+ *   the instance ticket are freed when the app is done. Not buffered (the app is paused instead, as
+ *   before): SSE, `X-Accel-Buffering: no`, HEAD, routes with `buffering: false`, apps with
+ *   `buffering.responses: false`, and responses without a length past `buffering.memory`.
+ * - A client that takes no response bytes for `buffering.send_timeout` is closed (nginx's send_timeout),
+ *   buffered or not.
  */
 import { ServerResponse, type IncomingMessage, type IncomingHttpHeaders } from 'node:http';
 import type { Dispatcher } from 'undici';
@@ -18,9 +30,11 @@ import type { Logger } from '../lib/logger.ts';
 import type { RouteConfig } from '../config/schema.ts';
 import type { GenerationView, PoolView, Upstream } from '../supervisor/types.ts';
 import type { Admission, AdmissionRejection, Waiter } from './admission.ts';
-import type { AppEntry } from './router.ts';
+import type { AppEntry, RoutingTable } from './router.ts';
 import type { ErrorPages, ErrorReason } from './error-pages.ts';
 import type { UpstreamClients } from './upstream-clients.ts';
+import { RequestBuffer, type RequestBufferOwner } from './request-buffer.ts';
+import { ResponseBuffer, type ResponseBufferOwner } from './response-buffer.ts';
 import { instanceName, upstreamRequestHeaders } from './request-headers.ts';
 import { accessLog, elapsedMs, requestChannel } from './access-log.ts';
 
@@ -30,8 +44,16 @@ export interface ForwardShared {
   readonly pages: ErrorPages;
   readonly log: Logger;
   trustedProxyCount: number;
+  /** `underscores_in_headers`: keep request header names with `_` (default: dropped). */
+  underscoresInHeaders: boolean;
   /** The proxy is stopping: responses carry `Connection: close`. */
   stopping: boolean;
+  /** `public_details`: responses carry `X-Berth-Release`. */
+  publicDetails: boolean;
+  /** `state_dir`: request bodies and responses spill to `<state_dir>/tmp`. */
+  stateDir: string;
+  /** The routing table new requests see: a request whose body took a while is pinned again from it. */
+  table: RoutingTable;
   /** Called once per Forward, when the client response has closed and no upstream attempt is running. */
   done(fw: Forward): void;
 }
@@ -41,8 +63,11 @@ export class ProxyResponse extends ServerResponse {
   forward: Forward | null = null;
 }
 
-/** new -> queued? -> upstream -> responding -> done. Not logged per transition: this is the hot path. */
-export type ForwardPhase = 'new' | 'queued' | 'upstream' | 'responding' | 'done';
+/**
+ * new -> buffering? -> queued? -> upstream -> responding -> done. Not logged per transition: this is the
+ * hot path.
+ */
+export type ForwardPhase = 'new' | 'buffering' | 'queued' | 'upstream' | 'responding' | 'done';
 
 const HOP_BY_HOP_RESPONSE = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade'];
 
@@ -57,6 +82,15 @@ const CLIENT_GONE = new Error('client disconnected');
 
 /** Retry-After (seconds) for a full queue: capacity frees up as soon as any request ends. */
 const QUEUE_FULL_RETRY_AFTER_S = 1;
+
+/**
+ * A response with a Content-Length above this is not spilled to disk: past `buffering.memory` it streams
+ * at the client's pace. nginx's proxy_max_temp_file_size default.
+ */
+export const MAX_SPILLED_RESPONSE_BYTES = 1024 * 1024 * 1024;
+
+/** What undici reports when an app answers 101 to a request that asked for no upgrade. */
+const BAD_UPGRADE = 'bad upgrade';
 
 export interface ForwardInit {
   req: IncomingMessage;
@@ -77,7 +111,7 @@ export interface ForwardInit {
   start: number;
 }
 
-export class Forward implements Waiter {
+export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner {
   // Waiter links: this object is the admission queue node.
   prev: Waiter | null = null;
   next: Waiter | null = null;
@@ -88,8 +122,9 @@ export class Forward implements Waiter {
   readonly res: ProxyResponse;
   readonly app: AppEntry;
   readonly route: RouteConfig;
-  readonly generation: GenerationView;
-  readonly pool: PoolView;
+  /** Pinned on arrival; a request with a buffered body is pinned again once its body is whole (#repin). */
+  generation: GenerationView;
+  pool: PoolView;
   readonly admission: Admission;
   readonly path: string;
   readonly host: string;
@@ -117,6 +152,25 @@ export class Forward implements Waiter {
   #clientOpen = true;
   /** Built on the first attempt and reused by a retry. */
   #headers: string[] | null = null;
+  /** The request body, read whole before admission; null: bodiless, or streamed (buffering off). */
+  #body: RequestBuffer | null = null;
+  /** Whether this response may be held for a slow client (decided per response in onResponseStart). */
+  #bufferResponse = false;
+  /** The app's Content-Length, when it sent one. */
+  #responseLength: string | undefined = undefined;
+  /** What the client has not taken yet; made the first time a buffered response meets back-pressure. */
+  #spool: ResponseBuffer | null = null;
+  /** The client pushed back (res.write returned false) and has not drained since. */
+  #needDrain = false;
+  /** We paused undici's reading from the instance. */
+  #paused = false;
+  /** The instance's response is complete; the client may still be fed from the spool. */
+  #upstreamEnded = false;
+  #ended = false;
+  /** An informational or 101 answer that must become a 502. */
+  #badResponse = false;
+  /** send_timeout: armed (or refreshed) whenever the client pushes back. */
+  #sendTimer: NodeJS.Timeout | null = null;
 
   constructor(shared: ForwardShared, init: ForwardInit) {
     this.#shared = shared;
@@ -141,10 +195,82 @@ export class Forward implements Waiter {
     init.res.on('close', onClientClose);
   }
 
-  /** Hands the request to admission: it starts now, waits in the queue, or is turned away. */
+  /**
+   * Hands the request to admission: it starts now, waits in the queue, or is turned away. A request with
+   * a body first reads it whole (unless buffering is off for it), and only then enters admission.
+   */
   run(now: number): void {
+    if (this.hasBody) {
+      const config = this.app.config;
+      if (RequestBuffer.declaredTooLarge(this.req, config.maxBodyBytes)) {
+        this.bodyRefused(413, null);
+        return;
+      }
+      if (config.buffering.requests && this.route.buffering !== false) {
+        this.phase = 'buffering';
+        const b = new RequestBuffer(
+          this.req,
+          { maxBytes: config.maxBodyBytes, memoryBytes: config.buffering.memoryBytes, timeoutMs: config.buffering.bodyTimeoutMs, stateDir: this.#shared.stateDir },
+          this,
+        );
+        this.#body = b;
+        this.#sendContinue();
+        b.start();
+        return;
+      }
+    }
+    this.#enter(now);
+  }
+
+  /**
+   * Tells a client waiting on `Expect: 100-continue` to send its body, now that the body is wanted. Node
+   * leaves that answer to us (server.ts listens for `checkContinue`), so a request refused unread never
+   * makes its client send a body only to be cut off; node closes the connection after such a refusal.
+   * Node hands over only HTTP/1.1 expectations of 100-continue (it answers 417 to others).
+   */
+  #sendContinue(): void {
+    const req = this.req;
+    if (req.headers.expect !== undefined && req.httpVersionMinor === 1 && req.httpVersionMajor === 1) this.res.writeContinue();
+  }
+
+  #enter(now: number): void {
     this.admission.enter(this, now);
     if (this.queued) this.phase = 'queued';
+  }
+
+  // ---- RequestBufferOwner ------------------------------------------------------------------------------
+
+  bodyReady(): void {
+    if (!this.#clientOpen) return;
+    this.phase = 'new';
+    this.#repin();
+    this.#enter(performance.now());
+  }
+
+  /**
+   * A body can take minutes, and a deploy may have switched the app meanwhile. Until now this request has
+   * reached no instance and holds no ticket, so the old generation's drain did not wait for it and that
+   * generation may be stopped already: it takes the generation active now, as a request arriving now
+   * would. Nothing has been sent anywhere yet, so this keeps the pinning promise (one generation per
+   * request) while keeping the deploy from dropping uploads.
+   */
+  #repin(): void {
+    const active = this.#shared.table.app(this.app.name)?.generation ?? null;
+    if (active === null || active === this.generation) return;
+    const pool = active.pools.get(this.route.to!);
+    if (pool === undefined || pool.instances.length === 0) return;
+    this.generation = active;
+    this.pool = pool;
+  }
+
+  bodyRefused(status: 408 | 413 | 500, err: Error | null): void {
+    if (status === 500) {
+      this.#shared.log.error({ app: this.app.name, err: err?.message, requestId: this.requestId }, 'request body spill failed');
+    }
+    // The rest of the body is not wanted: the connection closes after the answer (nginx does the same).
+    this.res.shouldKeepAlive = false;
+    this.#fail(status, status === 413 ? 'body-too-large' : status === 408 ? 'body-timeout' : 'buffer-failed', null, true);
+    this.#maybeDone();
   }
 
   // ---- Waiter ----------------------------------------------------------------------------------
@@ -180,11 +306,24 @@ export class Forward implements Waiter {
       controller.abort(CLIENT_GONE);
       return;
     }
+    if (statusCode < 200) {
+      // A 101 is only ever valid in answer to an upgrade, which never comes through here (websocket.ts):
+      // relaying it would start a tunnel the gateway does not watch. Other 1xx (103 Early Hints) are
+      // dropped: the final answer follows on the same attempt.
+      if (statusCode === 101) {
+        this.#badResponse = true;
+        controller.abort(new Error('101 in answer to a request without upgrade'));
+      }
+      return;
+    }
     stripResponseHopByHop(headers);
     headers['x-request-id'] = this.requestId;
-    // Which release answered: lets a client (and the deploy bench) see the switch.
-    headers['x-berth-release'] = this.generation.releaseId;
+    // Which release answered: lets a client (and the deploy bench) see the switch. Off by default
+    // (`public_details`): it tells anyone which build runs.
+    if (this.#shared.publicDetails) headers['x-berth-release'] = this.generation.releaseId;
     if (this.app.mode.mode === 'read-only') headers['x-berth-mode'] = 'read-only';
+    this.#bufferResponse = this.#mayBuffer(headers);
+    this.#responseLength = headers['content-length'];
     const res = this.res;
     if (this.#shared.stopping) res.shouldKeepAlive = false;
     this.phase = 'responding';
@@ -195,11 +334,30 @@ export class Forward implements Waiter {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (!this.res.write(chunk)) controller.pause();
+    const spool = this.#spool;
+    if (spool !== null && (this.#needDrain || !spool.empty)) {
+      // The client is behind: keep reading the app, hold the bytes.
+      if (!spool.push(chunk) && !this.#paused) {
+        this.#paused = true;
+        controller.pause();
+      }
+      return;
+    }
+    if (this.res.write(chunk)) return;
+    this.#needDrain = true;
+    this.#armSendTimer();
+    if (this.#bufferResponse) {
+      this.#spool ??= new ResponseBuffer(this.#shared.stateDir, this.app.config.buffering.memoryBytes, this.#spillable(), this);
+    } else if (!this.#paused) {
+      this.#paused = true;
+      controller.pause();
+    }
   }
 
   onResponseEnd(): void {
-    this.res.end();
+    this.#upstreamEnded = true;
+    const spool = this.#spool;
+    if (spool === null || spool.empty) this.#endResponse();
     this.#endAttempt();
     this.#finishUpstream();
   }
@@ -219,6 +377,13 @@ export class Forward implements Waiter {
       return;
     }
     const code = (err as { code?: string }).code ?? 'unknown';
+    if (this.#badResponse || err.message === BAD_UPGRADE) {
+      // The instance answered, wrongly: not a connection failure, so not retried.
+      this.#shared.log.warn({ app: this.app.name, instance: instanceName(failed), err: err.message, requestId: this.requestId }, 'upstream bad response');
+      this.#fail(502, 'bad-upstream-response', null);
+      this.#finishUpstream();
+      return;
+    }
     // Retry once elsewhere when the attempt failed before the instance could answer: not connected
     // (refused: not a byte was written), or the connection broke before any response byte. The second
     // case goes beyond "refused before sending": the instance may have seen the request, which is safe
@@ -255,18 +420,41 @@ export class Forward implements Waiter {
   /** The client response closed: finished normally, or the client went away. */
   clientClosed(): void {
     this.#clientOpen = false;
+    this.#spool?.destroy();
     if (!this.res.writableFinished) {
       if (this.status === 0) this.status = 499;
-      if (this.queued) this.admission.cancel(this);
+      if (this.phase === 'buffering') this.#body?.destroy();
+      else if (this.queued) this.admission.cancel(this);
       // Before onRequestStart there is no controller; onRequestStart aborts on seeing the client gone.
       else if (this.#attemptOpen && this.#controller !== null) this.#controller.abort(CLIENT_GONE);
     }
     this.#maybeDone();
   }
 
-  /** The client drained its buffer: let undici read from the instance again. */
+  /** The client drained its buffer: feed it from the spool, and let undici read from the instance again. */
   clientDrained(): void {
-    this.#controller?.resume();
+    this.#needDrain = false;
+    this.#feed();
+  }
+
+  /** send_timeout passed since the client last pushed back. */
+  sendTimedOut(): void {
+    const res = this.res;
+    if (!this.#clientOpen || res.writableFinished || !this.#needDrain) return;
+    this.#shared.log.info({ app: this.app.name, requestId: this.requestId, timeoutMs: this.app.config.buffering.sendTimeoutMs }, 'client send timeout');
+    // 'close' follows, and clientClosed() releases the rest.
+    res.destroy();
+  }
+
+  // ---- ResponseBufferOwner -------------------------------------------------------------------------
+
+  bufferReadable(): void {
+    this.#feed();
+  }
+
+  bufferFailed(err: Error): void {
+    this.#shared.log.error({ app: this.app.name, err: err.message, requestId: this.requestId }, 'response spill failed');
+    if (this.#clientOpen) this.res.destroy();
   }
 
   // ---- internals ----------------------------------------------------------------------------------
@@ -279,20 +467,85 @@ export class Forward implements Waiter {
     this.#connected = false;
     this.#controller = null;
     this.phase = 'upstream';
-    this.#headers ??= this.#buildHeaders();
+    if (this.#headers === null) {
+      this.#headers = this.#buildHeaders();
+      // A chunked body, now held whole, goes on with a length (Transfer-Encoding is hop-by-hop).
+      if (this.#body !== null && this.req.headers['content-length'] === undefined) this.#headers.push('content-length', String(this.#body.length));
+    }
     // pick() only returns instances with an address, and nothing ran in between.
     const dispatcher = this.#shared.clients.get(upstream.address!);
+    const buffered = this.#body;
+    // A streamed body (buffering off) is wanted from now on; a body is never retried, so this runs once.
+    if (buffered === null && this.hasBody) this.#sendContinue();
     // Errors, even synchronous ones, come back through onResponseError.
     dispatcher.dispatch(
       {
         path: this.path,
         method: this.req.method as Dispatcher.HttpMethod,
         headers: this.#headers,
-        body: this.hasBody ? this.req : null,
+        body: buffered !== null ? buffered.body() : this.hasBody ? this.req : null,
         headersTimeout: this.app.config.timeouts.headersMs,
       },
       this,
     );
+  }
+
+  /** Whether the response just started may be held for a slow client; strips X-Accel-Buffering. */
+  #mayBuffer(headers: IncomingHttpHeaders): boolean {
+    let buffer = this.app.config.buffering.responses && this.route.buffering !== false && this.req.method !== 'HEAD';
+    const accel = headers['x-accel-buffering'];
+    if (accel !== undefined) {
+      // nginx reads and removes it: the app's own switch for one response.
+      delete headers['x-accel-buffering'];
+      if (String(accel).trim().toLowerCase() === 'no') buffer = false;
+    }
+    const type = headers['content-type'];
+    // Server-sent events are a stream by definition: each event must reach the client when sent.
+    if (buffer && type !== undefined && EVENT_STREAM.test(type)) buffer = false;
+    return buffer;
+  }
+
+  /** A response may go to disk when its length is known and within the disk budget. */
+  #spillable(): boolean {
+    const cl = this.#responseLength;
+    if (cl === undefined) return false;
+    const n = Number(cl);
+    return Number.isFinite(n) && n <= MAX_SPILLED_RESPONSE_BYTES;
+  }
+
+  /** Feeds the client from the spool while it takes bytes; ends the response once all is sent. */
+  #feed(): void {
+    if (!this.#clientOpen) return;
+    const spool = this.#spool;
+    if (spool !== null) {
+      const res = this.res;
+      while (!this.#needDrain) {
+        const chunk = spool.shift();
+        if (chunk === null) break;
+        if (!res.write(chunk)) {
+          this.#needDrain = true;
+          this.#armSendTimer();
+        }
+      }
+      if (this.#upstreamEnded && spool.empty) this.#endResponse();
+    }
+    if (this.#paused && (spool === null ? !this.#needDrain : !spool.full)) {
+      this.#paused = false;
+      this.#controller?.resume();
+    }
+  }
+
+  #endResponse(): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.res.end();
+  }
+
+  #armSendTimer(): void {
+    if (this.#sendTimer === null) {
+      this.#sendTimer = setTimeout(onSendTimeout, this.app.config.buffering.sendTimeoutMs, this);
+      this.#sendTimer.unref();
+    } else this.#sendTimer.refresh();
   }
 
   #endAttempt(): void {
@@ -314,6 +567,9 @@ export class Forward implements Waiter {
   #maybeDone(): void {
     if (this.#clientOpen || this.#attemptOpen || this.#admitted || this.phase === 'done') return;
     this.phase = 'done';
+    if (this.#sendTimer !== null) clearTimeout(this.#sendTimer);
+    this.#spool?.destroy();
+    this.#body?.destroy();
     const log = this.#shared.log;
     if (log.isLevelEnabled('info')) {
       const up = this.upstream;
@@ -334,7 +590,7 @@ export class Forward implements Waiter {
     this.#shared.done(this);
   }
 
-  #fail(status: number, reason: ErrorReason, retryAfter: number | null): void {
+  #fail(status: number, reason: ErrorReason, retryAfter: number | null, close = false): void {
     if (!this.#clientOpen || this.res.headersSent) return;
     this.status = status;
     // Every 5xx of an app (502, 504, and 503 from its queue) may use its `pages.error` template.
@@ -345,7 +601,7 @@ export class Forward implements Waiter {
       retryAfter,
       requestId: this.requestId,
       page: pageFile === null ? null : { releaseDir: this.generation.releaseDir, file: pageFile },
-      close: this.#shared.stopping,
+      close: close || this.#shared.stopping,
     });
   }
 
@@ -354,7 +610,9 @@ export class Forward implements Waiter {
     return upstreamRequestHeaders(
       this.req.rawHeaders,
       this.socketAddress,
+      this.clientIp,
       this.#shared.trustedProxyCount,
+      this.#shared.underscoresInHeaders,
       this.requestId,
       this.arrivedAt,
       this.generation.releaseId,
@@ -372,6 +630,12 @@ function onClientClose(this: ProxyResponse): void {
 function onClientDrain(this: ProxyResponse): void {
   this.forward?.clientDrained();
 }
+
+function onSendTimeout(fw: Forward): void {
+  fw.sendTimedOut();
+}
+
+const EVENT_STREAM = /^\s*text\/event-stream/i;
 
 /** Strips hop-by-hop headers (and those `Connection` names) from a parsed response header object. */
 function stripResponseHopByHop(headers: IncomingHttpHeaders): void {

@@ -37,7 +37,9 @@ test('the backend sees forwarding headers; hop-by-hop headers are stripped both 
   });
   const gen = generation();
   gen.addPool('web', 8, [be.address]);
-  const { url, port } = await startProxy(t, [entry(appConfig('shop'), gen)]);
+  const shop = appConfig('shop');
+  // X-Berth-Release on responses is off unless public_details is on.
+  const { url, port } = await startProxy(t, [entry(shop, gen)], { config: berthConfig([shop], { publicDetails: true }) });
   const before = Date.now();
   const r = await fetchRaw(`${url}/path?q=1`, {
     headers: {
