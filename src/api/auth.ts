@@ -9,11 +9,20 @@
  *
  * When no environment is selected (`--env`/`BERTH_ENV` unset) the permissions of the key `default`
  * apply, so a single-environment setup can still restrict users.
+ *
+ * Permission regexes match the whole app name (`shop` does not grant `shop-admin`): each is compiled
+ * as `^(?:<regex>)$`. The call-context header is honoured only from `control.call_context_from`
+ * (default: loopback). From any other address it is ignored, as nginx ignores X-Real-IP from outside
+ * `set_real_ip_from`: the request then needs a bearer token, and a 401 says why. Ignoring rather than
+ * refusing lets a client that also carries a token through the same path keep working.
+ * A call context's user name is limited to a safe set of characters and may not take a name berth
+ * itself writes into the audit log (`berth-start`, `scheduler`...), so it can never pose as berth.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
+import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import type { ControlConfig, Role } from '../config/schema.ts';
-import { ROLES } from '../config/schema.ts';
+import { DEFAULT_CALL_CONTEXT_FROM, ROLES } from '../config/schema.ts';
 import { BerthError } from '../lib/errors.ts';
 import type { RequestContext } from './routes.ts';
 
@@ -21,8 +30,27 @@ import type { RequestContext } from './routes.ts';
 export const DEFAULT_PERMISSIONS_ENVIRONMENT = 'default';
 /** A call-context header longer than this is refused before it is decoded. */
 export const MAX_CALL_CONTEXT_BYTES = 4096;
-/** Longest user name a call context may carry (it ends up in logs and the audit log). */
-const MAX_USER_LENGTH = 128;
+/**
+ * A user name a call context (or the CLI on the socket) may carry: it ends up in logs, the audit log
+ * and `berth history --user`, so it is plain: a letter or digit, then letters, digits, `._@-`, 64 at most.
+ */
+export const USER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
+/**
+ * Names berth writes into audit rows for its own actions and for callers it cannot name (src/gateway.ts,
+ * src/scheduler, src/api). Compared case-insensitively.
+ */
+export const BERTH_ACTOR_NAMES: ReadonlySet<string> = new Set(['berth-start', 'supervisor', 'scheduler', 'reload-trigger', 'sighup', 'cleanup', 'socket', 'unauthenticated']);
+/**
+ * Names a call context may not take: berth's own actors, and names that read as berth or the system.
+ * Compared case-insensitively.
+ */
+export const RESERVED_USER_NAMES: ReadonlySet<string> = new Set([...BERTH_ACTOR_NAMES, 'berth', 'internal', 'system', 'root', 'unknown']);
+
+/** Whether `name` is one berth writes into the audit log for its own actions. */
+export function berthActorName(name: string): boolean {
+  return BERTH_ACTOR_NAMES.has(name.toLowerCase());
+}
+
 /** Longest bearer token accepted; longer ones are refused without hashing them. */
 const MAX_TOKEN_LENGTH = 4096;
 
@@ -113,9 +141,45 @@ function unauthorized(message: string): BerthError {
   return new BerthError('BERTH_E_UNAUTHORIZED', message);
 }
 
-/** A user name that is safe to log and store: printable, no control characters, not too long. */
-function validUser(user: unknown): user is string {
-  return typeof user === 'string' && user.length > 0 && user.length <= MAX_USER_LENGTH && user.trim() === user && !/[\u0000-\u001f\u007f]/.test(user);
+/** Whether `name` is one berth keeps for itself. */
+export function reservedUserName(name: string): boolean {
+  return RESERVED_USER_NAMES.has(name.toLowerCase());
+}
+
+/**
+ * Compiles `control.permissions` regexes so each matches the whole app name. The group keeps an
+ * alternation (`shop|blog`) inside the anchors; a source already anchored (`^shop$`) means the same.
+ */
+export function compilePermission(source: string): RegExp {
+  return new RegExp(`^(?:${source})$`);
+}
+
+/** `control.call_context_from` as a BlockList (used as an allow list). Entries are IPs or CIDRs. */
+export function addressList(entries: readonly string[]): BlockList {
+  const list = new BlockList();
+  for (const entry of entries) {
+    const slash = entry.indexOf('/');
+    const ip = slash < 0 ? entry : entry.slice(0, slash);
+    const type = isIPv4(ip) ? 'ipv4' : isIPv6(ip) ? 'ipv6' : null;
+    // The config validation refuses bad entries; one that slips through matches nothing.
+    if (type === null) continue;
+    if (slash < 0) list.addAddress(ip, type);
+    else {
+      const bits = Number(entry.slice(slash + 1));
+      if (Number.isInteger(bits) && bits >= 0 && bits <= (type === 'ipv4' ? 32 : 128)) list.addSubnet(ip, bits, type);
+    }
+  }
+  return list;
+}
+
+/** Whether `address` (a socket's remoteAddress) is in `list`; an IPv4-mapped IPv6 address counts as IPv4. */
+export function addressIn(list: BlockList, address: string | undefined): boolean {
+  if (!address) return false;
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (mapped) return list.check(mapped[1], 'ipv4');
+  if (isIPv4(address)) return list.check(address, 'ipv4');
+  if (isIPv6(address)) return list.check(address, 'ipv6');
+  return false;
 }
 
 /**
@@ -135,7 +199,10 @@ export function parseCallContext(name: string, value: string | string[] | undefi
   }
   if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw unauthorized(`the ${name} header is not base64 of a JSON object`);
   const { user, roles } = parsed as { user?: unknown; roles?: unknown };
-  if (!validUser(user)) throw unauthorized(`the ${name} header needs "user": a non-empty string of at most ${MAX_USER_LENGTH} printable characters`);
+  if (typeof user !== 'string' || !USER_NAME_RE.test(user)) {
+    throw unauthorized(`the ${name} header needs "user": 1 to 64 characters, a letter or digit first, then letters, digits and . _ @ -`);
+  }
+  if (reservedUserName(user)) throw unauthorized(`the ${name} header names the user "${user}", which berth keeps for itself`);
   if (!Array.isArray(roles) || roles.length === 0) throw unauthorized(`the ${name} header needs "roles": a non-empty list of ${ROLES.join(', ')}`);
   for (const r of roles) {
     if (typeof r !== 'string' || !ROLES.includes(r as Role)) throw unauthorized(`the ${name} header names an unknown role ${JSON.stringify(r)} (known: ${ROLES.join(', ')})`);
@@ -156,18 +223,23 @@ interface TokenEntry {
 export class Auth {
   readonly environment: string;
   readonly callContextHeader: string | null;
+  /** `control.call_context_from`, for messages. */
+  readonly callContextFrom: readonly string[];
+  #callContextFrom: BlockList;
   #tokens: TokenEntry[];
   #rules = new Map<string, AppRule>();
 
   constructor(control: ControlConfig, environment: string | null) {
     this.environment = environment ?? DEFAULT_PERMISSIONS_ENVIRONMENT;
     this.callContextHeader = control.callContextHeader;
+    this.callContextFrom = control.callContextFrom ?? DEFAULT_CALL_CONTEXT_FROM;
+    this.#callContextFrom = addressList(this.callContextFrom);
     this.#tokens = Object.entries(control.tokens)
       .filter(([, t]) => /^sha256:[0-9a-f]{64}$/.test(t.hash))
       .map(([user, t]) => ({ user, digest: Buffer.from(t.hash.slice('sha256:'.length), 'hex'), roles: t.roles }));
     const byUser = control.permissions[this.environment] ?? {};
     for (const [user, sources] of Object.entries(byUser)) {
-      this.#rules.set(user, { rule: `control.permissions.${this.environment}.${user}`, sources, patterns: sources.map((s) => new RegExp(s)) });
+      this.#rules.set(user, { rule: `control.permissions.${this.environment}.${user}`, sources, patterns: sources.map(compilePermission) });
     }
   }
 
@@ -176,18 +248,27 @@ export class Auth {
     return this.#rules.get(user) ?? null;
   }
 
+  /** Whether the call-context header is honoured on a connection from `address`. */
+  trustsCallContextFrom(address: string | undefined): boolean {
+    return addressIn(this.#callContextFrom, address);
+  }
+
   /**
-   * Identifies a TCP caller, or throws 401. The call-context header, when configured and present, wins:
-   * it is set by the trusted proxy in front, which may pass the client's own Authorization through.
+   * Identifies a TCP caller coming from `remoteAddress`, or throws 401. The call-context header, when
+   * configured, present and sent from `control.call_context_from`, wins: it is set by the trusted proxy
+   * in front, which may pass the client's own Authorization through. From elsewhere it is ignored.
    */
-  authenticate(headers: IncomingHttpHeaders): RequestContext {
+  authenticate(headers: IncomingHttpHeaders, remoteAddress: string | undefined): RequestContext {
     const header = this.callContextHeader;
-    if (header !== null && headers[header] !== undefined) {
-      const { user, roles } = parseCallContext(header, headers[header]);
+    const sent = header !== null && headers[header] !== undefined;
+    const trusted = sent && this.trustsCallContextFrom(remoteAddress);
+    if (trusted) {
+      const { user, roles } = parseCallContext(header!, headers[header!]);
       return { user, channel: 'tcp', roles, apps: this.ruleFor(user) };
     }
     const auth = headers.authorization;
     if (auth === undefined) {
+      if (sent) throw unauthorized(`the ${header} header is honoured only from control.call_context_from (${this.callContextFrom.join(', ') || 'nowhere'}), not from ${remoteAddress ?? 'this connection'}; send an Authorization: Bearer token`);
       const how = header !== null ? `an Authorization: Bearer token or the ${header} header` : 'an Authorization: Bearer token';
       throw unauthorized(`the control API needs ${how}`);
     }

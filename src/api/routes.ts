@@ -13,6 +13,8 @@ import { registerControlRoutes } from './control-routes.ts';
 import { registerTaskRoutes } from './task-routes.ts';
 import { registerLogRoutes } from './log-routes.ts';
 import { registerModeRoutes } from './mode-routes.ts';
+import { appHealth, readiness } from '../proxy/health-lane.ts';
+import { redactText } from '../lib/redact.ts';
 
 /** Who is calling: set by the server from the socket (trusted) or from TCP auth. */
 export interface RequestContext {
@@ -57,6 +59,7 @@ export interface RouteOptions {
 
 interface Route {
   method: string;
+  path: string;
   pattern: RegExp;
   keys: string[];
   handler: Handler;
@@ -64,10 +67,45 @@ interface Route {
   role: Role;
 }
 
-/** Outcome of a refused change (auth, permissions, conflict) versus one that failed. */
+/**
+ * Outcome of a change that did not happen. A 4xx is a refusal (no credentials, no right, a bad or late
+ * or oversized body, a conflict, an unknown app); anything else is a failure.
+ */
 function outcomeFor(err: unknown): 'refused' | 'failed' {
   const status = httpStatusFor(err);
-  return status === 401 || status === 403 || status === 409 ? 'refused' : 'failed';
+  return status >= 400 && status < 500 ? 'refused' : 'failed';
+}
+
+/** Longest request body kept in an audit row's target: the row says what was asked, not archives it. */
+export const MAX_AUDIT_TARGET_CHARS = 1000;
+
+/** The user an audit row names for a caller that could not be identified (a 401). */
+export const UNAUTHENTICATED_USER = 'unauthenticated';
+
+/**
+ * The request body as an audit row's target. Redacted before it is cut: a cut through a URL's userinfo
+ * (`https://user:tok` with its `@host` cut off) no longer reads as a URL with credentials, and would keep
+ * the start of the secret. The audit log redacts again, which changes nothing here.
+ */
+function auditTarget(body: unknown): string | null {
+  if (typeof body !== 'object' || body === null) return null;
+  const text = redactText(JSON.stringify(body));
+  if (text === '{}') return null;
+  return text.length > MAX_AUDIT_TARGET_CHARS ? `${text.slice(0, MAX_AUDIT_TARGET_CHARS)}... (${text.length} characters)` : text;
+}
+
+/**
+ * How the server identifies a caller and reads its body. The routes call these in order, so that every
+ * refusal of a change (401 from `identify`, 400/408/413 from `body`, 403, then the handler's own) is
+ * audited in one place.
+ */
+export interface RequestAccess {
+  /** The caller, or throws 401. */
+  identify(): RequestContext;
+  /** The parsed JSON body of a change (never called for GET or HEAD), or throws 400, 408 or 413. */
+  body(): Promise<unknown>;
+  /** Where the request came from, for the audit row of a refused one. */
+  remote: string;
 }
 
 export class ApiRoutes {
@@ -83,6 +121,19 @@ export class ApiRoutes {
     });
     this.add('GET', '/v1/apps', (_p, _u, _b, _req, _res, ctx) => ({ status: 200, body: { apps: this.#gateway.status().apps.filter((a) => permits(ctx, a.name)) } }));
     this.add('GET', '/v1/apps/:app', (p) => ({ status: 200, body: this.#app(p.app) }));
+    // The details the front door's /_berth/ready and /_berth/apps/<app>/health give only with
+    // public_details: true. Answered 200 with the status inside: the call worked, the app may not.
+    this.add('GET', '/v1/ready', (_p, _u, _b, _req, _res, ctx) => {
+      const proxy = this.#gateway.proxy;
+      return { status: 200, body: readiness(proxy, ctx.apps ? (a) => permits(ctx, a) : undefined) };
+    });
+    this.add('GET', '/v1/apps/:app/health', (p) => {
+      const proxy = this.#gateway.proxy;
+      const entry = proxy.table.app(p.app);
+      if (!entry) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${p.app}"`);
+      const health = appHealth(entry, proxy.queueDepth(entry.name));
+      return { status: 200, body: { status: health.healthy ? 'ok' : 'unavailable', ...health } };
+    });
     this.add('GET', '/v1/routes', (_p, _u, _b, _req, _res, ctx) => ({ status: 200, body: { routes: this.#gateway.routes().filter((r) => permits(ctx, r.app)) } }));
     this.add('POST', '/v1/apps/:app/deploys', (p, _u, body, _req, _res, ctx) => {
       const source = optionalString(body, 'source');
@@ -181,14 +232,20 @@ export class ApiRoutes {
       return '([^/]+)';
     });
     const action = opts.action ?? null;
-    this.#routes.push({ method, pattern: new RegExp(`^${source}/?$`), keys, handler, action, role: requiredRole(method, action, opts.role) });
+    // A change nobody would see in the audit log is a bug: every mutating endpoint names its action.
+    if (action === null && method !== 'GET' && method !== 'HEAD') throw new Error(`${method} ${path} changes something and must name an audit action`);
+    this.#routes.push({ method, path, pattern: new RegExp(`^${source}/?$`), keys, handler, action, role: requiredRole(method, action, opts.role) });
+  }
+
+  /** The endpoints that change something, with their audit action (every one has one: see `add`). */
+  changes(): { method: string; path: string; action: string }[] {
+    return this.#routes.filter((r) => r.action !== null).map((r) => ({ method: r.method, path: r.path, action: r.action! }));
   }
 
   /** Runs a change with its audit row: pending before it acts, then its outcome. */
   async #audited(action: string, handler: Handler, params: Record<string, string>, url: URL, body: unknown, req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<ApiResult | undefined> {
     const audit = this.#gateway.audit;
-    const target = typeof body === 'object' && body !== null ? JSON.stringify(body) : null;
-    const id = await audit.begin({ user: ctx.user, channel: ctx.channel, action, app: params.app ?? null, target: target === '{}' ? null : target });
+    const id = await audit.begin({ user: ctx.user, channel: ctx.channel, action, app: params.app ?? null, target: auditTarget(body) });
     let result: ApiResult | undefined;
     try {
       result = await handler(params, url, body, req, res, ctx);
@@ -202,41 +259,81 @@ export class ApiRoutes {
     return result;
   }
 
-  /**
-   * Role and app permission, in one place for every endpoint. The app is the `:app` param, else the
-   * `?app=` filter of a read. A refused change is audited as `refused` before the 403 goes out.
-   */
-  async #authorize(route: Route, params: Record<string, string>, url: URL, body: unknown, ctx: RequestContext): Promise<void> {
+  /** Role and app permission, in one place for every endpoint. The app is the `:app` param, else the `?app=` filter of a read. */
+  #authorize(route: Route, params: Record<string, string>, url: URL, ctx: RequestContext): void {
     const app = params.app ?? (route.action === null ? url.searchParams.get('app') : null) ?? null;
-    try {
-      authorize(ctx, route.role, app, route.action ?? (route.role === 'viewer' ? 'read' : `${route.method} ${url.pathname}`));
-    } catch (err) {
-      if (route.action) {
-        const target = typeof body === 'object' && body !== null ? JSON.stringify(body) : null;
-        await this.#gateway.audit.record({ user: ctx.user, channel: ctx.channel, action: route.action, app, target: target === '{}' ? null : target, outcome: 'refused', detail: errorMessage(err) });
-      }
-      throw err;
-    }
+    authorize(ctx, route.role, app, route.action ?? (route.role === 'viewer' ? 'read' : `${route.method} ${url.pathname}`));
   }
 
-  async handle(method: string, url: URL, body: unknown, req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<ApiResult | undefined> {
-    let pathMatched = false;
+  /**
+   * The route for a request, with its params. When there is none, `refused` says which change the
+   * request would have been, so that its refusal is audited like any other: a bad percent-encoding on a
+   * change's path is that change, and so is another method than its own on that path (`POST .../mode`).
+   * Throws nothing: a 400 for a path of another method or a bad encoding is in `error`.
+   */
+  #find(method: string, url: URL): { route: Route; params: Record<string, string> } | { error: BerthError | null; refused: { action: string; app: string | null } | null } {
+    let other: BerthError | null = null;
+    let refused: { action: string; app: string | null } | null = null;
+    const change = method !== 'GET' && method !== 'HEAD';
     for (const route of this.#routes) {
       const m = route.pattern.exec(url.pathname);
       if (!m) continue;
-      pathMatched = true;
-      if (route.method !== method) continue;
+      const raw: Record<string, string> = {};
+      route.keys.forEach((k, i) => (raw[k] = m[i + 1]));
+      if (route.method !== method) {
+        other ??= new BerthError('BERTH_E_BAD_REQUEST', `method ${method} is not allowed on ${url.pathname}`);
+        if (change && route.action !== null) refused ??= { action: route.action, app: decodedOr(raw.app) };
+        continue;
+      }
       const params: Record<string, string> = {};
       try {
-        route.keys.forEach((k, i) => (params[k] = decodeURIComponent(m[i + 1])));
+        for (const [k, v] of Object.entries(raw)) params[k] = decodeURIComponent(v);
       } catch {
-        throw new BerthError('BERTH_E_BAD_REQUEST', `bad percent-encoding in ${url.pathname}`);
+        return { error: new BerthError('BERTH_E_BAD_REQUEST', `bad percent-encoding in ${url.pathname}`), refused: route.action !== null ? { action: route.action, app: raw.app ?? null } : null };
       }
-      await this.#authorize(route, params, url, body, ctx);
-      if (!route.action) return route.handler(params, url, body, req, res, ctx);
-      return this.#audited(route.action, route.handler, params, url, body, req, res, ctx);
+      return { route, params };
     }
-    if (pathMatched) throw new BerthError('BERTH_E_BAD_REQUEST', `method ${method} is not allowed on ${url.pathname}`);
-    throw new BerthError('BERTH_E_NOT_FOUND', `no such endpoint: ${method} ${url.pathname}`);
+    return { error: other, refused };
+  }
+
+  /**
+   * Runs one request: identify the caller, read the body of a change, authorise, act. A change refused
+   * at any of these steps (401, 400, 408, 413, 403) is audited as `refused` before the error goes out;
+   * one refused by its handler (404, 409, 422...) is finished as `refused` by the audit row it began.
+   */
+  async handle(method: string, url: URL, req: IncomingMessage, res: ServerResponse, access: RequestAccess): Promise<ApiResult | undefined> {
+    // Every unidentified caller gets 401, whatever the path; the route is looked up first only so that
+    // a refused change can be audited under its action.
+    const lookup = this.#find(method, url);
+    const found = 'route' in lookup ? lookup : null;
+    const refused = found ? (found.route.action !== null ? { action: found.route.action, app: found.params.app ?? null } : null) : 'refused' in lookup ? lookup.refused : null;
+    let ctx: RequestContext | null = null;
+    let body: unknown;
+    try {
+      ctx = access.identify();
+      if (!found) throw ('error' in lookup ? lookup.error : null) ?? new BerthError('BERTH_E_NOT_FOUND', `no such endpoint: ${method} ${url.pathname}`);
+      if (method !== 'GET' && method !== 'HEAD') body = await access.body();
+      this.#authorize(found.route, found.params, url, ctx);
+    } catch (err) {
+      if (refused) {
+        const who = ctx ?? { user: UNAUTHENTICATED_USER, channel: 'tcp' as const };
+        const detail = ctx ? errorMessage(err) : `${errorMessage(err)} (from ${access.remote})`;
+        await this.#gateway.audit.record({ user: who.user, channel: who.channel, action: refused.action, app: refused.app, target: auditTarget(body), outcome: 'refused', detail });
+      }
+      throw err;
+    }
+    const { route, params } = found;
+    if (!route.action) return route.handler(params, url, body, req, res, ctx);
+    return this.#audited(route.action, route.handler, params, url, body, req, res, ctx);
+  }
+}
+
+/** A path segment decoded, or as it came when its percent-encoding is bad; undefined is null. */
+function decodedOr(raw: string | undefined): string | null {
+  if (raw === undefined) return null;
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return raw;
   }
 }

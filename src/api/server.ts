@@ -3,6 +3,12 @@
  * The socket is trusted through its file permissions: it is created 0600 (umask during bind, so there
  * is no window in which it is wider), or 0660 owned by `control.socket_group`. Its directory must not be
  * world-writable. TCP callers authenticate (src/api/auth.ts). Both serve the dashboard (src/api/ui).
+ *
+ * A TCP connection whose request is refused with 401 is closed after the answer (`Connection: close`):
+ * an unauthenticated client gets one answer per connection, not a session to keep trying on. Request
+ * bodies are JSON with a size limit (413), a time limit (408) and a nesting limit (400), all checked
+ * before anything parses or stores them; the connection is closed after a 408 or 413, whose body was
+ * not read to its end.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createConnection, type AddressInfo } from 'node:net';
@@ -14,10 +20,28 @@ import type { Logger } from '../lib/logger.ts';
 import { BerthError, errorMessage, httpStatusFor } from '../lib/errors.ts';
 import type { Gateway } from '../gateway.ts';
 import { ApiRoutes, type RequestContext } from './routes.ts';
-import { Auth } from './auth.ts';
+import { Auth, berthActorName, USER_NAME_RE } from './auth.ts';
 import { UiAssets } from './ui/ui-assets.ts';
 
-const MAX_BODY_BYTES = 1024 * 1024;
+/** Largest control API request body (413 above). Control bodies are small JSON: a source, a mode, a command. */
+export const MAX_BODY_BYTES = 1024 * 1024;
+/** A request body must arrive whole within this long from its headers (408 after). */
+export const BODY_TIMEOUT_MS = 10_000;
+/** Deepest nesting of arrays and objects in a JSON body (400 deeper); no endpoint needs more than 3. */
+export const MAX_JSON_DEPTH = 32;
+/**
+ * A request's headers must arrive whole within this long (408 and closed after). Control clients send
+ * them at once; a client that holds connections open by trickling them (slowloris) is cut off early.
+ */
+export const HEADERS_TIMEOUT_MS = 10_000;
+/**
+ * Options of both control listeners. Node checks the headers timeout only every
+ * `connectionsCheckingInterval` (30 s by default, so a slow client lasted up to twice the timeout).
+ * `requestTimeout` is 0: streamed answers (logs, events, runs) last, and a body is timed by readJsonBody.
+ */
+const SERVER_OPTIONS = { requestTimeout: 0, headersTimeout: HEADERS_TIMEOUT_MS, connectionsCheckingInterval: 1_000, keepAliveTimeout: 5_000 };
+/** Statuses after which the connection is closed: the caller is not identified (only TCP has 401s), or its body is unread. */
+const CLOSE_AFTER = new Set([401, 408, 413]);
 
 export interface ApiServerOptions {
   gateway: Gateway;
@@ -83,7 +107,7 @@ export class ApiServer {
       if (await socketIsLive(path)) throw new BerthError('BERTH_E_LISTEN', `another gateway is already running on control socket ${path}`);
       await unlink(path);
     }
-    const server = createServer({ requestTimeout: 0, headersTimeout: 30_000, keepAliveTimeout: 5_000 }, (req, res) => {
+    const server = createServer(SERVER_OPTIONS, (req, res) => {
       void this.#handle(req, res, false);
     });
     const oldMask = process.umask(0o177);
@@ -120,7 +144,7 @@ export class ApiServer {
 
   /** The TCP control listener: the same API, every caller authenticated. */
   async #listenTcp(address: ListenAddress & { kind: 'tcp' }): Promise<Server> {
-    const server = createServer({ requestTimeout: 0, headersTimeout: 30_000, keepAliveTimeout: 5_000 }, (req, res) => {
+    const server = createServer(SERVER_OPTIONS, (req, res) => {
       void this.#handle(req, res, true);
     });
     try {
@@ -144,11 +168,17 @@ export class ApiServer {
     const started = performance.now();
     try {
       const url = new URL(req.url ?? '/', 'http://berth');
+      // Nothing reads the body of a read (nor the page's): it would be drained after the answer for as
+      // long as the client cares to trickle it, holding the connection with no timeout (requestTimeout is
+      // 0 so that streamed answers may last). So the answer closes the connection instead.
+      if ((req.method === 'GET' || req.method === 'HEAD') && carriesBody(req)) res.setHeader('connection', 'close');
       // The dashboard's page and assets are public: they hold no data, and its API calls authenticate.
       if (this.#ui.serve(req, res, url.pathname, !tcp ? 'none' : this.#auth.callContextHeader ? 'token-or-proxy' : 'token')) return;
-      const ctx = tcp ? this.#authenticate(req) : socketContext(req);
-      const body = req.method === 'GET' || req.method === 'HEAD' ? undefined : await readJsonBody(req);
-      const result = await this.#routes.handle(req.method ?? 'GET', url, body, req, res, ctx);
+      const result = await this.#routes.handle(req.method ?? 'GET', url, req, res, {
+        identify: () => (tcp ? this.#authenticate(req) : socketContext(req)),
+        body: () => readJsonBody(req),
+        remote: tcp ? (req.socket.remoteAddress ?? 'unknown') : 'control socket',
+      });
       if (result !== undefined && !res.headersSent) sendJson(res, result.status, result.body);
     } catch (err) {
       const status = httpStatusFor(err);
@@ -157,6 +187,9 @@ export class ApiServer {
       if (!res.headersSent) {
         const details = err instanceof BerthError ? err.details : undefined;
         if (status === 401) res.setHeader('www-authenticate', 'Bearer realm="berth"');
+        // Node ends the socket once this answer is written (and reads no further request on it). The same
+        // for a body left unread by a refusal before it (404, a wrong method): it is not drained.
+        if (CLOSE_AFTER.has(status) || (carriesBody(req) && !req.complete)) res.setHeader('connection', 'close');
         sendJson(res, status, { error: { code, message: errorMessage(err), ...(details ? { details } : {}) } });
       } else res.destroy();
     } finally {
@@ -166,7 +199,7 @@ export class ApiServer {
 
   #authenticate(req: IncomingMessage): RequestContext {
     try {
-      return this.#auth.authenticate(req.headers);
+      return this.#auth.authenticate(req.headers, req.socket.remoteAddress);
     } catch (err) {
       this.#log.warn({ remote: req.socket.remoteAddress, method: req.method, url: req.url, reason: errorMessage(err) }, 'api auth refused');
       throw err;
@@ -220,29 +253,88 @@ async function groupId(group: string): Promise<number> {
 
 /**
  * The unix socket is trusted through its file permissions: its callers are admins. The CLI names the
- * person at the keyboard in `X-Berth-User` so the audit log says who; without it the user is `socket`.
+ * person at the keyboard in `X-Berth-User` so the audit log says who; without a plain name the user is
+ * `socket`. The OS account running the CLI is kept as it is (`root` included), but a name berth writes
+ * for its own actions (`berth-start`, `scheduler`...) is recorded as `<name>@socket`, so no row made
+ * through the socket reads as one of berth's own.
  */
 function socketContext(req: IncomingMessage): RequestContext {
   const named = req.headers['x-berth-user'];
-  const user = typeof named === 'string' && /^[A-Za-z0-9._@-]{1,64}$/.test(named) ? named : 'socket';
+  let user = typeof named === 'string' && USER_NAME_RE.test(named) ? named : 'socket';
+  if (user !== 'socket' && berthActorName(user)) user = `${user}@socket`;
   return { user, channel: 'socket', roles: ['admin'] };
 }
 
-/** Reads a JSON request body (at most 1 MiB). An empty body is `{}`. */
-async function readJsonBody(req: IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_BODY_BYTES) throw new BerthError('BERTH_E_BAD_REQUEST', `request body is larger than ${MAX_BODY_BYTES} bytes`);
-    chunks.push(chunk);
+/** Whether a request says it has a body (chunked, or a non-zero Content-Length). */
+function carriesBody(req: IncomingMessage): boolean {
+  return req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
+}
+
+/** The nesting depth of a parsed JSON value passes `max`; walked without recursion. */
+function deeperThan(value: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[value, 1]];
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop()!;
+    if (depth > max) return true;
+    for (const child of Array.isArray(v) ? v : Object.values(v as object)) {
+      if (child !== null && typeof child === 'object') stack.push([child, depth + 1]);
+    }
   }
-  if (size === 0) return {};
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
-  } catch (err) {
-    throw new BerthError('BERTH_E_BAD_REQUEST', `request body is not valid JSON: ${errorMessage(err)}`, { cause: err });
-  }
+  return false;
+}
+
+/**
+ * Reads a JSON request body: at most MAX_BODY_BYTES (413, told by Content-Length before reading when it
+ * can be), whole within BODY_TIMEOUT_MS (408), nested at most MAX_JSON_DEPTH deep (400: a deeper one
+ * would overflow the stack of whatever walks it later, like JSON.stringify). An empty body is `{}`.
+ */
+export function readJsonBody(req: IncomingMessage, limits: { maxBytes?: number; timeoutMs?: number } = {}): Promise<unknown> {
+  const maxBytes = limits.maxBytes ?? MAX_BODY_BYTES;
+  const timeoutMs = limits.timeoutMs ?? BODY_TIMEOUT_MS;
+  const tooLarge = () => new BerthError('BERTH_E_TOO_LARGE', `request body is larger than ${maxBytes} bytes`, { details: { limit: maxBytes } });
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > maxBytes) return Promise.reject(tooLarge());
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const finish = (err: BerthError | null) => {
+      clearTimeout(timer);
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('close', onClose);
+      req.off('error', onClose);
+      if (err === null) resolve(Buffer.concat(chunks));
+      else {
+        // Nothing more is read: the answer goes out and the connection is closed.
+        req.pause();
+        reject(err);
+      }
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > maxBytes) finish(tooLarge());
+      else chunks.push(chunk);
+    };
+    const onEnd = () => finish(null);
+    const onClose = () => finish(new BerthError('BERTH_E_BAD_REQUEST', 'the request body was cut short'));
+    const timer = setTimeout(() => finish(new BerthError('BERTH_E_TIMEOUT', `the request body did not arrive within ${timeoutMs / 1000}s`, { details: { timeoutMs } })), timeoutMs);
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('close', onClose);
+    req.on('error', onClose);
+  }).then((raw) => {
+    if (raw.length === 0) return {};
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(raw.toString('utf8'));
+    } catch (err) {
+      throw new BerthError('BERTH_E_BAD_REQUEST', `request body is not valid JSON: ${errorMessage(err)}`, { cause: err });
+    }
+    if (parsed !== null && typeof parsed === 'object' && deeperThan(parsed, MAX_JSON_DEPTH)) {
+      throw new BerthError('BERTH_E_BAD_REQUEST', `request body is nested more than ${MAX_JSON_DEPTH} levels deep`);
+    }
+    return parsed;
+  });
 }
 
 export function sendJson(res: ServerResponse, status: number, body: unknown): void {

@@ -51,6 +51,8 @@ export const ErrorCodes = {
   startup: 'BERTH_E_STARTUP_TIMEOUT',
   unavailable: 'BERTH_E_UNAVAILABLE',
   listen: 'BERTH_E_LISTEN',
+  tooLarge: 'BERTH_E_TOO_LARGE',
+  timeout: 'BERTH_E_TIMEOUT',
 } as const;
 
 const STATUS_BY_CODE: Record<string, number> = {
@@ -61,6 +63,9 @@ const STATUS_BY_CODE: Record<string, number> = {
   [ErrorCodes.unauthorized]: 401,
   [ErrorCodes.forbidden]: 403,
   [ErrorCodes.unprocessable]: 422,
+  // A request body over its size limit, or too slow to arrive.
+  [ErrorCodes.tooLarge]: 413,
+  [ErrorCodes.timeout]: 408,
   // The gateway is shutting down or a dependency is not there: try again (not a server bug).
   [ErrorCodes.unavailable]: 503,
 };

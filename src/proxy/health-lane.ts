@@ -2,6 +2,12 @@
  * The gateway endpoints on the front door, under `internal_prefix`. They are answered before routing,
  * rate limits, modes and queues, from in-memory state only (the routing table and the instances' fields),
  * so a saturated app can never delay a health check. Nothing here is ever forwarded to an app.
+ *
+ * The front door is public, so by default `/ready` and `/apps/<app>/health` say only `{"status":...}`
+ * with 200 or 503: app names, releases, instance states and reasons are on the control API
+ * (`GET /v1/ready`, `GET /v1/apps/:app/health`), or here too when `public_details: true`. Without
+ * public details an unknown app answers exactly as an unhealthy one (503 `{"status":"unavailable"}`),
+ * so the endpoint cannot be used to find which app names exist; with them it is a 404.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Mode } from '../config/schema.ts';
@@ -17,6 +23,15 @@ export interface HealthSource {
   readonly accepting: boolean;
   /** Served at `/metrics` when set (`metrics_public: true`); absent or null: that path is a 404. */
   readonly publicMetrics?: MetricsExporter | null;
+  /** `public_details: true`: `/ready` and `/apps/<app>/health` give reasons and app details. Absent: false. */
+  readonly publicDetails?: boolean;
+}
+
+/** What `/ready` returns with details (front door with `public_details: true`, and the control API). */
+export interface Readiness {
+  status: 'ready' | 'unavailable';
+  reasons: string[];
+  apps: Record<string, AppHealth>;
 }
 
 /** One app's health, as `/ready` and `/apps/<app>/health` report it. */
@@ -32,6 +47,9 @@ export interface AppHealth {
 
 const HEALTH_OK = Buffer.from('{"status":"ok"}');
 const HEALTH_STOPPING = Buffer.from('{"status":"stopping"}');
+const READY = Buffer.from('{"status":"ready"}');
+const APP_OK = Buffer.from('{"status":"ok"}');
+const UNAVAILABLE = Buffer.from('{"status":"unavailable"}');
 const NOT_FOUND = Buffer.from('{"error":{"status":404,"reason":"not-found"}}');
 const METHOD_NOT_ALLOWED = Buffer.from('{"error":{"status":405,"reason":"method-not-allowed"}}');
 const METRICS_FAILED = Buffer.from('{"error":{"status":500,"reason":"metrics-failed"}}');
@@ -62,7 +80,13 @@ export class HealthLane {
       send(req, res, ok ? 200 : 503, ok ? HEALTH_OK : HEALTH_STOPPING, null);
       return;
     }
+    const details = this.#source.publicDetails === true;
     if (path === '/ready') {
+      if (!details) {
+        const ready = isReady(this.#source.table);
+        send(req, res, ready ? 200 : 503, ready ? READY : UNAVAILABLE, null);
+        return;
+      }
       const { ready, body } = this.ready();
       send(req, res, ready ? 200 : 503, Buffer.from(JSON.stringify(body)), null);
       return;
@@ -76,6 +100,12 @@ export class HealthLane {
         name = null;
       }
       const entry = name === null || name.includes('/') ? undefined : this.#source.table.app(name);
+      if (!details) {
+        // An unknown app looks exactly like an unhealthy one: app names are not the front door's to tell.
+        const healthy = entry !== undefined && entryHealthy(entry);
+        send(req, res, healthy ? 200 : 503, healthy ? APP_OK : UNAVAILABLE, null);
+        return;
+      }
       if (entry !== undefined) {
         const health = appHealth(entry, this.#source.queueDepth(entry.name));
         send(req, res, health.healthy ? 200 : 503, Buffer.from(JSON.stringify(health)), null);
@@ -92,18 +122,51 @@ export class HealthLane {
     send(req, res, 404, NOT_FOUND, null);
   }
 
-  /** Readiness of the whole gateway: every app in the table is healthy. */
-  ready(): { ready: boolean; body: { status: 'ready' | 'unavailable'; reasons: string[]; apps: Record<string, AppHealth> } } {
-    const reasons: string[] = [];
-    const apps: Record<string, AppHealth> = {};
-    for (const entry of this.#source.table.apps) {
-      const h = appHealth(entry, this.#source.queueDepth(entry.name));
-      apps[entry.name] = h;
-      for (const r of h.reasons) reasons.push(`${entry.name}: ${r}`);
-    }
-    const ready = reasons.length === 0;
-    return { ready, body: { status: ready ? 'ready' : 'unavailable', reasons, apps } };
+  /** Readiness of the whole gateway, with details: every app in the table is healthy. */
+  ready(): { ready: boolean; body: Readiness } {
+    const body = readiness(this.#source);
+    return { ready: body.status === 'ready', body };
   }
+}
+
+/**
+ * Readiness with reasons and each app's health, for the apps `include` accepts (all by default; the
+ * control API passes a caller's permissions). The gateway is ready when every included app is healthy.
+ */
+export function readiness(source: Pick<HealthSource, 'table' | 'queueDepth'>, include?: (app: string) => boolean): Readiness {
+  const reasons: string[] = [];
+  const apps: Record<string, AppHealth> = {};
+  for (const entry of source.table.apps) {
+    if (include && !include(entry.name)) continue;
+    const h = appHealth(entry, source.queueDepth(entry.name));
+    apps[entry.name] = h;
+    for (const r of h.reasons) reasons.push(`${entry.name}: ${r}`);
+  }
+  return { status: reasons.length === 0 ? 'ready' : 'unavailable', reasons, apps };
+}
+
+/** Whether every app in the table is healthy, without building any report (the public `/ready`). */
+function isReady(table: RoutingTable): boolean {
+  for (const entry of table.apps) if (!entryHealthy(entry)) return false;
+  return true;
+}
+
+/** The same rule as `appHealth`, without building its report. */
+function entryHealthy(entry: AppEntry): boolean {
+  const gen = entry.generation;
+  if (gen === null) return false;
+  for (const pool of gen.pools.values()) {
+    if (pool.instances.length === 0) continue;
+    let ready = false;
+    for (const inst of pool.instances) {
+      if (inst.state === 'ready') {
+        ready = true;
+        break;
+      }
+    }
+    if (!ready) return false;
+  }
+  return true;
 }
 
 /**

@@ -5,12 +5,13 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { hashToken } from '../../src/api/auth.ts';
-import { FIXTURE_WEB_COMMAND, fixtureApp, http, spawnGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
+import { FIXTURE_WEB_COMMAND, MAIN, fixtureApp, http, spawnGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const hasChromium = existsSync(CHROMIUM);
@@ -166,4 +167,59 @@ test('dashboard: log in, see both apps live, reload with steps streaming, switch
 
   assert.deepEqual(errors, []);
   await context.close();
+});
+
+test('berth dashboard: the printed one-time URL opens the dashboard in the browser; the clean URL without its cookie is 401', { skip, timeout: 120_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const src = await fixtureApp(dir);
+  const file = await writeConfig(dir, {
+    state_dir: 'state',
+    listen: ['127.0.0.1:0'],
+    log_levels: { root: 'warn' },
+    apps: { shop: { source: src, hosts: ['shop.test'], processes: { web: { command: FIXTURE_WEB_COMMAND } }, health: { path: '/up', interval: '250ms' } } },
+  });
+  const gw = await spawnGateway(t, file);
+  await waitFor(async () => (await http({ port: gw.port }, { path: '/_berth/ready' })).status === 200, { timeoutMs: 30_000, message: 'shop ready' });
+  const proc = spawn(process.execPath, [MAIN, 'dashboard', '--socket', gw.socket], { env: { ...process.env, BERTH_USER: 'dash-user' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+  t.after(async () => {
+    if (proc.exitCode === null) proc.kill('SIGKILL');
+    await exited;
+  });
+  let out = '';
+  proc.stdout.on('data', (c) => (out += c));
+  const printed = await waitFor(() => /^dashboard: (\S+)/m.exec(out)?.[1], { message: 'the dashboard URL' });
+  assert.match(printed, /\?token=/);
+
+  const context = await launch(dir);
+  t.after(() => context.close());
+  const page = context.pages()[0] ?? (await context.newPage());
+  const errors: string[] = [];
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') errors.push(msg.text());
+  });
+  page.on('pageerror', (err) => errors.push(err.message));
+  await page.goto(printed);
+  // No login form: the socket is admin. The secret is gone from the address bar.
+  await page.locator('#dashboard').waitFor({ state: 'visible' });
+  await page.locator('article.app[data-app="shop"] tr[data-pid]').first().waitFor();
+  assert.match((await page.locator('#whoami').textContent()) ?? '', /dash-user/);
+  const clean = page.url();
+  assert.equal(clean, printed.replace(/\?token=.*$/, ''));
+  // A reload keeps working on the session cookie.
+  await page.reload();
+  await page.locator('article.app[data-app="shop"]').waitFor();
+  assert.deepEqual(errors, []);
+
+  // Another browser (no cookie) at the clean URL, or at the spent one-time URL: 401.
+  const other = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--headless', '--no-sandbox', '--disable-gpu'] });
+  t.after(() => other.close());
+  const stranger = await other.newPage();
+  assert.equal((await stranger.goto(clean))?.status(), 401);
+  assert.equal((await stranger.goto(printed))?.status(), 401);
+  assert.equal(await stranger.locator('#dashboard').count(), 0);
+  await other.close();
+  await context.close();
+  proc.kill('SIGINT');
+  assert.equal(await exited, 0);
 });

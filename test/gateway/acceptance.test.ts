@@ -134,6 +134,8 @@ test('an app whose command exits at once is crashed after its failure budget; ot
     state_dir: 'state',
     listen: ['127.0.0.1:0'],
     log_levels: { root: 'warn' },
+    // The front door names the failing app in /_berth/ready only when asked to.
+    public_details: true,
     apps: {
       good: { source: src, hosts: ['good.test'], processes: { web: { command: FIXTURE_WEB_COMMAND } } },
       bad: { source: bad, hosts: ['bad.test'], processes: { web: { command: 'echo "boom: cannot start" >&2; exit 3' } } },

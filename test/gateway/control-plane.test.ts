@@ -15,7 +15,7 @@ import { loadConfig } from '../../src/config/load.ts';
 import { LoggerFactory } from '../../src/lib/logger.ts';
 import { Gateway } from '../../src/gateway.ts';
 import { hashToken } from '../../src/api/auth.ts';
-import { FIXTURE_WEB_COMMAND, LogSink, MAIN, fixtureApp, http, runCli, spawnGateway, tempDir, waitFor, writeConfig, type ChildGateway, type HttpResult } from '../helpers/gateway.ts';
+import { FIXTURE_WEB_COMMAND, LogSink, MAIN, fixtureApp, http, http as plainHttp, runCli, spawnGateway, tempDir, waitFor, writeConfig, type ChildGateway, type HttpResult } from '../helpers/gateway.ts';
 
 const CONTEXT_HEADER = 'X-Auth-Context';
 const TOKENS = { alice: 'alice-token-1', vic: 'viewer-token-1', root: 'admin-token-1' };
@@ -247,9 +247,11 @@ test('TCP control API: tokens and call contexts authenticate, roles and per-app 
   }
   assert.equal(has('carol@example.com', 'mode', 'blog', 'ok'), 1);
   assert.ok(rows.every((r) => r.outcome !== 'pending'), 'every change finished');
-  // Only authenticated callers appear: the 401s (and the CLI's own X-Berth-User over TCP) name nobody.
-  // `berth-start` is the gateway's own first deploy of each app.
-  assert.deepEqual([...new Set(rows.map((r) => r.user))].sort(), ['alice', 'berth-start', 'carol@example.com', 'vic']);
+  // Only authenticated callers are named: the 401s on changes are audited as `unauthenticated` (issue
+  // #10), and the CLI's own X-Berth-User over TCP names nobody. `berth-start` is the gateway's own first
+  // deploy of each app.
+  assert.deepEqual([...new Set(rows.map((r) => r.user))].sort(), ['alice', 'berth-start', 'carol@example.com', 'unauthenticated', 'vic']);
+  assert.ok(rows.filter((r) => r.user === 'unauthenticated').every((r) => r.outcome === 'refused' && r.action === 'reload'));
   // The history filters: by user, by app, by time.
   const byVic = (await tcp(port, 'GET', '/v1/history?user=vic', { token: TOKENS.root })).json().history;
   assert.equal(byVic.length, changes.length);
@@ -363,7 +365,8 @@ test('config reload: one app whose instances changed reloads under load while th
   const rows: any[] = (await gw.api('/v1/history?limit=100')).history;
   const count = (pred: (r: any) => boolean) => rows.filter(pred).length;
   assert.equal(count((r) => r.action === 'config-reload' && r.user === 'ops' && r.outcome === 'ok'), 2);
-  assert.equal(count((r) => r.action === 'config-reload' && r.user === 'ops' && r.outcome === 'failed'), 2);
+  // An invalid or restart-only config is a 422: a refused change (issue #10), not a failed one.
+  assert.equal(count((r) => r.action === 'config-reload' && r.user === 'ops' && r.outcome === 'refused'), 2);
   assert.equal(count((r) => r.action === 'config-reload' && r.user === 'SIGHUP' && r.outcome === 'ok'), 1);
   assert.equal(count((r) => r.action === 'config-reload' && r.channel === 'socket' && r.user === 'ops'), 4);
   assert.equal(count((r) => r.action === 'reload' && r.app === 'shop' && r.user === 'ops' && r.outcome === 'ok' && r.detail.includes('release')), 1);
@@ -493,7 +496,12 @@ test('berth dashboard proxies the socket on 127.0.0.1 for its own origin only', 
   proc.stdout.on('data', (c) => (out += c));
   const { url } = await waitFor(() => (out.includes('\n') ? JSON.parse(out.split('\n')[0]) : null), { message: 'the dashboard URL' });
   const port = Number(new URL(url).port);
-  assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/$/);
+  // The URL carries a one-time secret (issue #10): its first use sets the session cookie every later request needs.
+  assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/\?token=[A-Za-z0-9_-]{43}$/);
+  const login = await plainHttp({ port }, { path: new URL(url).pathname + new URL(url).search });
+  assert.equal(login.status, 303);
+  const cookie = String(login.headers['set-cookie']).split(';')[0];
+  const http = (target: { port?: number }, opts: Parameters<typeof plainHttp>[1] = {}): Promise<HttpResult> => plainHttp(target, { ...opts, headers: { cookie, ...opts.headers } });
   const page = await http({ port }, { path: '/' });
   assert.equal(page.status, 200);
   assert.match(page.body, /<title>berth dashboard<\/title>/);

@@ -296,7 +296,7 @@ test('berth mode switches live, shows in status and routes, survives a restart, 
   const switches = history.filter((h: { action: string; outcome: string }) => h.action === 'mode' && h.outcome === 'ok');
   assert.equal(switches.length, 3);
   for (const h of switches) assert.equal(h.user, 'alice');
-  assert.ok(history.some((h: { action: string; outcome: string }) => h.action === 'mode' && h.outcome === 'failed'), 'refused switches are recorded too');
+  assert.ok(history.some((h: { action: string; outcome: string }) => h.action === 'mode' && h.outcome === 'refused'), 'refused switches are recorded too');
 });
 
 // ---- static files ----------------------------------------------------------------------------------

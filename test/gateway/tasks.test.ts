@@ -161,7 +161,7 @@ test('berth run refuses bad requests: usage errors exit 2, API errors name the p
   }
   for (const query of ['tasks', 'task-runs', 'task-runs/t1']) assert.equal((await http({ socketPath: gw.socket }, { path: `/v1/apps/nope/${query}` })).status, 404, query);
   const history = await gw.api('/v1/history?app=demo');
-  assert.ok(history.history.some((h: any) => h.action === 'run' && h.outcome === 'failed' && /exactly one of/.test(h.detail)), 'refused runs are audited too');
+  assert.ok(history.history.some((h: any) => h.action === 'run' && h.outcome === 'refused' && /exactly one of/.test(h.detail)), 'refused runs are audited too');
 });
 
 test('a scheduled task runs after scheduler_delay; berth tasks shows its next and last run, berth history its runs', async (t) => {

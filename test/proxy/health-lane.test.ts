@@ -4,7 +4,13 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { HealthLane } from '../../src/proxy/health-lane.ts';
 import { RoutingTable } from '../../src/proxy/router.ts';
-import { appConfig, backend, entry, fetchRaw, okHandler, processConfig, startProxy, TestGeneration, waitFor } from './fixtures.ts';
+import type { AppEntry } from '../../src/proxy/router.ts';
+import { appConfig, backend, berthConfig, entry, fetchRaw, okHandler, processConfig, startProxy, TestGeneration, waitFor } from './fixtures.ts';
+
+/** The proxy's config with `public_details: true`: the front door gives reasons and app details. */
+function detailed(apps: AppEntry[]) {
+  return { config: berthConfig(apps.map((a) => a.config), { publicDetails: true }) };
+}
 
 test('GET /_berth/health is 200 {"status":"ok"}; HEAD has no body; other methods 405', async (t) => {
   const { url } = await startProxy(t, []);
@@ -26,23 +32,30 @@ test('unknown paths under the prefix are 404 and never reach an app', async (t) 
   const be = await backend(t, okHandler('app'));
   const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1' });
   gen.addPool('web', 4, [be.address]);
-  const { url } = await startProxy(t, [entry(appConfig('shop'), gen)]);
-  for (const p of ['/_berth', '/_berth/', '/_berth/metrics', '/_berth/apps/shop', '/_berth/apps/nope/health', '/_berth/apps/%zz/health']) {
+  const apps = [entry(appConfig('shop'), gen)];
+  const { url } = await startProxy(t, apps);
+  for (const p of ['/_berth', '/_berth/', '/_berth/metrics', '/_berth/apps/shop']) {
     const r = await fetchRaw(`${url}${p}`);
     assert.equal(r.status, 404, p);
     assert.equal(r.headers['content-type'], 'application/json', p);
   }
+  // Without public details an unknown app's health is "unavailable", as an unhealthy app's would be.
+  for (const p of ['/_berth/apps/nope/health', '/_berth/apps/%zz/health']) assert.equal((await fetchRaw(`${url}${p}`)).status, 503, p);
+  // With them, an unknown app is a 404.
+  const open = await startProxy(t, apps, detailed(apps));
+  for (const p of ['/_berth/apps/nope/health', '/_berth/apps/%zz/health']) assert.equal((await fetchRaw(`${open.url}${p}`)).status, 404, p);
   assert.equal(be.requests.length, 0);
   // Only a whole segment counts as the prefix.
   assert.equal((await fetchRaw(`${url}/_berthday`)).text, 'app');
 });
 
-test('/ready and /apps/<app>/health follow instance readiness', async (t) => {
+test('/ready and /apps/<app>/health follow instance readiness (public_details: true gives the reasons)', async (t) => {
   const be = await backend(t, okHandler('ok'));
   const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1' });
   const [inst] = gen.addPool('web', 4, [be.address]);
   inst.state = 'starting';
-  const { url } = await startProxy(t, [entry(appConfig('shop'), gen), entry(appConfig('blog', { hosts: ['blog.test'] }), null)]);
+  const apps = [entry(appConfig('shop'), gen), entry(appConfig('blog', { hosts: ['blog.test'] }), null)];
+  const { url } = await startProxy(t, apps, detailed(apps));
 
   let r = await fetchRaw(`${url}/_berth/ready`);
   assert.equal(r.status, 503);
@@ -78,7 +91,9 @@ test('/ready is 200 when every app is healthy', async (t) => {
   const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1' });
   gen.addPool('web', 4, [be.address]);
   gen.addPool('idle', 4, []); // a pool scaled to zero does not count
-  const { url } = await startProxy(t, [entry(appConfig('shop'), gen, { mode: 'maintenance' })]);
+  const apps = [entry(appConfig('shop'), gen, { mode: 'maintenance' })];
+  const { url } = await startProxy(t, apps, detailed(apps));
+  assert.equal((await fetchRaw(`${url}/_berth/apps/shop/health`)).status, 200);
   const r = await fetchRaw(`${url}/_berth/ready`);
   assert.equal(r.status, 200);
   const body = JSON.parse(r.text);
@@ -93,7 +108,8 @@ test('health endpoints answer at once while every slot is busy and the queue is 
   const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1' });
   gen.addPool('web', 2, [be.address]);
   const app = appConfig('shop', { processes: { web: processConfig('web', 1, 2) }, queue: { max: 3, timeoutMs: 30_000 } });
-  const { url, proxy } = await startProxy(t, [entry(app, gen)]);
+  const apps = [entry(app, gen)];
+  const { url, proxy } = await startProxy(t, apps, detailed(apps));
   const pending = Array.from({ length: 5 }, () => fetchRaw(url));
   await waitFor(() => held.length === 2 && proxy.queueDepth('shop') === 3, 'saturated');
   assert.equal((await fetchRaw(url)).headers['x-berth-reason'], 'queue-full');
@@ -129,4 +145,34 @@ test('/health reports stopping once the proxy stops accepting', async (t) => {
   const r = await fetchRaw(url);
   assert.equal(r.status, 503);
   assert.equal(r.text, '{"status":"stopping"}');
+});
+
+test('by default /ready and /apps/<app>/health give the status only, and an unknown app reads as an unhealthy one (issue #10, finding 17)', async (t) => {
+  const be = await backend(t, okHandler('ok'));
+  const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1' });
+  const [inst] = gen.addPool('web', 4, [be.address]);
+  const { url } = await startProxy(t, [entry(appConfig('shop'), gen), entry(appConfig('blog', { hosts: ['blog.test'] }), null)]);
+  const ready = await fetchRaw(`${url}/_berth/ready`);
+  assert.equal(ready.status, 503);
+  assert.equal(ready.text, '{"status":"unavailable"}');
+  const shop = await fetchRaw(`${url}/_berth/apps/shop/health`);
+  assert.equal(shop.status, 200);
+  assert.equal(shop.text, '{"status":"ok"}');
+  inst.state = 'starting';
+  const unhealthy = await fetchRaw(`${url}/_berth/apps/shop/health`);
+  const unknown = await fetchRaw(`${url}/_berth/apps/nope/health`);
+  const blog = await fetchRaw(`${url}/_berth/apps/blog/health`);
+  for (const r of [unhealthy, unknown, blog]) {
+    assert.equal(r.status, 503);
+    assert.equal(r.text, '{"status":"unavailable"}');
+  }
+  // Byte for byte the same answer, headers included (bar the date).
+  const strip = (h: Record<string, unknown>) => Object.fromEntries(Object.entries(h).filter(([k]) => k !== 'date'));
+  assert.deepEqual(strip(unknown.headers), strip(unhealthy.headers));
+  const head = await fetchRaw(`${url}/_berth/ready`, { method: 'HEAD' });
+  assert.equal(head.status, 503);
+  assert.equal(head.body.length, 0);
+  // Nothing names an app, a release or an instance.
+  for (const text of [ready.text, shop.text, unhealthy.text, unknown.text]) assert.doesNotMatch(text, /shop|blog|r1|web|reason/);
+  assert.equal(be.requests.length, 0);
 });
