@@ -5,8 +5,9 @@
  * As root (CI): apps run as their own users, so a deployer limited to one app cannot reach the control
  * socket from that app's processes or from `berth run`; the store, logs and other apps' releases are
  * closed to them. The users are `nobody` and numeric ids no passwd entry names (40001...), so nothing
- * is added to the system. Each test skips, saying why, when not root or when those users cannot exec
- * Node from this checkout (a CI clone in a private home directory).
+ * is added to the system. App processes run a copy of this Node in a world-readable temp dir, so they
+ * work whatever the checkout's permissions (a CI clone in a private home directory). Each test skips,
+ * saying why, when not root.
  *
  * Not root: `berth check` and `berth start` refuse control.permissions they cannot enforce, unless
  * permissions_unenforced_ok. Those run the CLI as `nobody` when the tests run as root.
@@ -14,7 +15,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { chmod, chown, cp, lstat, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MAIN, ROOT, RUNNING_AS_ROOT, http, runCli, spawnGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
 import { lookupUser, resolveAppUser } from '../../src/supervisor/app-user.ts';
@@ -24,21 +27,37 @@ import type { AppConfig } from '../../src/config/schema.ts';
 import YAML from 'yaml';
 
 const PROBE_APP = join(ROOT, 'test/fixtures/apps/probe');
-const NODE = process.execPath;
+const NODE = RUNNING_AS_ROOT ? publicNode() : process.execPath;
 const PROBE_COMMAND = `"${NODE}" server.mjs`;
 const NOBODY = lookupUser('nobody');
 
-/** Why `uid` cannot run this checkout's Node (and read its sources), or false when it can. */
-function cannotRunNode(uid: number, gid: number): string | false {
-  const r = spawnSync(NODE, ['-e', `require('fs').readFileSync(${JSON.stringify(MAIN)})`], { uid, gid, stdio: 'ignore' });
-  return r.status === 0 ? false : `uid ${uid} cannot exec ${NODE} or read ${MAIN} (a private checkout?)`;
+/**
+ * A copy of this Node that any user can run: the checkout (and the Node in its node_modules) may sit
+ * in a directory other users cannot enter. Removed when the test process exits.
+ */
+function publicNode(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'berth-node-'));
+  chmodSync(dir, 0o755);
+  const copy = join(dir, 'node');
+  copyFileSync(process.execPath, copy);
+  chmodSync(copy, 0o755);
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  return copy;
+}
+
+/** Why `uid` cannot run `node` (and, with `file`, read that file), or false when it can. */
+function cannotRun(uid: number, gid: number, node: string, file?: string): string | false {
+  const script = file === undefined ? '0' : `require('fs').readFileSync(${JSON.stringify(file)})`;
+  const r = spawnSync(node, ['-e', script], { uid, gid, stdio: 'ignore' });
+  if (r.status === 0) return false;
+  return file === undefined ? `uid ${uid} cannot exec ${node}` : `uid ${uid} cannot exec ${node} or read ${file} (a private checkout?)`;
 }
 
 function rootSkip(...uids: number[]): string | false {
   if (!RUNNING_AS_ROOT) return 'needs root: berth switches app users only when it runs as root';
   if (!NOBODY) return 'no user "nobody" on this system';
   for (const uid of uids) {
-    const why = cannotRunNode(uid, uid);
+    const why = cannotRun(uid, uid, NODE);
     if (why) return why;
   }
   return false;
@@ -283,7 +302,7 @@ test('appEnv: only the pass-through list, then env, process env and BERTH_* (whi
 function cliAsUser(args: string[], timeoutMs = 20_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const ids = RUNNING_AS_ROOT ? { uid: NOBODY_UID, gid: NOBODY?.gid ?? NOBODY_UID } : {};
   return new Promise((resolve) => {
-    const proc = spawn(NODE, [MAIN, ...args], { ...ids, cwd: '/', env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(process.execPath, [MAIN, ...args], { ...ids, cwd: '/', env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     proc.stdout.on('data', (c: Buffer) => (stdout += c));
@@ -296,7 +315,8 @@ function cliAsUser(args: string[], timeoutMs = 20_000): Promise<{ code: number |
   });
 }
 
-const notRootSkip = RUNNING_AS_ROOT ? (NOBODY ? cannotRunNode(NOBODY_UID, NOBODY.gid) : 'no user "nobody" to run the CLI as') : false;
+// The CLI itself runs from the checkout, so as nobody it needs to read it.
+const notRootSkip = RUNNING_AS_ROOT ? (NOBODY ? cannotRun(NOBODY_UID, NOBODY.gid, process.execPath, MAIN) : 'no user "nobody" to run the CLI as') : false;
 
 test('not root: check and start refuse control.permissions that app code could bypass; permissions_unenforced_ok makes it a warning', { skip: notRootSkip }, async (t) => {
   const dir = await tempDir(t, 'berth-perm-');
