@@ -28,6 +28,7 @@ import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import YAML from 'yaml';
+import { benchAppUser } from './app-user.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const MAIN = join(ROOT, 'src/main.ts');
@@ -413,8 +414,7 @@ async function startBerth(dir: string, sources: string[]): Promise<{ child: Chil
     public_details: true,
     apps: {
       [APP]: {
-        // As root, berth would run a root-owned source as `nobody`, who may not reach this temp dir or Node.
-        ...(process.getuid?.() === 0 ? { user: 'root' } : {}),
+        ...benchAppUser,
         source: sources[0],
         processes: { web: { command: `"${process.execPath}" server.mjs`, instances: 2, concurrency: 128 } },
         routes: [{ path: '/', to: 'web' }],

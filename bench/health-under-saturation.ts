@@ -33,6 +33,7 @@ import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import YAML from 'yaml';
+import { benchAppUser } from './app-user.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const APP = join(ROOT, 'bench/blocking-app.mjs');
@@ -498,6 +499,7 @@ async function runBerth(opts: Options, dir: string): Promise<BerthResult> {
     log_levels: { root: 'warn' },
     apps: {
       [APP_NAME]: {
+        ...benchAppUser,
         source,
         processes: { web: { command: `"${process.execPath}" "${APP}"`, instances: INSTANCES, concurrency: CONCURRENCY } },
         routes: [{ path: '/', to: 'web' }],

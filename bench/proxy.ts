@@ -20,6 +20,7 @@ import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import YAML from 'yaml';
+import { benchAppUser } from './app-user.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const UPSTREAM = join(ROOT, 'bench/upstream.mjs');
@@ -250,6 +251,7 @@ async function startBerth(dir: string, portFile: string): Promise<{ child: Child
     log_levels: { root: 'warn' },
     apps: {
       bench: {
+        ...benchAppUser,
         source,
         env: { BENCH_PORT_FILE: portFile },
         processes: { web: { command: `"${process.execPath}" "${UPSTREAM}"`, instances: 1, concurrency: 64 } },

@@ -32,6 +32,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import YAML from 'yaml';
+import { benchAppUser } from './app-user.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const SLOW_CLIENTS_APP = join(ROOT, 'bench/slow-clients-app.mjs');
@@ -268,8 +269,7 @@ export function slowClientsConfig(src: string, stateDir: string, command: string
     log_levels: { root: 'warn' },
     apps: {
       slow: {
-        // As root, berth would run a root-owned source as `nobody`, who may not reach this temp dir or Node.
-        ...(process.getuid?.() === 0 ? { user: 'root' } : {}),
+        ...benchAppUser,
         source: src,
         processes: { web: { command, instances: 1, concurrency: 4 } },
         routes: [{ path: '/', to: 'web' }],
