@@ -5,6 +5,24 @@
  */
 import type { Upstream } from '../supervisor/types.ts';
 
+/**
+ * Headers the proxy sets itself (a client's own copies are dropped or, for `forwarded` from trusted
+ * proxies, passed through below).
+ */
+const PROXY_SET = [
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'x-real-ip',
+  // Only passed on from trusted proxies (see below).
+  'forwarded',
+  'x-request-id',
+  'x-request-start',
+  'x-berth-release',
+  // Set by the proxy in read-only mode; a client must not be able to claim it.
+  'x-berth-mode',
+];
+
 /** Request headers never passed on: hop-by-hop ones, and those the proxy sets itself. */
 const DROP_REQUEST = new Set([
   'connection',
@@ -18,17 +36,7 @@ const DROP_REQUEST = new Set([
   'expect',
   // Set from the routing decision (the absolute-form target's authority wins over the header).
   'host',
-  'x-forwarded-for',
-  'x-forwarded-proto',
-  'x-forwarded-host',
-  'x-real-ip',
-  // Only passed on from trusted proxies (see below).
-  'forwarded',
-  'x-request-id',
-  'x-request-start',
-  'x-berth-release',
-  // Set by the proxy in read-only mode; a client must not be able to claim it.
-  'x-berth-mode',
+  ...PROXY_SET,
 ]);
 
 /**
@@ -36,20 +44,7 @@ const DROP_REQUEST = new Set([
  * proxy sets. `Connection: host` or `Connection: content-length` would otherwise strip what the app
  * needs to read the request (or what tells it who the client is).
  */
-const NOT_HOP_BY_HOP = new Set([
-  'host',
-  'content-length',
-  'transfer-encoding',
-  'x-forwarded-for',
-  'x-forwarded-proto',
-  'x-forwarded-host',
-  'x-real-ip',
-  'forwarded',
-  'x-request-id',
-  'x-request-start',
-  'x-berth-release',
-  'x-berth-mode',
-]);
+const NOT_HOP_BY_HOP = new Set(['host', 'content-length', 'transfer-encoding', ...PROXY_SET]);
 
 /**
  * A flat [name, value, ...] list, as undici (and node:http's client) take it. Positional arguments

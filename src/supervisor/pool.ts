@@ -21,21 +21,19 @@ export class Pool implements PoolView {
   }
 
   pick(exclude?: Upstream): Upstream | null {
-    const list = this.instances;
-    const n = list.length;
-    if (n === 0) return null;
-    const start = this.#next++ % n;
-    let best: Upstream | null = null;
-    for (let i = 0; i < n; i++) {
-      const inst = list[(start + i) % n];
-      if (inst === exclude || inst.state !== 'ready' || inst.address === null) continue;
-      if (inst.inFlight >= inst.concurrency) continue;
-      if (best === null || inst.inFlight < best.inFlight) best = inst;
-    }
-    return best;
+    return this.#least(exclude, false);
   }
 
   pickTunnel(exclude?: Upstream): Upstream | null {
+    return this.#least(exclude, true);
+  }
+
+  /**
+   * The ready instance with an address and the least load, starting the scan at a rotating offset so
+   * ties spread. Requests: least in flight, skipping full ones. Tunnels: fewest tunnels, with no
+   * request-slot bound (they have their own per-pool limit).
+   */
+  #least(exclude: Upstream | undefined, tunnels: boolean): Upstream | null {
     const list = this.instances;
     const n = list.length;
     if (n === 0) return null;
@@ -44,7 +42,9 @@ export class Pool implements PoolView {
     for (let i = 0; i < n; i++) {
       const inst = list[(start + i) % n];
       if (inst === exclude || inst.state !== 'ready' || inst.address === null) continue;
-      if (best === null || inst.tunnels < best.tunnels) best = inst;
+      if (tunnels) {
+        if (best === null || inst.tunnels < best.tunnels) best = inst;
+      } else if (inst.inFlight < inst.concurrency && (best === null || inst.inFlight < best.inFlight)) best = inst;
     }
     return best;
   }
