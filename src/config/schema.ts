@@ -46,8 +46,11 @@ export const HEALTH_FILE_INTERVAL_MS = 5_000;
 export const MAX_TIMER_MS = 2_147_483_647;
 /** Request bodies larger than this get 413 (`max_body`). */
 export const DEFAULT_MAX_BODY_BYTES = 100 * 1024 * 1024;
-/** A buffered request body or response is held in memory up to this size, then spilled to a temp file. */
-export const DEFAULT_BUFFER_MEMORY_BYTES = 1024 * 1024;
+/**
+ * A buffered request body or response is held in memory up to this size, then spilled to a temp file.
+ * Small, as nginx's proxy buffers are: a client that never reads costs this much memory, not more.
+ */
+export const DEFAULT_BUFFER_MEMORY_BYTES = 64 * 1024;
 /** A request body that sends nothing for this long gets 408 (nginx's client_body_timeout). */
 export const DEFAULT_BODY_TIMEOUT_MS = 60_000;
 /** A client that accepts no response bytes for this long is closed (nginx's send_timeout). */

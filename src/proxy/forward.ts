@@ -15,7 +15,9 @@
  *
  * Buffering (nginx's proxy_request_buffering / proxy_buffering; see request-buffer.ts and
  * response-buffer.ts), so that a slow client holds a connection of the gateway, never a slot of the app:
- * - A request with a body is read whole before it enters admission (phase `buffering`).
+ * - A request with a body is read whole before it enters admission (phase `buffering`). It holds no
+ *   ticket meanwhile, so a deploy's drain does not wait for it: once whole, it is pinned again to the
+ *   generation active then (#repin). A client waiting on `Expect: 100-continue` is told to send only now.
  * - The response is written straight to the client while the client keeps up; once the client pushes
  *   back, the rest is held in a ResponseBuffer and the app is read on at its own pace, so the slot and
  *   the instance ticket are freed when the app is done. Not buffered (the app is paused instead, as

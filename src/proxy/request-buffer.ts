@@ -18,7 +18,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { join } from 'node:path';
-import { SpillFile, SpillReader, type SpillOwner } from './spill-file.ts';
+import { COPY_BLOCK_BYTES, SpillFile, SpillReader, worthCopying, type SpillOwner } from './spill-file.ts';
 
 export interface RequestBufferOwner {
   /** The whole body is held: `body()` and `length` are final. */
@@ -35,11 +35,6 @@ export interface RequestBufferLimits {
 }
 
 export type RequestBufferState = 'reading' | 'ready' | 'refused' | 'destroyed';
-
-/** A chunk at least this large, and at least half of the buffer under it, is held without a copy. */
-const VIEW_MIN_BYTES = 8 * 1024;
-/** Size of the blocks smaller chunks are copied into (smaller when the Content-Length says so). */
-const BLOCK_BYTES = 16 * 1024;
 
 export class RequestBuffer implements SpillOwner {
   /** Bytes of body read so far (all of it once ready). */
@@ -145,7 +140,7 @@ export class RequestBuffer implements SpillOwner {
       this.#refuse(413, null);
       return;
     }
-    if (chunk.length >= VIEW_MIN_BYTES && chunk.length * 2 >= chunk.buffer.byteLength) {
+    if (!worthCopying(chunk)) {
       this.#flushBlock();
       this.#hold(chunk);
       return;
@@ -156,8 +151,9 @@ export class RequestBuffer implements SpillOwner {
       let block = this.#block;
       if (block === null) {
         // With a Content-Length, no bigger than what is still to come: a small body costs its size.
+        // (Never empty, whatever the header said: the loop must copy at least a byte per block.)
         const rest = this.#declared - (length - chunk.length + off);
-        block = this.#block = Buffer.allocUnsafe(this.#declared < 0 || rest > BLOCK_BYTES ? BLOCK_BYTES : rest);
+        block = this.#block = Buffer.allocUnsafe(rest > 0 && rest < COPY_BLOCK_BYTES ? rest : COPY_BLOCK_BYTES);
         this.#blockUsed = 0;
       }
       const n = chunk.copy(block, this.#blockUsed, off);

@@ -11,9 +11,12 @@
  * A response that may not spill (no Content-Length, or one too large for the disk budget) is held in
  * memory up to `memoryBytes` only; past that, `push` says "full" and the Forward pauses the app, which
  * then streams at the client's pace (nginx does the same past proxy_max_temp_file_size).
+ *
+ * Small chunks are copied into blocks rather than held one Buffer each (see `worthCopying`), so what is
+ * held costs its size even when the app sends its response one byte per chunk.
  */
 import { join } from 'node:path';
-import { READ_BYTES, SpillFile, type SpillOwner } from './spill-file.ts';
+import { COPY_BLOCK_BYTES, READ_BYTES, SpillFile, worthCopying, type SpillOwner } from './spill-file.ts';
 
 export interface ResponseBufferOwner {
   /** A chunk read from disk is ready for `shift`, or the disk caught up (the app may be resumed). */
@@ -29,6 +32,9 @@ export class ResponseBuffer implements SpillOwner {
   #mem: Buffer[] = [];
   #memHead = 0;
   #memBytes = 0;
+  /** The block small chunks are copied into; the last of #mem views its filled part until it is shifted. */
+  #tail: Buffer | null = null;
+  #tailUsed = 0;
   #file: SpillFile | null = null;
   /** Next byte of the file to hand out. */
   #readPos = 0;
@@ -73,7 +79,11 @@ export class ResponseBuffer implements SpillOwner {
     const file = this.#file;
     const fileEmpty = file === null || (this.#readPos >= file.size && this.#ready === null && !this.#reading);
     if (fileEmpty && (!this.spillable || this.#memBytes + chunk.length <= this.memoryBytes)) {
-      this.#mem.push(chunk);
+      if (worthCopying(chunk)) this.#copy(chunk);
+      else {
+        this.#tail = null;
+        this.#mem.push(chunk);
+      }
       this.#memBytes += chunk.length;
     } else {
       this.#file ??= new SpillFile(join(this.#stateDir, 'tmp'), this);
@@ -92,6 +102,9 @@ export class ResponseBuffer implements SpillOwner {
       this.#mem[this.#memHead++] = EMPTY;
       this.#memBytes -= chunk.length;
       if (this.#memHead === this.#mem.length) {
+        // That was the last one, maybe a view of the tail block: the client now holds it, so it must
+        // not change under it. The next small chunk starts a new block.
+        this.#tail = null;
         this.#mem.length = 0;
         this.#memHead = 0;
       }
@@ -113,6 +126,7 @@ export class ResponseBuffer implements SpillOwner {
     this.#destroyed = true;
     this.#mem.length = 0;
     this.#memBytes = 0;
+    this.#tail = null;
     this.#ready = null;
     this.#file?.close();
   }
@@ -127,6 +141,25 @@ export class ResponseBuffer implements SpillOwner {
   spillFailed(err: Error): void {
     if (this.#destroyed) return;
     this.#owner.bufferFailed(err);
+  }
+
+  /** Copies a small chunk into the tail block (new blocks as needed), in order after what #mem holds. */
+  #copy(chunk: Buffer): void {
+    const mem = this.#mem;
+    let off = 0;
+    while (off < chunk.length) {
+      let tail = this.#tail;
+      if (tail === null || this.#tailUsed === tail.length) {
+        tail = this.#tail = Buffer.allocUnsafe(COPY_BLOCK_BYTES);
+        this.#tailUsed = 0;
+        mem.push(EMPTY);
+      }
+      const n = chunk.copy(tail, this.#tailUsed, off);
+      off += n;
+      this.#tailUsed += n;
+      // The last element views the block from its first byte: widen that view.
+      mem[mem.length - 1] = tail.subarray(0, this.#tailUsed);
+    }
   }
 
   /** Starts reading the next part of the file when nothing is read ahead and bytes are on disk. */

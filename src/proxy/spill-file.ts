@@ -29,6 +29,21 @@ export interface SpillOwner {
 /** Bytes read from a temp file at a time. */
 export const READ_BYTES = 64 * 1024;
 
+/** Size of the blocks that small chunks are copied into while they wait (here, and in the buffers). */
+export const COPY_BLOCK_BYTES = 16 * 1024;
+
+/**
+ * Whether a chunk is better copied than held. A Buffer from a socket is a view that keeps the whole
+ * read under it alive, and each costs an object: a peer sending one-byte chunks (chunked framing allows
+ * it) would make the bytes held cost a hundred times their size. A chunk is held as it is only when it
+ * is large and is most of the memory under it.
+ */
+export function worthCopying(chunk: Buffer): boolean {
+  return chunk.length < 8 * 1024 || chunk.length * 2 < chunk.buffer.byteLength;
+}
+
+const EMPTY = Buffer.alloc(0);
+
 /** Directories already made (or found) in this process: mkdir runs once per tmp dir. */
 const madeDirs = new Set<string>();
 
@@ -44,6 +59,9 @@ export class SpillFile {
   #fd = -1;
   #owner: SpillOwner;
   #queue: Buffer[] = [];
+  /** The block small chunks are copied into while they wait; the last of #queue views its filled part. */
+  #tail: Buffer | null = null;
+  #tailUsed = 0;
   #writing = false;
   /** Reads in flight: the descriptor is closed only once none is (a reused number must never be read). */
   #reads = 0;
@@ -71,9 +89,32 @@ export class SpillFile {
   /** Appends a chunk; it reaches the disk in order. The chunk must not be modified afterwards. */
   append(chunk: Buffer): void {
     if (this.#closed || this.#failed) return;
-    this.#queue.push(chunk);
     this.size += chunk.length;
+    // Small chunks that would wait (a write is under way, or the file is not open yet) are copied into
+    // blocks: many of them must not cost an object each.
+    if ((this.#writing || this.#fd < 0) && worthCopying(chunk)) this.#copy(chunk);
+    else {
+      this.#tail = null;
+      this.#queue.push(chunk);
+    }
     this.#flush();
+  }
+
+  #copy(chunk: Buffer): void {
+    const queue = this.#queue;
+    let off = 0;
+    while (off < chunk.length) {
+      let tail = this.#tail;
+      if (tail === null || this.#tailUsed === tail.length) {
+        tail = this.#tail = Buffer.allocUnsafe(COPY_BLOCK_BYTES);
+        this.#tailUsed = 0;
+        queue.push(EMPTY);
+      }
+      const n = chunk.copy(tail, this.#tailUsed, off);
+      off += n;
+      this.#tailUsed += n;
+      queue[queue.length - 1] = tail.subarray(0, this.#tailUsed);
+    }
   }
 
   /**
@@ -99,6 +140,7 @@ export class SpillFile {
     if (this.#closed) return;
     this.#closed = true;
     this.#queue.length = 0;
+    this.#tail = null;
     // A write or read in flight still uses the descriptor: its callback closes it.
     this.#closeIfIdle();
   }
@@ -141,6 +183,8 @@ export class SpillFile {
     if (this.#writing || this.#fd < 0 || this.#queue.length === 0) return;
     const chunks = this.#queue;
     this.#queue = [];
+    // The blocks go to the disk as they are: nothing may be copied into them any more.
+    this.#tail = null;
     let bytes = 0;
     for (const c of chunks) bytes += c.length;
     this.#writing = true;
