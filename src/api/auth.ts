@@ -256,19 +256,24 @@ export class Auth {
   /**
    * Identifies a TCP caller coming from `remoteAddress`, or throws 401. The call-context header, when
    * configured, present and sent from `control.call_context_from`, wins: it is set by the trusted proxy
-   * in front, which may pass the client's own Authorization through. From elsewhere it is ignored.
+   * in front, which may pass the client's own Authorization through. From elsewhere it is ignored, and
+   * so it is when `peerRefusal` says why this connection may not carry one whatever its address (it
+   * belongs to an app's user: src/api/local-peer.ts).
    */
-  authenticate(headers: IncomingHttpHeaders, remoteAddress: string | undefined): RequestContext {
+  authenticate(headers: IncomingHttpHeaders, remoteAddress: string | undefined, peerRefusal: string | null = null): RequestContext {
     const header = this.callContextHeader;
     const sent = header !== null && headers[header] !== undefined;
-    const trusted = sent && this.trustsCallContextFrom(remoteAddress);
+    const trusted = sent && peerRefusal === null && this.trustsCallContextFrom(remoteAddress);
     if (trusted) {
       const { user, roles } = parseCallContext(header!, headers[header!]);
       return { user, channel: 'tcp', roles, apps: this.ruleFor(user) };
     }
     const auth = headers.authorization;
     if (auth === undefined) {
-      if (sent) throw unauthorized(`the ${header} header is honoured only from control.call_context_from (${this.callContextFrom.join(', ') || 'nowhere'}), not from ${remoteAddress ?? 'this connection'}; send an Authorization: Bearer token`);
+      // The trusted addresses are not told: they name the proxy in front, which a stranger need not know
+      // (the server logs them with the refusal).
+      if (sent && peerRefusal !== null) throw unauthorized(`the ${header} header is not honoured on this connection: ${peerRefusal}; send an Authorization: Bearer token`);
+      if (sent) throw unauthorized(`the ${header} header is not honoured from ${remoteAddress ?? 'this connection'}: it is not in control.call_context_from; send an Authorization: Bearer token`);
       const how = header !== null ? `an Authorization: Bearer token or the ${header} header` : 'an Authorization: Bearer token';
       throw unauthorized(`the control API needs ${how}`);
     }

@@ -306,12 +306,13 @@ export class ApiRoutes {
     // a refused change can be audited under its action.
     const lookup = this.#find(method, url);
     const found = 'route' in lookup ? lookup : null;
-    const refused = found ? (found.route.action !== null ? { action: found.route.action, app: found.params.app ?? null } : null) : 'refused' in lookup ? lookup.refused : null;
+    const missed = 'route' in lookup ? null : lookup;
+    const refused = found ? (found.route.action !== null ? { action: found.route.action, app: found.params.app ?? null } : null) : missed!.refused;
     let ctx: RequestContext | null = null;
     let body: unknown;
     try {
       ctx = access.identify();
-      if (!found) throw ('error' in lookup ? lookup.error : null) ?? new BerthError('BERTH_E_NOT_FOUND', `no such endpoint: ${method} ${url.pathname}`);
+      if (!found) throw missed!.error ?? new BerthError('BERTH_E_NOT_FOUND', `no such endpoint: ${method} ${url.pathname}`);
       if (method !== 'GET' && method !== 'HEAD') body = await access.body();
       this.#authorize(found.route, found.params, url, ctx);
     } catch (err) {

@@ -8,10 +8,16 @@
  * an unauthenticated client gets one answer per connection, not a session to keep trying on. Request
  * bodies are JSON with a size limit (413), a time limit (408) and a nesting limit (400), all checked
  * before anything parses or stores them; the connection is closed after a 408 or 413, whose body was
- * not read to its end.
+ * not read to its end, and after any answer that left a body unread (a GET's, a 404's): berth never
+ * drains a body it does not want, which a client could trickle for ever. Headers must arrive within
+ * HEADERS_TIMEOUT_MS.
+ *
+ * The call-context header is trusted by address, and any local user can connect from loopback. So when
+ * apps run as their own users, a connection that belongs to one of them (src/api/local-peer.ts) may not
+ * carry a call context from any address: app code cannot claim to be a caller of its choosing.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createConnection, type AddressInfo } from 'node:net';
+import { createConnection, type AddressInfo, type Socket } from 'node:net';
 import { lstat, mkdir, unlink, chmod, chown, readFile, stat } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { dirname } from 'node:path';
@@ -22,6 +28,8 @@ import type { Gateway } from '../gateway.ts';
 import { ApiRoutes, type RequestContext } from './routes.ts';
 import { Auth, berthActorName, USER_NAME_RE } from './auth.ts';
 import { UiAssets } from './ui/ui-assets.ts';
+import { localPeer, type LocalPeer } from './local-peer.ts';
+import { isRoot, resolveAppUser } from '../supervisor/app-user.ts';
 
 /** Largest control API request body (413 above). Control bodies are small JSON: a source, a mode, a command. */
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -69,18 +77,46 @@ export class ApiServer {
   #auth: Auth;
   #tcp: Server | null = null;
   #ui = new UiAssets();
+  /** uid -> the apps that run as it, for the users apps run as that are not berth's own. */
+  #appUids = new Map<number, string[]>();
+  /** Per connection: who owns its client end (judged against the app users of the moment). */
+  #peers = new WeakMap<Socket, Promise<LocalPeer>>();
 
   constructor(opts: ApiServerOptions) {
     this.#config = opts.config;
     this.#log = opts.logger;
     this.#routes = new ApiRoutes(opts.gateway);
     this.#auth = new Auth(opts.config.control, opts.config.environment);
+    this.#appUids = appUids(opts.config);
   }
 
   /** Config reload: new tokens, call-context header and permissions apply to the next request. */
   setConfig(config: BerthConfig): void {
     this.#config = config;
     this.#auth = new Auth(config.control, config.environment);
+    this.#appUids = appUids(config);
+  }
+
+  /**
+   * Why this TCP request may not carry a call context though its address is trusted: apps run as their
+   * own users, and this connection belongs to one of them (or was closed before its owner could be told).
+   * Looked up once per connection, only for requests that send the header from a trusted address.
+   */
+  #peerRefusal(req: IncomingMessage): Promise<string | null> {
+    const header = this.#auth.callContextHeader;
+    const sock = req.socket;
+    if (this.#appUids.size === 0 || header === null || req.headers[header] === undefined || !this.#auth.trustsCallContextFrom(sock.remoteAddress)) return Promise.resolve(null);
+    let known = this.#peers.get(sock);
+    if (!known) {
+      known = localPeer({ address: sock.remoteAddress, port: sock.remotePort }, { address: sock.localAddress, port: sock.localPort });
+      this.#peers.set(sock, known);
+    }
+    return known.then((peer) => {
+      if (peer.kind === 'orphan') return 'its client end was closed before its owner could be told';
+      if (peer.kind !== 'local') return null;
+      const apps = this.#appUids.get(peer.uid);
+      return apps ? `it belongs to uid ${peer.uid}, which runs app ${apps.join(', ')}, and an app may not claim a caller's identity` : null;
+    });
   }
 
   /** The bound TCP control address (port 0 resolved), or null when `control.listen` is not set. */
@@ -174,8 +210,9 @@ export class ApiServer {
       if ((req.method === 'GET' || req.method === 'HEAD') && carriesBody(req)) res.setHeader('connection', 'close');
       // The dashboard's page and assets are public: they hold no data, and its API calls authenticate.
       if (this.#ui.serve(req, res, url.pathname, !tcp ? 'none' : this.#auth.callContextHeader ? 'token-or-proxy' : 'token')) return;
+      const peerRefusal = tcp ? await this.#peerRefusal(req) : null;
       const result = await this.#routes.handle(req.method ?? 'GET', url, req, res, {
-        identify: () => (tcp ? this.#authenticate(req) : socketContext(req)),
+        identify: () => (tcp ? this.#authenticate(req, peerRefusal) : socketContext(req)),
         body: () => readJsonBody(req),
         remote: tcp ? (req.socket.remoteAddress ?? 'unknown') : 'control socket',
       });
@@ -197,11 +234,13 @@ export class ApiServer {
     }
   }
 
-  #authenticate(req: IncomingMessage): RequestContext {
+  #authenticate(req: IncomingMessage, peerRefusal: string | null): RequestContext {
     try {
-      return this.#auth.authenticate(req.headers, req.socket.remoteAddress);
+      return this.#auth.authenticate(req.headers, req.socket.remoteAddress, peerRefusal);
     } catch (err) {
-      this.#log.warn({ remote: req.socket.remoteAddress, method: req.method, url: req.url, reason: errorMessage(err) }, 'api auth refused');
+      const header = this.#auth.callContextHeader;
+      const context = header !== null && req.headers[header] !== undefined ? { callContextFrom: this.#auth.callContextFrom } : {};
+      this.#log.warn({ remote: req.socket.remoteAddress, method: req.method, url: req.url, reason: errorMessage(err), ...context }, 'api auth refused');
       throw err;
     }
   }
@@ -227,6 +266,25 @@ export class ApiServer {
     });
     await unlink(this.#config.control.socket).catch(() => {});
   }
+}
+
+/**
+ * The users apps run as, other than berth's own (so only when berth is root): uid -> app names. An app
+ * whose user cannot be resolved is left out; its deploy fails with that error anyway.
+ */
+function appUids(config: BerthConfig): Map<number, string[]> {
+  const uids = new Map<number, string[]>();
+  if (!isRoot()) return uids;
+  for (const app of Object.values(config.apps)) {
+    try {
+      const user = resolveAppUser(app, config.defaultUser);
+      if (!user.switches || user.uid === process.getuid!()) continue;
+      uids.set(user.uid, [...(uids.get(user.uid) ?? []), app.name]);
+    } catch {
+      // Unresolvable user: reported by berth check and by the app's deploy.
+    }
+  }
+  return uids;
 }
 
 /**
@@ -294,6 +352,9 @@ export function readJsonBody(req: IncomingMessage, limits: { maxBytes?: number; 
   const tooLarge = () => new BerthError('BERTH_E_TOO_LARGE', `request body is larger than ${maxBytes} bytes`, { details: { limit: maxBytes } });
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > maxBytes) return Promise.reject(tooLarge());
+  // The client left while the request waited (on a peer lookup, say): node has already destroyed the
+  // request and dropped what it held, and no event will come, so say so now rather than time out.
+  if (req.destroyed) return Promise.reject(new BerthError('BERTH_E_BAD_REQUEST', 'the request body was cut short'));
   return new Promise<Buffer>((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;

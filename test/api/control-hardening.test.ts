@@ -9,10 +9,10 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
-import { request } from 'node:http';
+import { createServer, request } from 'node:http';
 import { hashToken } from '../../src/api/auth.ts';
 import { ApiRoutes } from '../../src/api/routes.ts';
-import { BODY_TIMEOUT_MS, HEADERS_TIMEOUT_MS, MAX_BODY_BYTES } from '../../src/api/server.ts';
+import { BODY_TIMEOUT_MS, HEADERS_TIMEOUT_MS, MAX_BODY_BYTES, readJsonBody } from '../../src/api/server.ts';
 import type { Gateway } from '../../src/gateway.ts';
 import { FIXTURE_WEB_COMMAND, fixtureApp, http, startGateway, tempDir, waitFor, writeConfig, type HttpResult } from '../helpers/gateway.ts';
 
@@ -269,7 +269,8 @@ test('finding 13: the call-context header is honoured only from control.call_con
   // From anywhere else: ignored, so it is a 401 that says why...
   const other = await from('127.0.0.1', control, '/v1/whoami', context);
   assert.equal(other.status, 401);
-  assert.match(other.body.error.message, /honoured only from control\.call_context_from \(127\.0\.0\.2\/32\), not from 127\.0\.0\.1/);
+  assert.match(other.body.error.message, /not honoured from 127\.0\.0\.1: it is not in control\.call_context_from/);
+  assert.ok(!other.body.error.message.includes('127.0.0.2'), 'the trusted proxy\'s address is not told');
   // ...or the bearer token beside it decides who the caller is.
   const withToken = await from('127.0.0.1', control, '/v1/whoami', { ...context, authorization: `Bearer ${TOKENS.vic}` });
   assert.equal(withToken.status, 200);
@@ -388,4 +389,61 @@ test('finding 9: slow headers (slowloris) on the TCP control listener are cut of
   assert.deepEqual(statuses(partial.text), [408]);
   assert.ok(took >= HEADERS_TIMEOUT_MS - 100, `closed after ${took}ms`);
   t.diagnostic(`closed after ${took}ms (headers timeout ${HEADERS_TIMEOUT_MS}ms)`);
+});
+
+test('finding 13: header tricks do not authenticate: duplicated call contexts, empty bearers, X-Forwarded-For', async (t) => {
+  const { control } = await start(t, { call_context_from: ['127.0.0.2/32'] });
+  const admin = b64({ user: 'carol', roles: ['admin'] });
+  const ask = async (localAddress: string, headers: string) => {
+    const sock = connect({ port: control, host: '127.0.0.1', localAddress });
+    sock.on('error', () => {});
+    let text = '';
+    sock.on('data', (c: Buffer) => (text += c.toString('latin1')));
+    await new Promise<void>((r) => sock.once('connect', r));
+    sock.write(`GET /v1/whoami HTTP/1.1\r\nHost: x\r\n${headers}\r\n`);
+    await waitFor(() => /\r\n\r\n[\s\S]*\}$/.test(text) || null, { timeoutMs: 5_000, message: 'an answer' });
+    sock.destroy();
+    return { status: statuses(text)[0], body: text.slice(text.indexOf('\r\n\r\n') + 4) };
+  };
+  // Any case of the header name counts, from the trusted address only.
+  assert.equal((await ask('127.0.0.2', `x-AUTH-context: ${admin}\r\n`)).status, 200);
+  // A second copy (a proxy that appends instead of replacing) makes the value unreadable: refused, not picked from.
+  assert.equal((await ask('127.0.0.2', `X-Auth-Context: ${admin}\r\nX-Auth-Context: ${b64({ user: 'mallory', roles: ['viewer'] })}\r\n`)).status, 401);
+  // X-Forwarded-For and X-Real-IP never make another address trusted.
+  for (const h of ['X-Forwarded-For: 127.0.0.2', 'X-Real-IP: 127.0.0.2', 'Forwarded: for=127.0.0.2']) {
+    assert.equal((await ask('127.0.0.1', `${h}\r\nX-Auth-Context: ${admin}\r\n`)).status, 401, h);
+  }
+  // Empty or odd bearers.
+  for (const a of ['Bearer', 'Bearer ', 'Bearer  ', 'bearer', 'Basic YWxpY2U6eA==', `Bearer ${TOKENS.vic} extra`, `Bearer ${TOKENS.vic.toUpperCase()}`]) {
+    assert.equal((await ask('127.0.0.1', `Authorization: ${a}\r\n`)).status, 401, a);
+  }
+  // Two Authorization headers: node keeps the first, so a second cannot raise the first's rights.
+  const two = await ask('127.0.0.1', `Authorization: Bearer ${TOKENS.vic}\r\nAuthorization: Bearer ${TOKENS.root}\r\n`);
+  assert.equal(two.status, 200);
+  assert.equal(JSON.parse(two.body).user, 'vic');
+});
+
+test('finding 9: a body read after its client has left fails at once, not after the body timeout', async (t) => {
+  // The handler waits before reading, as the server does while it looks up a call context's peer.
+  let outcome: Promise<{ error: string; ms: number }> | null = null;
+  const server = createServer((req, res) => {
+    const closed = new Promise<void>((r) => req.socket.once('close', () => r()));
+    outcome = closed.then(async () => {
+      const began = Date.now();
+      const error = await readJsonBody(req).then(() => 'none', (err: Error) => err.message);
+      res.destroy();
+      return { error, ms: Date.now() - began };
+    });
+  });
+  t.after(() => server.close());
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const sock = connect({ port: (server.address() as { port: number }).port, host: '127.0.0.1' });
+  sock.on('error', () => {});
+  await new Promise<void>((r) => sock.once('connect', r));
+  sock.end('POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}');
+  sock.destroy();
+  await waitFor(() => outcome, { timeoutMs: 5_000, message: 'the request' });
+  const { error, ms } = await outcome!;
+  assert.match(error, /cut short/);
+  assert.ok(ms < 1_000, `failed after ${ms}ms`);
 });
