@@ -238,14 +238,17 @@ export class Auth {
       .filter(([, t]) => /^sha256:[0-9a-f]{64}$/.test(t.hash))
       .map(([user, t]) => ({ user, digest: Buffer.from(t.hash.slice('sha256:'.length), 'hex'), roles: t.roles }));
     const byUser = control.permissions[this.environment] ?? {};
+    // User names match case-insensitively: a call context naming `Alice` must not escape the rule
+    // written for `alice` (users not listed are unrestricted, so a miss fails open). The config loader
+    // refuses two entries that differ only in case.
     for (const [user, sources] of Object.entries(byUser)) {
-      this.#rules.set(user, { rule: `control.permissions.${this.environment}.${user}`, sources, patterns: sources.map(compilePermission) });
+      this.#rules.set(user.toLowerCase(), { rule: `control.permissions.${this.environment}.${user}`, sources, patterns: sources.map(compilePermission) });
     }
   }
 
-  /** The app rule that limits `user`, or null when the user is unrestricted. */
+  /** The app rule that limits `user` (any case), or null when the user is unrestricted. */
   ruleFor(user: string): AppRule | null {
-    return this.#rules.get(user) ?? null;
+    return this.#rules.get(user.toLowerCase()) ?? null;
   }
 
   /** Whether the call-context header is honoured on a connection from `address`. */

@@ -334,7 +334,12 @@ function checkControl(c: Checker, f: Fields, stateDir: string): ControlConfig {
   const permissions: Record<string, Record<string, string[]>> = {};
   for (const [env, value] of f.entries('permissions')) {
     const byUser: Record<string, string[]> = {};
+    const seen = new Map<string, string>();
     for (const [user, list] of c.fields(value, [...f.path('permissions'), env]).allEntries()) {
+      // Users match case-insensitively (a call context may name `Alice`), so one spelling per user.
+      const other = seen.get(user.toLowerCase());
+      if (other !== undefined) c.problem([...f.path('permissions'), env, user], `names the same user as ${show(other)} (user names match in any case): keep one entry`);
+      seen.set(user.toLowerCase(), user);
       put(byUser, user, c.regexList(list, [...f.path('permissions'), env, user]));
     }
     put(permissions, env, byUser);

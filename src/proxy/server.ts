@@ -55,6 +55,8 @@ const SERVER_OPTIONS = {
   headersTimeout: 30_000,
   requestTimeout: 300_000,
   keepAliveTimeout: 5_000,
+  // Node checks those timeouts on this interval (default 30s, so a slow-header client could last 60s).
+  connectionsCheckingInterval: 2_000,
   // Only WebSocket upgrades leave the request path, and only with GET (RFC 6455 § 4.1). Others (`curl
   // --http2` sends `Upgrade: h2c`) are served as plain HTTP/1.1 requests, their Upgrade header stripped
   // as hop-by-hop, their body framed by node's parser as for any request.

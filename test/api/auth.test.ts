@@ -223,3 +223,13 @@ test('names berth writes into the audit log itself are reserved', () => {
   for (const name of ['berth-start', 'supervisor', 'scheduler', 'reload-trigger', 'SIGHUP', 'cleanup', 'socket', 'system', 'root', 'unauthenticated']) assert.ok(reservedUserName(name), name);
   assert.ok(!reservedUserName('alice'));
 });
+
+test('permissions bind a call-context user whatever the case of its name', () => {
+  const auth = new Auth(control(), 'production');
+  for (const name of ['alice', 'Alice', 'ALICE']) {
+    const rule = auth.ruleFor(name);
+    assert.ok(rule !== null, `${name} is limited`);
+    assert.equal(rule.rule, 'control.permissions.production.alice');
+  }
+  assert.equal(auth.ruleFor('bob'), null);
+});

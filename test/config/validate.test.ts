@@ -520,3 +520,9 @@ test('users, groups and call_context_from are checked by shape', () => {
     'apps.shop.group: expected a user or group name (letters, digits, "_", "-", "."), or a numeric id, got "../x"',
   ]);
 });
+
+test('permissions: one entry per user, whatever the case', () => {
+  assert.deepEqual(problems({ control: { permissions: { production: { alice: ['shop'], Alice: ['blog'] } } } }), [
+    'control.permissions.production.Alice: names the same user as "alice" (user names match in any case): keep one entry',
+  ]);
+});
