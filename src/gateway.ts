@@ -32,6 +32,8 @@ import { Metrics } from './lib/metrics.ts';
 import { isRoot, resolveAppUser, type AppUser } from './supervisor/app-user.ts';
 import { DEFAULT_PERMISSIONS_ENVIRONMENT } from './api/auth.ts';
 import { prepareAppDirs, secureStateDir } from './supervisor/state-access.ts';
+import { StateLock } from './supervisor/state-lock.ts';
+import { finishInterruptedAudit } from './api/interrupted-audit.ts';
 
 export const VERSION = '0.1.0';
 
@@ -186,6 +188,8 @@ export class Gateway implements DeployHost {
   #healthTimer: NodeJS.Timeout | null = null;
   #stopping: Promise<void> | null = null;
   #onStopped: (() => void)[] = [];
+  /** One gateway per state dir: held from the first step of start() to the last of stop(). */
+  #lock: StateLock | null = null;
 
   constructor(opts: GatewayOptions) {
     this.#config = opts.config;
@@ -241,6 +245,14 @@ export class Gateway implements DeployHost {
   async start(): Promise<void> {
     if (this.#state !== 'new') throw new BerthError('BERTH_E_INTERNAL', `gateway already ${this.#state}`);
     this.#transition('starting');
+    // Before anything is touched: another live gateway's processes would look like orphans to reap.
+    // Refused, this start undoes nothing, so the live gateway never notices.
+    try {
+      this.#lock = await StateLock.acquire(this.config.stateDir, this.config.control.socket);
+    } catch (err) {
+      this.#transition('stopped');
+      throw err;
+    }
     try {
       await secureStateDir(this.config.stateDir, { root: isRoot(), socketGroup: this.config.control.socketGroup });
       this.#warnSharedUser();
@@ -260,6 +272,8 @@ export class Gateway implements DeployHost {
         onProcess: (event, info) => this.#recordProcess(event, info),
       });
       await this.#scheduler.recoverInterrupted();
+      // After both, so that the rows can name the deploys and runs just marked interrupted.
+      await finishInterruptedAudit(store, this.#loggers.get('api'));
       await this.#reapOrphans(store);
       this.#rebuildTable();
       this.metrics.start();
@@ -881,6 +895,8 @@ export class Gateway implements DeployHost {
     }
     await this.#api.stop().catch((err) => this.#log.error({ err: errorMessage(err) }, 'api stop failed'));
     await this.#store?.close().catch((err) => this.#log.error({ err: errorMessage(err) }, 'store close failed'));
+    await this.#lock?.release();
+    this.#lock = null;
     this.metrics.stop();
   }
 

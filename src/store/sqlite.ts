@@ -610,7 +610,9 @@ export class SqliteStore implements Store {
     const { where, args } = equalities([
       ['app', filter.app],
       ['user_name', filter.user],
+      ['outcome', filter.outcome],
     ]);
+    if (filter.outcome !== undefined && !AUDIT_OUTCOMES.has(filter.outcome)) throw new BerthError(ErrorCodes.badRequest, `unknown audit outcome "${filter.outcome}"`);
     if (filter.since !== undefined) {
       where.push('occurred_at >= ?');
       args.push(filter.since);
@@ -816,7 +818,7 @@ function equalities(pairs: [column: string, value: string | undefined][]): { whe
   return { where, args };
 }
 
-const AUDIT_OUTCOMES = new Set<string>(['pending', 'ok', 'failed', 'refused']);
+const AUDIT_OUTCOMES: ReadonlySet<string> = new Set<AuditOutcome>(['pending', 'ok', 'failed', 'refused', 'interrupted']);
 const AUDIT_CHANNELS = new Set<string>(['socket', 'tcp', 'internal']);
 
 function prepareStatements(db: DatabaseSync): Statements {

@@ -119,7 +119,8 @@ export interface DeployStore {
 }
 
 // ---- audit (migration 003) ---------------------------------------------------------------------
-export type AuditOutcome = 'pending' | 'ok' | 'failed' | 'refused';
+/** interrupted: the gateway died before the change ended; the next start finishes its row so (api/interrupted-audit.ts). */
+export type AuditOutcome = 'pending' | 'ok' | 'failed' | 'refused' | 'interrupted';
 export type AuditChannel = 'socket' | 'tcp' | 'internal';
 
 export interface AuditRecord {
@@ -141,6 +142,8 @@ export interface AuditRecord {
 export interface AuditFilter {
   app?: string;
   user?: string;
+  /** Only rows with this outcome (`pending`: changes not finished yet). */
+  outcome?: AuditOutcome;
   /** ISO time: rows at or after it. */
   since?: string;
   /** Default 100. */

@@ -1,0 +1,118 @@
+/**
+ * Issue #11, defects 1 and 2, end to end with `berth start` as child processes and real apps:
+ * a second start on a live gateway's state dir is refused before it touches anything, and a change a
+ * killed gateway left `pending` in the audit log is finished as `interrupted` by the next start.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { FIXTURE_WEB_COMMAND, fixtureApp, http, runCli, spawnGateway, tempDir, waitFor, writeConfig, type ChildGateway } from '../helpers/gateway.ts';
+import { LoadRunner } from '../deploy/load-runner.ts';
+import { gatedBoot } from '../deploy/gated-boot.ts';
+
+function processGroupAlive(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function activePids(gw: ChildGateway, app = 'shop'): Promise<number[]> {
+  const status = await gw.api(`/v1/apps/${app}`);
+  return status.generations.find((g: any) => g.active).instances.map((i: any) => i.pid).sort();
+}
+
+async function ready(gw: ChildGateway): Promise<void> {
+  await waitFor(async () => (await http({ port: gw.port }, { path: '/_berth/ready' })).status === 200, { timeoutMs: 30_000, message: 'ready' });
+}
+
+test('a second berth start on a live gateway state dir is refused before it touches anything; after kill -9 a start succeeds', async (t) => {
+  const dir = await tempDir(t);
+  const v1 = await fixtureApp(dir, 'v1');
+  const file = await writeConfig(dir, {
+    state_dir: 'state',
+    listen: ['127.0.0.1:0'],
+    log_levels: { root: 'info' },
+    apps: { shop: { source: v1, processes: { web: { command: FIXTURE_WEB_COMMAND, instances: 2 } }, health: { path: '/up', interval: '250ms' } } },
+  });
+  const gw = await spawnGateway(t, file);
+  await ready(gw);
+  const pids = await activePids(gw);
+  assert.equal(pids.length, 2);
+  const load = LoadRunner.start({ port: gw.port, timeoutMs: 10_000 });
+  t.after(() => load.stop());
+  await load.more(20);
+
+  const second = await runCli(['start', '--config', file], { timeoutMs: 30_000 });
+  assert.equal(second.code, 1, `${second.stdout}\n${second.stderr}`);
+  assert.match(second.stderr, new RegExp(`^berth: another gateway \\(pid ${gw.proc.pid}, started [^)]+\\) is already running on control socket ${gw.socket} with state dir ${join(dir, 'state')}; stop it first`, 'm'));
+  // Nothing of the live gateway was touched: its instances and its control socket are the same.
+  await load.more(50);
+  const stats = await load.stop();
+  assert.deepEqual(stats.failures, []);
+  assert.deepEqual(await activePids(gw), pids);
+  for (const pid of pids) assert.equal(processGroupAlive(pid), true);
+  const status = await gw.api('/v1/status');
+  assert.equal(status.pid, gw.proc.pid);
+  assert.equal(status.state, 'running');
+  assert.equal(gw.logs.filter((l) => l.msg === 'killed orphan process group').length, 0);
+  assert.equal(gw.proc.exitCode, null);
+
+  // A gateway killed with SIGKILL leaves no lock behind: the next start takes over and reaps its apps.
+  gw.proc.kill('SIGKILL');
+  assert.equal((await gw.exited).signal, 'SIGKILL');
+  const again = await spawnGateway(t, file);
+  await ready(again);
+  assert.equal((await again.api('/v1/status')).pid, again.proc.pid);
+  for (const pid of pids) await waitFor(() => !processGroupAlive(pid), { timeoutMs: 5_000, message: `process group ${pid} to be gone` });
+  assert.equal((await http({ port: again.port }, { path: '/' })).status, 200);
+  // A clean stop lets the next start in too.
+  assert.equal((await runCli(['stop', '--socket', again.socket])).code, 0);
+  assert.equal((await again.exited).code, 0);
+  assert.equal(again.logs.filter((l) => l.msg === 'killed orphan process group').length, pids.length);
+  const third = await spawnGateway(t, file);
+  await ready(third);
+});
+
+test('kill -9 of the gateway during wait_healthy: the next start finishes the deploy audit row as interrupted', async (t) => {
+  const dir = await tempDir(t);
+  const v1 = await fixtureApp(dir, 'v1');
+  // Never opened: the new release stays in wait_healthy until the gateway is killed.
+  const slow = await fixtureApp(dir, 'slow');
+  await gatedBoot(slow, join(dir, 'gate'));
+  const file = await writeConfig(dir, {
+    state_dir: 'state',
+    listen: ['127.0.0.1:0'],
+    log_levels: { root: 'warn' },
+    apps: { shop: { source: v1, processes: { web: { command: FIXTURE_WEB_COMMAND, instances: 1 } }, health: { path: '/up', interval: '250ms', startup_timeout: '60s' } } },
+  });
+  const gw = await spawnGateway(t, file);
+  await ready(gw);
+  const started = await http({ socketPath: gw.socket }, { path: '/v1/apps/shop/deploys', method: 'POST', body: JSON.stringify({ source: slow }), headers: { 'content-type': 'application/json' } });
+  assert.equal(started.status, 202, started.body);
+  const id: string = started.json().id;
+  await waitFor(async () => (await gw.api(`/v1/deploys/${id}`)).events.some((e: any) => e.step === 'wait_healthy' && e.status === 'started'), { message: 'the deploy in wait_healthy' });
+  const before = (await gw.api('/v1/history?app=shop')).history.find((h: any) => h.action === 'deploy' && h.user !== 'berth-start');
+  assert.equal(before.outcome, 'pending');
+  gw.proc.kill('SIGKILL');
+  assert.equal((await gw.exited).signal, 'SIGKILL');
+
+  const again = await spawnGateway(t, file);
+  await ready(again);
+  assert.equal((await again.api(`/v1/deploys/${id}`)).state, 'interrupted');
+  const { history } = await again.api('/v1/history?app=shop');
+  const row = history.find((h: any) => h.action === 'deploy' && h.at === before.at);
+  assert.ok(row, JSON.stringify(history));
+  assert.equal(row.outcome, 'interrupted');
+  assert.match(row.detail, new RegExp(`^${id}: deploy interrupted at wait_healthy: the gateway stopped while this ran$`));
+  assert.ok(row.finishedAt);
+  assert.equal(history.filter((h: any) => h.outcome === 'pending').length, 0);
+  // The CLI shows it too, in the table and in JSON.
+  const table = await runCli(['history', 'shop', '--socket', again.socket]);
+  assert.equal(table.code, 0, table.stderr);
+  assert.match(table.stdout, new RegExp(`deploy .*interrupted .*${id}: deploy interrupted at wait_healthy`));
+  const json = await runCli(['history', 'shop', '--json', '--socket', again.socket]);
+  assert.equal(JSON.parse(json.stdout).history.find((h: any) => h.at === before.at).outcome, 'interrupted');
+});
