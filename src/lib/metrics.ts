@@ -158,6 +158,7 @@ interface PoolSeries {
   readonly wait: HistogramSeries;
   readonly full: { inc(): void };
   readonly timeout: { inc(): void };
+  readonly unavailable: { inc(): void };
 }
 
 export class Metrics implements MetricsExporter {
@@ -213,7 +214,7 @@ export class Metrics implements MetricsExporter {
     this.registry.registerMetric(this.#queueWait as unknown as Histogram);
     this.#rejections = new Counter({
       name: 'berth_admission_rejections_total',
-      help: 'Requests turned away by admission with 503, by reason (queue-full, queue-timeout).',
+      help: 'Requests turned away by admission with 503, by reason (queue-full, queue-timeout, no-healthy-instance).',
       labelNames: ['app', 'process', 'reason'],
       registers,
     });
@@ -356,6 +357,7 @@ export class Metrics implements MetricsExporter {
     const series = this.#pool(e.admission);
     // A full queue turns a request away on arrival: it never waited.
     if (e.outcome === 'queue-full') series.full.inc();
+    else if (e.outcome === 'no-healthy-instance') series.unavailable.inc();
     else {
       series.wait.observe(e.waitMs / 1000);
       if (e.outcome === 'queue-timeout') series.timeout.inc();
@@ -395,6 +397,7 @@ export class Metrics implements MetricsExporter {
         wait: this.#queueWait.series({ app, process }),
         full: this.#rejections.labels(app, process, 'queue-full'),
         timeout: this.#rejections.labels(app, process, 'queue-timeout'),
+        unavailable: this.#rejections.labels(app, process, 'no-healthy-instance'),
       };
       this.#byPool.set(admission, series);
     }

@@ -14,7 +14,23 @@
 import { channel } from 'node:diagnostics_channel';
 import type { PoolView, Upstream } from '../supervisor/types.ts';
 
-export type AdmissionRejection = 'queue-full' | 'queue-timeout';
+/**
+ * queue-full / queue-timeout: the pool is busy. no-healthy-instance: no instance of the pinned pool is
+ * ready or starting (all in backoff or crashed), so waiting could only end in a queue timeout.
+ */
+export type AdmissionRejection = 'queue-full' | 'queue-timeout' | 'no-healthy-instance';
+
+/** Retry-After (seconds) for a full queue: capacity frees up as soon as any request ends. */
+const QUEUE_FULL_RETRY_AFTER_S = 1;
+/** Retry-After (seconds) when every instance is in backoff or crashed: a restart takes seconds. */
+export const NO_HEALTHY_RETRY_AFTER_S = 5;
+
+/** The Retry-After (seconds) of an admission refusal, for requests and WebSockets alike. */
+export function rejectionRetryAfter(reason: AdmissionRejection, queueTimeoutMs: number): number {
+  if (reason === 'queue-full') return QUEUE_FULL_RETRY_AFTER_S;
+  if (reason === 'no-healthy-instance') return NO_HEALTHY_RETRY_AFTER_S;
+  return Math.max(1, Math.ceil(queueTimeoutMs / 1000));
+}
 
 /** One `AdmissionEvent` per admission decision; published only while someone subscribes. */
 export const admissionChannel = channel('berth:proxy:admission');
@@ -103,6 +119,12 @@ export class Admission {
         return;
       }
     }
+    // Off the fast path: only a request that found no free instance asks whether any can come back.
+    if (!w.pool.serviceable()) {
+      if (admissionChannel.hasSubscribers) admissionChannel.publish({ admission: this, outcome: 'no-healthy-instance', waitMs: 0 });
+      w.reject('no-healthy-instance');
+      return;
+    }
     if (this.#depth >= this.queueMax) {
       if (admissionChannel.hasSubscribers) admissionChannel.publish({ admission: this, outcome: 'queue-full', waitMs: 0 });
       w.reject('queue-full');
@@ -129,7 +151,11 @@ export class Admission {
     if (w.queued) this.#unlink(w);
   }
 
-  /** Expires waiters past their deadline, then admits what can start now. Called by the coarse timer. */
+  /**
+   * Expires waiters past their deadline, turns away those whose pool has no instance left that could
+   * serve them (the last one went into backoff or crashed), then admits what can start now. Called by
+   * the coarse timer.
+   */
   sweep(now: number): void {
     // Deadlines grow along the queue (same timeout, FIFO), so expired waiters are all at the head. A
     // timeout lowered by a config reload is honoured as the older waiters ahead expire.
@@ -141,7 +167,26 @@ export class Admission {
       w.reject('queue-timeout');
       w = next;
     }
+    if (this.#depth > 0) this.#dropUnserviceable(now);
     if (this.#depth > 0) this.pump();
+  }
+
+  /** Waiters whose pinned pool has no ready or starting instance get `no-healthy-instance` now. */
+  #dropUnserviceable(now: number): void {
+    let checked: PoolView | null = null;
+    let w = this.#head;
+    while (w !== null) {
+      const next = w.next;
+      if (w.pool !== checked) {
+        if (w.pool.serviceable()) checked = w.pool;
+        else {
+          this.#unlink(w);
+          if (admissionChannel.hasSubscribers) this.#publishQueued('no-healthy-instance', w, now);
+          w.reject('no-healthy-instance');
+        }
+      }
+      w = next;
+    }
   }
 
   /**

@@ -31,6 +31,7 @@ export type ErrorReason =
   | 'read-only'
   | 'queue-full'
   | 'queue-timeout'
+  | 'no-healthy-instance'
   | 'websocket-limit'
   | 'upstream-unreachable'
   | 'upstream-timeout'
@@ -73,6 +74,7 @@ const EXPLANATIONS: Record<ErrorReason, string> = {
   'read-only': 'The site is read-only for the moment, so changes cannot be saved. Please try again later.',
   'queue-full': 'The application is busy. Please try again in a moment.',
   'queue-timeout': 'The application is busy. Please try again in a moment.',
+  'no-healthy-instance': 'The application is not running right now. Please try again in a moment.',
   'websocket-limit': 'The application has too many open connections. Please try again in a moment.',
   'upstream-unreachable': 'The application could not be reached.',
   'upstream-timeout': 'The application did not answer in time.',

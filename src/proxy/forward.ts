@@ -31,7 +31,7 @@ import type { Dispatcher } from 'undici';
 import type { Logger } from '../lib/logger.ts';
 import type { RouteConfig } from '../config/schema.ts';
 import type { GenerationView, PoolView, Upstream } from '../supervisor/types.ts';
-import type { Admission, AdmissionRejection, Waiter } from './admission.ts';
+import { rejectionRetryAfter, type Admission, type AdmissionRejection, type Waiter } from './admission.ts';
 import type { AppEntry, RoutingTable } from './router.ts';
 import type { ErrorPages, ErrorReason } from './error-pages.ts';
 import type { UpstreamClients } from './upstream-clients.ts';
@@ -82,8 +82,6 @@ const CONNECTION_ERRORS = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'UND_E
 /** Why an attempt is aborted when the client leaves. */
 const CLIENT_GONE = new Error('client disconnected');
 
-/** Retry-After (seconds) for a full queue: capacity frees up as soon as any request ends. */
-const QUEUE_FULL_RETRY_AFTER_S = 1;
 
 /**
  * A response with a Content-Length above this is not spilled to disk: past `buffering.memory` it streams
@@ -283,8 +281,7 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
   }
 
   reject(reason: AdmissionRejection): void {
-    const retryAfter =
-      reason === 'queue-full' ? QUEUE_FULL_RETRY_AFTER_S : Math.max(1, Math.ceil(this.admission.queueTimeoutMs / 1000));
+    const retryAfter = rejectionRetryAfter(reason, this.admission.queueTimeoutMs);
     this.#fail(503, reason, retryAfter);
     this.#maybeDone();
   }

@@ -28,6 +28,7 @@ import { request, type ClientRequest, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { RouteConfig } from '../config/schema.ts';
 import type { GenerationView, PoolView, Upstream } from '../supervisor/types.ts';
+import { rejectionRetryAfter } from './admission.ts';
 import type { ErrorReason } from './error-pages.ts';
 import type { ForwardShared } from './forward.ts';
 import type { AppEntry } from './router.ts';
@@ -247,6 +248,10 @@ export class Tunnel {
       this.#attempt(upstream);
       return;
     }
+    if (!this.pool.serviceable()) {
+      this.#fail(503, 'no-healthy-instance', rejectionRetryAfter('no-healthy-instance', 0));
+      return;
+    }
     this.#deadline = now + this.app.config.queue.timeoutMs;
     this.#owner.setWaiting(this, true);
   }
@@ -261,9 +266,13 @@ export class Tunnel {
     if (upstream !== null) {
       this.#owner.setWaiting(this, false);
       this.#attempt(upstream);
+    } else if (!this.pool.serviceable()) {
+      // The last instance that could take it went into backoff or crashed: no point waiting.
+      this.#owner.setWaiting(this, false);
+      this.#fail(503, 'no-healthy-instance', rejectionRetryAfter('no-healthy-instance', 0));
     } else if (now >= this.#deadline) {
       this.#owner.setWaiting(this, false);
-      this.#fail(503, 'queue-timeout', Math.max(1, Math.ceil(this.app.config.queue.timeoutMs / 1000)));
+      this.#fail(503, 'queue-timeout', rejectionRetryAfter('queue-timeout', this.app.config.queue.timeoutMs));
     }
   }
 

@@ -49,6 +49,11 @@ export class Pool implements PoolView {
     return best;
   }
 
+  serviceable(): boolean {
+    for (const inst of this.instances) if (inst.state === 'ready' || inst.state === 'starting') return true;
+    return false;
+  }
+
   /** Ready instances, for health reporting. */
   readyCount(): number {
     let n = 0;

@@ -67,6 +67,11 @@ export interface PoolView {
   /** The least-busy ready instance with a free slot, skipping `exclude`; null when none. */
   pick(exclude?: Upstream): Upstream | null;
   /**
+   * Whether any instance is `ready` or `starting`: false when every one is in backoff, crashed or
+   * stopping, so a request would only wait out the queue timeout.
+   */
+  serviceable(): boolean;
+  /**
    * For a WebSocket: the ready instance with the fewest tunnels, skipping `exclude`, whether or not its
    * request slots are full (a tunnel takes none); null when no instance is ready.
    */

@@ -372,3 +372,48 @@ test('requests wait in the queue for an instance that is still starting', async 
   const r = await pending;
   assert.equal(r.text, 'up');
 });
+
+test('with every instance in backoff or crashed, a request gets 503 no-healthy-instance at once, not after the queue timeout', async (t) => {
+  const be = await backend(t, (req, res) => res.end('up'));
+  const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1' });
+  const [a, b] = gen.addPool('web', 4, [be.address, be.address]);
+  a.state = 'backoff';
+  b.state = 'crashed';
+  const { url, proxy } = await startProxy(t, [entry(app(2, 4, { max: 10, timeoutMs: 10_000 }), gen)]);
+  const started = performance.now();
+  const r = await fetchRaw(url, { headers: { accept: 'application/json' } });
+  assert.ok(performance.now() - started < 2_000, 'answered long before the 10s queue timeout');
+  assert.equal(r.status, 503);
+  assert.equal(r.headers['x-berth-reason'], 'no-healthy-instance');
+  assert.equal(r.headers['retry-after'], '5');
+  assert.equal(proxy.queueDepth('shop'), 0);
+  assert.equal(be.requests.length, 0);
+  // A restart under way (starting) is worth waiting for: the request queues, then is served.
+  a.state = 'starting';
+  const pending = fetchRaw(url);
+  await waitFor(() => proxy.queueDepth('shop') === 1, 'queued while an instance starts');
+  a.state = 'ready';
+  assert.equal((await pending).text, 'up');
+});
+
+test('waiters already queued get 503 no-healthy-instance when the last instance leaves service', async (t) => {
+  const h = await holdingBackend(t);
+  const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1' });
+  const [inst] = gen.addPool('web', 1, [h.be.address]);
+  const { url, proxy } = await startProxy(t, [entry(app(1, 1, { max: 5, timeoutMs: 10_000 }), gen)]);
+  const first = fetchRaw(url);
+  await waitFor(() => h.held.length === 1, 'first held');
+  const queued = [fetchRaw(url), fetchRaw(url)];
+  await waitFor(() => proxy.queueDepth('shop') === 2, 'two queued');
+  const started = performance.now();
+  // The instance dies (its held request will fail) and goes into backoff.
+  inst.state = 'backoff';
+  for (const r of await Promise.all(queued)) {
+    assert.equal(r.status, 503);
+    assert.equal(r.headers['x-berth-reason'], 'no-healthy-instance');
+  }
+  assert.ok(performance.now() - started < 2_000, 'turned away at the next tick, not after the queue timeout');
+  assert.equal(proxy.queueDepth('shop'), 0);
+  h.release();
+  await first;
+});
