@@ -14,6 +14,8 @@ export const DEPLOY_USAGE = 'berth deploy <app> [source] [--json]';
 export const ROLLBACK_USAGE = 'berth rollback <app> [release] [--json]';
 export const RELOAD_USAGE = 'berth reload <app> [--json]';
 
+/** Log lines a failed deploy prints at most (SPEC § Deploys: the last 20). */
+const FAILED_LOG_LINES = 20;
 /** Steps that can take a while get a line when they start, not only when they end. */
 const SLOW_STEPS = new Set(['prepare', 'build', 'release', 'wait_healthy', 'drain', 'stop_old']);
 
@@ -114,7 +116,8 @@ async function follow(client: ControlClient, id: string, title: string, json: bo
   }
   if (!json) {
     const fe = failedEvent as DeployEvent | null;
-    const lines = result.logTail?.length ? result.logTail : (fe?.lines ?? []);
+    // The gateway sends at most FAILED_LOG_LINES, merged by time across instances; older gateways sent more.
+    const lines = (result.logTail?.length ? result.logTail : (fe?.lines ?? [])).slice(-FAILED_LOG_LINES);
     // A startup failure's message carries the log tail too; it is printed once, below.
     const error = lines.length ? firstLine(result.error ?? 'unknown error') : (result.error ?? 'unknown error');
     process.stderr.write(`failed at step ${result.failedStep ?? fe?.step ?? '?'}: ${error}\n`);

@@ -327,14 +327,17 @@ export class Deployer {
         await this.#command(deploy, 'release', resolved.release, app, release);
         return { value: resolved, message: resolved.release };
       });
+      // The first start of an app skips wait_healthy: its instances restart with backoff while it serves.
+      // Any other waits for its generation, which fails at the first exit rather than at startup_timeout.
+      const waits = !(deploy.boot && !old);
       gen = await this.#step(deploy, 'start', async () => {
-        const g = this.#supervisor.startGeneration(app, release, procfile.processes);
+        const g = this.#supervisor.startGeneration(app, release, procfile.processes, { failOnExit: waits });
         const count = g.instances.length;
         return { value: g, message: `generation ${g.id}: ${count} instance${count === 1 ? '' : 's'}` };
       });
       const started = gen;
       await this.#step(deploy, 'wait_healthy', async () => {
-        if (deploy.boot && !old) return { value: undefined, status: 'skipped', message: 'first start: the app serves as its instances become ready' };
+        if (!waits) return { value: undefined, status: 'skipped', message: 'first start: the app serves as its instances become ready' };
         try {
           await started.waitReady();
         } catch (err) {
@@ -362,7 +365,7 @@ export class Deployer {
         await target.releases.activate(releaseId);
         await this.#store.setActiveRelease(app.name, releaseId);
         await this.#store.setReleaseState(app.name, releaseId, 'active');
-        if (old && old.releaseId !== releaseId) await this.#store.setReleaseState(app.name, old.releaseId, 'previous');
+        await this.#markPrevious(app.name, releaseId);
         return { value: undefined, message: `current -> releases/${releaseId}` };
       });
       if (old) {
@@ -389,6 +392,8 @@ export class Deployer {
       await this.#step(deploy, 'prune', async () => {
         const previous = old && old.releaseId !== releaseId ? old.releaseId : await this.#previousGood(app.name, releaseId);
         const pruned = await target.releases.prune(releaseId, previous);
+        // What a rollback would pick may have been pruned: the label follows it.
+        if (pruned.length > 0) await this.#markPrevious(app.name, releaseId);
         return { value: undefined, message: pruned.length ? `pruned ${pruned.join(', ')}` : 'nothing to prune' };
       });
       await this.#step(deploy, 'record', async () => ({ value: undefined, message: 'recorded' }));
@@ -431,10 +436,26 @@ export class Deployer {
       }
     }
     const record = await this.#store.getRelease(app, id);
-    if (deploy.kind === 'rollback' && record?.state === 'failed') throw new StepFailure('release', `release ${id} of ${app} failed; it cannot be rolled back to`);
     const dir = await target.releases.dirOf(id);
+    // A failed release keeps its state once pruned (ReleaseStore.prune); say both.
+    if (deploy.kind === 'rollback' && record?.state === 'failed') throw new StepFailure('release', `release ${id} of ${app} failed${dir ? '' : ' and was pruned'}; it cannot be rolled back to`);
     if (!dir) throw new StepFailure('release', `release ${id} of ${app} does not exist${record?.state === 'pruned' ? ' (pruned)' : ''}`);
     return { id, dir };
+  }
+
+  /**
+   * Labels `previous` the one release a rollback would go back to (#previousGood), and no other: the
+   * release labelled before goes back to `ready`, and so does any `active` row but the active release.
+   */
+  async #markPrevious(app: string, activeId: string): Promise<void> {
+    const target = await this.#previousGood(app, activeId);
+    for (const r of await this.#store.listReleases(app)) {
+      if (r.id === target) {
+        if (r.state !== 'previous') await this.#store.setReleaseState(app, r.id, 'previous');
+      } else if (r.state === 'previous' || (r.state === 'active' && r.id !== activeId)) {
+        await this.#store.setReleaseState(app, r.id, 'ready');
+      }
+    }
   }
 
   /** The newest release before `current` that did not fail and still exists. */

@@ -206,8 +206,8 @@ export class ReleaseStore {
   /**
    * Step 12: keeps the newest `keep_releases` releases that are not failed, plus the active and the
    * previous release whatever their age, and removes every other release directory. Failed releases
-   * never take one of the kept places. Removed releases get state 'pruned' in the store. Returns the
-   * pruned ids, newest first.
+   * never take one of the kept places. Removed releases get state 'pruned' in the store, except failed
+   * ones, which stay 'failed'. Returns the pruned ids, newest first.
    */
   async prune(activeId: string, previousId: string | null): Promise<string[]> {
     let names: string[];
@@ -247,7 +247,9 @@ export class ReleaseStore {
       } catch (err) {
         throw asReleaseError(`cannot remove release ${id} of app ${this.#app.name}`, err);
       }
-      if (state !== undefined) await this.#store.setReleaseState(this.#app.name, id, 'pruned');
+      // A failed release stays `failed`: that it failed is what its row is kept for, and `berth releases`
+      // must go on saying so once its directory is gone. Rollback refuses it either way.
+      if (state !== undefined && state !== 'failed') await this.#store.setReleaseState(this.#app.name, id, 'pruned');
       pruned.push(id);
     }
     if (pruned.length > 0) this.#log.info({ pruned, keep, active: activeId, previous: previousId }, 'releases pruned');

@@ -6,6 +6,11 @@ import type { Instance, InstanceListener, InstanceSnapshot } from './instance.ts
 import { Pool } from './pool.ts';
 import type { GenerationState, GenerationView } from './types.ts';
 
+/** Lines of output a startup failure carries: the newest, merged by time across its instances. */
+export const FAILURE_TAIL_LINES = 20;
+/** After an exit, how long a startup failure waits for the rest of the process's output to be read. */
+const OUTPUT_WAIT_MS = 1_000;
+
 export interface GenerationSnapshot {
   id: string;
   releaseId: string;
@@ -29,6 +34,12 @@ export interface GenerationOptions {
   processes: Record<string, ProcessConfig>;
   factory: InstanceFactory;
   logger: Logger;
+  /**
+   * An instance that exits before the generation is ready fails `waitReady` at once, instead of
+   * restarting with backoff until startup_timeout: what a deploy waiting on wait_healthy wants. Off for
+   * an app's first boot, whose instances keep restarting while it serves what it can.
+   */
+  failOnExit?: boolean;
 }
 
 /**
@@ -60,6 +71,9 @@ export class Generation implements GenerationView, InstanceListener {
   #settled = false;
   #startupTimer: NodeJS.Timeout | null = null;
   #stopping: Promise<void> | null = null;
+  #failOnExit: boolean;
+  /** An exit failed the startup; the failure waits for the exited processes' last output. */
+  #failing = false;
 
   constructor(opts: GenerationOptions) {
     this.id = opts.id;
@@ -70,6 +84,7 @@ export class Generation implements GenerationView, InstanceListener {
     this.processes = opts.processes;
     this.#factory = opts.factory;
     this.#log = opts.logger;
+    this.#failOnExit = opts.failOnExit === true;
     this.#ready = new Promise<void>((resolve, reject) => {
       this.#resolveReady = resolve;
       this.#rejectReady = reject;
@@ -124,7 +139,8 @@ export class Generation implements GenerationView, InstanceListener {
   /**
    * Resolves when every instance is up: http types ready, background types running. Rejects with
    * BERTH_E_STARTUP_TIMEOUT after `health.startup_timeout`, or BERTH_E_SPAWN as soon as an instance has
-   * crashed for good; the message names the instances that are not up and carries their last log lines
+   * crashed for good (with `failOnExit`: as soon as one exits); the message names the instances that are
+   * not up, with their exit, and carries the last FAILURE_TAIL_LINES lines of their output merged by time
    * (also in `details.logTail`). Rejects with BERTH_E_UNAVAILABLE when stopped before it got ready.
    */
   waitReady(): Promise<void> {
@@ -192,18 +208,38 @@ export class Generation implements GenerationView, InstanceListener {
   }
 
   #checkStartup(): void {
-    if (this.#settled) return;
+    if (this.#settled || this.#failing) return;
     let pending = 0;
     const crashed: Instance[] = [];
+    const exited: Instance[] = [];
     for (const inst of this.#instances) {
       if (inst.state === 'crashed') crashed.push(inst);
+      else if (inst.state === 'backoff' && this.#failOnExit) exited.push(inst);
       else if (inst.state !== 'ready') pending++;
     }
-    if (crashed.length > 0) {
+    if (exited.length > 0) {
+      this.#failOnExits([...crashed, ...exited]);
+    } else if (crashed.length > 0) {
       this.#settle(this.#failure('BERTH_E_SPAWN', `generation ${this.id} failed to start: ${list(crashed)} crashed`, crashed));
     } else if (pending === 0) {
       this.#settle(null);
     }
+  }
+
+  /**
+   * Instances exited before the generation was ready: it fails now, with no startup_timeout to wait
+   * out. The message names each exit; the last lines of output are read first (the exit event can come
+   * before them), up to OUTPUT_WAIT_MS. The instances stay in backoff until the deployer stops them.
+   */
+  #failOnExits(culprits: Instance[]): void {
+    this.#failing = true;
+    this.#log.warn({ instances: culprits.map((i) => i.label) }, 'instance exited before the generation was ready');
+    void Promise.all(culprits.map((i) => i.outputEnded(OUTPUT_WAIT_MS))).then(() => {
+      // Instances that exited meanwhile (all of them, for a release that cannot boot) are named too.
+      const all = this.#instances.filter((i) => culprits.includes(i) || i.state === 'backoff' || i.state === 'crashed');
+      const exits = all.map((i) => `${i.label} ${describeExit(i)}`).join(', ');
+      this.#settle(this.#failure('BERTH_E_SPAWN', `generation ${this.id} failed to start: ${exits} before it was ready`, all));
+    });
   }
 
   #startupTimedOut(timeoutMs: number): void {
@@ -215,8 +251,7 @@ export class Generation implements GenerationView, InstanceListener {
   }
 
   #failure(code: string, headline: string, culprits: Instance[]): BerthError {
-    const logTail: string[] = [];
-    for (const inst of culprits) logTail.push(...inst.logTail());
+    const logTail = mergeTails(culprits.map((i) => i.logTail()), FAILURE_TAIL_LINES);
     const message = logTail.length > 0 ? `${headline}\n${logTail.join('\n')}` : `${headline} (no output)`;
     return new BerthError(code, message, {
       details: { generation: this.id, release: this.releaseId, instances: culprits.map((i) => i.label), logTail },
@@ -286,6 +321,23 @@ export class Generation implements GenerationView, InstanceListener {
     this.#startupTimer = null;
     for (const timer of this.#retiring.values()) if (timer) clearTimeout(timer);
   }
+}
+
+/** "exited with code 3", "was killed by SIGSEGV", "could not start". */
+function describeExit(inst: Instance): string {
+  const exit = inst.lastExit;
+  if (exit === null || (exit.code === null && exit.signal === null)) return 'could not start';
+  return exit.signal !== null ? `was killed by ${exit.signal}` : `exited with code ${exit.code}`;
+}
+
+/**
+ * The newest `max` lines of several instances' tails, in time order. Each line starts with its ISO
+ * timestamp (Instance#line), which sorts as text; the sort is stable, so lines of one instance in the
+ * same millisecond keep their order.
+ */
+export function mergeTails(tails: readonly (readonly string[])[], max: number): string[] {
+  const all = tails.length === 1 ? tails[0].slice() : tails.flat().sort((a, b) => (a.slice(0, 24) < b.slice(0, 24) ? -1 : a.slice(0, 24) > b.slice(0, 24) ? 1 : 0));
+  return all.slice(Math.max(0, all.length - max));
 }
 
 function list(instances: Instance[]): string {

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { channel } from 'node:diagnostics_channel';
-import { constants, readFileSync } from 'node:fs';
+import { constants } from 'node:fs';
 import { chmod, mkdir, open, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -54,7 +54,7 @@ export interface InstanceSnapshot {
   served: number;
   /** In flight, with no request older than busy_grace: slow, not dead (SPEC § Health). */
   busy: boolean;
-  /** From /proc/<pid>/status VmRSS; null when unknown. */
+  /** VmRSS summed over every process of the instance's process group (Linux); null when unknown. */
   rssBytes: number | null;
   uptimeMs: number | null;
   restarts: number;
@@ -184,6 +184,10 @@ export class Instance implements Upstream {
   #startupTimer: NodeJS.Timeout | null = null;
   #killTimer: NodeJS.Timeout | null = null;
   #tail: string[] = [];
+  /** stdout and stderr pipes not yet closed, of every process this slot ran. */
+  #openPipes = 0;
+  /** Called once no pipe is open (see outputEnded). */
+  #pipeWaiters: (() => void)[] = [];
 
   constructor(opts: InstanceOptions) {
     this.config = opts.app;
@@ -303,6 +307,22 @@ export class Instance implements Upstream {
     return this.#tail.slice();
   }
 
+  /**
+   * Resolves once the output of the processes that ran is read to its end (their pipes closed), or
+   * after `maxWaitMs`. 'exit' can come before the last lines are read, and a failure that quotes the
+   * log tail must not miss the lines that say why.
+   */
+  outputEnded(maxWaitMs: number): Promise<void> {
+    if (this.#openPipes === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, maxWaitMs);
+      this.#pipeWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
   /** Starts the process. Its state goes to 'starting', then to 'ready' once it answers. */
   start(): void {
     if (this.#ended || this.#run !== 0) return;
@@ -344,7 +364,7 @@ export class Instance implements Upstream {
       inFlight: this.#tickets.size,
       served: this.#served,
       busy: this.busy,
-      rssBytes: this.#pid === null ? null : readRss(this.#pid),
+      rssBytes: this.#group === null ? null : this.#group.rssBytes(),
       uptimeMs: this.#startedAt === 0 ? null : Date.now() - this.#startedAt,
       restarts: this.#restarts,
       lastExit: this.#lastExit,
@@ -450,6 +470,14 @@ export class Instance implements Upstream {
     stream.on('data', (chunk: Buffer) => splitter.push(chunk));
     stream.once('end', () => splitter.end());
     stream.on('error', () => splitter.end());
+    this.#openPipes++;
+    stream.once('close', () => {
+      splitter.end();
+      if (--this.#openPipes > 0) return;
+      const waiters = this.#pipeWaiters;
+      this.#pipeWaiters = [];
+      for (const fn of waiters) fn();
+    });
   }
 
   /** One line of output to the log file and the tail; `berth` marks lines about the process, not from it. */
@@ -661,16 +689,4 @@ export class Instance implements Upstream {
 
 function describe(a: UpstreamAddress): string {
   return a.kind === 'tcp' ? `${a.host}:${a.port}` : `unix:${a.path}`;
-}
-
-const RSS_RE = /VmRSS:\s+(\d+)\s+kB/;
-
-/** Resident memory of a process, from /proc (Linux); null elsewhere or when it is gone. */
-function readRss(pid: number): number | null {
-  try {
-    const m = RSS_RE.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) * 1024 : null;
-  } catch {
-    return null;
-  }
 }

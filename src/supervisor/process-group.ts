@@ -1,4 +1,11 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
+
+/** How long one scan of /proc for group members serves every group's rssBytes() (one status call). */
+const MEMBER_SCAN_TTL_MS = 500;
+const RSS_RE = /VmRSS:\s+(\d+)\s+kB/;
+/** The last scan: pgid -> pids of its members, and when it was made. */
+let memberScan: { at: number; groups: Map<number, number[]> } | null = null;
 
 /**
  * The process group an instance runs in. Instances are spawned `detached`, so the shell that runs the
@@ -64,4 +71,71 @@ export class ProcessGroup {
     }
     return false;
   }
+
+  /**
+   * Resident memory of the whole group: the sum of VmRSS over every process whose pgrp is this group
+   * (gunicorn's workers, a shell's children), from /proc; null off Linux or when nothing is left. For
+   * `berth status` only, never the request path: it reads /proc synchronously. One scan of /proc finds
+   * the members of every group and is reused for MEMBER_SCAN_TTL_MS, so a status of many instances
+   * scans once; the leader itself is always counted, even when it started after the scan.
+   */
+  rssBytes(): number | null {
+    if (process.platform !== 'linux') return null;
+    const now = Date.now();
+    if (memberScan === null || now - memberScan.at > MEMBER_SCAN_TTL_MS) memberScan = { at: now, groups: scanGroups() };
+    const pids = new Set(memberScan.groups.get(this.pgid));
+    pids.add(this.pgid);
+    let total = 0;
+    let found = false;
+    for (const pid of pids) {
+      let status: string;
+      try {
+        status = readFileSync(`/proc/${pid}/status`, 'utf8');
+      } catch {
+        continue; // gone since the scan
+      }
+      // A pid reused by a process of another group since the scan is not ours.
+      if (pid !== this.pgid && groupOf(pid) !== this.pgid) continue;
+      const m = RSS_RE.exec(status);
+      if (m === null) continue; // a zombie holds no memory
+      total += Number(m[1]) * 1024;
+      found = true;
+    }
+    return found ? total : null;
+  }
+}
+
+/** "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so parse after the last ')'. */
+function pgrpOf(stat: string): number {
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]);
+}
+
+function groupOf(pid: number): number | null {
+  try {
+    return pgrpOf(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return null;
+  }
+}
+
+/** Every process group on the machine with its members, from one pass over /proc. */
+function scanGroups(): Map<number, number[]> {
+  const groups = new Map<number, number[]>();
+  let names: string[];
+  try {
+    names = readdirSync('/proc');
+  } catch {
+    return groups;
+  }
+  for (const name of names) {
+    const c = name.charCodeAt(0);
+    if (c < 48 || c > 57) continue;
+    const pid = Number(name);
+    const pgrp = groupOf(pid);
+    if (pgrp === null) continue;
+    const list = groups.get(pgrp);
+    if (list) list.push(pid);
+    else groups.set(pgrp, [pid]);
+  }
+  return groups;
 }

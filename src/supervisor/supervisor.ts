@@ -78,9 +78,9 @@ export class Supervisor implements InstanceFactory {
    * generation (state 'starting'; see `Generation.waitReady`). `processes` is the resolved set of
    * process types (from config or Procfile). The working directory is the release's real path, even
    * when `release.dir` goes through a symlink. Throws BERTH_E_SPAWN when the directory is missing, and
-   * BERTH_E_UNAVAILABLE once the supervisor is stopping.
+   * BERTH_E_UNAVAILABLE once the supervisor is stopping. `failOnExit`: see GenerationOptions.
    */
-  startGeneration(app: AppConfig, release: { id: string; dir: string }, processes: Record<string, ProcessConfig>): Generation {
+  startGeneration(app: AppConfig, release: { id: string; dir: string }, processes: Record<string, ProcessConfig>, opts: { failOnExit?: boolean } = {}): Generation {
     if (this.#state !== 'running') throw new BerthError('BERTH_E_UNAVAILABLE', `the supervisor is ${this.#state}: not starting ${app.name}`);
     let releaseDir: string;
     try {
@@ -101,6 +101,7 @@ export class Supervisor implements InstanceFactory {
       processes,
       factory: this,
       logger: this.#log.child({ app: app.name, generation: id, release: release.id }),
+      failOnExit: opts.failOnExit === true,
     });
     this.#generations.push(gen);
     gen.start();

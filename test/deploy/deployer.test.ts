@@ -269,8 +269,8 @@ test('rollback goes to the previous good release by default, or to the one named
   for (const [id, why] of [
     ['20200101000000-abcdef', /release 20200101000000-abcdef of shop does not exist/],
     ['../../etc', /does not exist/],
-    // Pruned by the deploys since: failed releases do not take a kept place.
-    [bad.releaseId!, /does not exist \(pruned\)/],
+    // Pruned by the deploys since (failed releases do not take a kept place), and still known as failed.
+    [bad.releaseId!, /failed and was pruned; it cannot be rolled back to/],
   ] as const) {
     const res = await runCli(['rollback', 'shop', id, '--socket', s.socket]);
     assert.equal(res.code, 1, id);
@@ -281,7 +281,7 @@ test('rollback goes to the previous good release by default, or to the one named
   const states = new Map((await s.gateway.releases('shop')).releases.map((r) => [r.id, r.state]));
   assert.equal(states.get(v3.releaseId!), 'active');
   assert.equal(states.get(v1), 'previous');
-  assert.equal(states.get(bad.releaseId!), 'pruned');
+  assert.equal(states.get(bad.releaseId!), 'failed', 'pruned, and still known as failed');
 });
 
 test('reload starts a new generation of the same release: new pids, no failed request', async (t) => {

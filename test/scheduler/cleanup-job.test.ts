@@ -64,7 +64,8 @@ test('cleanup deletes deploys (with events), task runs and audit rows older than
   // previous r2 (the newest good one before it); r5 is beyond the window, r4 failed, r1 is old.
   const left = (await readdir(join(f.config.stateDir, 'apps', 'shop', 'releases'))).sort();
   assert.deepEqual(left, [f.releaseDir.split('/').pop(), r2, r3, r6].sort());
-  for (const id of [r1, r4, r5]) assert.equal((await f.store.getRelease('shop', id))!.state, 'pruned');
+  for (const id of [r1, r5]) assert.equal((await f.store.getRelease('shop', id))!.state, 'pruned');
+  assert.equal((await f.store.getRelease('shop', r4))!.state, 'failed', 'a failed release stays failed once pruned');
   assert.equal(lines[1], `shop: pruned ${r5}, ${r4}, ${r1}`);
 });
 
