@@ -618,8 +618,8 @@ export class Gateway implements DeployHost {
    * What happened, newest first: every audited change (deploys, rollbacks, reloads, mode switches, runs,
    * stops...) with who asked, through which channel, and the outcome.
    */
-  async history(filter: { app?: string; user?: string; since?: string; limit?: number }): Promise<HistoryEntry[]> {
-    const rows = await this.audit.list({ app: filter.app, user: filter.user, since: filter.since, limit: filter.limit ?? 50 });
+  async history(filter: { app?: string; user?: string; action?: string; since?: string; limit?: number }): Promise<HistoryEntry[]> {
+    const rows = await this.audit.list({ app: filter.app, user: filter.user, action: filter.action, since: filter.since, limit: filter.limit ?? 50 });
     return rows.map((r) => ({
       at: r.at,
       finishedAt: r.finishedAt,

@@ -184,6 +184,7 @@ export class ApiRoutes {
     this.add('GET', '/v1/history', async (_p, url, _b, _req, _res, ctx) => {
       const app = url.searchParams.get('app') || undefined;
       const user = url.searchParams.get('user') || undefined;
+      const action = url.searchParams.get('action') || undefined;
       const since = url.searchParams.get('since') || undefined;
       if (since !== undefined && Number.isNaN(Date.parse(since))) throw new BerthError('BERTH_E_BAD_REQUEST', `"since" must be an ISO 8601 time, got "${since}"`);
       const limit = url.searchParams.get('limit');
@@ -191,7 +192,7 @@ export class ApiRoutes {
       if (!Number.isInteger(n) || n < 1 || n > 1000) throw new BerthError('BERTH_E_BAD_REQUEST', `"limit" must be an integer from 1 to 1000, got "${limit}"`);
       // A caller limited to some apps reads a wider page and keeps its apps' rows (and gateway-wide ones).
       const wide = ctx.apps && app === undefined ? 1000 : n;
-      const rows = await this.#gateway.history({ app, user, since: since === undefined ? undefined : new Date(since).toISOString(), limit: wide });
+      const rows = await this.#gateway.history({ app, user, action, since: since === undefined ? undefined : new Date(since).toISOString(), limit: wide });
       const history = wide === n ? rows : rows.filter((h) => h.app === null || permits(ctx, h.app)).slice(0, n);
       return { status: 200, body: { history } };
     });

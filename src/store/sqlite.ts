@@ -610,6 +610,7 @@ export class SqliteStore implements Store {
     const { where, args } = equalities([
       ['app', filter.app],
       ['user_name', filter.user],
+      ['action', filter.action],
       ['outcome', filter.outcome],
     ]);
     if (filter.outcome !== undefined && !AUDIT_OUTCOMES.has(filter.outcome)) throw new BerthError(ErrorCodes.badRequest, `unknown audit outcome "${filter.outcome}"`);

@@ -142,6 +142,8 @@ export interface AuditRecord {
 export interface AuditFilter {
   app?: string;
   user?: string;
+  /** Only rows of this action (`deploy`, `mode`, `task`...). */
+  action?: string;
   /** Only rows with this outcome (`pending`: changes not finished yet). */
   outcome?: AuditOutcome;
   /** ISO time: rows at or after it. */

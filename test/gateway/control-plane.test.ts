@@ -260,6 +260,22 @@ test('TCP control API: tokens and call contexts authenticate, roles and per-app 
   const future = (await tcp(port, 'GET', `/v1/history?since=${new Date(Date.now() + 60_000).toISOString()}`, { token: TOKENS.root })).json().history;
   assert.deepEqual(future, []);
   assert.equal((await tcp(port, 'GET', '/v1/history?since=yesterday', { token: TOKENS.root })).status, 400);
+  // By action (cron and mode rows must not drown the deploys), through the API and the CLI flags.
+  const deploys = (await tcp(port, 'GET', '/v1/history?action=deploy&limit=200', { token: TOKENS.root })).json().history;
+  assert.ok(deploys.length >= 2 && deploys.every((r: any) => r.action === 'deploy'));
+  const cli = async (...args: string[]) => {
+    const res = await runCli(['history', '--url', url, '--json', '-n', '200', ...args], { env: { BERTH_TOKEN: TOKENS.root } });
+    assert.equal(res.code, 0, res.stderr);
+    return JSON.parse(res.stdout).history as any[];
+  };
+  assert.deepEqual(await cli('--action', 'deploy'), deploys);
+  const vicDeploys = await cli('--user', 'vic', '--action', 'deploy');
+  assert.ok(vicDeploys.every((r) => r.user === 'vic' && r.action === 'deploy'));
+  assert.equal((await cli('--since', '1h')).length, rows.length, 'everything happened within the last hour');
+  assert.deepEqual(await cli('--since', new Date(Date.now() + 60_000).toISOString()), []);
+  const badSince = await runCli(['history', '--url', url, '--since', 'yesterday'], { env: { BERTH_TOKEN: TOKENS.root } });
+  assert.equal(badSince.code, 2);
+  assert.match(badSince.stderr, /--since expects an ISO 8601 time/);
   // A limited user's history holds its apps and gateway-wide rows only.
   const aliceRows = (await tcp(port, 'GET', '/v1/history?limit=200', { token: TOKENS.alice })).json().history;
   assert.ok(aliceRows.length > 0 && aliceRows.every((r: any) => r.app === null || r.app === 'shop'));
@@ -486,15 +502,8 @@ test('berth dashboard proxies the socket on 127.0.0.1 for its own origin only', 
   const src = await fixtureApp(dir);
   const file = await writeConfig(dir, { state_dir: 'state', listen: ['127.0.0.1:0'], log_levels: { root: 'warn' }, apps: { shop: { source: src, processes: { web: { command: FIXTURE_WEB_COMMAND } } } } });
   const gw = await spawnGateway(t, file);
-  const proc = spawn(process.execPath, [MAIN, 'dashboard', '--socket', gw.socket, '--json'], { env: { ...process.env, BERTH_USER: 'dash-user' }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
-  t.after(async () => {
-    if (proc.exitCode === null) proc.kill('SIGKILL');
-    await exited;
-  });
-  let out = '';
-  proc.stdout.on('data', (c) => (out += c));
-  const { url } = await waitFor(() => (out.includes('\n') ? JSON.parse(out.split('\n')[0]) : null), { message: 'the dashboard URL' });
+  const dash = spawnDashboard(t, gw.socket, ['--json']);
+  const { url } = JSON.parse(await dash.firstLine());
   const port = Number(new URL(url).port);
   // The URL carries a one-time secret (issue #10): its first use sets the session cookie every later request needs.
   assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/\?token=[A-Za-z0-9_-]{43}$/);
@@ -521,6 +530,5 @@ test('berth dashboard proxies the socket on 127.0.0.1 for its own origin only', 
   const rows = (await gw.api('/v1/history?app=shop')).history;
   assert.equal(rows[0].action, 'mode');
   assert.equal(rows[0].user, 'dash-user');
-  proc.kill('SIGINT');
-  assert.equal(await exited, 0);
+  assert.equal(await dash.stop(), 0);
 });
