@@ -18,6 +18,14 @@ export async function releases(args: string[]): Promise<number> {
     process.stdout.write(`${res.app} has no releases yet\n`);
     return 0;
   }
-  process.stdout.write(formatTable(['id', 'created', 'state', 'revision', 'source'], res.releases.map((r) => [r.id, r.createdAt, r.state, r.revision?.slice(0, 12), r.source])) + '\n');
+  process.stdout.write(formatTable(['id', 'created', 'state', 'revision', 'source'], res.releases.map((r) => [r.id, r.createdAt, stateLabel(r), r.revision?.slice(0, 12), r.source])) + '\n');
   return 0;
+}
+
+/**
+ * The state column: a release whose directory was pruned but whose state says more than `pruned` (a
+ * failed one) shows both, e.g. `failed, pruned`. A gateway older than `prunedAt` leaves the field out.
+ */
+export function stateLabel(r: Pick<ReleaseRecord, 'state'> & { prunedAt?: string | null }): string {
+  return r.prunedAt != null && r.state !== 'pruned' ? `${r.state}, pruned` : r.state;
 }

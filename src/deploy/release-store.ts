@@ -207,7 +207,8 @@ export class ReleaseStore {
    * Step 12: keeps the newest `keep_releases` releases that are not failed, plus the active and the
    * previous release whatever their age, and removes every other release directory. Failed releases
    * never take one of the kept places. Removed releases get state 'pruned' in the store, except failed
-   * ones, which stay 'failed'. Returns the pruned ids, newest first.
+   * ones, which stay 'failed'; every removed release that has a row gets `prunedAt`, so a failed one
+   * reads `failed, pruned` in `berth releases`. Returns the pruned ids, newest first.
    */
   async prune(activeId: string, previousId: string | null): Promise<string[]> {
     let names: string[];
@@ -248,8 +249,13 @@ export class ReleaseStore {
         throw asReleaseError(`cannot remove release ${id} of app ${this.#app.name}`, err);
       }
       // A failed release stays `failed`: that it failed is what its row is kept for, and `berth releases`
-      // must go on saying so once its directory is gone. Rollback refuses it either way.
-      if (state !== undefined && state !== 'failed') await this.#store.setReleaseState(this.#app.name, id, 'pruned');
+      // must go on saying so once its directory is gone. Rollback refuses it either way. The state is
+      // written before the time, so a crash between the two leaves a row like an older gateway's
+      // (`pruned`, no time) rather than a live state with a time.
+      if (state !== undefined) {
+        if (state !== 'failed') await this.#store.setReleaseState(this.#app.name, id, 'pruned');
+        await this.#store.setReleasePrunedAt(this.#app.name, id, new Date().toISOString());
+      }
       pruned.push(id);
     }
     if (pruned.length > 0) this.#log.info({ pruned, keep, active: activeId, previous: previousId }, 'releases pruned');

@@ -32,6 +32,7 @@ import type {
   DeployState,
   DeployStore,
   ProcessRecord,
+  ReleaseInput,
   ReleaseRecord,
   ReleaseState,
   Store,
@@ -123,6 +124,7 @@ interface Statements {
   getRelease: StatementSync;
   listReleases: StatementSync;
   setReleaseState: StatementSync;
+  setReleasePrunedAt: StatementSync;
   schemaVersion: StatementSync;
   createDeploy: StatementSync;
   updateDeploy: StatementSync;
@@ -325,11 +327,11 @@ export class SqliteStore implements Store {
     }
   }
 
-  async putRelease(release: ReleaseRecord): Promise<void> {
+  async putRelease(release: ReleaseInput): Promise<void> {
     assertReleaseState(release.state);
     const q = this.#statements();
     try {
-      q.putRelease.run(release.app, release.id, release.createdAt, release.state, redactText(release.source), release.revision);
+      q.putRelease.run(release.app, release.id, release.createdAt, release.state, redactText(release.source), release.revision, release.prunedAt ?? null);
     } catch (err) {
       throw failure('put release', err);
     }
@@ -363,6 +365,18 @@ export class SqliteStore implements Store {
       changes = q.setReleaseState.run(state, app, id).changes;
     } catch (err) {
       throw failure('set release state', err);
+    }
+    if (Number(changes) === 0) throw new BerthError(ErrorCodes.notFound, `release ${id} of app ${app} is not recorded`);
+  }
+
+  /** Throws BERTH_E_NOT_FOUND when the release was never recorded. */
+  async setReleasePrunedAt(app: string, id: string, prunedAt: string): Promise<void> {
+    const q = this.#statements();
+    let changes: number | bigint;
+    try {
+      changes = q.setReleasePrunedAt.run(prunedAt, app, id).changes;
+    } catch (err) {
+      throw failure('set release pruned time', err);
     }
     if (Number(changes) === 0) throw new BerthError(ErrorCodes.notFound, `release ${id} of app ${app} is not recorded`);
   }
@@ -824,7 +838,7 @@ const AUDIT_CHANNELS = new Set<string>(['socket', 'tcp', 'internal']);
 
 function prepareStatements(db: DatabaseSync): Statements {
   const appCols = 'app, active_release, mode, mode_message, mode_retry_after, updated_at';
-  const releaseCols = 'app, id, created_at, state, source, revision';
+  const releaseCols = 'app, id, created_at, state, source, revision, pruned_at';
   const deployCols =
     'id, app, kind, state, release_id, previous_release, source, user_name, failed_step, error, log_tail, created_at, finished_at';
   const newestFirst = 'ORDER BY created_at DESC, id DESC LIMIT ?';
@@ -845,13 +859,14 @@ function prepareStatements(db: DatabaseSync): Statements {
     // An upsert rather than INSERT OR REPLACE: REPLACE deletes the row first, which would cascade into
     // rows that later migrations hang off a release.
     putRelease: db.prepare(
-      `INSERT INTO releases (${releaseCols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+      `INSERT INTO releases (${releaseCols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
        ON CONFLICT (app, id) DO UPDATE SET created_at = excluded.created_at, state = excluded.state,
-         source = excluded.source, revision = excluded.revision`,
+         source = excluded.source, revision = excluded.revision, pruned_at = excluded.pruned_at`,
     ),
     getRelease: db.prepare(`SELECT ${releaseCols} FROM releases WHERE app = ? AND id = ?`),
     listReleases: db.prepare(`SELECT ${releaseCols} FROM releases WHERE app = ? ORDER BY created_at DESC, id DESC`),
     setReleaseState: db.prepare('UPDATE releases SET state = ? WHERE app = ? AND id = ?'),
+    setReleasePrunedAt: db.prepare('UPDATE releases SET pruned_at = ? WHERE app = ? AND id = ?'),
     schemaVersion: db.prepare('SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations'),
     createDeploy: db.prepare(`INSERT INTO deploys (${deployCols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)`),
     updateDeploy: db.prepare(
@@ -976,6 +991,7 @@ function toRelease(row: Row): ReleaseRecord {
     state: String(row.state) as ReleaseState,
     source: redactText(String(row.source)),
     revision: row.revision == null ? null : String(row.revision),
+    prunedAt: textOrNull(row.pruned_at),
   };
 }
 

@@ -28,7 +28,16 @@ export interface ReleaseRecord {
   source: string;
   /** Git SHA or content hash. */
   revision: string | null;
+  /**
+   * ISO 8601 time its directory was pruned, else null (migration 005). Set whatever the state: a failed
+   * release stays `failed` once pruned, so this is what says its directory is gone. Rows pruned by an
+   * older gateway say `pruned` with a null time.
+   */
+  prunedAt: string | null;
 }
+
+/** A release as written by `putRelease`: `prunedAt` may be left out (it is then null). */
+export type ReleaseInput = Omit<ReleaseRecord, 'prunedAt'> & { prunedAt?: string | null };
 
 export interface Store extends DeployStore, AuditStore, TaskStore {
   /** Opens the database and runs migrations according to `migrations`. */
@@ -41,12 +50,17 @@ export interface Store extends DeployStore, AuditStore, TaskStore {
   setActiveRelease(app: string, releaseId: string): Promise<void>;
   setMode(app: string, mode: Mode, message: string | null, retryAfter: number | null): Promise<void>;
 
-  /** Inserts or replaces a release row. */
-  putRelease(release: ReleaseRecord): Promise<void>;
+  /** Inserts or replaces a release row (a left-out `prunedAt` is written as null). */
+  putRelease(release: ReleaseInput): Promise<void>;
   getRelease(app: string, id: string): Promise<ReleaseRecord | null>;
   /** Newest first. */
   listReleases(app: string): Promise<ReleaseRecord[]>;
   setReleaseState(app: string, id: string, state: ReleaseState): Promise<void>;
+  /**
+   * Records when a release's directory was pruned, leaving its state as it is. Throws BERTH_E_NOT_FOUND
+   * when the release was never recorded.
+   */
+  setReleasePrunedAt(app: string, id: string, prunedAt: string): Promise<void>;
 
   /** The schema version after migrations, for status output and tests. */
   schemaVersion(): Promise<number>;

@@ -205,7 +205,7 @@ test('prepare (directory): copies the tree, keeps symlinks, skips .git and the s
   assert.equal(await readFile(join(r.dir, 'REVISION'), 'utf8'), `${r.revision}\n`);
   assert.equal(await treeHash(r.dir), r.revision, 'REVISION is the content hash of the tree it sits in');
   const rec = await store.getRelease('shop', r.id);
-  assert.deepEqual({ ...rec!, createdAt: '' }, { app: 'shop', id: r.id, createdAt: '', state: 'building', source: src, revision: r.revision });
+  assert.deepEqual({ ...rec!, createdAt: '' }, { app: 'shop', id: r.id, createdAt: '', state: 'building', source: src, revision: r.revision, prunedAt: null });
   assert.ok(Date.parse(rec!.createdAt) >= before - 1000);
   assert.deepEqual((await readdir(releases.releasesDir)).filter((n) => n.startsWith('.')), [], 'no staging dirs left');
 
@@ -351,7 +351,7 @@ test('prepare (git, local path): exports the ref with git archive; REVISION is t
   assert.equal(await readFile(join(r.dir, 'lib/a.js'), 'utf8'), 'a');
   assert.equal(await readFile(join(r.dir, 'REVISION'), 'utf8'), `${main}\n`);
   await assert.rejects(lstat(join(r.dir, '.git')), /ENOENT/);
-  assert.deepEqual({ ...(await s.store.getRelease('shop', r.id))!, createdAt: '' }, { app: 'shop', id: r.id, createdAt: '', state: 'building', source: `${repo}#main`, revision: main });
+  assert.deepEqual({ ...(await s.store.getRelease('shop', r.id))!, createdAt: '' }, { app: 'shop', id: r.id, createdAt: '', state: 'building', source: `${repo}#main`, revision: main, prunedAt: null });
 
   const tagged = await s.releases.prepare(`${repo}#v1`);
   assert.equal(tagged.revision, v1);
@@ -580,6 +580,24 @@ test('prune: failed releases do not count towards keep_releases and are removed'
   // Its directory is gone, but its row still says it failed (issue #11, defect 5); a good one says pruned.
   assert.equal((await s.store.getRelease('shop', r4))?.state, 'failed');
   assert.equal((await s.store.getRelease('shop', r1))?.state, 'pruned');
+});
+
+test('prune: every pruned release with a row gets prunedAt, failed or not, and keeps its state; kept ones get none', async (t) => {
+  const s = await setup(t, { keepReleases: 1 });
+  const [r1, r2, r3, r4, r5] = await releasesOnDisk(s, ['failed', 'ready', null, 'previous', 'active']);
+  const before = new Date().toISOString();
+  assert.deepEqual(await s.releases.prune(r5, r4), [r3, r2, r1]);
+  const after = new Date().toISOString();
+  const rows = new Map((await s.store.listReleases('shop')).map((r) => [r.id, r]));
+  // The failed one says both facts, so `berth releases` can print `failed, pruned` (issue #11, defect 5).
+  assert.equal(rows.get(r1)?.state, 'failed');
+  assert.equal(rows.get(r2)?.state, 'pruned');
+  for (const id of [r1, r2]) {
+    const at = rows.get(id)?.prunedAt;
+    assert.ok(at != null && at >= before && at <= after, `release ${id} pruned at ${at}, between ${before} and ${after}`);
+  }
+  assert.equal(rows.has(r3), false, 'a dir without a row is removed and gets no row');
+  for (const id of [r4, r5]) assert.equal(rows.get(id)?.prunedAt, null, `release ${id} was kept`);
 });
 
 test('prune: the active and previous releases are never removed, however old', async (t) => {

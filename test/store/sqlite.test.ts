@@ -60,7 +60,7 @@ function tables(db: DatabaseSync): string[] {
 
 /** Every table the shipped migrations create, by name. */
 const SHIPPED_TABLES = ['apps', 'audit', 'deploy_events', 'deploys', 'process_groups', 'releases', 'schema_migrations', 'task_runs'];
-const SHIPPED_VERSIONS = [1, 2, 3, 4];
+const SHIPPED_VERSIONS = [1, 2, 3, 4, 5];
 
 /** A migrations dir holding the shipped files plus `extra` (file name -> SQL). */
 async function migrationsDir(dir: string, name: string, extra: Record<string, string> = {}): Promise<string> {
@@ -116,7 +116,11 @@ test('sqlite: migrations ship as NNN-name.sql, sorted, and 001 creates apps and 
   const mode = cols('apps').find((c) => c.name === 'mode')!;
   assert.equal(mode.notnull, 1);
   assert.equal(mode.dflt_value, "'normal'");
-  assert.deepEqual(cols('releases').map((c) => c.name), ['app', 'id', 'created_at', 'state', 'source', 'revision']);
+  assert.deepEqual(cols('releases').map((c) => c.name), ['app', 'id', 'created_at', 'state', 'source', 'revision', 'pruned_at']);
+  // Added by 005: nullable with no default, so an older gateway's inserts (which leave it out) still work.
+  const prunedAt = cols('releases').find((c) => c.name === 'pruned_at')!;
+  assert.equal(prunedAt.notnull, 0);
+  assert.equal(prunedAt.dflt_value, null);
   assert.deepEqual(cols('releases').filter((c) => c.pk > 0).map((c) => c.name), ['app', 'id']);
   const recorded = db.prepare('SELECT version, name, applied_at FROM schema_migrations ORDER BY version').all() as { version: number; name: string; applied_at: string }[];
   assert.deepEqual(recorded.map((r) => [r.version, r.name]), migrations.map((m) => [m.version, m.name]));
@@ -205,6 +209,42 @@ test('sqlite: upgrade applies only the missing migrations and keeps the data', a
   assert.deepEqual((db.prepare('SELECT version FROM schema_migrations ORDER BY version').all() as { version: number }[]).map((r) => r.version), [...SHIPPED_VERSIONS, 10]);
   // What the previous build reads is untouched by 002: its queries still answer on the upgraded file.
   assert.deepEqual(db.prepare('SELECT app, active_release, mode FROM apps').all().map((r) => ({ ...r })), [{ app: 'shop', active_release: 'r1', mode: 'maintenance' }]);
+});
+
+test('sqlite: 005 adds releases.pruned_at additively: old rows read null, and the previous build\'s release statements still run', async (t) => {
+  // A database as the previous build (001-004) left it, with a failed release it had pruned.
+  const dir = await tempDir(t);
+  const db = raw(t, dir);
+  db.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)');
+  for (const m of (await loadMigrations(MIGRATIONS_DIR)).filter((m) => m.version <= 4)) {
+    db.exec(m.sql);
+    db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, '2024-01-01T00:00:00.000Z');
+  }
+  db.exec(`INSERT INTO releases (app, id, created_at, state, source, revision) VALUES ('shop', 'r1', '2024-01-01T00:00:00.000Z', 'failed', '/s', NULL)`);
+
+  const store = makeStore(t, dir);
+  await store.open();
+  assert.equal(await store.schemaVersion(), 5);
+  assert.deepEqual(await store.getRelease('shop', 'r1'), { app: 'shop', id: 'r1', createdAt: '2024-01-01T00:00:00.000Z', state: 'failed', source: '/s', revision: null, prunedAt: null });
+  await store.setReleasePrunedAt('shop', 'r1', '2024-02-01T00:00:00.000Z');
+
+  // The previous build's release statements (src/store/sqlite.ts before 005), run on the upgraded file by
+  // a gateway sharing it: they neither fail nor disturb the new column.
+  const oldCols = 'app, id, created_at, state, source, revision';
+  db.prepare(
+    `INSERT INTO releases (${oldCols}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+     ON CONFLICT (app, id) DO UPDATE SET created_at = excluded.created_at, state = excluded.state,
+       source = excluded.source, revision = excluded.revision`,
+  ).run('shop', 'r2', '2024-01-02T00:00:00.000Z', 'ready', '/s', 'abc');
+  db.prepare('UPDATE releases SET state = ? WHERE app = ? AND id = ?').run('previous', 'shop', 'r2');
+  assert.deepEqual(
+    db.prepare(`SELECT ${oldCols} FROM releases WHERE app = ? ORDER BY created_at DESC, id DESC`).all('shop').map((r) => ({ ...r })),
+    [
+      { app: 'shop', id: 'r2', created_at: '2024-01-02T00:00:00.000Z', state: 'previous', source: '/s', revision: 'abc' },
+      { app: 'shop', id: 'r1', created_at: '2024-01-01T00:00:00.000Z', state: 'failed', source: '/s', revision: null },
+    ],
+  );
+  assert.deepEqual((await store.listReleases('shop')).map((r) => [r.id, r.state, r.prunedAt]), [['r2', 'previous', null], ['r1', 'failed', '2024-02-01T00:00:00.000Z']]);
 });
 
 test('sqlite: an unknown newer migration (a newer gateway ran here) does not break an older one', async (t) => {

@@ -11,7 +11,7 @@ import type { Mode } from '../../src/config/schema.ts';
 export type MakeStore = () => Promise<{ store: Store; cleanup(): Promise<void> }>;
 
 function release(app: string, id: string, createdAt: string, over: Partial<ReleaseRecord> = {}): ReleaseRecord {
-  return { app, id, createdAt, state: 'ready', source: `/src/${app}`, revision: `rev-${id}`, ...over };
+  return { app, id, createdAt, state: 'ready', source: `/src/${app}`, revision: `rev-${id}`, prunedAt: null, ...over };
 }
 
 function deploy(id: string, over: Partial<DeployRecord> = {}): DeployRecord {
@@ -173,6 +173,42 @@ export function storeContract(name: string, makeStore: MakeStore): void {
     assert.equal(await store.getRelease('shop', 'r3'), null);
   });
 
+  test(`${name}: setReleasePrunedAt records when a release was pruned and leaves its state alone`, async (t) => {
+    const store = await fresh(t);
+    await store.putRelease(release('shop', 'r1', '2024-01-01T00:00:00.000Z', { state: 'failed' }));
+    await store.putRelease(release('shop', 'r2', '2024-01-02T00:00:00.000Z', { state: 'pruned' }));
+    await store.putRelease(release('shop', 'r3', '2024-01-03T00:00:00.000Z'));
+    assert.equal((await store.getRelease('shop', 'r1'))?.prunedAt, null, 'a release is not pruned until said so');
+
+    // A failed release keeps saying it failed, and now also that its directory is gone (issue #11, defect 5).
+    await store.setReleasePrunedAt('shop', 'r1', '2024-02-01T00:00:00.000Z');
+    assert.deepEqual(await store.getRelease('shop', 'r1'), release('shop', 'r1', '2024-01-01T00:00:00.000Z', { state: 'failed', prunedAt: '2024-02-01T00:00:00.000Z' }));
+    await store.setReleasePrunedAt('shop', 'r2', '2024-02-02T00:00:00.000Z');
+    assert.deepEqual(await store.getRelease('shop', 'r2'), release('shop', 'r2', '2024-01-02T00:00:00.000Z', { state: 'pruned', prunedAt: '2024-02-02T00:00:00.000Z' }));
+    assert.deepEqual(
+      (await store.listReleases('shop')).map((r) => [r.id, r.state, r.prunedAt]),
+      [['r3', 'ready', null], ['r2', 'pruned', '2024-02-02T00:00:00.000Z'], ['r1', 'failed', '2024-02-01T00:00:00.000Z']],
+    );
+    // A later state change keeps the time; it belongs to the directory, not the state.
+    await store.setReleaseState('shop', 'r1', 'pruned');
+    assert.equal((await store.getRelease('shop', 'r1'))?.prunedAt, '2024-02-01T00:00:00.000Z');
+
+    await assert.rejects(store.setReleasePrunedAt('shop', 'nope', '2024-02-01T00:00:00.000Z'), isCode('BERTH_E_NOT_FOUND'));
+    await assert.rejects(store.setReleasePrunedAt('blog', 'r3', '2024-02-01T00:00:00.000Z'), isCode('BERTH_E_NOT_FOUND'));
+    assert.equal(await store.getRelease('blog', 'r3'), null);
+  });
+
+  test(`${name}: putRelease writes prunedAt when given, and null when left out`, async (t) => {
+    const store = await fresh(t);
+    const r = release('shop', 'r1', '2024-01-01T00:00:00.000Z', { state: 'failed', prunedAt: '2024-02-01T00:00:00.000Z' });
+    await store.putRelease(r);
+    assert.deepEqual(await store.getRelease('shop', 'r1'), r);
+    // A caller that knows nothing of prunedAt (it is optional on write) replaces the row as a whole.
+    const { prunedAt: _, ...bare } = release('shop', 'r1', '2024-01-01T00:00:00.000Z', { state: 'ready' });
+    await store.putRelease(bare);
+    assert.deepEqual(await store.getRelease('shop', 'r1'), release('shop', 'r1', '2024-01-01T00:00:00.000Z', { state: 'ready' }));
+  });
+
   test(`${name}: state survives close and reopen, and reopening migrates nothing twice`, async (t) => {
     const store = await fresh(t);
     const version = await store.schemaVersion();
@@ -204,6 +240,7 @@ export function storeContract(name: string, makeStore: MakeStore): void {
     await assert.rejects(store.getRelease('shop', 'r1'), isCode('BERTH_E_STORE'));
     await assert.rejects(store.listReleases('shop'), isCode('BERTH_E_STORE'));
     await assert.rejects(store.setReleaseState('shop', 'r1', 'failed'), isCode('BERTH_E_STORE'));
+    await assert.rejects(store.setReleasePrunedAt('shop', 'r1', '2024-01-01T00:00:00.000Z'), isCode('BERTH_E_STORE'));
     await assert.rejects(store.schemaVersion(), isCode('BERTH_E_STORE'));
     await assert.rejects(store.createDeploy(deploy('d1')), isCode('BERTH_E_STORE'));
     await assert.rejects(store.updateDeploy('d1', { state: 'failed' }), isCode('BERTH_E_STORE'));
