@@ -34,6 +34,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import YAML from 'yaml';
 import { benchAppUser } from './app-user.ts';
+import { UsageError, positiveInt } from './options.ts';
+import { percentile } from './percentile.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const APP = join(ROOT, 'bench/blocking-app.mjs');
@@ -67,8 +69,6 @@ interface Options {
   gunicorn: boolean;
 }
 
-class UsageError extends Error {}
-
 function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
     args: argv,
@@ -99,11 +99,6 @@ function parseOptions(argv: string[]): Options {
 function blockKind(text: string | undefined): 'wait' | 'spin' {
   if (text === 'wait' || text === 'spin') return text;
   throw new UsageError(`--block must be wait or spin, got "${text}"`);
-}
-
-function positiveInt(text: string, flag: string, max: number): number {
-  if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > max) throw new UsageError(`${flag} must be an integer from 1 to ${max}, got "${text}"`);
-  return Number(text);
 }
 
 /** queue.timeout: long enough for the last of `clients` to get a slot (FIFO), plus a margin. */
@@ -295,12 +290,6 @@ interface ProbeStats {
   maxMs: number;
   /** The first few failures, for the report. */
   failures: string[];
-}
-
-/** Nearest-rank percentile of sorted values. */
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return 0;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
 }
 
 /**

@@ -21,6 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import YAML from 'yaml';
 import { benchAppUser } from './app-user.ts';
+import { UsageError, positiveInt } from './options.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const UPSTREAM = join(ROOT, 'bench/upstream.mjs');
@@ -71,8 +72,6 @@ interface AutocannonResult {
 }
 type Autocannon = (opts: { url: string; connections: number; duration: number; timeout: number; pipelining: number }) => Promise<AutocannonResult>;
 
-class UsageError extends Error {}
-
 function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
     args: argv,
@@ -96,11 +95,6 @@ function parseOptions(argv: string[]): Options {
   if (tool !== 'wrk' && tool !== 'autocannon') throw new UsageError(`--tool must be wrk or autocannon, got "${tool}"`);
   if (tool === 'wrk' && !onPath('wrk')) throw new UsageError('--tool wrk: wrk is not on PATH');
   return { durationS, connections, tool, nginx: !values['no-nginx'], json: values.json };
-}
-
-function positiveInt(text: string, flag: string, max: number): number {
-  if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > max) throw new UsageError(`${flag} must be an integer from 1 to ${max}, got "${text}"`);
-  return Number(text);
 }
 
 function onPath(command: string): string | null {

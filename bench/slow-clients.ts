@@ -33,6 +33,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import YAML from 'yaml';
 import { benchAppUser } from './app-user.ts';
+import { positiveInt } from './options.ts';
+import { percentile } from './percentile.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const SLOW_CLIENTS_APP = join(ROOT, 'bench/slow-clients-app.mjs');
@@ -214,12 +216,6 @@ export class HealthProbe {
   }
 }
 
-/** Nearest-rank percentile of sorted values. */
-export function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return 0;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
-}
-
 /** One GET; resolves with the status once the body is read. */
 export function get(port: number, path: string, agent: Agent | false, timeoutMs: number): Promise<number> {
   return new Promise((resolveGet, reject) => {
@@ -242,20 +238,25 @@ export function get(port: number, path: string, agent: Agent | false, timeoutMs:
 
 /** The app's own counters (GET / answers them). */
 export async function appCounters(port: number): Promise<{ inFlight: number; peak: number; bigDone: number; websockets: number }> {
-  return new Promise((resolveCounters, reject) => {
-    const req = request({ host: '127.0.0.1', port, path: '/', agent: false }, (res) => {
+  return getJson({ host: '127.0.0.1', port }, '/', 5_000);
+}
+
+/** GET `path` over a fresh connection (TCP or the control socket) and parse its JSON body; rejects after `timeoutMs`. */
+function getJson<T>(target: { host: string; port: number } | { socketPath: string }, path: string, timeoutMs: number): Promise<T> {
+  return new Promise((resolveJson, reject) => {
+    const req = request({ ...target, path, agent: false }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (body += c));
       res.on('end', () => {
         try {
-          resolveCounters(JSON.parse(body));
+          resolveJson(JSON.parse(body));
         } catch (err) {
           reject(err);
         }
       });
     });
-    req.setTimeout(5_000, () => req.destroy(new Error('no answer')));
+    req.setTimeout(timeoutMs, () => req.destroy(new Error('no answer')));
     req.on('error', reject);
     req.end();
   });
@@ -289,8 +290,6 @@ interface Options {
   siege: SiegeOptions;
 }
 
-class UsageError extends Error {}
-
 function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
     args: argv,
@@ -323,11 +322,6 @@ function parseOptions(argv: string[]): Options {
   };
 }
 
-function positiveInt(text: string, flag: string, max: number, zero = false): number {
-  if (!/^\d+$/.test(text) || Number(text) < (zero ? 0 : 1) || Number(text) > max) throw new UsageError(`${flag} must be an integer from ${zero ? 0 : 1} to ${max}, got "${text}"`);
-  return Number(text);
-}
-
 function note(message: string): void {
   process.stderr.write(`bench: ${message}\n`);
 }
@@ -344,23 +338,7 @@ async function waitUntil(what: string, timeoutMs: number, check: () => Promise<b
 }
 
 function controlStatus(socketPath: string): Promise<{ state: string; listen: string[] }> {
-  return new Promise((resolveStatus, reject) => {
-    const req = request({ socketPath, path: '/v1/status', agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => {
-        try {
-          resolveStatus(JSON.parse(body));
-        } catch (err) {
-          reject(err);
-        }
-      });
-    });
-    req.setTimeout(2_000, () => req.destroy(new Error('no answer')));
-    req.on('error', reject);
-    req.end();
-  });
+  return getJson({ socketPath }, '/v1/status', 2_000);
 }
 
 function summary(r: LoadResult): { ok: number; sent: number; p50Ms: number; p99Ms: number; maxMs: number; failures: string[] } {

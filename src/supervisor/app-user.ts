@@ -150,33 +150,35 @@ function needUser(nameOrId: string, what: string, groupGiven: boolean): PasswdEn
 
 /** A user from /etc/passwd, else from `getent passwd`; null when unknown. */
 export function lookupUser(nameOrId: string): PasswdEntry | null {
-  const numeric = NUMERIC_RE.test(nameOrId);
-  const match = (line: string): PasswdEntry | null => {
-    const f = line.split(':');
-    if (f.length < 7) return null;
-    if (numeric ? f[2] !== String(Number(nameOrId)) : f[0] !== nameOrId) return null;
+  return findEntry('/etc/passwd', 'passwd', nameOrId, 7, (f) => {
     const uid = Number(f[2]);
     const gid = Number(f[3]);
     if (!Number.isSafeInteger(uid) || !Number.isSafeInteger(gid)) return null;
     return { name: f[0], uid, gid, home: f[5] || '/' };
-  };
-  return findEntry('/etc/passwd', 'passwd', nameOrId, match);
+  });
 }
 
 /** A group from /etc/group, else from `getent group`; null when unknown. */
 export function lookupGroup(nameOrId: string): GroupEntry | null {
-  const numeric = NUMERIC_RE.test(nameOrId);
-  const match = (line: string): GroupEntry | null => {
-    const f = line.split(':');
-    if (f.length < 3) return null;
-    if (numeric ? f[2] !== String(Number(nameOrId)) : f[0] !== nameOrId) return null;
+  return findEntry('/etc/group', 'group', nameOrId, 3, (f) => {
     const gid = Number(f[2]);
     return Number.isSafeInteger(gid) ? { name: f[0], gid } : null;
-  };
-  return findEntry('/etc/group', 'group', nameOrId, match);
+  });
 }
 
-function findEntry<T>(file: string, db: 'passwd' | 'group', key: string, match: (line: string) => T | null): T | null {
+/**
+ * The entry `key` names in a passwd or group database, built from its fields by `entry`: the line whose
+ * name (field 1) is `key`, or for a numeric key whose id (field 3 in both files) is that number. Lines
+ * with fewer than `minFields` fields are skipped.
+ */
+function findEntry<T>(file: string, db: 'passwd' | 'group', key: string, minFields: number, entry: (fields: string[]) => T | null): T | null {
+  const numeric = NUMERIC_RE.test(key);
+  const match = (line: string): T | null => {
+    const f = line.split(':');
+    if (f.length < minFields) return null;
+    if (numeric ? f[2] !== String(Number(key)) : f[0] !== key) return null;
+    return entry(f);
+  };
   try {
     for (const line of readFileSync(file, 'utf8').split('\n')) {
       if (line === '' || line.startsWith('#')) continue;

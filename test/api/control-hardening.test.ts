@@ -10,18 +10,11 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { createServer, request } from 'node:http';
-import { hashToken } from '../../src/api/auth.ts';
 import { ApiRoutes } from '../../src/api/routes.ts';
 import { BODY_TIMEOUT_MS, HEADERS_TIMEOUT_MS, MAX_BODY_BYTES, readJsonBody } from '../../src/api/server.ts';
 import type { Gateway } from '../../src/gateway.ts';
 import { FIXTURE_WEB_COMMAND, fixtureApp, http, startGateway, tempDir, waitFor, writeConfig, type HttpResult } from '../helpers/gateway.ts';
-
-const CONTEXT_HEADER = 'X-Auth-Context';
-const TOKENS = { alice: 'alice-token-1', vic: 'viewer-token-1', root: 'admin-token-1' };
-
-function b64(value: unknown): string {
-  return Buffer.from(JSON.stringify(value)).toString('base64');
-}
+import { CONTEXT_HEADER, TOKENS, b64, controlTokens } from '../helpers/control-tokens.ts';
 
 interface Running {
   gateway: Gateway;
@@ -49,11 +42,7 @@ async function start(t: TestContext, control: Record<string, unknown> = {}, top:
     control: {
       listen: '127.0.0.1:0',
       call_context_header: CONTEXT_HEADER,
-      tokens: {
-        alice: { hash: hashToken(TOKENS.alice), roles: ['deployer'] },
-        vic: { hash: hashToken(TOKENS.vic), roles: ['viewer'] },
-        root: { hash: hashToken(TOKENS.root), roles: ['admin'] },
-      },
+      tokens: controlTokens(),
       permissions: { default: { alice: ['shop'] } },
       ...control,
     },

@@ -6,8 +6,8 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { FIXTURE_WEB_COMMAND, MAIN, fixtureApp, http, spawnGateway, tempDir, waitFor, writeConfig, type ChildGateway } from '../helpers/gateway.ts';
+import { FIXTURE_WEB_COMMAND, fixtureApp, http, spawnGateway, tempDir, writeConfig, type ChildGateway } from '../helpers/gateway.ts';
+import { spawnDashboard } from '../helpers/dashboard.ts';
 
 /** A gateway with one app, and `berth dashboard` on its socket; resolves with the printed line. */
 async function dashboard(t: TestContext, json: boolean): Promise<{ gw: ChildGateway; printed: string; stop: () => Promise<number | null> }> {
@@ -15,23 +15,8 @@ async function dashboard(t: TestContext, json: boolean): Promise<{ gw: ChildGate
   const src = await fixtureApp(dir);
   const file = await writeConfig(dir, { state_dir: 'state', listen: ['127.0.0.1:0'], log_levels: { root: 'warn' }, apps: { shop: { source: src, processes: { web: { command: FIXTURE_WEB_COMMAND } } } } });
   const gw = await spawnGateway(t, file);
-  const proc = spawn(process.execPath, [MAIN, 'dashboard', '--socket', gw.socket, ...(json ? ['--json'] : [])], { env: { ...process.env, BERTH_USER: 'dash-user' }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
-  t.after(async () => {
-    if (proc.exitCode === null) proc.kill('SIGKILL');
-    await exited;
-  });
-  let out = '';
-  proc.stdout.on('data', (c) => (out += c));
-  const printed = await waitFor(() => (out.includes('\n') ? out.split('\n')[0] : null), { message: 'the dashboard URL' });
-  return {
-    gw,
-    printed,
-    stop: async () => {
-      proc.kill('SIGINT');
-      return exited;
-    },
-  };
+  const dash = spawnDashboard(t, gw.socket, json ? ['--json'] : []);
+  return { gw, printed: await dash.firstLine(), stop: dash.stop };
 }
 
 test('berth dashboard: without the one-time secret or its session cookie every request is 401; the secret works once', async (t) => {

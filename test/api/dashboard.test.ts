@@ -5,13 +5,13 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { hashToken } from '../../src/api/auth.ts';
-import { FIXTURE_WEB_COMMAND, MAIN, fixtureApp, http, spawnGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
+import { FIXTURE_WEB_COMMAND, fixtureApp, http, spawnGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
+import { spawnDashboard } from '../helpers/dashboard.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const hasChromium = existsSync(CHROMIUM);
@@ -29,6 +29,17 @@ async function launch(dir: string): Promise<BrowserContext> {
     headless: true,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
+}
+
+/** The context's page, with every console error and uncaught page error it shows collected in `errors`. */
+async function watchedPage(context: BrowserContext): Promise<{ page: Page; errors: string[] }> {
+  const page = context.pages()[0] ?? (await context.newPage());
+  const errors: string[] = [];
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') errors.push(msg.text());
+  });
+  page.on('pageerror', (err) => errors.push(err.message));
+  return { page, errors };
 }
 
 async function logIn(page: Page, token: string): Promise<void> {
@@ -67,12 +78,7 @@ test('dashboard: log in, see both apps live, reload with steps streaming, switch
 
   const context = await launch(dir);
   t.after(() => context.close());
-  const page = context.pages()[0] ?? (await context.newPage());
-  const errors: string[] = [];
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') errors.push(msg.text());
-  });
-  page.on('pageerror', (err) => errors.push(err.message));
+  const { page, errors } = await watchedPage(context);
   await page.setViewportSize({ width: 1280, height: 900 });
   await page.goto(`http://${controlListen}/`);
 
@@ -180,25 +186,13 @@ test('berth dashboard: the printed one-time URL opens the dashboard in the brows
   });
   const gw = await spawnGateway(t, file);
   await waitFor(async () => (await http({ port: gw.port }, { path: '/_berth/ready' })).status === 200, { timeoutMs: 30_000, message: 'shop ready' });
-  const proc = spawn(process.execPath, [MAIN, 'dashboard', '--socket', gw.socket], { env: { ...process.env, BERTH_USER: 'dash-user' }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
-  t.after(async () => {
-    if (proc.exitCode === null) proc.kill('SIGKILL');
-    await exited;
-  });
-  let out = '';
-  proc.stdout.on('data', (c) => (out += c));
-  const printed = await waitFor(() => /^dashboard: (\S+)/m.exec(out)?.[1], { message: 'the dashboard URL' });
+  const dash = spawnDashboard(t, gw.socket);
+  const printed = await waitFor(() => /^dashboard: (\S+)/m.exec(dash.output())?.[1], { message: 'the dashboard URL' });
   assert.match(printed, /\?token=/);
 
   const context = await launch(dir);
   t.after(() => context.close());
-  const page = context.pages()[0] ?? (await context.newPage());
-  const errors: string[] = [];
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') errors.push(msg.text());
-  });
-  page.on('pageerror', (err) => errors.push(err.message));
+  const { page, errors } = await watchedPage(context);
   await page.goto(printed);
   // No login form: the socket is admin. The secret is gone from the address bar.
   await page.locator('#dashboard').waitFor({ state: 'visible' });
@@ -220,6 +214,5 @@ test('berth dashboard: the printed one-time URL opens the dashboard in the brows
   assert.equal(await stranger.locator('#dashboard').count(), 0);
   await other.close();
   await context.close();
-  proc.kill('SIGINT');
-  assert.equal(await exited, 0);
+  assert.equal(await dash.stop(), 0);
 });

@@ -19,6 +19,7 @@ import { ReleaseStore } from '../../src/deploy/release-store.ts';
 import { fetchSource, parseSource } from '../../src/deploy/sources.ts';
 import { resolveProcesses } from '../../src/deploy/procfile.ts';
 import type { AppConfig } from '../../src/config/schema.ts';
+import { appConfig as baseAppConfig } from '../proxy/fixtures.ts';
 
 const exec = promisify(execFile);
 
@@ -28,31 +29,9 @@ async function tempDir(t: TestContext): Promise<string> {
   return dir;
 }
 
+/** The shared test config of an app, as a Procfile app without routes. */
 function appConfig(over: Partial<AppConfig> = {}): AppConfig {
-  return {
-    name: 'shop',
-    hosts: [],
-    source: null,
-    build: null,
-    release: null,
-    keepReleases: 5,
-    shared: [],
-    env: {},
-    processes: null,
-    scale: {},
-    listen: 'port',
-    routes: [],
-    health: { path: '/up', intervalMs: 2000, timeoutMs: 1000, unhealthyAfter: 3, startupTimeoutMs: 30_000, busyGraceMs: 30_000 },
-    queue: { max: 100, timeoutMs: 10_000 },
-    timeouts: { headersMs: 30_000, drainMs: 30_000, stopMs: 10_000 },
-    dbConnections: null,
-    rateLimit: null,
-    schedule: {},
-    reloadTrigger: null,
-    pages: { maintenance: null, readOnly: null, error: null },
-    cacheFlush: null,
-    ...over,
-  } as AppConfig;
+  return baseAppConfig('shop', { processes: null, routes: [], ...over });
 }
 
 async function setup(t: TestContext, app: Partial<AppConfig> = {}) {

@@ -8,18 +8,9 @@ import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { createServer } from 'node:http';
 import { chmod } from 'node:fs/promises';
-import { ROOT, MAIN, FIXTURE_WEB_COMMAND, fixtureApp, http, runCli, spawnGateway, startGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
+import { ROOT, MAIN, FIXTURE_WEB_COMMAND, fixtureApp, http, processGroupAlive, runCli, spawnGateway, startGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
 
 const hasPython = spawnSync('python3', ['--version']).status === 0;
-
-function processGroupAlive(pgid: number): boolean {
-  try {
-    process.kill(-pgid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 test('the quick-start config serves both demo apps by Host header, and the health lane answers', { skip: hasPython ? false : 'python3 is not installed' }, async (t) => {
   const dir = await tempDir(t);

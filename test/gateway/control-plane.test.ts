@@ -16,13 +16,8 @@ import { LoggerFactory } from '../../src/lib/logger.ts';
 import { Gateway } from '../../src/gateway.ts';
 import { hashToken } from '../../src/api/auth.ts';
 import { FIXTURE_WEB_COMMAND, LogSink, MAIN, fixtureApp, http, http as plainHttp, runCli, spawnGateway, tempDir, waitFor, writeConfig, type ChildGateway, type HttpResult } from '../helpers/gateway.ts';
-
-const CONTEXT_HEADER = 'X-Auth-Context';
-const TOKENS = { alice: 'alice-token-1', vic: 'viewer-token-1', root: 'admin-token-1' };
-
-function b64(value: unknown): string {
-  return Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64');
-}
+import { CONTEXT_HEADER, TOKENS, b64, controlTokens } from '../helpers/control-tokens.ts';
+import { spawnDashboard } from '../helpers/dashboard.ts';
 
 /** The two-app config of these tests; `over` replaces top-level keys, `apps` is merged per app. */
 function twoApps(src: string, over: Record<string, unknown> = {}, apps: Record<string, Record<string, unknown>> = {}): Record<string, unknown> {
@@ -40,11 +35,7 @@ function twoApps(src: string, over: Record<string, unknown> = {}, apps: Record<s
     control: {
       listen: '127.0.0.1:0',
       call_context_header: CONTEXT_HEADER,
-      tokens: {
-        alice: { hash: hashToken(TOKENS.alice), roles: ['deployer'] },
-        vic: { hash: hashToken(TOKENS.vic), roles: ['viewer'] },
-        root: { hash: hashToken(TOKENS.root), roles: ['admin'] },
-      },
+      tokens: controlTokens(),
       permissions: { production: { alice: ['^shop$'] } },
     },
     environments: { production: {} },

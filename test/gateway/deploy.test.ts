@@ -8,30 +8,11 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { cp, readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ROOT, FIXTURE_WEB_COMMAND, fixtureApp, http, runCli, spawnGateway, tempDir, waitFor, writeConfig, MAIN, type ChildGateway } from '../helpers/gateway.ts';
+import { ROOT, FIXTURE_WEB_COMMAND, activePids, deployUntilWaitHealthy, fixtureApp, http, processGroupAlive, runCli, spawnGateway, tempDir, untilReady, waitFor, writeConfig, MAIN } from '../helpers/gateway.ts';
 import { LoadRunner } from '../deploy/load-runner.ts';
 import { gatedBoot } from '../deploy/gated-boot.ts';
 
 const hasPython = spawnSync('python3', ['-c', 'import wsgiref']).status === 0;
-
-function processGroupAlive(pgid: number): boolean {
-  try {
-    process.kill(-pgid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/** Pids of the active generation's instances, sorted. */
-async function activePids(gw: ChildGateway, app = 'shop'): Promise<number[]> {
-  const status = await gw.api(`/v1/apps/${app}`);
-  return status.generations.find((g: any) => g.active).instances.map((i: any) => i.pid).sort();
-}
-
-async function ready(gw: ChildGateway): Promise<void> {
-  await waitFor(async () => (await http({ port: gw.port }, { path: '/_berth/ready' })).status === 200, { timeoutMs: 30_000, message: 'ready' });
-}
 
 test('a long request started before a deploy finishes on the old release; requests after it get the new one', async (t) => {
   const dir = await tempDir(t);
@@ -45,7 +26,7 @@ test('a long request started before a deploy finishes on the old release; reques
     apps: { shop: { source: v1, processes: { web: { command: FIXTURE_WEB_COMMAND, instances: 2, concurrency: 8 } }, health: { path: '/up', interval: '250ms' }, timeouts: { drain: '20s' } } },
   });
   const gw = await spawnGateway(t, file);
-  await ready(gw);
+  await untilReady(gw);
   const old = (await http({ port: gw.port }, { path: '/' })).json().release;
   const load = LoadRunner.start({ port: gw.port });
   t.after(() => load.stop());
@@ -80,13 +61,10 @@ test('kill -9 of the gateway during wait_healthy: the deploy shows interrupted, 
     apps: { shop: { source: v1, processes: { web: { command: FIXTURE_WEB_COMMAND, instances: 2 } }, health: { path: '/up', interval: '250ms', startup_timeout: '30s' } } },
   });
   const gw = await spawnGateway(t, file);
-  await ready(gw);
+  await untilReady(gw);
   const old = (await http({ port: gw.port }, { path: '/' })).json().release;
   const oldPids = await activePids(gw);
-  const started = await http({ socketPath: gw.socket }, { path: '/v1/apps/shop/deploys', method: 'POST', body: JSON.stringify({ source: slow }), headers: { 'content-type': 'application/json' } });
-  assert.equal(started.status, 202, started.body);
-  const id: string = started.json().id;
-  await waitFor(async () => (await gw.api(`/v1/deploys/${id}`)).events.some((e: any) => e.step === 'wait_healthy' && e.status === 'started'), { message: 'the deploy in wait_healthy' });
+  const id = await deployUntilWaitHealthy(gw, slow);
   // The aborted generation's processes are running (sleeping before they listen).
   const gens = (await gw.api('/v1/apps/shop')).generations;
   const aborted: number[] = gens.find((g: any) => !g.active).instances.map((i: any) => i.pid);
@@ -96,7 +74,7 @@ test('kill -9 of the gateway during wait_healthy: the deploy shows interrupted, 
   assert.equal((await gw.exited).signal, 'SIGKILL');
 
   const again = await spawnGateway(t, file);
-  await ready(again);
+  await untilReady(again);
   const record = await again.api(`/v1/deploys/${id}`);
   assert.equal(record.state, 'interrupted');
   assert.equal((await http({ port: again.port }, { path: '/' })).json().release, old);
@@ -131,7 +109,7 @@ test('the deploy belongs to the gateway: killing the berth deploy process does n
     apps: { shop: { source: v1, processes: { web: { command: FIXTURE_WEB_COMMAND, instances: 1 } }, health: { path: '/up', interval: '250ms' } } },
   });
   const gw = await spawnGateway(t, file);
-  await ready(gw);
+  await untilReady(gw);
   const old = (await http({ port: gw.port }, { path: '/' })).json().release;
   const cli = spawn(process.execPath, [MAIN, 'deploy', 'shop', slow, '--socket', gw.socket], { stdio: ['ignore', 'pipe', 'pipe'] });
   t.after(() => cli.kill('SIGKILL'));
@@ -164,7 +142,7 @@ test('touching the reload trigger file reloads the app; five quick touches give 
     apps: { shop: { source: v1, reload_trigger: 'restart.txt', processes: { web: { command: FIXTURE_WEB_COMMAND, instances: 2 } }, health: { path: '/up', interval: '250ms' } } },
   });
   const gw = await spawnGateway(t, file);
-  await ready(gw);
+  await untilReady(gw);
   const trigger = join(dir, 'state/apps/shop/restart.txt');
   const reloads = async () => (await gw.api('/v1/apps/shop/deploys')).deploys.filter((d: any) => d.kind === 'reload');
   const touch = async () => {
@@ -212,7 +190,7 @@ test('reloading app A under load on A and B: B keeps its processes and neither f
     },
   });
   const gw = await spawnGateway(t, file);
-  await ready(gw);
+  await untilReady(gw);
   const aBefore = await activePids(gw, 'a');
   const bBefore = await activePids(gw, 'b');
   const loadA = LoadRunner.start({ port: gw.port, host: 'a.test' });
@@ -247,7 +225,7 @@ test('the Python example deploys and rolls back like the node one', { skip: hasP
     apps: { py: { source: v1, processes: { web: { command: 'python3 app.py', instances: 2, concurrency: 4 } }, env: { PYTHONUNBUFFERED: '1' }, health: { path: '/up', interval: '250ms' } } },
   });
   const gw = await spawnGateway(t, file);
-  await ready(gw);
+  await untilReady(gw);
   const first = (await http({ port: gw.port }, { path: '/' })).json();
   assert.equal(first.lang, 'python');
   const load = LoadRunner.start({ port: gw.port });

@@ -6,27 +6,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { FIXTURE_WEB_COMMAND, fixtureApp, http, runCli, spawnGateway, tempDir, waitFor, writeConfig, type ChildGateway } from '../helpers/gateway.ts';
+import { FIXTURE_WEB_COMMAND, activePids, deployUntilWaitHealthy, fixtureApp, http, processGroupAlive, runCli, spawnGateway, tempDir, untilReady, waitFor, writeConfig } from '../helpers/gateway.ts';
 import { LoadRunner } from '../deploy/load-runner.ts';
 import { gatedBoot } from '../deploy/gated-boot.ts';
-
-function processGroupAlive(pgid: number): boolean {
-  try {
-    process.kill(-pgid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-async function activePids(gw: ChildGateway, app = 'shop'): Promise<number[]> {
-  const status = await gw.api(`/v1/apps/${app}`);
-  return status.generations.find((g: any) => g.active).instances.map((i: any) => i.pid).sort();
-}
-
-async function ready(gw: ChildGateway): Promise<void> {
-  await waitFor(async () => (await http({ port: gw.port }, { path: '/_berth/ready' })).status === 200, { timeoutMs: 30_000, message: 'ready' });
-}
 
 test('a second berth start on a live gateway state dir is refused before it touches anything; after kill -9 a start succeeds', async (t) => {
   const dir = await tempDir(t);
@@ -38,7 +20,7 @@ test('a second berth start on a live gateway state dir is refused before it touc
     apps: { shop: { source: v1, processes: { web: { command: FIXTURE_WEB_COMMAND, instances: 2 } }, health: { path: '/up', interval: '250ms' } } },
   });
   const gw = await spawnGateway(t, file);
-  await ready(gw);
+  await untilReady(gw);
   const pids = await activePids(gw);
   assert.equal(pids.length, 2);
   const load = LoadRunner.start({ port: gw.port, timeoutMs: 10_000 });
@@ -64,7 +46,7 @@ test('a second berth start on a live gateway state dir is refused before it touc
   gw.proc.kill('SIGKILL');
   assert.equal((await gw.exited).signal, 'SIGKILL');
   const again = await spawnGateway(t, file);
-  await ready(again);
+  await untilReady(again);
   assert.equal((await again.api('/v1/status')).pid, again.proc.pid);
   for (const pid of pids) await waitFor(() => !processGroupAlive(pid), { timeoutMs: 5_000, message: `process group ${pid} to be gone` });
   assert.equal((await http({ port: again.port }, { path: '/' })).status, 200);
@@ -73,7 +55,7 @@ test('a second berth start on a live gateway state dir is refused before it touc
   assert.equal((await again.exited).code, 0);
   assert.equal(again.logs.filter((l) => l.msg === 'killed orphan process group').length, pids.length);
   const third = await spawnGateway(t, file);
-  await ready(third);
+  await untilReady(third);
 });
 
 test('kill -9 of the gateway during wait_healthy: the next start finishes the deploy audit row as interrupted', async (t) => {
@@ -89,18 +71,15 @@ test('kill -9 of the gateway during wait_healthy: the next start finishes the de
     apps: { shop: { source: v1, processes: { web: { command: FIXTURE_WEB_COMMAND, instances: 1 } }, health: { path: '/up', interval: '250ms', startup_timeout: '60s' } } },
   });
   const gw = await spawnGateway(t, file);
-  await ready(gw);
-  const started = await http({ socketPath: gw.socket }, { path: '/v1/apps/shop/deploys', method: 'POST', body: JSON.stringify({ source: slow }), headers: { 'content-type': 'application/json' } });
-  assert.equal(started.status, 202, started.body);
-  const id: string = started.json().id;
-  await waitFor(async () => (await gw.api(`/v1/deploys/${id}`)).events.some((e: any) => e.step === 'wait_healthy' && e.status === 'started'), { message: 'the deploy in wait_healthy' });
+  await untilReady(gw);
+  const id = await deployUntilWaitHealthy(gw, slow);
   const before = (await gw.api('/v1/history?app=shop')).history.find((h: any) => h.action === 'deploy' && h.user !== 'berth-start');
   assert.equal(before.outcome, 'pending');
   gw.proc.kill('SIGKILL');
   assert.equal((await gw.exited).signal, 'SIGKILL');
 
   const again = await spawnGateway(t, file);
-  await ready(again);
+  await untilReady(again);
   assert.equal((await again.api(`/v1/deploys/${id}`)).state, 'interrupted');
   const { history } = await again.api('/v1/history?app=shop');
   const row = history.find((h: any) => h.action === 'deploy' && h.at === before.at);

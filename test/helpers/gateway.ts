@@ -3,6 +3,7 @@
  * signal and exit-status behaviour) or in-process (for tests that need shrunk timings). Everything
  * lives in a temp dir and is cleaned up with the test.
  */
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile, mkdir, cp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -206,6 +207,39 @@ export async function spawnGateway(t: TestContext, configPath: string, opts: { e
       return res.json();
     },
   };
+}
+
+/** Waits until the child gateway's front door answers `/_berth/ready` with 200. */
+export async function untilReady(gw: ChildGateway, opts: { timeoutMs?: number; message?: string } = {}): Promise<void> {
+  await waitFor(async () => (await http({ port: gw.port }, { path: '/_berth/ready' })).status === 200, { timeoutMs: opts.timeoutMs ?? 30_000, message: opts.message ?? 'ready' });
+}
+
+/** Pids of the active generation's instances of `app`, sorted. */
+export async function activePids(gw: ChildGateway, app = 'shop'): Promise<number[]> {
+  const status = await gw.api(`/v1/apps/${app}`);
+  return status.generations.find((g: any) => g.active).instances.map((i: any) => i.pid).sort();
+}
+
+/**
+ * Starts a deploy of `source` through the control API and waits until it is in wait_healthy; returns its
+ * id. For a source whose processes never get healthy (gatedBoot), to catch the gateway mid-deploy.
+ */
+export async function deployUntilWaitHealthy(gw: ChildGateway, source: string, app = 'shop'): Promise<string> {
+  const started = await http({ socketPath: gw.socket }, { path: `/v1/apps/${app}/deploys`, method: 'POST', body: JSON.stringify({ source }), headers: { 'content-type': 'application/json' } });
+  assert.equal(started.status, 202, started.body);
+  const id: string = started.json().id;
+  await waitFor(async () => (await gw.api(`/v1/deploys/${id}`)).events.some((e: any) => e.step === 'wait_healthy' && e.status === 'started'), { message: 'the deploy in wait_healthy' });
+  return id;
+}
+
+/** Whether a process group is there, as `kill(-pgid, 0)` sees it (EPERM: there, but another user's). */
+export function processGroupAlive(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /**

@@ -4,55 +4,19 @@
  * ticket or admission slot outlives a request however it ends (client gone, app dead, spill failure,
  * gateway stop). Real Proxy, real node:http backends, raw sockets.
  */
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { readdirSync, readlinkSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import type { AppConfig, BufferingConfig } from '../../src/config/schema.ts';
 import { RoutingTable } from '../../src/proxy/router.ts';
-import { appConfig, backend, berthConfig, entry, gate, startProxy, TestGeneration, waitFor, type Backend } from './fixtures.ts';
+import { appConfig, backend, berthConfig, bodyDigest, buffering, bufferingProxy, entry, gate, spillDir, spillFds, startProxy, TestGeneration, waitFor } from './fixtures.ts';
 
 const MiB = 1024 * 1024;
-
-async function stateDir(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'berth-bufedge-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-/** Descriptors of this process open on a temp file under `<dir>/tmp` (unlinked ones included). */
-function spillFds(dir: string): number[] {
-  const prefix = join(dir, 'tmp') + '/';
-  const fds: number[] = [];
-  for (const name of readdirSync('/proc/self/fd')) {
-    try {
-      if (readlinkSync(`/proc/self/fd/${name}`).startsWith(prefix)) fds.push(Number(name));
-    } catch {
-      // closed meanwhile
-    }
-  }
-  return fds;
-}
-
-function buffering(over: Partial<BufferingConfig> = {}): BufferingConfig {
-  return { requests: true, responses: true, memoryBytes: 64 * 1024, bodyTimeoutMs: 60_000, sendTimeoutMs: 60_000, ...over };
-}
-
-async function setup(t: TestContext, be: Backend, over: Partial<AppConfig> = {}, concurrency = 4, dir?: string) {
-  dir ??= await stateDir(t);
-  const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1' });
-  const [inst] = gen.addPool('web', concurrency, [be.address]);
-  const app = appConfig('shop', { buffering: buffering(), ...over });
-  const running = await startProxy(t, [entry(app, gen)], { config: berthConfig([app], { stateDir: dir }) });
-  return { ...running, dir, inst, gen };
-}
 
 /** A raw client connection that collects what it receives. */
 function rawClient(port: number): { socket: Socket; text: () => string; closed: Promise<void>; waitText: (re: RegExp, what: string) => Promise<void> } {
@@ -66,13 +30,7 @@ function rawClient(port: number): { socket: Socket; text: () => string; closed: 
 }
 
 function echoHash(req: IncomingMessage, res: ServerResponse): void {
-  const hash = createHash('sha256');
-  let n = 0;
-  req.on('data', (c: Buffer) => {
-    hash.update(c);
-    n += c.length;
-  });
-  req.on('end', () => res.end(`${n} ${req.headers['content-length']} ${req.headers['transfer-encoding'] ?? '-'} ${hash.digest('hex')}`));
+  void bodyDigest(req).then(({ hash, length }) => res.end(`${length} ${req.headers['content-length']} ${req.headers['transfer-encoding'] ?? '-'} ${hash}`));
 }
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -82,7 +40,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 test('Expect: 100-continue over max_body: a 413 instead of 100 Continue, so the client never sends the body', async (t) => {
   const be = await backend(t, echoHash);
-  const { port } = await setup(t, be, { maxBodyBytes: 1000 });
+  const { port } = await bufferingProxy(t, be, { maxBodyBytes: 1000 });
   const c = rawClient(port);
   c.socket.write('POST /up HTTP/1.1\r\nHost: shop.test\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n');
   await c.closed;
@@ -93,7 +51,7 @@ test('Expect: 100-continue over max_body: a 413 instead of 100 Continue, so the 
 
 test('Expect: 100-continue within limits: the client that waits for 100 gets it, sends, and keeps its connection', async (t) => {
   const be = await backend(t, echoHash);
-  const { port } = await setup(t, be);
+  const { port } = await bufferingProxy(t, be);
   const body = Buffer.alloc(300 * 1024, 3); // past buffering.memory: spilled
   const c = rawClient(port);
   c.socket.write(`POST /up HTTP/1.1\r\nHost: shop.test\r\nExpect: 100-continue\r\nContent-Length: ${body.length}\r\n\r\n`);
@@ -111,7 +69,7 @@ test('Expect: 100-continue within limits: the client that waits for 100 gets it,
 
 test('Expect: 100-continue with buffering off: 100 Continue is sent once the app is reached, and the body streams', async (t) => {
   const be = await backend(t, echoHash);
-  const { port } = await setup(t, be, { buffering: buffering({ requests: false }) });
+  const { port } = await bufferingProxy(t, be, { buffering: buffering({ requests: false }) });
   const c = rawClient(port);
   c.socket.write('POST /up HTTP/1.1\r\nHost: shop.test\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: 5\r\n\r\n');
   await c.waitText(/^HTTP\/1\.1 100 Continue\r\n\r\n/, '100 Continue');
@@ -124,7 +82,7 @@ test('Expect: 100-continue with buffering off: 100 Continue is sent once the app
 
 test('a chunked body with extensions and trailers reaches the app whole, with a Content-Length and no trailers', async (t) => {
   const be = await backend(t, echoHash);
-  const { port } = await setup(t, be);
+  const { port } = await bufferingProxy(t, be);
   const c = rawClient(port);
   c.socket.write(
     'POST /up HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n' +
@@ -136,7 +94,7 @@ test('a chunked body with extensions and trailers reaches the app whole, with a 
 
 test('after a buffered (spilled) body the connection is kept alive for the next request', async (t) => {
   const be = await backend(t, echoHash);
-  const { port, dir } = await setup(t, be);
+  const { port, dir } = await bufferingProxy(t, be);
   const body = Buffer.alloc(200 * 1024, 9);
   const c = rawClient(port);
   c.socket.write(`PUT /a HTTP/1.1\r\nHost: shop.test\r\nContent-Length: ${body.length}\r\n\r\n`);
@@ -154,19 +112,13 @@ test('a body of one-byte chunks costs its size in memory, not a Buffer per chunk
   const answer = gate();
   let received = '';
   const be = await backend(t, (req, res) => {
-    const hash = createHash('sha256');
-    let n = 0;
-    req.on('data', (c: Buffer) => {
-      hash.update(c);
-      n += c.length;
-    });
-    req.on('end', () => {
-      received = `${n} ${hash.digest('hex')}`;
+    void bodyDigest(req).then(({ hash, length }) => {
+      received = `${length} ${hash}`;
       void answer.promise.then(() => res.end('stored'));
     });
   });
   // All of it stays in memory (1 MiB share), where the chunks would pile up.
-  const { port } = await setup(t, be, { buffering: buffering({ memoryBytes: MiB }) });
+  const { port } = await bufferingProxy(t, be, { buffering: buffering({ memoryBytes: MiB }) });
   const c = rawClient(port);
   c.socket.write('POST /up HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n');
   gc();
@@ -207,7 +159,7 @@ test('a response of one-byte chunks held for a client that does not read costs i
   const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1' });
   const [inst] = gen.addPool('web', 1, [address]);
   const app = appConfig('shop', { buffering: buffering({ memoryBytes: MiB }) });
-  const { port } = await startProxy(t, [entry(app, gen)], { config: berthConfig([app], { stateDir: await stateDir(t) }) });
+  const { port } = await startProxy(t, [entry(app, gen)], { config: berthConfig([app], { stateDir: await spillDir(t) }) });
   gc();
   const before = process.memoryUsage().heapUsed;
   const c = rawClient(port);
@@ -237,7 +189,7 @@ test('a response of one-byte chunks held for a client that does not read costs i
 
 test('a body in many small segments with a Content-Length arrives intact, in memory and spilled', async (t) => {
   const be = await backend(t, echoHash);
-  const { port, dir } = await setup(t, be, { buffering: buffering({ memoryBytes: 100 * 1024 }) });
+  const { port, dir } = await bufferingProxy(t, be, { buffering: buffering({ memoryBytes: 100 * 1024 }) });
   for (const size of [50 * 1024 + 7, 300 * 1024 + 13]) {
     const body = Buffer.alloc(size);
     for (let i = 0; i < size; i++) body[i] = (i * 31) % 251;
@@ -283,7 +235,7 @@ test('the app dies mid-response while the client is not reading: temp file, tick
     cut = true;
     res.socket?.destroy();
   }, false));
-  const { port, dir, inst, proxy } = await setup(t, be, {}, 1);
+  const { port, dir, inst, proxy } = await bufferingProxy(t, be, {}, 1);
   const c = rawClient(port);
   c.socket.pause();
   c.socket.write('GET /big HTTP/1.1\r\nHost: shop.test\r\n\r\n');
@@ -299,7 +251,7 @@ test('the app dies mid-response while the client is not reading: temp file, tick
 
 test('a client that leaves while its response is spooled on disk: the temp file is closed at once', async (t) => {
   const be = await backend(t, bigThen(8 * MiB, (res) => res.end()));
-  const { port, dir, inst, proxy } = await setup(t, be, {}, 1);
+  const { port, dir, inst, proxy } = await bufferingProxy(t, be, {}, 1);
   const c = rawClient(port);
   c.socket.pause();
   c.socket.write('GET /big HTTP/1.1\r\nHost: shop.test\r\n\r\n');
@@ -310,11 +262,11 @@ test('a client that leaves while its response is spooled on disk: the temp file 
 });
 
 test('a spill that cannot be written: the body gets 500 and the connection closes; a spooled response is cut; nothing is held', async (t) => {
-  const dir = await stateDir(t);
+  const dir = await spillDir(t);
   // `<state_dir>/tmp` is a file: every temp file fails to open (as a full or read-only disk would).
   await writeFile(join(dir, 'tmp'), 'not a directory');
   const be = await backend(t, (req, res) => (req.method === 'GET' ? bigThen(8 * MiB, (r) => r.end())(req, res) : echoHash(req, res)));
-  const { port, inst, proxy } = await setup(t, be, {}, 1, dir);
+  const { port, inst, proxy } = await bufferingProxy(t, be, {}, 1, dir);
   const body = Buffer.alloc(300 * 1024, 1);
   const c = rawClient(port);
   c.socket.write(`POST /up HTTP/1.1\r\nHost: shop.test\r\nContent-Length: ${body.length}\r\n\r\n`);
@@ -337,7 +289,7 @@ test('a spill that cannot be written: the body gets 500 and the connection close
 
 test('a gateway stop with a body being read and a response spooled releases every temp file', async (t) => {
   const be = await backend(t, (req, res) => (req.method === 'GET' ? bigThen(8 * MiB, (r) => r.end())(req, res) : echoHash(req, res)));
-  const { port, dir, inst, proxy } = await setup(t, be, {}, 1);
+  const { port, dir, inst, proxy } = await bufferingProxy(t, be, {}, 1);
   const up = rawClient(port);
   up.socket.write(`POST /up HTTP/1.1\r\nHost: shop.test\r\nContent-Length: ${10 * MiB}\r\n\r\n`);
   up.socket.write(Buffer.alloc(512 * 1024, 2));
@@ -355,7 +307,7 @@ test('a gateway stop with a body being read and a response spooled releases ever
 // ---- deploys ------------------------------------------------------------------------------------------
 
 test('a body still arriving when a deploy switches the app goes to the new generation, since the old one drained without it', async (t) => {
-  const dir = await stateDir(t);
+  const dir = await spillDir(t);
   const oldBe = await backend(t, (req, res) => echoHash(req, res));
   const newBe = await backend(t, (req, res) => {
     req.resume();

@@ -7,51 +7,16 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
-import { readdirSync, readlinkSync, statSync } from 'node:fs';
+import { readdir, stat } from 'node:fs/promises';
+import { statSync } from 'node:fs';
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect, createServer as createNetServer, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
-import type { AppConfig, BufferingConfig } from '../../src/config/schema.ts';
-import { appConfig, backend, berthConfig, entry, fetchRaw, gate, route, startProxy, TestGeneration, waitFor, type Backend } from './fixtures.ts';
+import type { AppConfig } from '../../src/config/schema.ts';
+import { appConfig, backend, berthConfig, bodyDigest, buffering, bufferingProxy, entry, fetchRaw, gate, route, spillFds, startProxy, TestGeneration, waitFor } from './fixtures.ts';
 
 const MiB = 1024 * 1024;
-
-async function stateDir(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'berth-buf-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-/** File descriptors of this process open on a temp file under `<dir>/tmp` (unlinked ones included). */
-function spillFds(dir: string): number[] {
-  const prefix = join(dir, 'tmp') + '/';
-  const fds: number[] = [];
-  for (const name of readdirSync('/proc/self/fd')) {
-    try {
-      if (readlinkSync(`/proc/self/fd/${name}`).startsWith(prefix)) fds.push(Number(name));
-    } catch {
-      // closed meanwhile
-    }
-  }
-  return fds;
-}
-
-function buffering(over: Partial<BufferingConfig> = {}): BufferingConfig {
-  return { requests: true, responses: true, memoryBytes: 64 * 1024, bodyTimeoutMs: 60_000, sendTimeoutMs: 60_000, ...over };
-}
-
-/** One app `shop` on one instance of `concurrency`, behind a real proxy with its own state dir. */
-async function setup(t: TestContext, be: Backend, over: Partial<AppConfig> = {}, concurrency = 4) {
-  const dir = await stateDir(t);
-  const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1' });
-  const [inst] = gen.addPool('web', concurrency, [be.address]);
-  const app = appConfig('shop', { buffering: buffering(), ...over });
-  const running = await startProxy(t, [entry(app, gen)], { config: berthConfig([app], { stateDir: dir }) });
-  return { ...running, dir, inst, gen };
-}
 
 /** Sends raw bytes and collects everything until the gateway closes the connection. */
 function rawExchange(port: number, head: string, opts: { body?: Buffer; keepOpenMs?: number } = {}): { socket: Socket; done: Promise<string> } {
@@ -139,7 +104,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 test('413 from Content-Length at once: the app never sees the request', async (t) => {
   const be = await backend(t, (req, res) => req.pipe(res));
-  const { port, inst } = await setup(t, be, { maxBodyBytes: 1000 });
+  const { port, inst } = await bufferingProxy(t, be, { maxBodyBytes: 1000 });
   // Only the head is sent: the answer must not wait for the body.
   const { done } = rawExchange(port, 'POST /up HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5000\r\n\r\n');
   const text = await done;
@@ -152,7 +117,7 @@ test('413 from Content-Length at once: the app never sees the request', async (t
 
 test('413 while reading a chunked body past max_body', async (t) => {
   const be = await backend(t, (req, res) => req.pipe(res));
-  const { url, inst } = await setup(t, be, { maxBodyBytes: 100 * 1024 });
+  const { url, inst } = await bufferingProxy(t, be, { maxBodyBytes: 100 * 1024 });
   const status = await new Promise<number>((resolve, reject) => {
     const req = httpRequest(url, { method: 'POST', agent: false }, (res) => {
       res.resume();
@@ -178,7 +143,7 @@ test('413 while reading a chunked body past max_body', async (t) => {
 
 test('408 when a body sends nothing for buffering.body_timeout; no slot was taken meanwhile', async (t) => {
   const be = await backend(t, (req, res) => req.pipe(res));
-  const { port, inst } = await setup(t, be, { buffering: buffering({ bodyTimeoutMs: 300 }) });
+  const { port, inst } = await bufferingProxy(t, be, { buffering: buffering({ bodyTimeoutMs: 300 }) });
   const started = Date.now();
   const { done } = rawExchange(port, 'POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 100\r\n\r\n', { body: Buffer.from('0123456789') });
   await sleep(100);
@@ -197,7 +162,7 @@ test('a slow body takes no slot: other requests pass while it trickles, then it 
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => res.end(`${req.method} ${req.headers['content-length']} ${Buffer.concat(chunks).toString()}`));
   });
-  const { port, url, inst } = await setup(t, be, {}, 1);
+  const { port, url, inst } = await bufferingProxy(t, be, {}, 1);
   const { socket, done } = rawExchange(port, 'POST / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\nContent-Length: 6\r\n\r\n', { body: Buffer.from('ab') });
   await sleep(50);
   for (let i = 0; i < 3; i++) assert.equal((await fetchRaw(url)).text, 'GET undefined ', 'the only slot is free');
@@ -215,18 +180,12 @@ test('a body larger than buffering.memory spills to a 0600 temp file, arrives in
   const release = gate();
   let got: { headers: IncomingMessage['headers']; hash: string; length: number } | null = null;
   const be = await backend(t, (req, res) => {
-    const hash = createHash('sha256');
-    let length = 0;
-    req.on('data', (c: Buffer) => {
-      hash.update(c);
-      length += c.length;
-    });
-    req.on('end', () => {
-      got = { headers: req.headers, hash: hash.digest('hex'), length };
+    void bodyDigest(req).then(({ hash, length }) => {
+      got = { headers: req.headers, hash, length };
       void release.promise.then(() => res.end('stored'));
     });
   });
-  const { url, dir } = await setup(t, be);
+  const { url, dir } = await bufferingProxy(t, be);
   const { chunks, hash } = pattern(3 * MiB + 123);
   async function* body(): AsyncIterable<Buffer> {
     for (const c of chunks) yield c;
@@ -250,7 +209,7 @@ test('a body larger than buffering.memory spills to a 0600 temp file, arrives in
 
 test('a client that leaves mid-body leaves no temp file and no slot', async (t) => {
   const be = await backend(t, (req, res) => req.pipe(res));
-  const { port, dir, inst, proxy } = await setup(t, be);
+  const { port, dir, inst, proxy } = await bufferingProxy(t, be);
   const { socket } = rawExchange(port, 'POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10000000\r\n\r\n', { body: Buffer.alloc(512 * 1024, 7) });
   await waitFor(() => spillFds(dir).length === 1, 'the body to spill');
   socket.destroy();
@@ -264,7 +223,7 @@ test('a client that leaves mid-body leaves no temp file and no slot', async (t) 
 test('a client that does not read: the response spills, the slot frees when the app is done, and the bytes arrive intact later', async (t) => {
   const big = bigResponder(16 * MiB, { 'content-type': 'application/octet-stream' }, true);
   const be = await backend(t, big.handler);
-  const { url, dir, inst } = await setup(t, be, {}, 1);
+  const { url, dir, inst } = await bufferingProxy(t, be, {}, 1);
   const stalled = stalledGet(`${url}/big`);
   await stalled.response;
   await waitFor(() => big.state.finished && inst.inFlight === 0, 'the app to finish and the slot to free', 10_000);
@@ -279,7 +238,7 @@ test('while one client does not read, the only slot serves the next request', as
   let n = 0;
   const big = bigResponder(16 * MiB, {}, true);
   const be = await backend(t, (req, res) => (n++ === 0 ? big.handler(req, res) : res.end('next')));
-  const { url, inst } = await setup(t, be, {}, 1);
+  const { url, inst } = await bufferingProxy(t, be, {}, 1);
   const stalled = stalledGet(`${url}/big`);
   await stalled.response;
   const next = await fetchRaw(url);
@@ -291,7 +250,7 @@ test('while one client does not read, the only slot serves the next request', as
 test('a response without a length is held in memory only: past buffering.memory the app is paused', async (t) => {
   const big = bigResponder(16 * MiB, {}, false);
   const be = await backend(t, big.handler);
-  const { url, dir, inst } = await setup(t, be, {}, 1);
+  const { url, dir, inst } = await bufferingProxy(t, be, {}, 1);
   const stalled = stalledGet(`${url}/big`);
   await stalled.response;
   await sleep(500);
@@ -313,7 +272,7 @@ for (const c of unbuffered) {
   test(`not buffered: ${c.name}; the app streams at the client pace`, async (t) => {
     const big = bigResponder(16 * MiB, c.headers, true);
     const be = await backend(t, big.handler);
-    const { url, dir, inst } = await setup(t, be, c.over, 1);
+    const { url, dir, inst } = await bufferingProxy(t, be, c.over, 1);
     const stalled = stalledGet(`${url}/stream`);
     const res = await stalled.response;
     assert.equal(res.headers['x-accel-buffering'], undefined, 'X-Accel-Buffering is for the gateway only');
@@ -330,7 +289,7 @@ for (const c of unbuffered) {
 test('X-Accel-Buffering: yes is stripped and the response is buffered', async (t) => {
   const big = bigResponder(16 * MiB, { 'x-accel-buffering': 'yes' }, true);
   const be = await backend(t, big.handler);
-  const { url, inst } = await setup(t, be, {}, 1);
+  const { url, inst } = await bufferingProxy(t, be, {}, 1);
   const stalled = stalledGet(`${url}/big`);
   const res = await stalled.response;
   assert.equal(res.headers['x-accel-buffering'], undefined);
@@ -348,7 +307,7 @@ test('a request with a body on a route with buffering: false is streamed to the 
     });
     req.on('end', () => res.end());
   });
-  const { port } = await setup(t, be, { routes: [{ ...route('/'), buffering: false }] });
+  const { port } = await bufferingProxy(t, be, { routes: [{ ...route('/'), buffering: false }] });
   const { socket, done } = rawExchange(port, 'POST / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\nContent-Length: 10\r\n\r\n', { body: Buffer.from('12345') });
   await waitFor(() => bodySeenBeforeEnd, 'the app to see part of the body');
   socket.write('67890');
@@ -361,7 +320,7 @@ for (const streamed of [false, true]) {
   test(`a client that takes no bytes for buffering.send_timeout is closed (${streamed ? 'streamed' : 'buffered'} response)`, async (t) => {
     const big = bigResponder(16 * MiB, streamed ? { 'content-type': 'text/event-stream' } : {}, true);
     const be = await backend(t, big.handler);
-    const { url, dir, inst, proxy } = await setup(t, be, { buffering: buffering({ sendTimeoutMs: 300 }) }, 1);
+    const { url, dir, inst, proxy } = await bufferingProxy(t, be, { buffering: buffering({ sendTimeoutMs: 300 }) }, 1);
     const started = Date.now();
     const stalled = stalledGet(`${url}/big`);
     await stalled.response;
@@ -457,7 +416,7 @@ test('buffering.memory: 0 still completes bodies and responses, spilled or strea
     req.on('data', (c: Buffer) => hash.update(c));
     req.on('end', () => res.end(hash.digest('hex')));
   });
-  const { url, dir } = await setup(t, be, { buffering: buffering({ memoryBytes: 0 }) }, 1);
+  const { url, dir } = await bufferingProxy(t, be, { buffering: buffering({ memoryBytes: 0 }) }, 1);
   const { chunks, hash } = pattern(300 * 1024);
   assert.equal((await fetchRaw(`${url}/upload`, { method: 'POST', body: Buffer.concat(chunks) })).text, hash);
   for (const [path, big] of [['/sized', sized], ['/unsized', unsized]] as const) {

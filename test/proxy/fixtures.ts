@@ -5,11 +5,14 @@
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse, type Agent } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { TestContext } from 'node:test';
-import { Writable } from 'node:stream';
+import { Writable, type Readable } from 'node:stream';
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import type { AppConfig, BerthConfig, ProcessConfig, RouteConfig } from '../../src/config/schema.ts';
+import type { AppConfig, BerthConfig, BufferingConfig, ProcessConfig, RouteConfig } from '../../src/config/schema.ts';
 import type { GenerationState, GenerationView, InstanceState, Upstream, UpstreamAddress } from '../../src/supervisor/types.ts';
 import { Pool } from '../../src/supervisor/pool.ts';
 import { silentLogger, type Logger } from '../../src/lib/logger.ts';
@@ -271,6 +274,57 @@ export async function startProxy(
   const addr = proxy.addresses()[0];
   const port = addr.kind === 'tcp' ? addr.port : 0;
   return { proxy, url: `http://127.0.0.1:${port}`, port };
+}
+
+// ---- buffering -------------------------------------------------------------------------------------
+
+/** Buffering on both sides with a 64k memory threshold, so test bodies spill to disk soon. */
+export function buffering(over: Partial<BufferingConfig> = {}): BufferingConfig {
+  return { requests: true, responses: true, memoryBytes: 64 * 1024, bodyTimeoutMs: 60_000, sendTimeoutMs: 60_000, ...over };
+}
+
+/** A state dir of its own (spilled bodies go to `<dir>/tmp`), removed after the test. */
+export async function spillDir(t: TestContext): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'berth-buf-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** The sha256 (hex) and length of what a request body carries, once it ends (never, if it does not). */
+export function bodyDigest(body: Readable): Promise<{ hash: string; length: number }> {
+  return new Promise((resolve) => {
+    const hash = createHash('sha256');
+    let length = 0;
+    body.on('data', (c: Buffer) => {
+      hash.update(c);
+      length += c.length;
+    });
+    body.on('end', () => resolve({ hash: hash.digest('hex'), length }));
+  });
+}
+
+/** File descriptors of this process open on a temp file under `<dir>/tmp` (unlinked ones included). */
+export function spillFds(dir: string): number[] {
+  const prefix = join(dir, 'tmp') + '/';
+  const fds: number[] = [];
+  for (const name of readdirSync('/proc/self/fd')) {
+    try {
+      if (readlinkSync(`/proc/self/fd/${name}`).startsWith(prefix)) fds.push(Number(name));
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return fds;
+}
+
+/** One app `shop` on one instance of `concurrency`, behind a real proxy with state dir `dir` (else a new one). */
+export async function bufferingProxy(t: TestContext, be: Backend, over: Partial<AppConfig> = {}, concurrency = 4, dir?: string) {
+  dir ??= await spillDir(t);
+  const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1' });
+  const [inst] = gen.addPool('web', concurrency, [be.address]);
+  const app = appConfig('shop', { buffering: buffering(), ...over });
+  const running = await startProxy(t, [entry(app, gen)], { config: berthConfig([app], { stateDir: dir }) });
+  return { ...running, dir, inst, gen };
 }
 
 /** A logger that keeps parsed lines in memory. */
