@@ -514,7 +514,9 @@ export class Gateway implements DeployHost {
   #rebuildTable(): void {
     const entries: AppEntry[] = [];
     for (const rt of this.#apps.values()) {
-      entries.push({ name: rt.config.name, config: rt.config, generation: rt.active, mode: rt.mode });
+      // The 503 reason while there is no generation is settled here, so a request only reads it.
+      const noGeneration = rt.phase === 'failed' ? 'start-failed' : 'no-active-generation';
+      entries.push({ name: rt.config.name, config: rt.config, generation: rt.active, mode: rt.mode, noGeneration });
     }
     this.#proxy.setTable(new RoutingTable(entries));
   }
@@ -783,6 +785,8 @@ export class Gateway implements DeployHost {
     if (rt.phase === 'failed' || (!rt.active && !rt.booting)) {
       rt.phase = 'booting';
       rt.error = null;
+      // The front door says "starting" again, not "failed to start", while it boots.
+      this.#rebuildTable();
       this.#boots.push(this.#bootApp(rt));
       return null;
     }

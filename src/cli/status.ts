@@ -2,29 +2,44 @@ import type { GatewayStatus, AppStatus } from '../gateway.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 import { formatBytes, formatTable, formatUptime } from './table.ts';
 
-export const STATUS_USAGE = 'berth status [app] [--json] [--socket PATH | --config F]';
+export const STATUS_USAGE = 'berth status [app] [--check] [--json] [--socket PATH | --config F]';
 
-/** `berth status [app]`: apps, modes, releases and every instance. */
+/**
+ * `berth status [app]`: apps, modes, releases and every instance. With `--check` it is also a probe for
+ * scripts and cron: exit 1 when the app (or any app) is unhealthy, naming each one and why on stderr.
+ * Health is the gateway's own verdict (`healthy` and `reasons` in the status), the rule `/v1/ready` uses.
+ */
 export async function status(args: string[]): Promise<number> {
-  const { values, positionals } = parse(args, CLIENT_OPTIONS, true);
+  const { values, positionals } = parse(args, { ...CLIENT_OPTIONS, check: { type: 'boolean', default: false } }, true);
   if (positionals.length > 1) throw new UsageError(`expected at most one app name, got ${positionals.length}`);
   const client = await clientFor(values);
   if (positionals.length === 1) {
     const app = await client.call<AppStatus>('GET', `/v1/apps/${encodeURIComponent(positionals[0])}`);
     process.stdout.write(values.json ? JSON.stringify(app, null, 2) + '\n' : formatApp(app) + '\n');
-    return 0;
+    return values.check ? checkHealth([app]) : 0;
   }
   const s = await client.call<GatewayStatus>('GET', '/v1/status');
   if (values.json) {
     process.stdout.write(JSON.stringify(s, null, 2) + '\n');
-    return 0;
+    return values.check ? checkHealth(s.apps) : 0;
   }
   const head = `berth ${s.version}  pid ${s.pid}  ${s.state}  up ${formatUptime(s.uptimeMs)}  listen ${s.listen.join(', ')}${s.environment ? `  env ${s.environment}` : ''}`;
   const lines = [head, ''];
   if (s.apps.length === 0) lines.push('no apps configured');
   for (const app of s.apps) lines.push(formatApp(app), '');
   process.stdout.write(lines.join('\n').trimEnd() + '\n');
-  return 0;
+  return values.check ? checkHealth(s.apps) : 0;
+}
+
+/** `--check`: 0 when every app is healthy; else 1, with one stderr line per unhealthy app and its reasons. */
+function checkHealth(apps: readonly AppStatus[]): number {
+  const unhealthy = apps.filter((a) => !a.healthy);
+  for (const a of unhealthy) {
+    // A boot error carries the deploy's log tail: its first line says why; `berth status` shows the rest.
+    const why = a.reasons.map((r) => r.split('\n')[0]).join('; ');
+    process.stderr.write(`berth status: ${a.name} is unhealthy: ${why || 'no reason given'}\n`);
+  }
+  return unhealthy.length === 0 ? 0 : 1;
 }
 
 function formatApp(app: AppStatus): string {

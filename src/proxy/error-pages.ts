@@ -1,6 +1,7 @@
 /**
  * Responses the gateway makes itself: 404 (no route, no file), 429 (rate limit), 503 (maintenance,
- * read-only, admission, no generation), 502/504 (forwarding), and the few others static files need.
+ * read-only, admission, no generation yet or a failed start), 502/504 (forwarding), and the few others
+ * static files need.
  *
  * A client that prefers JSON gets `{"error":{"status":502,"reason":"...","message"?:"..."}}`; anyone else
  * gets HTML: the app's own page when the caller names one (a regular file of at most 1 MiB whose real path
@@ -22,6 +23,7 @@ import { readContained } from '../lib/contained-file.ts';
 export type ErrorReason =
   | 'no-route'
   | 'no-active-generation'
+  | 'start-failed'
   | 'no-pool'
   | 'static-unavailable'
   | 'not-found'
@@ -65,6 +67,7 @@ const HEADLINES: Partial<Record<ErrorReason, string>> = {
 const EXPLANATIONS: Record<ErrorReason, string> = {
   'no-route': 'No application is configured for this address.',
   'no-active-generation': 'The application is starting. Please try again in a moment.',
+  'start-failed': 'The application failed to start.',
   'no-pool': 'The application has no process to serve this address.',
   'static-unavailable': 'Static files are not served here.',
   'not-found': 'There is no file at this address.',

@@ -13,12 +13,23 @@ export interface ModeState {
   retryAfter: number | null;
 }
 
+/**
+ * Why an app with no active generation answers 503 (`X-Berth-Reason`): still starting, or its start
+ * failed (first deploy, release, user or `shared` entry). Only the class is public, never the cause.
+ */
+export type NoGenerationReason = 'no-active-generation' | 'start-failed';
+
 export interface AppEntry {
   readonly name: string;
   readonly config: AppConfig;
   /** Active generation: new requests pin this one. Null while the app has none (starting, or failed). */
   readonly generation: GenerationView | null;
   readonly mode: ModeState;
+  /**
+   * The answer while `generation` is null, set by the gateway when it builds the table so a request
+   * only reads it. Absent: `no-active-generation` (starting).
+   */
+  readonly noGeneration?: NoGenerationReason;
 }
 
 export interface RouteMatch {

@@ -388,7 +388,7 @@ export class Proxy {
     // 6. Pin: the active generation as of arrival, read once; the request finishes there.
     const generation = app.generation;
     if (generation === null) {
-      this.#direct(req, res, start, 503, 'no-active-generation', app, NO_GENERATION_RETRY_AFTER_S, ip, rid);
+      this.#noGeneration(req, res, start, app, ip, rid);
       return;
     }
     const pool = generation.pools.get(route.to);
@@ -435,6 +435,15 @@ export class Proxy {
     this.#logDirect(req, start, status, app, ip, rid);
   }
 
+  /**
+   * 503 for an app with no active generation: still starting (`Retry-After`), or its start failed, which
+   * waiting does not fix (no `Retry-After`). The reason was worked out when the table was built.
+   */
+  #noGeneration(req: IncomingMessage, res: ServerResponse, start: number, app: AppEntry, ip: string, rid: string): void {
+    const reason = app.noGeneration ?? 'no-active-generation';
+    this.#direct(req, res, start, 503, reason, app, reason === 'start-failed' ? null : NO_GENERATION_RETRY_AFTER_S, ip, rid);
+  }
+
   #logDirect(req: IncomingMessage, start: number, status: number, app: AppEntry | null, ip: string, rid: string): void {
     if (this.#log.isLevelEnabled('info')) {
       accessLog(this.#log, {
@@ -458,7 +467,7 @@ export class Proxy {
   #serveStatic(req: IncomingMessage, res: ProxyResponse, start: number, app: AppEntry, route: RouteConfig, path: string, ip: string, rid: string): void {
     const generation = app.generation;
     if (generation === null) {
-      this.#direct(req, res, start, 503, 'no-active-generation', app, NO_GENERATION_RETRY_AFTER_S, ip, rid);
+      this.#noGeneration(req, res, start, app, ip, rid);
       return;
     }
     this.#inFlight++;
@@ -572,7 +581,8 @@ export class Proxy {
     }
     const generation = app.generation;
     if (generation === null) {
-      this.#directRaw(req, socket, start, 503, 'no-active-generation', app, NO_GENERATION_RETRY_AFTER_S, ip, rid);
+      const reason = app.noGeneration ?? 'no-active-generation';
+      this.#directRaw(req, socket, start, 503, reason, app, reason === 'start-failed' ? null : NO_GENERATION_RETRY_AFTER_S, ip, rid);
       return;
     }
     const pool = generation.pools.get(route.to);
