@@ -17,7 +17,8 @@
  * carry a call context from any address: app code cannot claim to be a caller of its choosing.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createConnection, type AddressInfo, type Socket } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import { acceptsConnections } from '../lib/unix-socket.ts';
 import { lstat, mkdir, unlink, chmod, chown, readFile, stat } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { dirname } from 'node:path';
@@ -55,18 +56,6 @@ export interface ApiServerOptions {
   gateway: Gateway;
   config: BerthConfig;
   logger: Logger;
-}
-
-/** Says whether something is accepting connections on a unix socket path. */
-function socketIsLive(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = createConnection(path);
-    sock.once('connect', () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once('error', () => resolve(false));
-  });
 }
 
 export class ApiServer {
@@ -140,7 +129,7 @@ export class ApiServer {
       if (existing.isSymbolicLink()) throw new BerthError('BERTH_E_LISTEN', `control socket ${path} is a symlink; refusing to use it`);
       if (!existing.isSocket()) throw new BerthError('BERTH_E_LISTEN', `control socket path ${path} exists and is not a socket`);
       if (existing.uid !== process.getuid!()) throw new BerthError('BERTH_E_LISTEN', `control socket ${path} is owned by another user (uid ${existing.uid}); refusing to use it`);
-      if (await socketIsLive(path)) throw new BerthError('BERTH_E_LISTEN', `another gateway is already running on control socket ${path}`);
+      if (await acceptsConnections(path)) throw new BerthError('BERTH_E_LISTEN', `another gateway is already running on control socket ${path}`);
       await unlink(path);
     }
     const server = createServer(SERVER_OPTIONS, (req, res) => {

@@ -16,7 +16,7 @@
  * held costs its size even when the app sends its response one byte per chunk.
  */
 import { join } from 'node:path';
-import { COPY_BLOCK_BYTES, READ_BYTES, SpillFile, worthCopying, type SpillOwner } from './spill-file.ts';
+import { BlockPacker, READ_BYTES, SpillFile, worthCopying, type SpillOwner } from './spill-file.ts';
 
 export interface ResponseBufferOwner {
   /** A chunk read from disk is ready for `shift`, or the disk caught up (the app may be resumed). */
@@ -33,8 +33,7 @@ export class ResponseBuffer implements SpillOwner {
   #memHead = 0;
   #memBytes = 0;
   /** The block small chunks are copied into; the last of #mem views its filled part until it is shifted. */
-  #tail: Buffer | null = null;
-  #tailUsed = 0;
+  #packer = new BlockPacker();
   #file: SpillFile | null = null;
   /** Next byte of the file to hand out. */
   #readPos = 0;
@@ -79,9 +78,9 @@ export class ResponseBuffer implements SpillOwner {
     const file = this.#file;
     const fileEmpty = file === null || (this.#readPos >= file.size && this.#ready === null && !this.#reading);
     if (fileEmpty && (!this.spillable || this.#memBytes + chunk.length <= this.memoryBytes)) {
-      if (worthCopying(chunk)) this.#copy(chunk);
+      if (worthCopying(chunk)) this.#packer.pack(this.#mem, chunk);
       else {
-        this.#tail = null;
+        this.#packer.reset();
         this.#mem.push(chunk);
       }
       this.#memBytes += chunk.length;
@@ -104,7 +103,7 @@ export class ResponseBuffer implements SpillOwner {
       if (this.#memHead === this.#mem.length) {
         // That was the last one, maybe a view of the tail block: the client now holds it, so it must
         // not change under it. The next small chunk starts a new block.
-        this.#tail = null;
+        this.#packer.reset();
         this.#mem.length = 0;
         this.#memHead = 0;
       }
@@ -126,7 +125,7 @@ export class ResponseBuffer implements SpillOwner {
     this.#destroyed = true;
     this.#mem.length = 0;
     this.#memBytes = 0;
-    this.#tail = null;
+    this.#packer.reset();
     this.#ready = null;
     this.#file?.close();
   }
@@ -141,25 +140,6 @@ export class ResponseBuffer implements SpillOwner {
   spillFailed(err: Error): void {
     if (this.#destroyed) return;
     this.#owner.bufferFailed(err);
-  }
-
-  /** Copies a small chunk into the tail block (new blocks as needed), in order after what #mem holds. */
-  #copy(chunk: Buffer): void {
-    const mem = this.#mem;
-    let off = 0;
-    while (off < chunk.length) {
-      let tail = this.#tail;
-      if (tail === null || this.#tailUsed === tail.length) {
-        tail = this.#tail = Buffer.allocUnsafe(COPY_BLOCK_BYTES);
-        this.#tailUsed = 0;
-        mem.push(EMPTY);
-      }
-      const n = chunk.copy(tail, this.#tailUsed, off);
-      off += n;
-      this.#tailUsed += n;
-      // The last element views the block from its first byte: widen that view.
-      mem[mem.length - 1] = tail.subarray(0, this.#tailUsed);
-    }
   }
 
   /** Starts reading the next part of the file when nothing is read ahead and bytes are on disk. */

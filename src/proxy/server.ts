@@ -12,7 +12,8 @@
  *   7. admission, 8. forwarding, 9. errors: a `Forward` per request (forward.ts).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { acceptsConnections } from '../lib/unix-socket.ts';
 import { lstat, unlink } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { BerthConfig, ListenAddress, RouteConfig } from '../config/schema.ts';
@@ -750,19 +751,7 @@ function closeServer(server: ProxyServer): Promise<void> {
 
 async function isDeadSocket(path: string): Promise<boolean> {
   const st = await lstat(path).catch(() => null);
-  return st !== null && st.isSocket() && !(await accepts(path));
-}
-
-/** Whether something accepts connections on a unix socket path. */
-function accepts(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(path);
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
+  return st !== null && st.isSocket() && !(await acceptsConnections(path));
 }
 
 function listenProblem(err: unknown): string {

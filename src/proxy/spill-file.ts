@@ -44,6 +44,37 @@ export function worthCopying(chunk: Buffer): boolean {
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * Appends small chunks to a list of buffers by copying them into shared blocks of COPY_BLOCK_BYTES: the
+ * list's last element is a view of the block being filled, widened as bytes arrive. `reset()` before
+ * pushing anything else onto the list, so the next copy starts a new block after it.
+ */
+export class BlockPacker {
+  #tail: Buffer | null = null;
+  #used = 0;
+
+  pack(list: Buffer[], chunk: Buffer): void {
+    let off = 0;
+    while (off < chunk.length) {
+      let tail = this.#tail;
+      if (tail === null || this.#used === tail.length) {
+        tail = this.#tail = Buffer.allocUnsafe(COPY_BLOCK_BYTES);
+        this.#used = 0;
+        list.push(EMPTY);
+      }
+      const n = chunk.copy(tail, this.#used, off);
+      off += n;
+      this.#used += n;
+      list[list.length - 1] = tail.subarray(0, this.#used);
+    }
+  }
+
+  /** The list's last element is no longer this packer's block. */
+  reset(): void {
+    this.#tail = null;
+  }
+}
+
 /** Directories already made (or found) in this process: mkdir runs once per tmp dir. */
 const madeDirs = new Set<string>();
 
@@ -60,8 +91,7 @@ export class SpillFile {
   #owner: SpillOwner;
   #queue: Buffer[] = [];
   /** The block small chunks are copied into while they wait; the last of #queue views its filled part. */
-  #tail: Buffer | null = null;
-  #tailUsed = 0;
+  #packer = new BlockPacker();
   #writing = false;
   /** Reads in flight: the descriptor is closed only once none is (a reused number must never be read). */
   #reads = 0;
@@ -92,29 +122,12 @@ export class SpillFile {
     this.size += chunk.length;
     // Small chunks that would wait (a write is under way, or the file is not open yet) are copied into
     // blocks: many of them must not cost an object each.
-    if ((this.#writing || this.#fd < 0) && worthCopying(chunk)) this.#copy(chunk);
+    if ((this.#writing || this.#fd < 0) && worthCopying(chunk)) this.#packer.pack(this.#queue, chunk);
     else {
-      this.#tail = null;
+      this.#packer.reset();
       this.#queue.push(chunk);
     }
     this.#flush();
-  }
-
-  #copy(chunk: Buffer): void {
-    const queue = this.#queue;
-    let off = 0;
-    while (off < chunk.length) {
-      let tail = this.#tail;
-      if (tail === null || this.#tailUsed === tail.length) {
-        tail = this.#tail = Buffer.allocUnsafe(COPY_BLOCK_BYTES);
-        this.#tailUsed = 0;
-        queue.push(EMPTY);
-      }
-      const n = chunk.copy(tail, this.#tailUsed, off);
-      off += n;
-      this.#tailUsed += n;
-      queue[queue.length - 1] = tail.subarray(0, this.#tailUsed);
-    }
   }
 
   /**
@@ -140,7 +153,7 @@ export class SpillFile {
     if (this.#closed) return;
     this.#closed = true;
     this.#queue.length = 0;
-    this.#tail = null;
+    this.#packer.reset();
     // A write or read in flight still uses the descriptor: its callback closes it.
     this.#closeIfIdle();
   }
@@ -184,7 +197,7 @@ export class SpillFile {
     const chunks = this.#queue;
     this.#queue = [];
     // The blocks go to the disk as they are: nothing may be copied into them any more.
-    this.#tail = null;
+    this.#packer.reset();
     let bytes = 0;
     for (const c of chunks) bytes += c.length;
     this.#writing = true;

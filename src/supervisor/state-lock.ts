@@ -16,7 +16,7 @@
 import { DatabaseSync } from 'node:sqlite';
 import { chmod, lstat, mkdir, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
-import { createConnection } from 'node:net';
+import { acceptsConnections } from '../lib/unix-socket.ts';
 import { join } from 'node:path';
 import { BerthError, ErrorCodes, errorMessage } from '../lib/errors.ts';
 
@@ -155,12 +155,5 @@ async function readHolder(file: string): Promise<Holder | null> {
 async function gatewaySocket(path: string): Promise<boolean> {
   const st = await lstat(path).catch(() => null);
   if (!st?.isSocket() || st.uid !== process.getuid?.()) return false;
-  return new Promise((resolve) => {
-    const sock = createConnection(path);
-    sock.once('connect', () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once('error', () => resolve(false));
-  });
+  return acceptsConnections(path);
 }
