@@ -28,7 +28,7 @@ import { ReloadTrigger } from './deploy/reload-trigger.ts';
 import { Audit } from './api/audit.ts';
 import { Scheduler, type TaskTarget } from './scheduler/scheduler.ts';
 import type { RestartInfo } from './supervisor/supervisor.ts';
-import { Metrics } from './lib/metrics.ts';
+import { Metrics } from './metrics/metrics.ts';
 import { isRoot, resolveAppUser, type AppUser } from './supervisor/app-user.ts';
 import { DEFAULT_PERMISSIONS_ENVIRONMENT } from './api/auth.ts';
 import { prepareAppDirs, secureStateDir } from './supervisor/state-access.ts';

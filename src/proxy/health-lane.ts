@@ -11,7 +11,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Mode } from '../config/schema.ts';
-import type { MetricsExporter } from '../lib/metrics.ts';
+import type { MetricsExporter } from '../metrics/metrics.ts';
 import type { InstanceState } from '../supervisor/types.ts';
 import type { AppEntry, RoutingTable } from './router.ts';
 

@@ -18,7 +18,7 @@ import { lstat, unlink } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { BerthConfig, ListenAddress, RouteConfig } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
-import type { MetricsExporter } from '../lib/metrics.ts';
+import type { MetricsExporter } from '../metrics/metrics.ts';
 import { BerthError } from '../lib/errors.ts';
 import { Admission, type AdmissionLimits } from './admission.ts';
 import { accessLog, elapsedMs, requestChannel, type CompletedRequest } from './access-log.ts';

@@ -6,7 +6,7 @@ import { createServer, request as httpRequest } from 'node:http';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { Histogram, Registry } from 'prom-client';
-import { FastHistogram, LATENCY_BUCKETS, Metrics, type InstanceLevels, type PoolLevels } from '../../src/lib/metrics.ts';
+import { FastHistogram, LATENCY_BUCKETS, Metrics, type InstanceLevels, type PoolLevels } from '../../src/metrics/metrics.ts';
 import { silentLogger } from '../../src/lib/logger.ts';
 import { requestChannel } from '../../src/proxy/access-log.ts';
 import { HealthLane } from '../../src/proxy/health-lane.ts';

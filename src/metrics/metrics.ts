@@ -16,7 +16,7 @@ import { admissionChannel, type AdmissionEvent } from '../proxy/admission.ts';
 import { probeChannel, type ProbeEvent } from '../supervisor/health.ts';
 import { instanceChannel, type InstanceEvent } from '../supervisor/instance.ts';
 import type { InstanceState } from '../supervisor/types.ts';
-import type { Logger } from './logger.ts';
+import type { Logger } from '../lib/logger.ts';
 
 /** Seconds. Covers a fast proxied request (1ms) up to a slow one held until a 30s headers timeout. */
 export const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
