@@ -18,15 +18,16 @@ test('berth deploy on a terminal shows a spinner with the elapsed time of a runn
   await waitFor(async () => (await http({ port: gw.port }, { path: '/_berth/ready' })).status === 200, { message: 'ready' });
   // script(1) gives the CLI a pseudo-terminal, as a person's shell would.
   const command = `"${process.execPath}" "${MAIN}" deploy shop --socket "${gw.socket}"`;
-  const out = await new Promise<string>((resolve) => {
-    const p = spawn('script', ['-qec', command, '/dev/null'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let text = '';
-    p.stdout.on('data', (c: Buffer) => (text += c));
-    p.on('exit', (code) => {
-      assert.equal(code, 0, text);
-      resolve(text);
-    });
+  // The promise only collects; the asserts run after it settles, where a failure fails the test (an
+  // assert thrown inside the 'exit' listener would be an uncaught exception that leaves the test hanging).
+  const p = spawn('script', ['-qec', command, '/dev/null'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  p.stdout.on('data', (c: Buffer) => (out += c));
+  const code = await new Promise<number | null>((resolve, reject) => {
+    p.once('error', reject);
+    p.once('close', (c) => resolve(c));
   });
+  assert.equal(code, 0, out);
   assert.match(out, /\r\x1b\[2K {2}build {8}[|/\\-] \d+ms/, 'a spinner line for the running build');
   assert.match(out, / {2}build {8}ok +\d/, 'the finished build line');
   assert.match(out, /done: shop serves release \d{14}-[0-9a-f]{6}/);

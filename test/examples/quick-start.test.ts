@@ -41,10 +41,14 @@ test('examples/berth.yaml loads: two apps, their sources, hosts and DB budgets',
   assert.ok(node.pages.maintenance && existsSync(join(node.source!, node.pages.maintenance)), 'the maintenance page exists in the release');
 });
 
-test('quick start: the gateway serves both demo apps by Host header', { skip: noPython }, async (t) => {
+test('quick start: the gateway serves both demo apps by Host header, and the health lane answers', { skip: noPython }, async (t) => {
   const dir = await tempDir(t, 'berth-qs-');
   // The example file as is, moved off port 8080 and out of the repository by environment overrides.
   const gateway = await spawnGateway(t, CONFIG, { env: { BERTH_LISTEN: '127.0.0.1:0', BERTH_STATE_DIR: join(dir, 'state') } });
+  // The gateway's own liveness answers as soon as it listens, before the apps are ready.
+  const health = await http({ port: gateway.port }, { path: '/_berth/health' });
+  assert.equal(health.status, 200);
+  assert.deepEqual(health.json(), { status: 'ok' });
   await waitFor(async () => (await http({ port: gateway.port }, { path: '/_berth/ready' })).status === 200, { timeoutMs: 60_000, message: 'both apps ready' });
 
   const plain = await http({ port: gateway.port }, { path: '/' });
@@ -52,6 +56,7 @@ test('quick start: the gateway serves both demo apps by Host header', { skip: no
   assert.equal(plain.json().app, 'node-demo');
 
   const node = await http({ port: gateway.port }, { path: '/', host: 'node.localhost' });
+  assert.equal(node.status, 200);
   assert.equal(node.json().app, 'node-demo');
   assert.match(node.json().release, /^\d{14}-[0-9a-f]{6}$/);
 

@@ -1,5 +1,6 @@
 /**
- * Issue #2 acceptance, end to end: real gateway processes, real app processes, real sockets.
+ * Issue #2 acceptance, end to end: real gateway processes, real app processes, real sockets. The quick
+ * start (examples/berth.yaml) is tested once, in test/examples/quick-start.test.ts.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -8,31 +9,7 @@ import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { spawn, spawnSync } from 'node:child_process';
 import { createServer } from 'node:http';
 import { chmod } from 'node:fs/promises';
-import { ROOT, MAIN, FIXTURE_WEB_COMMAND, fixtureApp, http, processGroupAlive, runCli, spawnGateway, startGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
-
-const hasPython = spawnSync('python3', ['--version']).status === 0;
-
-test('the quick-start config serves both demo apps by Host header, and the health lane answers', { skip: hasPython ? false : 'python3 is not installed' }, async (t) => {
-  const dir = await tempDir(t);
-  // The README's config, moved to port 0 and a temp state dir through BERTH_* overrides.
-  const gw = await spawnGateway(t, join(ROOT, 'examples/berth.yaml'), {
-    env: { BERTH_LISTEN: '["127.0.0.1:0"]', BERTH_STATE_DIR: join(dir, 'state') },
-  });
-  const health = await http({ port: gw.port }, { path: '/_berth/health' });
-  assert.equal(health.status, 200);
-  assert.deepEqual(health.json(), { status: 'ok' });
-  await waitFor(async () => (await http({ port: gw.port }, { path: '/_berth/ready' })).status === 200, { timeoutMs: 30_000, message: 'ready' });
-  const node = await http({ port: gw.port }, { host: 'node.localhost', path: '/' });
-  assert.equal(node.status, 200);
-  assert.equal(node.json().app, 'node-demo');
-  assert.match(node.json().release, /^\d{14}-[0-9a-f]{6}$/);
-  const py = await http({ port: gw.port }, { host: 'py.localhost', path: '/' });
-  assert.equal(py.status, 200);
-  assert.equal(py.json().app, 'py-demo');
-  assert.equal(py.json().lang, 'python');
-  const unknown = await http({ port: gw.port }, { host: 'nobody.example', path: '/' });
-  assert.equal(unknown.status, 404);
-});
+import { MAIN, FIXTURE_WEB_COMMAND, fixtureApp, http, processGroupAlive, runCli, spawnGateway, startGateway, tempDir, waitFor, writeConfig } from '../helpers/gateway.ts';
 
 test('a bad config exits 2, lists every problem with its path, and starts nothing', async (t) => {
   const dir = await tempDir(t);

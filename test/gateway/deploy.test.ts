@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { ROOT, FIXTURE_WEB_COMMAND, activePids, deployUntilWaitHealthy, fixtureApp, http, processGroupAlive, runCli, spawnGateway, tempDir, untilReady, waitFor, writeConfig, MAIN } from '../helpers/gateway.ts';
 import { LoadRunner } from '../deploy/load-runner.ts';
 import { gatedBoot } from '../deploy/gated-boot.ts';
+import { RELOAD_TRIGGER_TIMING } from '../../src/deploy/reload-trigger.ts';
 
 const hasPython = spawnSync('python3', ['-c', 'import wsgiref']).status === 0;
 
@@ -155,7 +156,7 @@ test('touching the reload trigger file reloads the app; five quick touches give 
   for (const round of [1, 2]) {
     const before = await activePids(gw);
     // Round 1 creates the file; round 2 touches it five times in a row, over more than one stat poll
-    // of the watcher (200ms), so the burst is seen at two polls and must still give one reload.
+    // of the watcher (RELOAD_TRIGGER_TIMING.pollMs), so the burst is seen at two polls and must still give one reload.
     const touched = Date.now();
     for (let i = 0; i < (round === 1 ? 1 : 5); i++) {
       if (i > 0) await new Promise((r) => setTimeout(r, 60));
@@ -168,8 +169,10 @@ test('touching the reload trigger file reloads the app; five quick touches give 
     for (const pid of after) assert.ok(!before.includes(pid), `round ${round}: pid ${pid} is new`);
     assert.equal(reload.user, 'reload-trigger');
   }
-  // No second reload follows the burst of touches (the watcher polls every 200ms; give it several polls).
-  await new Promise((r) => setTimeout(r, 1_500));
+  // No second reload follows the burst of touches. A stray one would already be debounced and, refused
+  // while reload 2 ran, due within one retry: wait that out (the spawned gateway runs the default timings).
+  const { pollMs, debounceMs, retryMs } = RELOAD_TRIGGER_TIMING;
+  await new Promise((r) => setTimeout(r, pollMs + debounceMs + retryMs));
   assert.equal((await reloads()).length, 2);
   const stats = await load.stop();
   assert.deepEqual(stats.failures, []);
