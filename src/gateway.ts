@@ -13,7 +13,7 @@ import { dbDemand, HEALTH_FILE_INTERVAL_MS } from './config/schema.ts';
 import type { LoggerFactory, Logger } from './lib/logger.ts';
 import { BerthError, ConfigError, errorMessage, type ConfigProblem } from './lib/errors.ts';
 import { redactText } from './lib/redact.ts';
-import type { AuditChannel, AppState, DeployRecord, ReleaseRecord, Store } from './store/store.ts';
+import type { AuditChannel, AppState, DeployRecord, Store } from './store/store.ts';
 import { loadConfig, type LoadOptions } from './config/load.ts';
 import { openStore } from './store/open-store.ts';
 import { ReleaseStore } from './deploy/release-store.ts';
@@ -34,8 +34,12 @@ import { DEFAULT_PERMISSIONS_ENVIRONMENT } from './api/auth.ts';
 import { prepareAppDirs, secureStateDir } from './supervisor/state-access.ts';
 import { StateLock } from './supervisor/state-lock.ts';
 import { finishInterruptedAudit } from './api/interrupted-audit.ts';
+import type { Control, HistoryFilter } from './api/control.ts';
+import type { AppPhase, AppStatus, ConfigReloadResult, GatewayState, GatewayStatus, HistoryEntry, ReleaseList } from './api/wire.ts';
 
 export const VERSION = '0.1.0';
+
+export type { AppPhase, AppStatus, ConfigReloadResult, GatewayState, GatewayStatus, HistoryEntry } from './api/wire.ts';
 
 /**
  * At shutdown, how long a running deploy gets to end once its build or release command was told to
@@ -69,26 +73,6 @@ function restartOnlyChanges(was: BerthConfig, next: BerthConfig): ConfigProblem[
   return problems;
 }
 
-/** What a config reload did. */
-export interface ConfigReloadResult {
-  config: string;
-  environment: string | null;
-  added: string[];
-  removed: string[];
-  /** Apps whose processes changed, with the reload's deploy id (null: it starts once the app is free). */
-  reloaded: { app: string; deploy: string | null }[];
-  /** Apps whose routing, limits or other live settings changed, with no reload. */
-  updated: string[];
-  unchanged: string[];
-  /** One line for logs, the audit log and the CLI. */
-  summary: string;
-}
-
-export type GatewayState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
-
-/** Where one app stands in the gateway: booting, serving, or failed with a reason. */
-export type AppPhase = 'booting' | 'serving' | 'failed' | 'stopped';
-
 interface AppRuntime extends DeployableApp {
   config: AppConfig;
   phase: AppPhase;
@@ -98,49 +82,6 @@ interface AppRuntime extends DeployableApp {
   active: Generation | null;
   mode: ModeState;
   readonly booting: boolean;
-}
-
-export interface AppStatus {
-  name: string;
-  hosts: string[];
-  phase: AppPhase;
-  error: string | null;
-  mode: Mode;
-  modeMessage: string | null;
-  activeRelease: string | null;
-  healthy: boolean;
-  reasons: string[];
-  db: { budget: number | null; demand: number; inUse: number };
-  queue: number;
-  generations: (ReturnType<Generation['snapshot']> & { active: boolean })[];
-}
-
-export interface HistoryEntry {
-  at: string;
-  finishedAt: string | null;
-  app: string | null;
-  action: string;
-  user: string;
-  channel: string;
-  target: string | null;
-  outcome: string;
-  detail: string | null;
-}
-
-export interface GatewayStatus {
-  version: string;
-  pid: number;
-  state: GatewayState;
-  startedAt: string;
-  uptimeMs: number;
-  config: string;
-  environment: string | null;
-  stateDir: string;
-  listen: string[];
-  control: string;
-  /** The bound `control.listen` address, or null when the control API is on the socket only. */
-  controlListen: string | null;
-  apps: AppStatus[];
 }
 
 export interface GatewayOptions {
@@ -162,7 +103,7 @@ function isBerthProcess(pid: number, app: string): boolean {
   }
 }
 
-export class Gateway implements DeployHost {
+export class Gateway implements DeployHost, Control {
   #config: BerthConfig;
   #loadOptions: LoadOptions;
   #loggers: LoggerFactory;
@@ -603,7 +544,7 @@ export class Gateway implements DeployHost {
   }
 
   /** Releases of an app for `berth releases`, newest first, with the active and previous marked. */
-  async releases(name: string): Promise<{ app: string; active: string | null; releases: ReleaseRecord[] }> {
+  async releases(name: string): Promise<ReleaseList> {
     const rt = this.#apps.get(name);
     if (!rt || !this.#store) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${name}"`);
     const releases = await this.#store.listReleases(name);
@@ -620,7 +561,7 @@ export class Gateway implements DeployHost {
    * What happened, newest first: every audited change (deploys, rollbacks, reloads, mode switches, runs,
    * stops...) with who asked, through which channel, and the outcome.
    */
-  async history(filter: { app?: string; user?: string; action?: string; since?: string; limit?: number }): Promise<HistoryEntry[]> {
+  async history(filter: HistoryFilter): Promise<HistoryEntry[]> {
     const rows = await this.audit.list({ app: filter.app, user: filter.user, action: filter.action, since: filter.since, limit: filter.limit ?? 50 });
     return rows.map((r) => ({
       at: r.at,

@@ -24,7 +24,9 @@ import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import type { ControlConfig, Role } from '../config/schema.ts';
 import { DEFAULT_CALL_CONTEXT_FROM, ROLES } from '../config/schema.ts';
 import { BerthError } from '../lib/errors.ts';
-import type { RequestContext } from './routes.ts';
+import type { AppRule, RequestContext } from './request.ts';
+
+export type { AppRule } from './request.ts';
 
 /** The permissions key used when the gateway runs without a selected environment. */
 export const DEFAULT_PERMISSIONS_ENVIRONMENT = 'default';
@@ -69,14 +71,6 @@ export const ACTION_ROLES: Readonly<Record<string, Role>> = {
   'config-reload': 'admin',
   stop: 'admin',
 };
-
-/** The apps a user may touch in the active environment, and the config key that says so. */
-export interface AppRule {
-  /** `control.permissions.<environment>.<user>`, for messages. */
-  rule: string;
-  sources: string[];
-  patterns: RegExp[];
-}
 
 /** The role a request needs: the route's own, else by method and action. */
 export function requiredRole(method: string, action: string | null, role?: Role): Role {

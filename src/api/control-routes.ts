@@ -6,9 +6,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BerthError, ConfigError } from '../lib/errors.ts';
 import type { DeployEvent } from '../store/store.ts';
 import type { Deploy } from '../deploy/deployer.ts';
-import type { AppStatus, Gateway } from '../gateway.ts';
+import type { Control } from './control.ts';
+import type { AppStatus } from './wire.ts';
 import { hasRole, permits, topRole } from './auth.ts';
-import type { ApiRoutes, RequestContext } from './routes.ts';
+import type { RequestContext, RouteTable } from './request.ts';
 
 /** A status snapshot goes to every dashboard this often. */
 export const STATUS_INTERVAL_MS = 1_000;
@@ -31,7 +32,7 @@ interface Watched {
   ended: boolean;
 }
 
-type Snapshot = { status: ReturnType<Gateway['status']>; apps: LiveAppStatus[] };
+type Snapshot = { status: ReturnType<Control['status']>; apps: LiveAppStatus[] };
 
 /**
  * Fans gateway state out to the open event streams. Work is shared, not per stream: one status snapshot
@@ -39,7 +40,7 @@ type Snapshot = { status: ReturnType<Gateway['status']>; apps: LiveAppStatus[] }
  * only while someone listens.
  */
 export class EventFeed {
-  #gateway: Gateway;
+  #gateway: Control;
   #subs = new Set<Subscriber>();
   #watched = new Map<string, Watched>();
   #statusTimer: NodeJS.Timeout | null = null;
@@ -51,7 +52,7 @@ export class EventFeed {
   #window = new Map<string, number[]>();
   #lastTick = 0;
 
-  constructor(gateway: Gateway) {
+  constructor(gateway: Control) {
     this.#gateway = gateway;
   }
 
@@ -168,7 +169,7 @@ export class EventFeed {
 
   /** Subscribes to deploys that started since the last look; their events go to every allowed stream. */
   #pollDeploys(): void {
-    let deployer: Gateway['deployer'];
+    let deployer: Control['deployer'];
     try {
       deployer = this.#gateway.deployer;
     } catch {
@@ -213,7 +214,7 @@ function write(res: ServerResponse, event: string, data: unknown): void {
 }
 
 /** Registers whoami, the event feed and the config reload on the control API. */
-export function registerControlRoutes(routes: ApiRoutes, gateway: Gateway): void {
+export function registerControlRoutes(routes: RouteTable, gateway: Control): void {
   const feed = new EventFeed(gateway);
 
   routes.add('GET', '/v1/whoami', (_p, _u, _b, _req, _res, ctx) => {

@@ -10,8 +10,8 @@ import { open, readdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BerthError } from '../lib/errors.ts';
-import type { Gateway } from '../gateway.ts';
-import type { ApiRoutes } from './routes.ts';
+import type { Control } from './control.ts';
+import type { RouteTable } from './request.ts';
 
 /** Lines sent when `lines` is not given. */
 export const DEFAULT_LOG_LINES = 100;
@@ -169,7 +169,7 @@ class FileFollower {
 }
 
 /** Process types with logs: configured or running ones, and any `<name>.log` in the logs dir. */
-async function processNames(gateway: Gateway, app: string, logsDir: string): Promise<Set<string>> {
+async function processNames(gateway: Control, app: string, logsDir: string): Promise<Set<string>> {
   const names = new Set<string>();
   const target = gateway.taskTarget(app);
   for (const name of Object.keys(target?.config.processes ?? {})) names.add(name);
@@ -239,7 +239,7 @@ async function follow(req: IncomingMessage, res: ServerResponse, followers: File
 }
 
 /** Registers `GET /v1/apps/:app/logs`. */
-export function registerLogRoutes(routes: ApiRoutes, gateway: Gateway): void {
+export function registerLogRoutes(routes: RouteTable, gateway: Control): void {
   routes.add('GET', '/v1/apps/:app/logs', async (p, url, _body, req, res) => {
     const app = p.app;
     if (!gateway.taskTarget(app)) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${app}"`);

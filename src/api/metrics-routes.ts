@@ -2,11 +2,11 @@
  * `GET /metrics` on the control API: the gateway's Prometheus metrics, always on (SPEC § Control API),
  * whatever `metrics_public` says about the front door.
  */
-import type { Gateway } from '../gateway.ts';
-import type { ApiRoutes } from './routes.ts';
+import type { Control } from './control.ts';
+import type { RouteTable } from './request.ts';
 
 /** Registers `GET /metrics`, answered in the Prometheus text format rather than JSON. */
-export function registerMetricsRoutes(routes: ApiRoutes, gateway: Gateway): void {
+export function registerMetricsRoutes(routes: RouteTable, gateway: Control): void {
   routes.add('GET', '/metrics', async (_params, _url, _body, _req, res) => {
     const metrics = gateway.metrics;
     const body = await metrics.text();

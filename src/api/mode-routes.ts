@@ -8,8 +8,8 @@
  */
 import { BerthError } from '../lib/errors.ts';
 import { MODES, type Mode } from '../config/schema.ts';
-import type { Gateway } from '../gateway.ts';
-import type { ApiRoutes } from './routes.ts';
+import type { Control } from './control.ts';
+import type { RouteTable } from './request.ts';
 
 /** Longest mode message: it is shown on a page, not stored as a document. */
 export const MAX_MODE_MESSAGE = 500;
@@ -53,7 +53,7 @@ export function parseModeRequest(body: unknown): ModeRequest {
 }
 
 /** Registers the mode endpoint. */
-export function registerModeRoutes(routes: ApiRoutes, gateway: Gateway): void {
+export function registerModeRoutes(routes: RouteTable, gateway: Control): void {
   routes.add(
     'PUT',
     '/v1/apps/:app/mode',

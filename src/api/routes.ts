@@ -5,10 +5,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BerthError, errorMessage, httpStatusFor } from '../lib/errors.ts';
 import type { Role } from '../config/schema.ts';
-import type { AuditChannel } from '../store/store.ts';
-import type { Gateway } from '../gateway.ts';
+import type { Control } from './control.ts';
+import type { ApiResult, Handler, RequestContext, RouteOptions, RouteTable } from './request.ts';
 import { registerMetricsRoutes } from './metrics-routes.ts';
-import { authorize, assertPermitted, permits, requiredRole, type AppRule } from './auth.ts';
+import { authorize, assertPermitted, permits, requiredRole } from './auth.ts';
 import { registerControlRoutes } from './control-routes.ts';
 import { registerTaskRoutes } from './task-routes.ts';
 import { registerLogRoutes } from './log-routes.ts';
@@ -16,14 +16,7 @@ import { registerModeRoutes } from './mode-routes.ts';
 import { appHealth, readiness } from '../proxy/health-lane.ts';
 import { redactText } from '../lib/redact.ts';
 
-/** Who is calling: set by the server from the socket (trusted) or from TCP auth. */
-export interface RequestContext {
-  user: string;
-  channel: Exclude<AuditChannel, 'internal'>;
-  roles: Role[];
-  /** The apps this caller may touch (control.permissions); absent or null: every app. */
-  apps?: AppRule | null;
-}
+export type { ApiResult, Handler, RequestContext, RouteOptions } from './request.ts';
 
 function optionalString(body: unknown, key: string): string | null {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new BerthError('BERTH_E_BAD_REQUEST', 'request body must be a JSON object');
@@ -31,30 +24,6 @@ function optionalString(body: unknown, key: string): string | null {
   if (v === undefined || v === null) return null;
   if (typeof v !== 'string' || v.trim() === '') throw new BerthError('BERTH_E_BAD_REQUEST', `"${key}" must be a non-empty string`);
   return v;
-}
-
-export interface ApiResult {
-  status: number;
-  body: unknown;
-  /** For audited endpoints: what the change acted on, and (for work that goes on after the reply,
-   *  like a deploy) a promise of its final outcome. */
-  audit?: { target?: string | null; settle?: Promise<{ outcome: 'ok' | 'failed'; detail?: string | null }> };
-}
-
-export type Handler = (
-  params: Record<string, string>,
-  url: URL,
-  body: unknown,
-  req: IncomingMessage,
-  res: ServerResponse,
-  ctx: RequestContext,
-) => Promise<ApiResult | undefined> | ApiResult | undefined;
-
-export interface RouteOptions {
-  /** Audited change: the action name written to the audit log (deploy, mode, run...). */
-  action?: string;
-  /** The role the endpoint needs; default: viewer for GET, else by action (src/api/auth.ts ACTION_ROLES). */
-  role?: Role;
 }
 
 interface Route {
@@ -108,11 +77,11 @@ export interface RequestAccess {
   remote: string;
 }
 
-export class ApiRoutes {
-  #gateway: Gateway;
+export class ApiRoutes implements RouteTable {
+  #gateway: Control;
   #routes: Route[] = [];
 
-  constructor(gateway: Gateway) {
+  constructor(gateway: Control) {
     this.#gateway = gateway;
     // Lists show a caller limited by control.permissions only the apps it may touch.
     this.add('GET', '/v1/status', (_p, _u, _b, _req, _res, ctx) => {

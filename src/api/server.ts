@@ -25,8 +25,9 @@ import { dirname } from 'node:path';
 import type { BerthConfig, ListenAddress } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
 import { BerthError, errorMessage, httpStatusFor } from '../lib/errors.ts';
-import type { Gateway } from '../gateway.ts';
-import { ApiRoutes, type RequestContext } from './routes.ts';
+import type { Control } from './control.ts';
+import { ApiRoutes } from './routes.ts';
+import type { RequestContext } from './request.ts';
 import { Auth, berthActorName, USER_NAME_RE } from './auth.ts';
 import { UiAssets } from './ui/ui-assets.ts';
 import { localPeer, type LocalPeer } from './local-peer.ts';
@@ -53,7 +54,7 @@ const SERVER_OPTIONS = { requestTimeout: 0, headersTimeout: HEADERS_TIMEOUT_MS, 
 const CLOSE_AFTER = new Set([401, 408, 413]);
 
 export interface ApiServerOptions {
-  gateway: Gateway;
+  gateway: Control;
   config: BerthConfig;
   logger: Logger;
 }

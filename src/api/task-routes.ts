@@ -3,10 +3,10 @@
  * schedule entries with their next and last run (`GET /v1/apps/:app/tasks`), and the recorded runs.
  */
 import { BerthError } from '../lib/errors.ts';
-import type { Gateway } from '../gateway.ts';
+import type { Control } from './control.ts';
 import { describeOutcome } from '../scheduler/scheduler.ts';
 import type { TaskRunState, TaskTrigger } from '../store/store.ts';
-import type { ApiRoutes } from './routes.ts';
+import type { RouteTable } from './request.ts';
 
 const PROCESS_NAME_RE = /^[A-Za-z0-9_-]+$/;
 const TRIGGERS: ReadonlySet<string> = new Set<TaskTrigger>(['schedule', 'manual', 'cleanup']);
@@ -44,7 +44,7 @@ function intParam(url: URL, key: string, fallback: number, max: number): number 
 }
 
 /** Registers the task endpoints. */
-export function registerTaskRoutes(routes: ApiRoutes, gateway: Gateway): void {
+export function registerTaskRoutes(routes: RouteTable, gateway: Control): void {
   /**
    * A one-off run in the app's active release. NDJSON: `{type:"start",id,release,command}`, then
    * `{type:"out"|"err",line}` as output arrives, then `{type:"exit",code,state,id,error}`. A client that

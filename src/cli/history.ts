@@ -1,4 +1,4 @@
-import type { HistoryEntry } from '../gateway.ts';
+import type { HistoryEntry } from '../api/wire.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 import { formatTable } from './table.ts';
 import { parseDuration } from '../lib/durations.ts';

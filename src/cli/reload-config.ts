@@ -3,7 +3,7 @@
  * changed. A config the gateway refuses changes nothing; its problems are printed and the exit status
  * is 2, as for `berth check`.
  */
-import type { ConfigReloadResult } from '../gateway.ts';
+import type { ConfigReloadResult } from '../api/wire.ts';
 import { BerthError } from '../lib/errors.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 

@@ -1,4 +1,4 @@
-import type { GatewayStatus, AppStatus } from '../gateway.ts';
+import type { GatewayStatus, AppStatus } from '../api/wire.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 import { formatBytes, formatTable, formatUptime } from './table.ts';
 

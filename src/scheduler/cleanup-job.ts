@@ -1,5 +1,5 @@
 import type { Store } from '../store/store.ts';
-import type { SchedulerHost } from './scheduler.ts';
+import type { SchedulerHost } from './task-target.ts';
 
 export interface CleanupJobOptions {
   store: Store;

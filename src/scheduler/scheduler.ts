@@ -9,15 +9,15 @@
  * `scheduler_delay` after a start) are skipped, so a restart never runs an entry twice for one time.
  */
 import { Cron } from 'croner';
-import type { AppConfig, BerthConfig, ProcessConfig, ScheduleConfig } from '../config/schema.ts';
+import type { AppConfig, BerthConfig, ScheduleConfig } from '../config/schema.ts';
 import { BerthError, errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { AuditOutcome, Store, TaskRunFilter, TaskRunRecord, TaskRunState } from '../store/store.ts';
-import type { ReleaseStore } from '../deploy/release-store.ts';
 import type { ProcessHook } from '../supervisor/instance.ts';
 import { gatewayUser, type AppUser } from '../supervisor/app-user.ts';
 import type { AuditStart } from '../api/audit.ts';
 import { CleanupJob } from './cleanup-job.ts';
+import type { SchedulerHost, TaskTarget } from './task-target.ts';
 import { TaskRun, newTaskRunId, type TaskRunExec } from './task-run.ts';
 
 /** The task name of the built-in cleanup job. */
@@ -27,18 +27,7 @@ export const RUN_TASK = 'run';
 /** A manual run of the cleanup job is never needed; its own timeout keeps a stuck store from piling up runs. */
 const CLEANUP_TIMEOUT_MS = 30 * 60_000;
 
-/** What the scheduler needs to know of an app, from the gateway. */
-export interface TaskTarget {
-  config: AppConfig;
-  releases: ReleaseStore;
-  /** The active generation's release: where tasks run. Null while the app serves nothing. */
-  active: { id: string; dir: string; processes: Readonly<Record<string, ProcessConfig>> } | null;
-}
-
-export interface SchedulerHost {
-  /** Undefined when no app has that name. */
-  taskTarget(app: string): TaskTarget | undefined;
-}
+export type { SchedulerHost, TaskTarget } from './task-target.ts';
 
 /** The audit log, as the scheduler writes to it (the gateway's Audit). */
 export interface TaskAudit {

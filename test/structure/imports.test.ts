@@ -1,7 +1,7 @@
 /**
  * The house rules on imports, checked over src/: lib/ is a leaf that imports nothing from the rest of
- * src/. (The no-circles check of issue #11 comes with the control-interface split: gateway.ts and api/
- * still import each other's types today.)
+ * src/, and no file reaches itself through its imports (issue #11), type-only imports included: the API
+ * names the gateway through src/api/control.ts and its JSON through src/api/wire.ts, never gateway.ts.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -35,4 +35,25 @@ test('lib/ imports nothing from the rest of src/', () => {
     for (const dep of deps) if (!dep.startsWith(lib + '/')) outside.push(`${relative(SRC, file)} imports ${relative(SRC, dep)}`);
   }
   assert.deepEqual(outside, []);
+});
+
+test('src/ has no import circles', () => {
+  const graph = importGraph();
+  const circles: string[] = [];
+  // Depth-first search with three colours: a back edge to a file still on the stack closes a circle.
+  const state = new Map<string, 'open' | 'done'>();
+  const stack: string[] = [];
+  const visit = (file: string): void => {
+    state.set(file, 'open');
+    stack.push(file);
+    for (const dep of graph.get(file) ?? []) {
+      const seen = state.get(dep);
+      if (seen === 'open') circles.push([...stack.slice(stack.indexOf(dep)), dep].map((f) => relative(SRC, f)).join(' -> '));
+      else if (seen === undefined && graph.has(dep)) visit(dep);
+    }
+    stack.pop();
+    state.set(file, 'done');
+  };
+  for (const file of [...graph.keys()].sort()) if (!state.has(file)) visit(file);
+  assert.deepEqual(circles, []);
 });

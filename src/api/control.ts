@@ -1,0 +1,49 @@
+/**
+ * The control API's view of the gateway: exactly the state and operations its endpoints use. The API
+ * depends on this interface and the Gateway implements it, so the API never imports gateway.ts (which
+ * imports the API to start it) and a test or another host can stand behind the same endpoints.
+ */
+import type { BerthConfig, Mode } from '../config/schema.ts';
+import type { AuditChannel } from '../store/store.ts';
+import type { Deployer } from '../deploy/deployer.ts';
+import type { Scheduler, TaskTarget } from '../scheduler/scheduler.ts';
+import type { Supervisor } from '../supervisor/supervisor.ts';
+import type { HealthSource } from '../proxy/health-lane.ts';
+import type { ModeState, RoutingTable } from '../proxy/router.ts';
+import type { Metrics } from '../metrics/metrics.ts';
+import type { Audit } from './audit.ts';
+import type { AppStatus, ConfigReloadResult, DeployRecord, GatewayState, GatewayStatus, HistoryEntry, ReleaseList } from './wire.ts';
+
+/** The filters of `GET /v1/history` (`berth history`). */
+export interface HistoryFilter {
+  app?: string;
+  user?: string;
+  action?: string;
+  since?: string;
+  limit?: number;
+}
+
+export interface Control {
+  readonly state: GatewayState;
+  readonly config: BerthConfig;
+  /** Routing table and queue depths, for the readiness and app health endpoints. */
+  readonly proxy: Pick<HealthSource, 'table' | 'queueDepth'>;
+  readonly supervisor: Pick<Supervisor, 'generations'>;
+  /** Throws while the gateway has not started (no store yet). */
+  readonly deployer: Pick<Deployer, 'begin' | 'get' | 'running'>;
+  readonly scheduler: Pick<Scheduler, 'get' | 'runOnce' | 'runs' | 'tasks' | 'firstRunAt'>;
+  readonly audit: Pick<Audit, 'begin' | 'finish' | 'record'>;
+  readonly metrics: Pick<Metrics, 'text' | 'contentType'>;
+  status(): GatewayStatus;
+  /** Null when no app has that name. */
+  appStatus(name: string): AppStatus | null;
+  appNames(): string[];
+  releases(name: string): Promise<ReleaseList>;
+  deploys(name: string): Promise<DeployRecord[]>;
+  history(filter: HistoryFilter): Promise<HistoryEntry[]>;
+  routes(): ReturnType<RoutingTable['describe']>;
+  taskTarget(app: string): TaskTarget | undefined;
+  setMode(app: string, mode: Mode, opts?: { message?: string | null; retryAfter?: number | null }, ctx?: { user: string }): Promise<ModeState>;
+  reloadConfig(by: { user: string; channel: AuditChannel }): Promise<ConfigReloadResult>;
+  stop(): Promise<void>;
+}

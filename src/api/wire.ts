@@ -1,0 +1,81 @@
+/**
+ * The wire types of the control API: the JSON shapes it answers with (status, deploys, releases, history,
+ * config reloads), which the gateway builds and the CLI reads. In their own file so the CLI never imports
+ * the gateway, and the API never imports the gateway to name what it sends.
+ */
+import type { Mode } from '../config/schema.ts';
+import type { DeployRecord, ReleaseRecord } from '../store/store.ts';
+import type { Generation } from '../supervisor/supervisor.ts';
+
+/** A deploy, rollback or reload as `GET /v1/apps/:app/deploys` and `GET /v1/deploys/:id` return it. */
+export type { DeployRecord, ReleaseRecord };
+
+/** What a config reload did. */
+export interface ConfigReloadResult {
+  config: string;
+  environment: string | null;
+  added: string[];
+  removed: string[];
+  /** Apps whose processes changed, with the reload's deploy id (null: it starts once the app is free). */
+  reloaded: { app: string; deploy: string | null }[];
+  /** Apps whose routing, limits or other live settings changed, with no reload. */
+  updated: string[];
+  unchanged: string[];
+  /** One line for logs, the audit log and the CLI. */
+  summary: string;
+}
+
+export type GatewayState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
+
+/** Where one app stands in the gateway: booting, serving, or failed with a reason. */
+export type AppPhase = 'booting' | 'serving' | 'failed' | 'stopped';
+
+export interface AppStatus {
+  name: string;
+  hosts: string[];
+  phase: AppPhase;
+  error: string | null;
+  mode: Mode;
+  modeMessage: string | null;
+  activeRelease: string | null;
+  healthy: boolean;
+  reasons: string[];
+  db: { budget: number | null; demand: number; inUse: number };
+  queue: number;
+  generations: (ReturnType<Generation['snapshot']> & { active: boolean })[];
+}
+
+export interface HistoryEntry {
+  at: string;
+  finishedAt: string | null;
+  app: string | null;
+  action: string;
+  user: string;
+  channel: string;
+  target: string | null;
+  outcome: string;
+  detail: string | null;
+}
+
+export interface GatewayStatus {
+  version: string;
+  pid: number;
+  state: GatewayState;
+  startedAt: string;
+  uptimeMs: number;
+  config: string;
+  environment: string | null;
+  stateDir: string;
+  listen: string[];
+  control: string;
+  /** The bound `control.listen` address, or null when the control API is on the socket only. */
+  controlListen: string | null;
+  apps: AppStatus[];
+}
+
+/** An app's releases for `berth releases` (`GET /v1/apps/:app/releases`), newest first. */
+export interface ReleaseList {
+  app: string;
+  active: string | null;
+  releases: ReleaseRecord[];
+}
