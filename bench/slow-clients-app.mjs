@@ -15,7 +15,17 @@ const server = createServer((req, res) => {
   const url = new URL(req.url, 'http://x');
   counters.inFlight++;
   counters.peak = Math.max(counters.peak, counters.inFlight);
-  res.on('close', () => counters.inFlight--);
+  // Done at 'finish' (the last byte handed to the socket), or 'close' when the client left first. Not
+  // 'close' alone: on a keep-alive connection it is emitted a tick after 'finish', after node may
+  // already have parsed the next request on that connection, which would count one request twice.
+  let done = false;
+  const end = () => {
+    if (done) return;
+    done = true;
+    counters.inFlight--;
+  };
+  res.on('finish', end);
+  res.on('close', end);
   if (url.pathname === '/up') return res.end('ok');
   if (url.pathname === '/big') {
     const bytes = Math.min(Number(url.searchParams.get('bytes') ?? 8 * 1024 * 1024), 1024 * 1024 * 1024);

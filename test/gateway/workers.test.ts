@@ -67,6 +67,15 @@ test('a worker that stops touching its heartbeat file is restarted within heartb
   assert.equal(worker.http, false);
   assert.equal(worker.address, null, 'a worker gets no port');
   assert.equal(worker.lastRestartReason, null);
+  // Both workers must be running their code (their SIGUSR2 handler installed) before the signal: sent
+  // to a node process still starting, SIGUSR2 would kill it, and that is an exit, not silence.
+  await waitFor(
+    async () => {
+      const logs = await Promise.all(['worker', 'calm'].map((p) => readFile(join(dir, `state/apps/demo/logs/${p}.log`), 'utf8').catch(() => '')));
+      return logs[0].includes('worker worker.0 processed') && logs[1].includes('worker calm.0 processed');
+    },
+    { message: 'both workers working' },
+  );
   // The hang switch: both stop working and stop touching their heartbeat files.
   process.kill(worker.pid, 'SIGUSR2');
   process.kill(calm.pid, 'SIGUSR2');
