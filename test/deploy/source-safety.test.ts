@@ -3,76 +3,21 @@
  * symlinks out of a directory source, a REVISION symlink, a repository whose own config would run
  * commands, archive and many-file bombs against the release limits, and paths holding a `#`.
  */
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { randomBytes } from 'node:crypto';
-import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { chmod, lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BerthError } from '../../src/lib/errors.ts';
-import { silentLogger } from '../../src/lib/logger.ts';
-import { SqliteStore } from '../../src/store/sqlite.ts';
-import { ReleaseStore } from '../../src/deploy/release-store.ts';
 import { fetchSource, parseSource } from '../../src/deploy/sources.ts';
 import { resolveProcesses } from '../../src/deploy/procfile.ts';
 import type { AppConfig } from '../../src/config/schema.ts';
-import { appConfig as baseAppConfig } from '../proxy/fixtures.ts';
+import { appConfig, assertNothingLeft, git, releaseError, setup, tempDir, tree } from './release-fixtures.ts';
 
 const exec = promisify(execFile);
-
-async function tempDir(t: TestContext): Promise<string> {
-  const dir = await realpath(await mkdtemp(join(tmpdir(), 'berth-src-')));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-/** The shared test config of an app, as a Procfile app without routes. */
-function appConfig(over: Partial<AppConfig> = {}): AppConfig {
-  return baseAppConfig('shop', { processes: null, routes: [], ...over });
-}
-
-async function setup(t: TestContext, app: Partial<AppConfig> = {}) {
-  const dir = await tempDir(t);
-  const stateDir = join(dir, 'state');
-  await mkdir(stateDir, { recursive: true });
-  const store = new SqliteStore({ path: join(dir, 'berth.db'), migrations: 'upgrade', resetState: false, logger: silentLogger() });
-  t.after(() => store.close());
-  await store.open();
-  const releases = new ReleaseStore({ stateDir, app: appConfig(app), store, logger: silentLogger() });
-  return { dir, stateDir, store, releases };
-}
-
-async function tree(root: string, files: Record<string, string>): Promise<string> {
-  for (const [p, content] of Object.entries(files)) {
-    await mkdir(join(root, p, '..'), { recursive: true });
-    await writeFile(join(root, p), content);
-  }
-  return root;
-}
-
-function releaseError(pattern: RegExp) {
-  return (err: unknown) => {
-    assert.ok(err instanceof BerthError, `expected a BerthError, got ${String(err)}`);
-    assert.equal(err.code, 'BERTH_E_RELEASE', err.message);
-    assert.match(err.message, pattern);
-    return true;
-  };
-}
-
-async function assertNothingLeft(s: { releases: ReleaseStore; store: SqliteStore }): Promise<void> {
-  const left = await readdir(s.releases.releasesDir).catch(() => []);
-  assert.deepEqual(left, [], `releases dir holds ${left.join(', ')}`);
-  assert.deepEqual(await s.store.listReleases('shop'), []);
-}
-
-const git = (cwd: string, ...args: string[]) =>
-  exec('git', ['-c', 'user.name=Test', '-c', 'user.email=test@example.com', '-c', 'init.defaultBranch=main', ...args], {
-    cwd,
-    env: { ...process.env, GIT_CONFIG_GLOBAL: '/dev/null', GIT_CONFIG_NOSYSTEM: '1' },
-  });
 
 // ---- symlinks (finding 6) -------------------------------------------------------------------
 
