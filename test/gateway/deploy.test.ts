@@ -49,7 +49,7 @@ test('a long request started before a deploy finishes on the old release; reques
   assert.deepEqual([...stats.releases.keys()].sort(), [old, after.release].sort());
 });
 
-test('kill -9 of the gateway during wait_healthy: the deploy shows interrupted, the old release serves, no orphan is left', async (t) => {
+test('kill -9 of the gateway during wait_healthy: the deploy and its audit row show interrupted, the old release serves, no orphan is left', async (t) => {
   const dir = await tempDir(t);
   const v1 = await fixtureApp(dir, 'v1');
   // Never opened: the new release stays in wait_healthy until the gateway is killed.
@@ -66,6 +66,8 @@ test('kill -9 of the gateway during wait_healthy: the deploy shows interrupted, 
   const old = (await http({ port: gw.port }, { path: '/' })).json().release;
   const oldPids = await activePids(gw);
   const id = await deployUntilWaitHealthy(gw, slow);
+  const before = (await gw.api('/v1/history?app=shop')).history.find((h: any) => h.action === 'deploy' && h.user !== 'berth-start');
+  assert.equal(before.outcome, 'pending');
   // The aborted generation's processes are running (sleeping before they listen).
   const gens = (await gw.api('/v1/apps/shop')).generations;
   const aborted: number[] = gens.find((g: any) => !g.active).instances.map((i: any) => i.pid);
@@ -78,6 +80,19 @@ test('kill -9 of the gateway during wait_healthy: the deploy shows interrupted, 
   await untilReady(again);
   const record = await again.api(`/v1/deploys/${id}`);
   assert.equal(record.state, 'interrupted');
+  // Its audit row, left pending by the killed gateway, is finished as interrupted (API and CLI).
+  const { history } = await again.api('/v1/history?app=shop');
+  const row = history.find((h: any) => h.action === 'deploy' && h.at === before.at);
+  assert.ok(row, JSON.stringify(history));
+  assert.equal(row.outcome, 'interrupted');
+  assert.match(row.detail, new RegExp(`^${id}: deploy interrupted at wait_healthy: the gateway stopped while this ran$`));
+  assert.ok(row.finishedAt);
+  assert.equal(history.filter((h: any) => h.outcome === 'pending').length, 0);
+  const table = await runCli(['history', 'shop', '--socket', again.socket]);
+  assert.equal(table.code, 0, table.stderr);
+  assert.match(table.stdout, new RegExp(`deploy .*interrupted .*${id}: deploy interrupted at wait_healthy`));
+  const json = await runCli(['history', 'shop', '--json', '--socket', again.socket]);
+  assert.equal(JSON.parse(json.stdout).history.find((h: any) => h.at === before.at).outcome, 'interrupted');
   assert.equal((await http({ port: again.port }, { path: '/' })).json().release, old);
   const releases = await again.api('/v1/apps/shop/releases');
   assert.equal(releases.active, old);
