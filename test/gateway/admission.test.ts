@@ -16,6 +16,7 @@ import { request, type ClientRequest } from 'node:http';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { ROOT, http, spawnGateway, tempDir, waitFor, writeConfig, type ChildGateway } from '../helpers/gateway.ts';
+import { parseMetrics } from '../helpers/prometheus.ts';
 
 const APP_COMMAND = `"${process.execPath}" server.mjs`;
 
@@ -83,20 +84,6 @@ function releasesOverlap(intervals: readonly Interval[]): boolean {
   const [a, b] = [...byRelease.values()];
   if (a === undefined || b === undefined) return false;
   return a.some((x) => b.some((y) => x.start < y.end && y.start < x.end));
-}
-
-/** `name{labels} value` samples of a Prometheus text exposition. */
-function parseMetrics(text: string): { name: string; labels: Record<string, string>; value: number }[] {
-  const out: { name: string; labels: Record<string, string>; value: number }[] = [];
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    assert.ok(m, `not a sample line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const l of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]] = l[2];
-    out.push({ name: m[1], labels, value: Number(m[3]) });
-  }
-  return out;
 }
 
 /** The value of one sample (labels given must all match), or 0 when the series does not exist yet. */

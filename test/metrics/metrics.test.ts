@@ -17,25 +17,7 @@ import { instanceChannel } from '../../src/supervisor/instance.ts';
 import type { PoolView, Upstream } from '../../src/supervisor/types.ts';
 import { appConfig, backend, berthConfig, entry, fetchRaw, okHandler, processConfig, route, startProxy, TestGeneration } from '../proxy/fixtures.ts';
 import { http, startGateway, tempDir, writeConfig } from '../helpers/gateway.ts';
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-function parse(text: string): Sample[] {
-  const out: Sample[] = [];
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    assert.ok(m, `not a sample line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const l of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]] = l[2];
-    out.push({ name: m[1], labels, value: Number(m[3]) });
-  }
-  return out;
-}
+import { parseMetrics as parse, type Sample } from '../helpers/prometheus.ts';
 
 /** The one sample with this name whose labels include `labels`; undefined when there is none. */
 function sample(samples: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
