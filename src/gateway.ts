@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 import type { BerthConfig, AppConfig, Mode } from './config/schema.ts';
 import { dbDemand, HEALTH_FILE_INTERVAL_MS } from './config/schema.ts';
 import type { LoggerFactory, Logger } from './lib/logger.ts';
-import { BerthError, ConfigError, errorMessage, type ConfigProblem } from './lib/errors.ts';
+import { BerthError, ConfigError, errorMessage, type ConfigProblem, ErrorCodes } from './lib/errors.ts';
 import { redactText } from './lib/redact.ts';
 import type { AuditChannel, AppState, DeployRecord, Store } from './store/store.ts';
 import { loadConfig, type LoadOptions } from './config/load.ts';
@@ -184,7 +184,7 @@ export class Gateway implements DeployHost, Control {
    * it did) when the store cannot open or a listener cannot bind.
    */
   async start(): Promise<void> {
-    if (this.#state !== 'new') throw new BerthError('BERTH_E_INTERNAL', `gateway already ${this.#state}`);
+    if (this.#state !== 'new') throw new BerthError(ErrorCodes.internal, `gateway already ${this.#state}`);
     this.#transition('starting');
     // Before anything is touched: another live gateway's processes would look like orphans to reap.
     // Refused, this start undoes nothing, so the live gateway never notices.
@@ -316,7 +316,7 @@ export class Gateway implements DeployHost, Control {
 
   /** The deployer: deploys, rollbacks and reloads. Null before start(). */
   get deployer(): Deployer {
-    if (!this.#deployer) throw new BerthError('BERTH_E_UNAVAILABLE', 'the gateway is not started');
+    if (!this.#deployer) throw new BerthError(ErrorCodes.unavailable, 'the gateway is not started');
     return this.#deployer;
   }
 
@@ -324,7 +324,7 @@ export class Gateway implements DeployHost, Control {
 
   /** The scheduler: scheduled tasks, one-off runs and the cleanup job. Throws before start(). */
   get scheduler(): Scheduler {
-    if (!this.#scheduler) throw new BerthError('BERTH_E_UNAVAILABLE', 'the gateway is not started');
+    if (!this.#scheduler) throw new BerthError(ErrorCodes.unavailable, 'the gateway is not started');
     return this.#scheduler;
   }
 
@@ -350,7 +350,7 @@ export class Gateway implements DeployHost, Control {
   /** DeployHost: one pointer swap. Requests that arrived earlier keep the generation they pinned. */
   switchTo(app: string, gen: Generation): void {
     const rt = this.#apps.get(app);
-    if (!rt) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${app}"`);
+    if (!rt) throw new BerthError(ErrorCodes.notFound, `no app named "${app}"`);
     rt.active = gen;
     rt.phase = 'serving';
     rt.error = null;
@@ -371,7 +371,7 @@ export class Gateway implements DeployHost, Control {
       });
       return true;
     } catch (err) {
-      if (err instanceof BerthError && err.code === 'BERTH_E_CONFLICT') return false;
+      if (err instanceof BerthError && err.code === ErrorCodes.conflict) return false;
       this.#log.error({ app, err: errorMessage(err) }, 'triggered reload failed to start');
       return true;
     }
@@ -408,7 +408,7 @@ export class Gateway implements DeployHost, Control {
       if (!release) {
         // The first start of an app is a real deploy (prepare, link, build, release command...), recorded
         // like any other, except that it switches as soon as its generation starts.
-        if (!app.source) throw new BerthError('BERTH_E_RELEASE', `app ${app.name} has no release yet and no source to make one from`);
+        if (!app.source) throw new BerthError(ErrorCodes.release, `app ${app.name} has no release yet and no source to make one from`);
         log.info({ source: redactText(app.source) }, 'first deploy of the app');
         const d = this.deployer.begin(app.name, { kind: 'deploy', source: app.source, user: 'berth-start', boot: true });
         const auditId = await this.audit.begin({ user: 'berth-start', channel: 'internal', action: 'deploy', app: app.name, target: d.id });
@@ -416,7 +416,7 @@ export class Gateway implements DeployHost, Control {
         await this.audit.finish(auditId, d.state === 'succeeded' ? 'ok' : 'failed', d.state === 'succeeded' ? `${d.id}: release ${d.releaseId}` : `${d.id}: ${d.error ?? d.state}`);
         if (d.state !== 'succeeded' || !rt.active) {
           const tail = d.logTail.length ? `\n${d.logTail.join('\n')}` : '';
-          throw new BerthError('BERTH_E_RELEASE', `first deploy ${d.id} failed at step ${d.failedStep ?? '?'}: ${d.error ?? d.state}${tail}`);
+          throw new BerthError(ErrorCodes.release, `first deploy ${d.id} failed at step ${d.failedStep ?? '?'}: ${d.error ?? d.state}${tail}`);
         }
         const gen = rt.active;
         this.#readies.push(
@@ -546,7 +546,7 @@ export class Gateway implements DeployHost, Control {
   /** Releases of an app for `berth releases`, newest first, with the active and previous marked. */
   async releases(name: string): Promise<ReleaseList> {
     const rt = this.#apps.get(name);
-    if (!rt || !this.#store) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${name}"`);
+    if (!rt || !this.#store) throw new BerthError(ErrorCodes.notFound, `no app named "${name}"`);
     const releases = await this.#store.listReleases(name);
     return { app: name, active: rt.active?.releaseId ?? null, releases };
   }
@@ -600,9 +600,9 @@ export class Gateway implements DeployHost, Control {
   setMode(app: string, mode: Mode, opts: { message?: string | null; retryAfter?: number | null } = {}, ctx?: { user: string }): Promise<ModeState> {
     const run = this.#modeSwitches.then(async () => {
       const rt = this.#apps.get(app);
-      if (!rt) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${app}"`);
+      if (!rt) throw new BerthError(ErrorCodes.notFound, `no app named "${app}"`);
       const store = this.#store;
-      if (!store || (this.#state !== 'running' && this.#state !== 'starting')) throw new BerthError('BERTH_E_UNAVAILABLE', `the gateway is ${this.#state}`);
+      if (!store || (this.#state !== 'running' && this.#state !== 'starting')) throw new BerthError(ErrorCodes.unavailable, `the gateway is ${this.#state}`);
       const next: ModeState = mode === 'normal' ? { mode, message: null, retryAfter: null } : { mode, message: opts.message ?? null, retryAfter: opts.retryAfter ?? null };
       await store.setMode(app, mode, next.message, next.retryAfter);
       const was = rt.mode.mode;
@@ -630,8 +630,8 @@ export class Gateway implements DeployHost, Control {
    * (RESTART_ONLY_KEYS), throws ConfigError listing every problem, and nothing changes.
    */
   async reloadConfig(by: { user: string; channel: AuditChannel }): Promise<ConfigReloadResult> {
-    if (this.#state !== 'running') throw new BerthError('BERTH_E_UNAVAILABLE', `the gateway is ${this.#state}`);
-    if (this.#reloadingConfig) throw new BerthError('BERTH_E_CONFLICT', 'a config reload is already running');
+    if (this.#state !== 'running') throw new BerthError(ErrorCodes.unavailable, `the gateway is ${this.#state}`);
+    if (this.#reloadingConfig) throw new BerthError(ErrorCodes.conflict, 'a config reload is already running');
     this.#reloadingConfig = true;
     try {
       const next = await loadConfig(this.#loadOptions);
@@ -737,7 +737,7 @@ export class Gateway implements DeployHost, Control {
       try {
         return this.deployer.begin(name, { kind: 'reload', user: by.user });
       } catch (err) {
-        if (err instanceof BerthError && err.code === 'BERTH_E_CONFLICT') return null;
+        if (err instanceof BerthError && err.code === ErrorCodes.conflict) return null;
         throw err;
       }
     };
@@ -789,7 +789,7 @@ export class Gateway implements DeployHost, Control {
     } catch (err) {
       const problems = err instanceof ConfigError ? err.problems : undefined;
       this.#log.error({ err: errorMessage(err), problems }, 'config reload refused; nothing changed');
-      await this.audit.finish(id, err instanceof BerthError && err.code === 'BERTH_E_CONFLICT' ? 'refused' : 'failed', errorMessage(err));
+      await this.audit.finish(id, err instanceof BerthError && err.code === ErrorCodes.conflict ? 'refused' : 'failed', errorMessage(err));
     }
   }
 

@@ -23,7 +23,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import type { ControlConfig, Role } from '../config/schema.ts';
 import { DEFAULT_CALL_CONTEXT_FROM, ROLES } from '../config/schema.ts';
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import type { AppRule, RequestContext } from './request.ts';
 
 export type { AppRule } from './request.ts';
@@ -104,7 +104,7 @@ export function permits(ctx: RequestContext, app: string): boolean {
 export function assertPermitted(ctx: RequestContext, app: string, what: string): void {
   if (permits(ctx, app)) return;
   const rule = ctx.apps!;
-  throw new BerthError('BERTH_E_FORBIDDEN', `user ${ctx.user} may not ${what} app "${app}": ${rule.rule} allows only ${rule.sources.join(', ') || 'no app'}`, {
+  throw new BerthError(ErrorCodes.forbidden, `user ${ctx.user} may not ${what} app "${app}": ${rule.rule} allows only ${rule.sources.join(', ') || 'no app'}`, {
     details: { app, rule: rule.rule, allowed: rule.sources },
   });
 }
@@ -116,11 +116,11 @@ export function assertPermitted(ctx: RequestContext, app: string, what: string):
 export function authorize(ctx: RequestContext, needed: Role, app: string | null, what: string): void {
   if (!hasRole(ctx.roles, needed)) {
     const has = ctx.roles.length ? ctx.roles.join(', ') : 'no role';
-    throw new BerthError('BERTH_E_FORBIDDEN', `user ${ctx.user} (${has}) may not ${what}: it needs the ${needed} role`, { details: { needed, roles: ctx.roles } });
+    throw new BerthError(ErrorCodes.forbidden, `user ${ctx.user} (${has}) may not ${what}: it needs the ${needed} role`, { details: { needed, roles: ctx.roles } });
   }
   if (app !== null) assertPermitted(ctx, app, what);
   else if (ctx.apps && needed !== 'viewer') {
-    throw new BerthError('BERTH_E_FORBIDDEN', `user ${ctx.user} may not ${what}: it is limited to some apps by ${ctx.apps.rule} and this changes the whole gateway`, {
+    throw new BerthError(ErrorCodes.forbidden, `user ${ctx.user} may not ${what}: it is limited to some apps by ${ctx.apps.rule} and this changes the whole gateway`, {
       details: { rule: ctx.apps.rule, allowed: ctx.apps.sources },
     });
   }
@@ -132,7 +132,7 @@ export function hashToken(token: string): string {
 }
 
 function unauthorized(message: string): BerthError {
-  return new BerthError('BERTH_E_UNAUTHORIZED', message);
+  return new BerthError(ErrorCodes.unauthorized, message);
 }
 
 /** Whether `name` is one berth keeps for itself. */

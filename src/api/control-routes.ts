@@ -3,7 +3,7 @@
  * (`GET /v1/events`, server-sent events) and the config reload (`POST /v1/config/reload`).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { BerthError, ConfigError } from '../lib/errors.ts';
+import { BerthError, ConfigError, ErrorCodes } from '../lib/errors.ts';
 import type { DeployEvent } from '../store/store.ts';
 import type { Deploy } from '../deploy/deployer.ts';
 import type { Control } from './control.ts';
@@ -258,7 +258,7 @@ export function registerControlRoutes(routes: RouteTable, gateway: Control): voi
         return { status: 200, body: result, audit: { target: result.summary } };
       } catch (err) {
         if (err instanceof ConfigError) {
-          throw new BerthError('BERTH_E_CONFIG', `the config was not reloaded; nothing changed:\n${err.message}`, { cause: err, details: { problems: err.problems } });
+          throw new BerthError(ErrorCodes.config, `the config was not reloaded; nothing changed:\n${err.message}`, { cause: err, details: { problems: err.problems } });
         }
         throw err;
       }

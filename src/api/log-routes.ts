@@ -9,7 +9,7 @@
 import { open, readdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import type { Control } from './control.ts';
 import type { RouteTable } from './request.ts';
 
@@ -242,20 +242,20 @@ async function follow(req: IncomingMessage, res: ServerResponse, followers: File
 export function registerLogRoutes(routes: RouteTable, gateway: Control): void {
   routes.add('GET', '/v1/apps/:app/logs', async (p, url, _body, req, res) => {
     const app = p.app;
-    if (!gateway.taskTarget(app)) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${app}"`);
+    if (!gateway.taskTarget(app)) throw new BerthError(ErrorCodes.notFound, `no app named "${app}"`);
     const rawLines = url.searchParams.get('lines');
     const n = rawLines === null ? DEFAULT_LOG_LINES : Number(rawLines);
-    if (!Number.isInteger(n) || n < 0 || n > MAX_LOG_LINES) throw new BerthError('BERTH_E_BAD_REQUEST', `"lines" must be an integer from 0 to ${MAX_LOG_LINES}, got "${rawLines}"`);
+    if (!Number.isInteger(n) || n < 0 || n > MAX_LOG_LINES) throw new BerthError(ErrorCodes.badRequest, `"lines" must be an integer from 0 to ${MAX_LOG_LINES}, got "${rawLines}"`);
     const logsDir = join(gateway.config.stateDir, 'apps', app, 'logs');
     const deployId = url.searchParams.get('deploy');
     const taskId = url.searchParams.get('task');
     const proc = url.searchParams.get('process');
-    if ([deployId, taskId, proc].filter((v) => v !== null).length > 1) throw new BerthError('BERTH_E_BAD_REQUEST', 'give at most one of "process", "deploy" and "task"');
+    if ([deployId, taskId, proc].filter((v) => v !== null).length > 1) throw new BerthError(ErrorCodes.badRequest, 'give at most one of "process", "deploy" and "task"');
 
     if (taskId !== null) {
-      if (isFollow(url)) throw new BerthError('BERTH_E_BAD_REQUEST', 'a task run\'s output cannot be followed here; `berth run` streams it live');
+      if (isFollow(url)) throw new BerthError(ErrorCodes.badRequest, 'a task run\'s output cannot be followed here; `berth run` streams it live');
       const run = await gateway.scheduler.get(taskId);
-      if (!run || run.app !== app) throw new BerthError('BERTH_E_NOT_FOUND', `no task run "${taskId}" of app "${app}"`);
+      if (!run || run.app !== app) throw new BerthError(ErrorCodes.notFound, `no task run "${taskId}" of app "${app}"`);
       const lines = run.output === '' ? [] : run.output.replace(/\n$/, '').split('\n');
       startText(res);
       writeLines(res, n === 0 ? [] : lines.slice(-n));
@@ -264,9 +264,9 @@ export function registerLogRoutes(routes: RouteTable, gateway: Control): void {
     }
 
     if (deployId !== null) {
-      if (!DEPLOY_ID_RE.test(deployId)) throw new BerthError('BERTH_E_BAD_REQUEST', `"deploy" must be a deploy id like d20260101120000-abcdef, got "${deployId}"`);
+      if (!DEPLOY_ID_RE.test(deployId)) throw new BerthError(ErrorCodes.badRequest, `"deploy" must be a deploy id like d20260101120000-abcdef, got "${deployId}"`);
       const found = await gateway.deployer.get(deployId);
-      if (!found || found.deploy.app !== app) throw new BerthError('BERTH_E_NOT_FOUND', `no deploy "${deployId}" of app "${app}"`);
+      if (!found || found.deploy.app !== app) throw new BerthError(ErrorCodes.notFound, `no deploy "${deployId}" of app "${app}"`);
       const file = join(logsDir, `deploy-${deployId}.log`);
       const tail = await tailOf(file, n);
       startText(res);
@@ -282,8 +282,8 @@ export function registerLogRoutes(routes: RouteTable, gateway: Control): void {
 
     let names: string[];
     if (proc !== null) {
-      if (!PROCESS_NAME_RE.test(proc)) throw new BerthError('BERTH_E_BAD_REQUEST', `"process" must be a process type name matching ${PROCESS_NAME_RE.source}, got "${proc}"`);
-      if (!(await processNames(gateway, app, logsDir)).has(proc)) throw new BerthError('BERTH_E_NOT_FOUND', `app "${app}" has no process type "${proc}" and no logs for one`);
+      if (!PROCESS_NAME_RE.test(proc)) throw new BerthError(ErrorCodes.badRequest, `"process" must be a process type name matching ${PROCESS_NAME_RE.source}, got "${proc}"`);
+      if (!(await processNames(gateway, app, logsDir)).has(proc)) throw new BerthError(ErrorCodes.notFound, `app "${app}" has no process type "${proc}" and no logs for one`);
       names = [proc];
     } else {
       names = [...(await processNames(gateway, app, logsDir))].sort();

@@ -3,7 +3,7 @@
  * itself and returns undefined. Errors are thrown as BerthError; the server maps them to statuses.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { BerthError, errorMessage, httpStatusFor } from '../lib/errors.ts';
+import { BerthError, errorMessage, httpStatusFor, ErrorCodes } from '../lib/errors.ts';
 import type { Role } from '../config/schema.ts';
 import type { Control } from './control.ts';
 import type { ApiResult, Handler, RequestContext, RouteOptions, RouteTable } from './request.ts';
@@ -19,10 +19,10 @@ import { redactText } from '../lib/redact.ts';
 export type { ApiResult, Handler, RequestContext, RouteOptions } from './request.ts';
 
 function optionalString(body: unknown, key: string): string | null {
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new BerthError('BERTH_E_BAD_REQUEST', 'request body must be a JSON object');
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new BerthError(ErrorCodes.badRequest, 'request body must be a JSON object');
   const v = (body as Record<string, unknown>)[key];
   if (v === undefined || v === null) return null;
-  if (typeof v !== 'string' || v.trim() === '') throw new BerthError('BERTH_E_BAD_REQUEST', `"${key}" must be a non-empty string`);
+  if (typeof v !== 'string' || v.trim() === '') throw new BerthError(ErrorCodes.badRequest, `"${key}" must be a non-empty string`);
   return v;
 }
 
@@ -99,7 +99,7 @@ export class ApiRoutes implements RouteTable {
     this.add('GET', '/v1/apps/:app/health', (p) => {
       const proxy = this.#gateway.proxy;
       const entry = proxy.table.app(p.app);
-      if (!entry) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${p.app}"`);
+      if (!entry) throw new BerthError(ErrorCodes.notFound, `no app named "${p.app}"`);
       const health = appHealth(entry, proxy.queueDepth(entry.name));
       return { status: 200, body: { status: health.healthy ? 'ok' : 'unavailable', ...health } };
     });
@@ -122,7 +122,7 @@ export class ApiRoutes implements RouteTable {
     });
     this.add('GET', '/v1/deploys/:id', async (p, url, _b, req, res, ctx) => {
       const found = await this.#gateway.deployer.get(p.id);
-      if (!found) throw new BerthError('BERTH_E_NOT_FOUND', `no deploy with id "${p.id}"`);
+      if (!found) throw new BerthError(ErrorCodes.notFound, `no deploy with id "${p.id}"`);
       assertPermitted(ctx, found.deploy.app, 'read');
       const follow = url.searchParams.get('follow');
       if (follow !== '1' && follow !== 'true') return { status: 200, body: { ...found.deploy, events: found.events } };
@@ -155,10 +155,10 @@ export class ApiRoutes implements RouteTable {
       const user = url.searchParams.get('user') || undefined;
       const action = url.searchParams.get('action') || undefined;
       const since = url.searchParams.get('since') || undefined;
-      if (since !== undefined && Number.isNaN(Date.parse(since))) throw new BerthError('BERTH_E_BAD_REQUEST', `"since" must be an ISO 8601 time, got "${since}"`);
+      if (since !== undefined && Number.isNaN(Date.parse(since))) throw new BerthError(ErrorCodes.badRequest, `"since" must be an ISO 8601 time, got "${since}"`);
       const limit = url.searchParams.get('limit');
       const n = limit === null ? 50 : Number(limit);
-      if (!Number.isInteger(n) || n < 1 || n > 1000) throw new BerthError('BERTH_E_BAD_REQUEST', `"limit" must be an integer from 1 to 1000, got "${limit}"`);
+      if (!Number.isInteger(n) || n < 1 || n > 1000) throw new BerthError(ErrorCodes.badRequest, `"limit" must be an integer from 1 to 1000, got "${limit}"`);
       // A caller limited to some apps reads a wider page and keeps its apps' rows (and gateway-wide ones).
       const wide = ctx.apps && app === undefined ? 1000 : n;
       const rows = await this.#gateway.history({ app, user, action, since: since === undefined ? undefined : new Date(since).toISOString(), limit: wide });
@@ -190,7 +190,7 @@ export class ApiRoutes implements RouteTable {
 
   #app(name: string) {
     const app = this.#gateway.appStatus(name);
-    if (!app) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${name}"`);
+    if (!app) throw new BerthError(ErrorCodes.notFound, `no app named "${name}"`);
     return app;
   }
 
@@ -251,7 +251,7 @@ export class ApiRoutes implements RouteTable {
       const raw: Record<string, string> = {};
       route.keys.forEach((k, i) => (raw[k] = m[i + 1]));
       if (route.method !== method) {
-        other ??= new BerthError('BERTH_E_BAD_REQUEST', `method ${method} is not allowed on ${url.pathname}`);
+        other ??= new BerthError(ErrorCodes.badRequest, `method ${method} is not allowed on ${url.pathname}`);
         if (change && route.action !== null) refused ??= { action: route.action, app: decodedOr(raw.app) };
         continue;
       }
@@ -259,7 +259,7 @@ export class ApiRoutes implements RouteTable {
       try {
         for (const [k, v] of Object.entries(raw)) params[k] = decodeURIComponent(v);
       } catch {
-        return { error: new BerthError('BERTH_E_BAD_REQUEST', `bad percent-encoding in ${url.pathname}`), refused: route.action !== null ? { action: route.action, app: raw.app ?? null } : null };
+        return { error: new BerthError(ErrorCodes.badRequest, `bad percent-encoding in ${url.pathname}`), refused: route.action !== null ? { action: route.action, app: raw.app ?? null } : null };
       }
       return { route, params };
     }
@@ -282,7 +282,7 @@ export class ApiRoutes implements RouteTable {
     let body: unknown;
     try {
       ctx = access.identify();
-      if (!found) throw missed!.error ?? new BerthError('BERTH_E_NOT_FOUND', `no such endpoint: ${method} ${url.pathname}`);
+      if (!found) throw missed!.error ?? new BerthError(ErrorCodes.notFound, `no such endpoint: ${method} ${url.pathname}`);
       if (method !== 'GET' && method !== 'HEAD') body = await access.body();
       this.#authorize(found.route, found.params, url, ctx);
     } catch (err) {

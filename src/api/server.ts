@@ -24,7 +24,7 @@ import { execFile } from 'node:child_process';
 import { dirname } from 'node:path';
 import type { BerthConfig, ListenAddress } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
-import { BerthError, errorMessage, httpStatusFor } from '../lib/errors.ts';
+import { BerthError, errorMessage, httpStatusFor, ErrorCodes } from '../lib/errors.ts';
 import type { Control } from './control.ts';
 import { ApiRoutes } from './routes.ts';
 import type { RequestContext } from './request.ts';
@@ -124,13 +124,13 @@ export class ApiServer {
     // Anyone could swap the socket for their own in a world-writable directory (even with the sticky bit,
     // a name we have not bound yet is theirs to take).
     const dir = dirname(path);
-    if (((await stat(dir)).mode & 0o002) !== 0) throw new BerthError('BERTH_E_LISTEN', `the control socket's directory ${dir} is world-writable; refusing to use it (chmod o-w ${dir}, or set control.socket elsewhere)`);
+    if (((await stat(dir)).mode & 0o002) !== 0) throw new BerthError(ErrorCodes.listen, `the control socket's directory ${dir} is world-writable; refusing to use it (chmod o-w ${dir}, or set control.socket elsewhere)`);
     const existing = await lstat(path).catch(() => null);
     if (existing) {
-      if (existing.isSymbolicLink()) throw new BerthError('BERTH_E_LISTEN', `control socket ${path} is a symlink; refusing to use it`);
-      if (!existing.isSocket()) throw new BerthError('BERTH_E_LISTEN', `control socket path ${path} exists and is not a socket`);
-      if (existing.uid !== process.getuid!()) throw new BerthError('BERTH_E_LISTEN', `control socket ${path} is owned by another user (uid ${existing.uid}); refusing to use it`);
-      if (await acceptsConnections(path)) throw new BerthError('BERTH_E_LISTEN', `another gateway is already running on control socket ${path}`);
+      if (existing.isSymbolicLink()) throw new BerthError(ErrorCodes.listen, `control socket ${path} is a symlink; refusing to use it`);
+      if (!existing.isSocket()) throw new BerthError(ErrorCodes.listen, `control socket path ${path} exists and is not a socket`);
+      if (existing.uid !== process.getuid!()) throw new BerthError(ErrorCodes.listen, `control socket ${path} is owned by another user (uid ${existing.uid}); refusing to use it`);
+      if (await acceptsConnections(path)) throw new BerthError(ErrorCodes.listen, `another gateway is already running on control socket ${path}`);
       await unlink(path);
     }
     const server = createServer(SERVER_OPTIONS, (req, res) => {
@@ -148,7 +148,7 @@ export class ApiServer {
         });
       });
     } catch (err) {
-      throw new BerthError('BERTH_E_LISTEN', `cannot listen on control socket ${path}: ${errorMessage(err)}`, { cause: err });
+      throw new BerthError(ErrorCodes.listen, `cannot listen on control socket ${path}: ${errorMessage(err)}`, { cause: err });
     } finally {
       process.umask(oldMask);
     }
@@ -159,7 +159,7 @@ export class ApiServer {
       try {
         await chown(path, process.getuid!(), gid);
       } catch (err) {
-        throw new BerthError('BERTH_E_LISTEN', `cannot give control socket ${path} to group ${group}: ${errorMessage(err)}`, { cause: err });
+        throw new BerthError(ErrorCodes.listen, `cannot give control socket ${path} to group ${group}: ${errorMessage(err)}`, { cause: err });
       }
       await chmod(path, 0o660);
     } else await chmod(path, 0o600);
@@ -183,7 +183,7 @@ export class ApiServer {
         });
       });
     } catch (err) {
-      throw new BerthError('BERTH_E_LISTEN', `cannot listen on control.listen ${address.text}: ${errorMessage(err)}`, { cause: err });
+      throw new BerthError(ErrorCodes.listen, `cannot listen on control.listen ${address.text}: ${errorMessage(err)}`, { cause: err });
     }
     this.#tcp = server;
     this.#log.info({ listen: this.tcpAddress()?.text }, 'control api listening on tcp');
@@ -209,7 +209,7 @@ export class ApiServer {
       if (result !== undefined && !res.headersSent) sendJson(res, result.status, result.body);
     } catch (err) {
       const status = httpStatusFor(err);
-      const code = err instanceof BerthError ? err.code : 'BERTH_E_INTERNAL';
+      const code = err instanceof BerthError ? err.code : ErrorCodes.internal;
       if (status >= 500) this.#log.error({ err: errorMessage(err), url: req.url }, 'api request failed');
       if (!res.headersSent) {
         const details = err instanceof BerthError ? err.details : undefined;
@@ -295,7 +295,7 @@ async function groupId(group: string): Promise<number> {
     });
   });
   const gid = line ? Number(line.split(':')[2]) : NaN;
-  if (!Number.isInteger(gid)) throw new BerthError('BERTH_E_LISTEN', `control.socket_group ${JSON.stringify(group)} is not a known group`);
+  if (!Number.isInteger(gid)) throw new BerthError(ErrorCodes.listen, `control.socket_group ${JSON.stringify(group)} is not a known group`);
   return gid;
 }
 
@@ -339,12 +339,12 @@ function deeperThan(value: unknown, max: number): boolean {
 export function readJsonBody(req: IncomingMessage, limits: { maxBytes?: number; timeoutMs?: number } = {}): Promise<unknown> {
   const maxBytes = limits.maxBytes ?? MAX_BODY_BYTES;
   const timeoutMs = limits.timeoutMs ?? BODY_TIMEOUT_MS;
-  const tooLarge = () => new BerthError('BERTH_E_TOO_LARGE', `request body is larger than ${maxBytes} bytes`, { details: { limit: maxBytes } });
+  const tooLarge = () => new BerthError(ErrorCodes.tooLarge, `request body is larger than ${maxBytes} bytes`, { details: { limit: maxBytes } });
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > maxBytes) return Promise.reject(tooLarge());
   // The client left while the request waited (on a peer lookup, say): node has already destroyed the
   // request and dropped what it held, and no event will come, so say so now rather than time out.
-  if (req.destroyed) return Promise.reject(new BerthError('BERTH_E_BAD_REQUEST', 'the request body was cut short'));
+  if (req.destroyed) return Promise.reject(new BerthError(ErrorCodes.badRequest, 'the request body was cut short'));
   return new Promise<Buffer>((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -367,8 +367,8 @@ export function readJsonBody(req: IncomingMessage, limits: { maxBytes?: number; 
       else chunks.push(chunk);
     };
     const onEnd = () => finish(null);
-    const onClose = () => finish(new BerthError('BERTH_E_BAD_REQUEST', 'the request body was cut short'));
-    const timer = setTimeout(() => finish(new BerthError('BERTH_E_TIMEOUT', `the request body did not arrive within ${timeoutMs / 1000}s`, { details: { timeoutMs } })), timeoutMs);
+    const onClose = () => finish(new BerthError(ErrorCodes.badRequest, 'the request body was cut short'));
+    const timer = setTimeout(() => finish(new BerthError(ErrorCodes.timeout, `the request body did not arrive within ${timeoutMs / 1000}s`, { details: { timeoutMs } })), timeoutMs);
     req.on('data', onData);
     req.on('end', onEnd);
     req.on('close', onClose);
@@ -379,10 +379,10 @@ export function readJsonBody(req: IncomingMessage, limits: { maxBytes?: number; 
     try {
       parsed = JSON.parse(raw.toString('utf8'));
     } catch (err) {
-      throw new BerthError('BERTH_E_BAD_REQUEST', `request body is not valid JSON: ${errorMessage(err)}`, { cause: err });
+      throw new BerthError(ErrorCodes.badRequest, `request body is not valid JSON: ${errorMessage(err)}`, { cause: err });
     }
     if (parsed !== null && typeof parsed === 'object' && deeperThan(parsed, MAX_JSON_DEPTH)) {
-      throw new BerthError('BERTH_E_BAD_REQUEST', `request body is nested more than ${MAX_JSON_DEPTH} levels deep`);
+      throw new BerthError(ErrorCodes.badRequest, `request body is nested more than ${MAX_JSON_DEPTH} levels deep`);
     }
     return parsed;
   });

@@ -2,7 +2,7 @@
  * Tasks on the control API: one-off runs that stream their output (`POST /v1/apps/:app/run`), the
  * schedule entries with their next and last run (`GET /v1/apps/:app/tasks`), and the recorded runs.
  */
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import type { Control } from './control.ts';
 import { describeOutcome } from '../scheduler/scheduler.ts';
 import type { TaskRunState, TaskTrigger } from '../store/store.ts';
@@ -14,23 +14,23 @@ const STATES: ReadonlySet<string> = new Set<TaskRunState>(['running', 'succeeded
 
 /** What `POST /v1/apps/:app/run` accepts: `{command: string[] | string}` or `{process: string}`. */
 export function parseRunBody(body: unknown): { command?: string | string[]; process?: string } {
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new BerthError('BERTH_E_BAD_REQUEST', 'request body must be a JSON object');
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new BerthError(ErrorCodes.badRequest, 'request body must be a JSON object');
   const b = body as Record<string, unknown>;
   for (const key of Object.keys(b)) {
-    if (key !== 'command' && key !== 'process') throw new BerthError('BERTH_E_BAD_REQUEST', `unknown key "${key}": expected "command" or "process"`);
+    if (key !== 'command' && key !== 'process') throw new BerthError(ErrorCodes.badRequest, `unknown key "${key}": expected "command" or "process"`);
   }
   const { command, process } = b;
-  if ((command === undefined) === (process === undefined)) throw new BerthError('BERTH_E_BAD_REQUEST', 'give exactly one of "command" (a list of words or a shell command line) and "process" (a process type)');
+  if ((command === undefined) === (process === undefined)) throw new BerthError(ErrorCodes.badRequest, 'give exactly one of "command" (a list of words or a shell command line) and "process" (a process type)');
   if (process !== undefined) {
-    if (typeof process !== 'string' || !PROCESS_NAME_RE.test(process)) throw new BerthError('BERTH_E_BAD_REQUEST', `"process" must be a process type name matching ${PROCESS_NAME_RE.source}`);
+    if (typeof process !== 'string' || !PROCESS_NAME_RE.test(process)) throw new BerthError(ErrorCodes.badRequest, `"process" must be a process type name matching ${PROCESS_NAME_RE.source}`);
     return { process };
   }
   if (typeof command === 'string') {
-    if (command.trim() === '') throw new BerthError('BERTH_E_BAD_REQUEST', '"command" must not be empty');
+    if (command.trim() === '') throw new BerthError(ErrorCodes.badRequest, '"command" must not be empty');
     return { command };
   }
   if (!Array.isArray(command) || command.length === 0 || !command.every((w) => typeof w === 'string') || command[0] === '') {
-    throw new BerthError('BERTH_E_BAD_REQUEST', '"command" must be a non-empty list of strings (the program first) or a shell command line');
+    throw new BerthError(ErrorCodes.badRequest, '"command" must be a non-empty list of strings (the program first) or a shell command line');
   }
   return { command: command as string[] };
 }
@@ -39,7 +39,7 @@ function intParam(url: URL, key: string, fallback: number, max: number): number 
   const raw = url.searchParams.get(key);
   if (raw === null) return fallback;
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1 || n > max) throw new BerthError('BERTH_E_BAD_REQUEST', `"${key}" must be an integer from 1 to ${max}, got "${raw}"`);
+  if (!Number.isInteger(n) || n < 1 || n > max) throw new BerthError(ErrorCodes.badRequest, `"${key}" must be an integer from 1 to ${max}, got "${raw}"`);
   return n;
 }
 
@@ -84,12 +84,12 @@ export function registerTaskRoutes(routes: RouteTable, gateway: Control): void {
   });
 
   routes.add('GET', '/v1/apps/:app/task-runs', async (p, url) => {
-    if (!gateway.taskTarget(p.app)) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${p.app}"`);
+    if (!gateway.taskTarget(p.app)) throw new BerthError(ErrorCodes.notFound, `no app named "${p.app}"`);
     const task = url.searchParams.get('task') ?? undefined;
     const trigger = url.searchParams.get('trigger') ?? undefined;
-    if (trigger !== undefined && !TRIGGERS.has(trigger)) throw new BerthError('BERTH_E_BAD_REQUEST', `"trigger" must be one of ${[...TRIGGERS].join(', ')}, got "${trigger}"`);
+    if (trigger !== undefined && !TRIGGERS.has(trigger)) throw new BerthError(ErrorCodes.badRequest, `"trigger" must be one of ${[...TRIGGERS].join(', ')}, got "${trigger}"`);
     const state = url.searchParams.get('state') ?? undefined;
-    if (state !== undefined && !STATES.has(state)) throw new BerthError('BERTH_E_BAD_REQUEST', `"state" must be one of ${[...STATES].join(', ')}, got "${state}"`);
+    if (state !== undefined && !STATES.has(state)) throw new BerthError(ErrorCodes.badRequest, `"state" must be one of ${[...STATES].join(', ')}, got "${state}"`);
     const limit = intParam(url, 'limit', 50, 1000);
     const runs = await gateway.scheduler.runs({ app: p.app, task, trigger: trigger as TaskTrigger | undefined, states: state === undefined ? undefined : [state as TaskRunState], limit });
     return { status: 200, body: { runs } };
@@ -97,7 +97,7 @@ export function registerTaskRoutes(routes: RouteTable, gateway: Control): void {
 
   routes.add('GET', '/v1/apps/:app/task-runs/:id', async (p) => {
     const run = await gateway.scheduler.get(p.id);
-    if (!run || run.app !== p.app) throw new BerthError('BERTH_E_NOT_FOUND', `no task run "${p.id}" of app "${p.app}"`);
+    if (!run || run.app !== p.app) throw new BerthError(ErrorCodes.notFound, `no task run "${p.id}" of app "${p.app}"`);
     return { status: 200, body: run };
   });
 }

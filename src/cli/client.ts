@@ -6,7 +6,7 @@
 import { request as httpRequest, type ClientRequest, type IncomingMessage, type RequestOptions } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { userInfo } from 'node:os';
-import { BerthError, errorMessage } from '../lib/errors.ts';
+import { BerthError, errorCodeFrom, errorMessage, ErrorCodes } from '../lib/errors.ts';
 
 /** The person running the CLI, for the audit log. */
 export function cliUser(): string {
@@ -29,11 +29,11 @@ export function parseControlUrl(text: string): URL {
   try {
     url = new URL(text);
   } catch {
-    throw new BerthError('BERTH_E_BAD_REQUEST', `--url expects http://host:port, got "${text}"`);
+    throw new BerthError(ErrorCodes.badRequest, `--url expects http://host:port, got "${text}"`);
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new BerthError('BERTH_E_BAD_REQUEST', `--url must be http:// or https://, got "${text}"`);
-  if (url.username || url.password) throw new BerthError('BERTH_E_BAD_REQUEST', '--url must not carry credentials: put the token in BERTH_TOKEN');
-  if (url.search || url.hash) throw new BerthError('BERTH_E_BAD_REQUEST', `--url must not have a query or fragment, got "${text}"`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new BerthError(ErrorCodes.badRequest, `--url must be http:// or https://, got "${text}"`);
+  if (url.username || url.password) throw new BerthError(ErrorCodes.badRequest, '--url must not carry credentials: put the token in BERTH_TOKEN');
+  if (url.search || url.hash) throw new BerthError(ErrorCodes.badRequest, `--url must not have a query or fragment, got "${text}"`);
   return url;
 }
 
@@ -88,9 +88,9 @@ export class ControlClient {
   unreachable(err: NodeJS.ErrnoException): BerthError {
     if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
       const hint = this.url ? 'is it running, and is control.listen set?' : 'is it running? (start it with `berth start`)';
-      return new BerthError('BERTH_E_UNAVAILABLE', `cannot reach the gateway on ${this.where}: ${hint}`, { cause: err });
+      return new BerthError(ErrorCodes.unavailable, `cannot reach the gateway on ${this.where}: ${hint}`, { cause: err });
     }
-    return new BerthError('BERTH_E_UNAVAILABLE', `control API request failed: ${errorMessage(err)}`, { cause: err });
+    return new BerthError(ErrorCodes.unavailable, `control API request failed: ${errorMessage(err)}`, { cause: err });
   }
 
   /** Sends one request and returns the parsed JSON body; API errors are thrown as BerthError. */
@@ -111,16 +111,24 @@ export class ControlClient {
       req.on('error', (err: NodeJS.ErrnoException) => reject(this.unreachable(err)));
       req.end(payload);
     });
-    let parsed: unknown;
+    if (status >= 400) throw errorFromAnswer(status, text);
     try {
-      parsed = text === '' ? {} : JSON.parse(text);
+      return (text === '' ? {} : JSON.parse(text)) as T;
     } catch {
-      throw new BerthError('BERTH_E_INTERNAL', `the gateway answered ${status} with a body that is not JSON`);
+      throw new BerthError(ErrorCodes.internal, `the gateway answered ${status} with a body that is not JSON`);
     }
-    if (status >= 400) {
-      const e = (parsed as { error?: { code?: string; message?: string; details?: Record<string, unknown> } }).error;
-      throw new BerthError(e?.code ?? 'BERTH_E_INTERNAL', e?.message ?? `the gateway answered ${status}`, e?.details ? { details: e.details } : undefined);
-    }
-    return parsed as T;
   }
+}
+
+/** The error an API answer of 400 or more carries (`{"error": {code, message, details}}`), or a plain one. */
+export function errorFromAnswer(status: number, text: string): BerthError {
+  let e: { code?: unknown; message?: unknown; details?: unknown } | undefined;
+  try {
+    e = (JSON.parse(text) as { error?: typeof e } | null)?.error;
+  } catch {
+    // Not JSON: fall through to the plain error.
+  }
+  if (!e || typeof e.message !== 'string') return new BerthError(ErrorCodes.internal, `the gateway answered ${status}`);
+  const details = e.details && typeof e.details === 'object' ? { details: e.details as Record<string, unknown> } : undefined;
+  return new BerthError(errorCodeFrom(e.code), e.message, details);
 }

@@ -14,7 +14,7 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { createServer, request, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { errorMessage } from '../lib/errors.ts';
+import { errorMessage, ErrorCodes } from '../lib/errors.ts';
 import { cliUser, type ControlClient } from './client.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 
@@ -168,10 +168,10 @@ export class DashboardProxy {
   }
 }
 
-const REFUSAL_CODES: Record<number, string> = { 401: 'BERTH_E_UNAUTHORIZED', 403: 'BERTH_E_FORBIDDEN' };
+const REFUSAL_CODES: Record<number, string> = { 401: ErrorCodes.unauthorized, 403: ErrorCodes.forbidden };
 
 function refuse(res: ServerResponse, status: number, message: string): void {
-  const body = JSON.stringify({ error: { code: REFUSAL_CODES[status] ?? 'BERTH_E_UNAVAILABLE', message } });
+  const body = JSON.stringify({ error: { code: REFUSAL_CODES[status] ?? ErrorCodes.unavailable, message } });
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
   res.end(body);
 }

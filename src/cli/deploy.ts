@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { DeployEvent, DeployRecord } from '../store/store.ts';
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import { humanDuration } from '../lib/durations.ts';
 import type { ControlClient } from './client.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
@@ -69,7 +69,7 @@ async function follow(client: ControlClient, id: string, title: string, json: bo
   await new Promise<void>((resolvePromise, reject) => {
     const req = client.request('GET', `/v1/deploys/${encodeURIComponent(id)}?follow=1`, (res) => {
       if (res.statusCode !== 200) {
-        reject(new BerthError('BERTH_E_INTERNAL', `following deploy ${id}: the gateway answered ${res.statusCode}`));
+        reject(new BerthError(ErrorCodes.internal, `following deploy ${id}: the gateway answered ${res.statusCode}`));
         res.resume();
         return;
       }
@@ -87,7 +87,7 @@ async function follow(client: ControlClient, id: string, title: string, json: bo
             msg = JSON.parse(line);
           } catch {
             req.destroy();
-            reject(new BerthError('BERTH_E_INTERNAL', `following deploy ${id}: the gateway sent a line that is not JSON (the deploy goes on; see berth status)`));
+            reject(new BerthError(ErrorCodes.internal, `following deploy ${id}: the gateway sent a line that is not JSON (the deploy goes on; see berth status)`));
             return;
           }
           if (json) out(line);
@@ -102,7 +102,7 @@ async function follow(client: ControlClient, id: string, title: string, json: bo
       res.on('end', () => resolvePromise());
       res.on('error', reject);
     });
-    req.on('error', (err) => reject(new BerthError('BERTH_E_UNAVAILABLE', `lost the gateway while following ${id}: ${err.message} (the deploy goes on; see berth status)`)));
+    req.on('error', (err) => reject(new BerthError(ErrorCodes.unavailable, `lost the gateway while following ${id}: ${err.message} (the deploy goes on; see berth status)`)));
     req.end();
   }).finally(() => progress.stop());
   const result = end as DeployRecord | null;

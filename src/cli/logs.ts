@@ -4,7 +4,8 @@
  * shows a deploy's command output, `--task ID` a task run's recorded output.
  */
 import type { IncomingMessage } from 'node:http';
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
+import { errorFromAnswer } from './client.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 
 export const LOGS_USAGE = 'berth logs <app> [--process P] [-n N] [-f] [--deploy ID | --task ID] [--json]';
@@ -65,7 +66,7 @@ export async function logs(args: string[]): Promise<number> {
       if (res.statusCode !== 200) {
         let text = '';
         res.on('data', (c: string) => (text += c));
-        res.on('end', () => finish(() => reject(apiError(res.statusCode ?? 0, text))));
+        res.on('end', () => finish(() => reject(errorFromAnswer(res.statusCode ?? 0, text))));
         return;
       }
       let buf = '';
@@ -87,14 +88,4 @@ export async function logs(args: string[]): Promise<number> {
     req.on('error', (err: NodeJS.ErrnoException) => finish(() => reject(client.unreachable(err))));
     req.end();
   });
-}
-
-function apiError(status: number, text: string): BerthError {
-  try {
-    const e = (JSON.parse(text) as { error?: { code?: string; message?: string } }).error;
-    if (e?.message) return new BerthError(e.code ?? 'BERTH_E_INTERNAL', e.message);
-  } catch {
-    // Not JSON: fall through.
-  }
-  return new BerthError('BERTH_E_INTERNAL', `the gateway answered ${status}`);
 }

@@ -3,13 +3,13 @@
  * exit status 2 with the usage line of the verb.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { BerthError, errorMessage } from '../lib/errors.ts';
+import { BerthError, errorMessage, ErrorCodes } from '../lib/errors.ts';
 import { loadConfig, type LoadOptions } from '../config/load.ts';
 import { ControlClient, parseControlUrl } from './client.ts';
 
 export class UsageError extends BerthError {
   constructor(message: string) {
-    super('BERTH_E_USAGE', message);
+    super(ErrorCodes.usage, message);
     this.name = 'UsageError';
   }
 }

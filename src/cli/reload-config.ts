@@ -4,7 +4,7 @@
  * is 2, as for `berth check`.
  */
 import type { ConfigReloadResult } from '../api/wire.ts';
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 
 export const RELOAD_CONFIG_USAGE = 'berth reload-config [--json] [--socket PATH | --url URL | --config F]';
@@ -17,7 +17,7 @@ export async function reloadConfig(args: string[]): Promise<number> {
   try {
     result = await client.call<ConfigReloadResult>('POST', '/v1/config/reload', {});
   } catch (err) {
-    if (!(err instanceof BerthError) || err.code !== 'BERTH_E_CONFIG') throw err;
+    if (!(err instanceof BerthError) || err.code !== ErrorCodes.config) throw err;
     if (values.json) process.stdout.write(JSON.stringify({ error: { code: err.code, message: err.message, ...(err.details ? { details: err.details } : {}) } }, null, 2) + '\n');
     else process.stderr.write(`berth reload-config: ${err.message}\n`);
     return 2;

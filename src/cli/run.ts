@@ -4,7 +4,8 @@
  * CLI: Ctrl-C, SIGTERM or losing the connection kills the task's process group on the gateway.
  */
 import type { IncomingMessage } from 'node:http';
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
+import { errorFromAnswer } from './client.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 
 export const RUN_USAGE = 'berth run <app> [--json] -- <cmd...> | berth run <app> <proctype>';
@@ -66,7 +67,7 @@ export async function run(args: string[]): Promise<number> {
         if (res.statusCode !== 200) {
           let text = '';
           res.on('data', (c: string) => (text += c));
-          res.on('end', () => finish(() => reject(apiError(res.statusCode ?? 0, text))));
+          res.on('end', () => finish(() => reject(errorFromAnswer(res.statusCode ?? 0, text))));
           return;
         }
         let buf = '';
@@ -82,7 +83,7 @@ export async function run(args: string[]): Promise<number> {
         res.on('end', () => {
           const e = exit as RunMessage | null;
           if (!e) {
-            finish(() => reject(new BerthError('BERTH_E_UNAVAILABLE', 'the gateway closed the stream before the task ended')));
+            finish(() => reject(new BerthError(ErrorCodes.unavailable, 'the gateway closed the stream before the task ended')));
             return;
           }
           if (!json && e.state !== 'succeeded' && e.error) process.stderr.write(`berth run: ${e.id}: ${e.state}: ${e.error}\n`);
@@ -104,14 +105,4 @@ export async function run(args: string[]): Promise<number> {
     req.on('error', (err: NodeJS.ErrnoException) => finish(() => reject(client.unreachable(err))));
     req.end(payload);
   });
-}
-
-function apiError(status: number, text: string): BerthError {
-  try {
-    const e = (JSON.parse(text) as { error?: { code?: string; message?: string } }).error;
-    if (e?.message) return new BerthError(e.code ?? 'BERTH_E_INTERNAL', e.message);
-  } catch {
-    // Not JSON: fall through.
-  }
-  return new BerthError('BERTH_E_INTERNAL', `the gateway answered ${status}`);
 }

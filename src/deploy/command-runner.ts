@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import { spawnIdentity, type AppUser } from '../supervisor/app-user.ts';
 
 export interface CommandResult {
@@ -98,7 +98,7 @@ export async function runCommand(opts: RunCommandOptions): Promise<CommandResult
   opts.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
-      child.once('error', (err) => reject(new BerthError('BERTH_E_SPAWN', `cannot run "${opts.command}": ${err.message}`, { cause: err })));
+      child.once('error', (err) => reject(new BerthError(ErrorCodes.spawn, `cannot run "${opts.command}": ${err.message}`, { cause: err })));
       child.once('exit', (c, s) => {
         // The shell is gone; nothing it started may linger in its group (and hold its pipes open).
         killGroup('SIGKILL');

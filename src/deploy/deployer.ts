@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { AppConfig } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
-import { BerthError, errorMessage } from '../lib/errors.ts';
+import { BerthError, errorMessage, ErrorCodes } from '../lib/errors.ts';
 import { redactNullable, redactText } from '../lib/redact.ts';
 import type { DeployEvent, DeployKind, DeployRecord, DeployState, Store } from '../store/store.ts';
 import type { Supervisor, Generation } from '../supervisor/supervisor.ts';
@@ -233,16 +233,16 @@ export class Deployer {
    * Throws 404 for an unknown app and 409 (with the running deploy's id) when one is already running.
    */
   begin(app: string, req: DeployRequest): Deploy {
-    if (this.#stopping) throw new BerthError('BERTH_E_UNAVAILABLE', 'the gateway is shutting down');
+    if (this.#stopping) throw new BerthError(ErrorCodes.unavailable, 'the gateway is shutting down');
     const target = this.#host.deployable(app);
-    if (!target) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${app}"`);
+    if (!target) throw new BerthError(ErrorCodes.notFound, `no app named "${app}"`);
     const running = this.#running.get(app);
     if (running) {
-      throw new BerthError('BERTH_E_CONFLICT', `a ${running.kind} of ${app} is already running: ${running.id}`, { details: { running: running.id } });
+      throw new BerthError(ErrorCodes.conflict, `a ${running.kind} of ${app} is already running: ${running.id}`, { details: { running: running.id } });
     }
-    if (target.booting && !req.boot) throw new BerthError('BERTH_E_CONFLICT', `app ${app} is still starting; try again when it serves`);
+    if (target.booting && !req.boot) throw new BerthError(ErrorCodes.conflict, `app ${app} is still starting; try again when it serves`);
     if (req.kind === 'deploy' && !req.source && !target.config.source) {
-      throw new BerthError('BERTH_E_BAD_REQUEST', `app ${app} has no source configured; name one: berth deploy ${app} <source>`);
+      throw new BerthError(ErrorCodes.badRequest, `app ${app} has no source configured; name one: berth deploy ${app} <source>`);
     }
     const deploy = new Deploy(app, req);
     this.#running.set(app, deploy);

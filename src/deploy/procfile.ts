@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import { readContained } from '../lib/contained-file.ts';
 import { DEFAULT_CONCURRENCY, DEFAULT_INSTANCES, type AppConfig, type ProcessConfig } from '../config/schema.ts';
 
@@ -27,14 +27,14 @@ export function parseProcfile(text: string, scale: Record<string, number> = {}, 
     const line = lines[i].trim();
     if (line === '' || line.startsWith('#')) continue;
     const m = LINE_RE.exec(line);
-    if (!m) throw new BerthError('BERTH_E_RELEASE', `${file}:${i + 1}: expected "<type>: <command>", got "${line}"`);
+    if (!m) throw new BerthError(ErrorCodes.release, `${file}:${i + 1}: expected "<type>: <command>", got "${line}"`);
     const [, name, command] = m;
-    if (command.trim() === '') throw new BerthError('BERTH_E_RELEASE', `${file}:${i + 1}: process type "${name}" has no command`);
+    if (command.trim() === '') throw new BerthError(ErrorCodes.release, `${file}:${i + 1}: process type "${name}" has no command`);
     if (name === 'release') {
       release = command.trim();
       continue;
     }
-    if (processes[name]) throw new BerthError('BERTH_E_RELEASE', `${file}:${i + 1}: process type "${name}" is declared twice`);
+    if (processes[name]) throw new BerthError(ErrorCodes.release, `${file}:${i + 1}: process type "${name}" is declared twice`);
     const http = name === 'web';
     processes[name] = {
       name,
@@ -47,7 +47,7 @@ export function parseProcfile(text: string, scale: Record<string, number> = {}, 
     };
   }
   for (const name of Object.keys(scale)) {
-    if (!processes[name]) throw new BerthError('BERTH_E_RELEASE', `${file}: scale names process type "${name}", which the Procfile does not declare`);
+    if (!processes[name]) throw new BerthError(ErrorCodes.release, `${file}: scale names process type "${name}", which the Procfile does not declare`);
   }
   return { processes, release };
 }
@@ -62,13 +62,13 @@ export async function resolveProcesses(app: AppConfig, releaseDir: string): Prom
   // Read only when it really lies inside the release: a Procfile symlinked elsewhere counts as missing,
   // and so does one too large to be a Procfile (the release is the app's; the gateway's memory is not).
   const body = await readContained(file, releaseDir, PROCFILE_MAX_BYTES);
-  if (body === null) throw new BerthError('BERTH_E_RELEASE', `app ${app.name} has no processes in config and its release has no Procfile (a regular file inside the release, at most 1 MiB)`);
+  if (body === null) throw new BerthError(ErrorCodes.release, `app ${app.name} has no processes in config and its release has no Procfile (a regular file inside the release, at most 1 MiB)`);
   const text = body.toString('utf8');
   const procfile = parseProcfile(text, app.scale);
   for (const route of app.routes) {
     if (route.to === null) continue;
     const target = procfile.processes[route.to];
-    if (!target) throw new BerthError('BERTH_E_RELEASE', `route ${route.path} of app ${app.name} points at process type "${route.to}", which the Procfile does not declare`);
+    if (!target) throw new BerthError(ErrorCodes.release, `route ${route.path} of app ${app.name} points at process type "${route.to}", which the Procfile does not declare`);
     if (!target.http) {
       target.http = true;
       target.concurrency = DEFAULT_CONCURRENCY;
@@ -79,7 +79,7 @@ export async function resolveProcesses(app: AppConfig, releaseDir: string): Prom
     const demand = pools.reduce((sum, p) => sum + p.instances * p.concurrency, 0);
     if (demand > app.dbConnections) {
       const parts = pools.map((p) => `${p.name} ${p.instances}x${p.concurrency}`).join(' + ');
-      throw new BerthError('BERTH_E_RELEASE', `app ${app.name}: the Procfile's http pools need ${demand} connections (${parts}), more than the budget of ${app.dbConnections}`);
+      throw new BerthError(ErrorCodes.release, `app ${app.name}: the Procfile's http pools need ${demand} connections (${parts}), more than the budget of ${app.dbConnections}`);
     }
   }
   return { processes: procfile.processes, release: app.release ?? procfile.release };

@@ -3,11 +3,11 @@
  * parsing messages. HTTP status for the control API is decided in one place: `httpStatusFor`.
  */
 export class BerthError extends Error {
-  readonly code: string;
+  readonly code: ErrorCode;
   /** Extra machine-readable detail, returned by the API next to code and message. */
   readonly details: Record<string, unknown> | undefined;
 
-  constructor(code: string, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'BerthError';
     this.code = code;
@@ -26,7 +26,7 @@ export class ConfigError extends BerthError {
   readonly problems: ConfigProblem[];
 
   constructor(problems: ConfigProblem[], options?: { cause?: unknown }) {
-    super('BERTH_E_CONFIG', formatProblems(problems), options);
+    super(ErrorCodes.config, formatProblems(problems), options);
     this.name = 'ConfigError';
     this.problems = problems;
   }
@@ -53,7 +53,19 @@ export const ErrorCodes = {
   listen: 'BERTH_E_LISTEN',
   tooLarge: 'BERTH_E_TOO_LARGE',
   timeout: 'BERTH_E_TIMEOUT',
+  /** The command line was wrong: an unknown flag, a missing argument. The CLI exits 2. */
+  usage: 'BERTH_E_USAGE',
 } as const;
+
+/** Every code berth gives; an error's code is always one of these. */
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+const KNOWN_CODES: ReadonlySet<string> = new Set(Object.values(ErrorCodes));
+
+/** A code read off the wire (an API answer): kept when berth knows it, else `internal`. */
+export function errorCodeFrom(value: unknown): ErrorCode {
+  return typeof value === 'string' && KNOWN_CODES.has(value) ? (value as ErrorCode) : ErrorCodes.internal;
+}
 
 const STATUS_BY_CODE: Record<string, number> = {
   [ErrorCodes.config]: 422,

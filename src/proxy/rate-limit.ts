@@ -22,7 +22,7 @@
  * start a fresh bucket with every address in it.
  */
 import type { RateLimitConfig } from '../config/schema.ts';
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import { prefixMatches } from './router.ts';
 import { UNIX_PEER } from './client-ip.ts';
 
@@ -62,7 +62,7 @@ export class RateLimit {
   constructor(app: string, config: RateLimitConfig, opts: RateLimitOptions = {}) {
     this.app = app;
     this.maxBuckets = opts.maxBuckets ?? MAX_BUCKETS;
-    if (!(this.maxBuckets >= 1)) throw new BerthError('BERTH_E_INTERNAL', `maxBuckets must be at least 1, got ${this.maxBuckets}`);
+    if (!(this.maxBuckets >= 1)) throw new BerthError(ErrorCodes.internal, `maxBuckets must be at least 1, got ${this.maxBuckets}`);
     this.configure(config);
   }
 

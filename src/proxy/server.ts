@@ -19,7 +19,7 @@ import type { AddressInfo } from 'node:net';
 import type { BerthConfig, ListenAddress, RouteConfig } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { MetricsExporter } from '../metrics/metrics.ts';
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import { Admission, type AdmissionLimits } from './admission.ts';
 import { accessLog, elapsedMs, requestChannel, type CompletedRequest } from './access-log.ts';
 import { clientIp, socketAddress } from './client-ip.ts';
@@ -218,7 +218,7 @@ export class Proxy {
    * closes what it opened and rejects with BERTH_E_LISTEN naming the address.
    */
   async start(): Promise<void> {
-    if (this.#state !== 'new') throw new BerthError('BERTH_E_INTERNAL', `proxy already ${this.#state}`);
+    if (this.#state !== 'new') throw new BerthError(ErrorCodes.internal, `proxy already ${this.#state}`);
     this.#transition('starting');
     try {
       for (const address of this.#config.listen) this.#servers.push({ server: await this.#listen(address), address });
@@ -710,7 +710,7 @@ export class Proxy {
           err = again;
         }
       }
-      throw new BerthError('BERTH_E_LISTEN', `cannot listen on ${address.text}: ${listenProblem(err)}`, { cause: err });
+      throw new BerthError(ErrorCodes.listen, `cannot listen on ${address.text}: ${listenProblem(err)}`, { cause: err });
     }
     return server;
   }

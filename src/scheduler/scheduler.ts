@@ -10,7 +10,7 @@
  */
 import { Cron } from 'croner';
 import type { AppConfig, BerthConfig, ScheduleConfig } from '../config/schema.ts';
-import { BerthError, errorMessage } from '../lib/errors.ts';
+import { BerthError, errorMessage, ErrorCodes } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { AuditOutcome, Store, TaskRunFilter, TaskRunRecord, TaskRunState } from '../store/store.ts';
 import type { ProcessHook } from '../supervisor/instance.ts';
@@ -161,18 +161,18 @@ export class Scheduler {
    * release, BERTH_E_BAD_REQUEST for a bad request and BERTH_E_UNAVAILABLE once stopping.
    */
   runOnce(req: OneOffRequest): TaskRun {
-    if (this.#state === 'stopping' || this.#state === 'stopped') throw new BerthError('BERTH_E_UNAVAILABLE', 'the gateway is shutting down');
+    if (this.#state === 'stopping' || this.#state === 'stopped') throw new BerthError(ErrorCodes.unavailable, 'the gateway is shutting down');
     const target = this.#host.taskTarget(req.app);
-    if (!target) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${req.app}"`);
-    if (!target.active) throw new BerthError('BERTH_E_CONFLICT', `app ${req.app} has no active release to run in`);
-    if ((req.command === undefined) === (req.process === undefined)) throw new BerthError('BERTH_E_BAD_REQUEST', 'give exactly one of a command and a process type');
+    if (!target) throw new BerthError(ErrorCodes.notFound, `no app named "${req.app}"`);
+    if (!target.active) throw new BerthError(ErrorCodes.conflict, `app ${req.app} has no active release to run in`);
+    if ((req.command === undefined) === (req.process === undefined)) throw new BerthError(ErrorCodes.badRequest, 'give exactly one of a command and a process type');
     let command: string | readonly string[];
     let task = RUN_TASK;
     if (req.process !== undefined) {
       const proc = target.active.processes[req.process];
       if (!proc) {
         const known = Object.keys(target.active.processes).join(', ') || 'none';
-        throw new BerthError('BERTH_E_NOT_FOUND', `app ${req.app} has no process type "${req.process}" (it has: ${known})`);
+        throw new BerthError(ErrorCodes.notFound, `app ${req.app} has no process type "${req.process}" (it has: ${known})`);
       }
       command = proc.command;
       task = proc.name;
@@ -188,7 +188,7 @@ export class Scheduler {
   /** Every schedule entry of an app with its next and last run. Throws BERTH_E_NOT_FOUND for an unknown app. */
   async tasks(app: string): Promise<TaskEntryStatus[]> {
     const config = this.#config.apps[app] ?? this.#host.taskTarget(app)?.config;
-    if (!config) throw new BerthError('BERTH_E_NOT_FOUND', `no app named "${app}"`);
+    if (!config) throw new BerthError(ErrorCodes.notFound, `no app named "${app}"`);
     const out: TaskEntryStatus[] = [];
     for (const entry of Object.values(config.schedule)) {
       const [last] = await this.#store.listTaskRuns({ app, task: entry.name, trigger: 'schedule', states: RAN, limit: 1 });

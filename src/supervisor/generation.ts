@@ -1,5 +1,5 @@
 import type { AppConfig, ProcessConfig } from '../config/schema.ts';
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, ErrorCodes, type ErrorCode } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import { formatDuration } from '../lib/durations.ts';
 import type { Instance, InstanceListener, InstanceSnapshot } from './instance.ts';
@@ -158,7 +158,7 @@ export class Generation implements GenerationView, InstanceListener {
 
   /** SIGKILLs every process group of the generation, synchronously. */
   destroy(err?: Error): void {
-    this.#settle(new BerthError('BERTH_E_UNAVAILABLE', `generation ${this.id} was destroyed before it was ready`, { cause: err }));
+    this.#settle(new BerthError(ErrorCodes.unavailable, `generation ${this.id} was destroyed before it was ready`, { cause: err }));
     this.#clearTimers();
     for (const inst of this.#everyInstance()) inst.destroy(err);
     if (this.#state !== 'stopped') this.#transition('stopped');
@@ -220,7 +220,7 @@ export class Generation implements GenerationView, InstanceListener {
     if (exited.length > 0) {
       this.#failOnExits([...crashed, ...exited]);
     } else if (crashed.length > 0) {
-      this.#settle(this.#failure('BERTH_E_SPAWN', `generation ${this.id} failed to start: ${list(crashed)} crashed`, crashed));
+      this.#settle(this.#failure(ErrorCodes.spawn, `generation ${this.id} failed to start: ${list(crashed)} crashed`, crashed));
     } else if (pending === 0) {
       this.#settle(null);
     }
@@ -238,7 +238,7 @@ export class Generation implements GenerationView, InstanceListener {
       // Instances that exited meanwhile (all of them, for a release that cannot boot) are named too.
       const all = this.#instances.filter((i) => culprits.includes(i) || i.state === 'backoff' || i.state === 'crashed');
       const exits = all.map((i) => `${i.label} ${describeExit(i)}`).join(', ');
-      this.#settle(this.#failure('BERTH_E_SPAWN', `generation ${this.id} failed to start: ${exits} before it was ready`, all));
+      this.#settle(this.#failure(ErrorCodes.spawn, `generation ${this.id} failed to start: ${exits} before it was ready`, all));
     });
   }
 
@@ -247,10 +247,10 @@ export class Generation implements GenerationView, InstanceListener {
     if (this.#settled) return;
     const late = this.#instances.filter((i) => i.state !== 'ready');
     const names = late.map((i) => `${i.label} (${i.state})`).join(', ');
-    this.#settle(this.#failure('BERTH_E_STARTUP_TIMEOUT', `generation ${this.id} not ready after ${formatDuration(timeoutMs)}: ${names}`, late));
+    this.#settle(this.#failure(ErrorCodes.startup, `generation ${this.id} not ready after ${formatDuration(timeoutMs)}: ${names}`, late));
   }
 
-  #failure(code: string, headline: string, culprits: Instance[]): BerthError {
+  #failure(code: ErrorCode, headline: string, culprits: Instance[]): BerthError {
     const logTail = mergeTails(culprits.map((i) => i.logTail()), FAILURE_TAIL_LINES);
     const message = logTail.length > 0 ? `${headline}\n${logTail.join('\n')}` : `${headline} (no output)`;
     return new BerthError(code, message, {
@@ -303,7 +303,7 @@ export class Generation implements GenerationView, InstanceListener {
   }
 
   async #stop(): Promise<void> {
-    this.#settle(new BerthError('BERTH_E_UNAVAILABLE', `generation ${this.id} was stopped before it was ready`));
+    this.#settle(new BerthError(ErrorCodes.unavailable, `generation ${this.id} was stopped before it was ready`));
     this.#clearTimers();
     this.#transition('stopping');
     await Promise.all(this.#everyInstance().map((i) => i.stop()));

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { chmod, chown, link, lstat, mkdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { BerthError } from '../lib/errors.ts';
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import type { AppUser } from './app-user.ts';
 
 /**
@@ -51,7 +51,7 @@ export class Ports {
       if (this.#recent.length > RECENT_PORTS) this.#recent.shift();
       return port;
     }
-    throw new BerthError('BERTH_E_SPAWN', `no free loopback port after ${PORT_ATTEMPTS} attempts`);
+    throw new BerthError(ErrorCodes.spawn, `no free loopback port after ${PORT_ATTEMPTS} attempts`);
   }
 
   /**
@@ -77,7 +77,7 @@ export class Ports {
         if (err.code !== 'EEXIST') throw err;
       });
       const st = await lstat(dir);
-      if (!st.isDirectory()) throw new BerthError('BERTH_E_SPAWN', `socket dir ${dir} is not a directory`);
+      if (!st.isDirectory()) throw new BerthError(ErrorCodes.spawn, `socket dir ${dir} is not a directory`);
       await chown(dir, user.uid, user.gid);
       await chmod(dir, 0o700);
     }
@@ -135,7 +135,7 @@ export class Ports {
     const st = await lstat(dir);
     const uid = process.getuid?.();
     if (!st.isDirectory() || (uid !== undefined && st.uid !== uid)) {
-      throw new BerthError('BERTH_E_SPAWN', `socket dir ${dir} is not a directory owned by this user`);
+      throw new BerthError(ErrorCodes.spawn, `socket dir ${dir} is not a directory owned by this user`);
     }
     if (traversable && (st.mode & 0o777) !== 0o711) await chmod(dir, 0o711);
   }
@@ -149,7 +149,7 @@ function bindAndClose(): Promise<number> {
     server.listen(0, '127.0.0.1', () => {
       const addr = server.address();
       const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      server.close(() => (port > 0 ? resolve(port) : reject(new BerthError('BERTH_E_SPAWN', 'could not read a bound port'))));
+      server.close(() => (port > 0 ? resolve(port) : reject(new BerthError(ErrorCodes.spawn, 'could not read a bound port'))));
     });
   });
 }

@@ -1,7 +1,7 @@
 import { realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AppConfig, ProcessConfig } from '../config/schema.ts';
-import { BerthError, errorMessage } from '../lib/errors.ts';
+import { BerthError, errorMessage, ErrorCodes } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { RestartTiming } from './backoff.ts';
 import { Generation, type InstanceFactory } from './generation.ts';
@@ -81,12 +81,12 @@ export class Supervisor implements InstanceFactory {
    * BERTH_E_UNAVAILABLE once the supervisor is stopping. `failOnExit`: see GenerationOptions.
    */
   startGeneration(app: AppConfig, release: { id: string; dir: string }, processes: Record<string, ProcessConfig>, opts: { failOnExit?: boolean } = {}): Generation {
-    if (this.#state !== 'running') throw new BerthError('BERTH_E_UNAVAILABLE', `the supervisor is ${this.#state}: not starting ${app.name}`);
+    if (this.#state !== 'running') throw new BerthError(ErrorCodes.unavailable, `the supervisor is ${this.#state}: not starting ${app.name}`);
     let releaseDir: string;
     try {
       releaseDir = realpathSync(release.dir);
     } catch (err) {
-      throw new BerthError('BERTH_E_SPAWN', `release directory ${release.dir} of ${app.name} cannot be resolved: ${errorMessage(err)}`, { cause: err });
+      throw new BerthError(ErrorCodes.spawn, `release directory ${release.dir} of ${app.name} cannot be resolved: ${errorMessage(err)}`, { cause: err });
     }
     // An unknown user fails here, before any generation exists (createInstance resolves it per instance).
     this.#appUser(app);
