@@ -6,6 +6,7 @@
  * the supervisor with lines `<ISO time> <process>.<index> <release> <out|err|berth> <text>`. Both
  * generations of a deploy write the same file, so following it follows the app across deploys.
  */
+import { PROCESS_NAME_RE } from '../config/schema.ts';
 import { open, readdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -21,7 +22,6 @@ export const FOLLOW_POLL_MS = 200;
 /** Rotated files looked at, at most, when the newest ones do not hold enough lines. */
 const MAX_ROTATED = 20;
 const READ_CHUNK = 64 * 1024;
-const PROCESS_NAME_RE = /^[A-Za-z0-9_-]+$/;
 const DEPLOY_ID_RE = /^d\d{14}-[0-9a-f]{6}$/;
 const DEPLOY_LOG_RE = /^deploy-d\d{14}-[0-9a-f]{6}\.log$/;
 

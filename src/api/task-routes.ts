@@ -2,13 +2,13 @@
  * Tasks on the control API: one-off runs that stream their output (`POST /v1/apps/:app/run`), the
  * schedule entries with their next and last run (`GET /v1/apps/:app/tasks`), and the recorded runs.
  */
+import { PROCESS_NAME_RE } from '../config/schema.ts';
 import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import type { Control } from './control.ts';
 import { describeOutcome } from '../scheduler/scheduler.ts';
 import type { TaskRunState, TaskTrigger } from '../store/store.ts';
 import type { RouteTable } from './request.ts';
 
-const PROCESS_NAME_RE = /^[A-Za-z0-9_-]+$/;
 const TRIGGERS: ReadonlySet<string> = new Set<TaskTrigger>(['schedule', 'manual', 'cleanup']);
 const STATES: ReadonlySet<string> = new Set<TaskRunState>(['running', 'succeeded', 'failed', 'skipped', 'timeout', 'interrupted']);
 

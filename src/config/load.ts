@@ -9,7 +9,8 @@ import { resolve } from 'node:path';
 import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
 import { ConfigError, errorMessage, type ConfigProblem } from '../lib/errors.ts';
 import type { BerthConfig } from './schema.ts';
-import { checkConfig, isMapping, put, toProblem, TOP_LEVEL_KEYS, type ConfigIssue, type KeyPath } from './validate.ts';
+import { isMapping, put, type ConfigIssue, type KeyPath } from './checker.ts';
+import { checkConfig, toProblem, TOP_LEVEL_KEYS } from './validate.ts';
 
 export interface LoadOptions {
   /** --config */

@@ -7,6 +7,11 @@
  */
 import type { LogLevel } from '../lib/logger.ts';
 
+/** App names (also directory names under the state dir and parts of URLs). */
+export const APP_NAME_RE = /^[a-z0-9][a-z0-9_-]*$/;
+/** Process type, schedule entry and `scale` key names. */
+export const PROCESS_NAME_RE = /^[A-Za-z0-9_-]+$/;
+
 // ---- defaults (SPEC § Config file) -------------------------------------------------------------
 export const DEFAULT_STATE_DIR = '.berth';
 export const DEFAULT_LISTEN = ['127.0.0.1:8080'];

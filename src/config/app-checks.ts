@@ -1,0 +1,403 @@
+/**
+ * The checks of one `apps.<app>` section (hosts, source, env, routes, processes, health, rate limit,
+ * schedule, cache flush, DB budget) and of the apps together (overlapping host+path routes). The rules
+ * are listed in validate.ts; the reading of single values is checker.ts.
+ */
+import { resolve } from 'node:path';
+import {
+  DEFAULT_APP_LISTEN,
+  DEFAULT_BODY_TIMEOUT_MS,
+  DEFAULT_BUFFER_MEMORY_BYTES,
+  DEFAULT_MAX_BODY_BYTES,
+  DEFAULT_MAX_RELEASE_BYTES,
+  DEFAULT_MAX_RELEASE_FILES,
+  DEFAULT_SEND_TIMEOUT_MS,
+  DEFAULT_WEBSOCKETS_MAX,
+  DEFAULT_CACHE_FLUSH_CONCURRENCY,
+  DEFAULT_CACHE_FLUSH_METHOD,
+  DEFAULT_CACHE_FLUSH_PROVIDER,
+  DEFAULT_CONCURRENCY,
+  DEFAULT_HEALTH_INTERVAL_MS,
+  DEFAULT_HEALTH_STARTUP_TIMEOUT_MS,
+  DEFAULT_HEALTH_TIMEOUT_MS,
+  DEFAULT_HEALTH_UNHEALTHY_AFTER,
+  DEFAULT_INSTANCES,
+  DEFAULT_KEEP_RELEASES,
+  DEFAULT_QUEUE_MAX,
+  DEFAULT_QUEUE_TIMEOUT_MS,
+  DEFAULT_SCHEDULE_OVERLAP,
+  DEFAULT_SCHEDULE_TIMEOUT_MS,
+  DEFAULT_TIMEOUT_DRAIN_MS,
+  DEFAULT_TIMEOUT_HEADERS_MS,
+  DEFAULT_TIMEOUT_STOP_MS,
+  PROCESS_NAME_RE,
+  type AppConfig,
+  type BufferingConfig,
+  type WebSocketsConfig,
+  type CacheFlushConfig,
+  type HealthConfig,
+  type ProcessConfig,
+  type RateLimitConfig,
+  type RouteConfig,
+  type ScheduleConfig,
+} from './schema.ts';
+import { Checker, Fields, isMapping, isTimeZone, put, show, type KeyPath } from './checker.ts';
+
+const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const HOST_LABEL = '[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?';
+const HOST_RE = new RegExp(`^(?:\\*\\.)?${HOST_LABEL}(?:\\.${HOST_LABEL})*$`);
+const HTTP_METHOD_RE = /^[A-Za-z]+$/;
+const RATE_RE = /^(\d+)\s*\/\s*(s|m|h)$/;
+const RATE_UNIT_MS: Record<string, number> = { s: 1_000, m: 60_000, h: 3_600_000 };
+
+export function checkApp(c: Checker, name: string, value: unknown, at: KeyPath, dir: string): AppConfig {
+  const f = c.fields(value ?? {}, at);
+  const hosts = checkHosts(c, f);
+  const sourceText = f.string('source');
+  const source = sourceText === undefined ? null : resolveSource(sourceText, dir);
+  const build = f.string('build') ?? null;
+  const release = f.string('release') ?? null;
+  const keepReleases = f.int('keep_releases', 1) ?? DEFAULT_KEEP_RELEASES;
+  const shared = (f.strings('shared') ?? []).flatMap((p, i) => c.releasePath(p, f.listItemPath('shared', i)) ?? []);
+  const env = checkEnv(c, f);
+  const listen = f.choice('listen', ['port', 'socket'] as const) ?? DEFAULT_APP_LISTEN;
+  const routes = checkRoutes(c, f);
+  const routeTargets = new Set(routes.flatMap((r) => (r.route.to === null ? [] : [r.route.to])));
+  const processes = f.raw('processes') === undefined ? null : checkProcesses(c, f, routeTargets);
+  f.take('processes');
+  const scale: Record<string, number> = {};
+  for (const [type, count] of f.entries('scale')) {
+    const sat = [...f.path('scale'), type];
+    if (processes !== null) {
+      c.problem(sat, 'scale only applies to apps whose process types come from a Procfile; set processes.<type>.instances instead');
+      continue;
+    }
+    if (!PROCESS_NAME_RE.test(type)) c.problem(sat, `process type names must match ${PROCESS_NAME_RE.source}`);
+    const n = c.int(count, sat, 0);
+    if (n !== undefined) put(scale, type, n);
+  }
+
+  // Routes need the process types and the process types need the routes (http defaults): cross-check here.
+  let finalRoutes = routes.map((r) => r.route);
+  if (f.raw('routes') === undefined) {
+    finalRoutes = processes === null || processes.web?.http ? [{ path: '/', to: 'web', static: null, cache: null, cors: null, buffering: true }] : [];
+  } else if (processes !== null) {
+    for (const { route, at: rat } of routes) {
+      if (route.to === null) continue;
+      if (!Object.hasOwn(processes, route.to)) c.problem([...rat, 'to'], `names process type ${show(route.to)}, which is not in processes (${Object.keys(processes).join(', ')})`);
+    }
+  }
+
+  const timeoutsF = f.fields('timeouts');
+  const timeouts = {
+    headersMs: timeoutsF.duration('headers') ?? DEFAULT_TIMEOUT_HEADERS_MS,
+    drainMs: timeoutsF.duration('drain') ?? DEFAULT_TIMEOUT_DRAIN_MS,
+    stopMs: timeoutsF.duration('stop') ?? DEFAULT_TIMEOUT_STOP_MS,
+  };
+  timeoutsF.done();
+  const health = checkHealth(f.fields('health'), timeouts.headersMs);
+  const queueF = f.fields('queue');
+  const queue = { max: queueF.int('max', 0) ?? DEFAULT_QUEUE_MAX, timeoutMs: queueF.duration('timeout') ?? DEFAULT_QUEUE_TIMEOUT_MS };
+  queueF.done();
+  const dbConnections = f.int('db_connections', 1) ?? null;
+  const rateLimit = checkRateLimit(c, f);
+  const schedule = checkSchedule(c, f);
+  const reloadTrigger = checkReloadTrigger(c, f);
+  const pagesF = f.fields('pages');
+  const pages = {
+    maintenance: pagesF.releasePath('maintenance'),
+    readOnly: pagesF.releasePath('read_only'),
+    error: pagesF.releasePath('error'),
+  };
+  pagesF.done();
+  const cacheFlush = checkCacheFlush(c, f);
+  const user = f.osName('user') ?? null;
+  const group = f.osName('group') ?? null;
+  const maxBodyBytes = f.size('max_body') ?? DEFAULT_MAX_BODY_BYTES;
+  const buffering = checkBuffering(f.fields('buffering'));
+  const websockets = checkWebSockets(f.fields('websockets'));
+  const maxReleaseBytes = f.size('max_release_size', 1) ?? DEFAULT_MAX_RELEASE_BYTES;
+  const maxReleaseFiles = f.int('max_release_files', 1) ?? DEFAULT_MAX_RELEASE_FILES;
+  f.done();
+
+  const app: AppConfig = {
+    name,
+    user,
+    group,
+    hosts,
+    source,
+    build,
+    release,
+    keepReleases,
+    shared,
+    env,
+    processes,
+    scale,
+    listen,
+    routes: finalRoutes,
+    health,
+    queue,
+    timeouts,
+    dbConnections,
+    rateLimit,
+    schedule,
+    reloadTrigger,
+    pages,
+    cacheFlush,
+    maxBodyBytes,
+    buffering,
+    websockets,
+    maxReleaseBytes,
+    maxReleaseFiles,
+  };
+  if (processes !== null && dbConnections !== null) checkBudget(c, app, f.path('db_connections'));
+  return app;
+}
+
+function checkBuffering(f: Fields): BufferingConfig {
+  const buffering: BufferingConfig = {
+    requests: f.bool('requests') ?? true,
+    responses: f.bool('responses') ?? true,
+    memoryBytes: f.size('memory') ?? DEFAULT_BUFFER_MEMORY_BYTES,
+    bodyTimeoutMs: f.duration('body_timeout') ?? DEFAULT_BODY_TIMEOUT_MS,
+    sendTimeoutMs: f.duration('send_timeout') ?? DEFAULT_SEND_TIMEOUT_MS,
+  };
+  f.done();
+  return buffering;
+}
+
+function checkWebSockets(f: Fields): WebSocketsConfig {
+  const websockets: WebSocketsConfig = {
+    max: f.int('max', 1) ?? DEFAULT_WEBSOCKETS_MAX,
+    idleTimeoutMs: f.duration('idle_timeout') ?? null,
+  };
+  f.done();
+  return websockets;
+}
+
+function checkHosts(c: Checker, f: Fields): string[] {
+  const hosts: string[] = [];
+  (f.strings('hosts') ?? []).forEach((text, i) => {
+    const host = text.trim().toLowerCase();
+    if (!HOST_RE.test(host)) {
+      c.problem(f.listItemPath('hosts', i), `expected a host name such as "shop.example.com" or a wildcard such as "*.example.com", got ${show(text)}`);
+    } else if (!hosts.includes(host)) {
+      hosts.push(host);
+    }
+  });
+  return hosts;
+}
+
+/** A deploy source: git URLs are kept; local paths (also `path#ref`) are resolved against the config's directory. */
+function resolveSource(text: string, dir: string): string {
+  if (text.includes('://') || text.startsWith('git@')) return text;
+  const hash = text.lastIndexOf('#');
+  if (hash > 0) return `${resolve(dir, text.slice(0, hash))}${text.slice(hash)}`;
+  return resolve(dir, text);
+}
+
+function checkEnv(c: Checker, f: Fields): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [key, value] of f.entries('env')) {
+    const at = [...f.path('env'), key];
+    if (!ENV_NAME_RE.test(key)) c.problem(at, `expected an environment variable name (letters, digits, _), got ${show(key)}`);
+    // load.ts keeps the source text of plain YAML scalars here; numbers and booleans only arrive from
+    // callers that build the raw object themselves.
+    if (value === null || value === undefined) put(env, key, '');
+    else if (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean') put(env, key, String(value));
+    else c.problem(at, `expected a string, number or boolean, got ${show(value)}`);
+  }
+  return env;
+}
+
+function checkRoutes(c: Checker, f: Fields): { route: RouteConfig; at: KeyPath }[] {
+  const list = f.list('routes');
+  if (list === undefined) return [];
+  const out: { route: RouteConfig; at: KeyPath }[] = [];
+  const seen = new Map<string, number>();
+  list.forEach((value, i) => {
+    const at = [...f.path('routes'), i];
+    const r = c.fields(value, at);
+    const path = r.routePath('path', true);
+    const to = r.string('to');
+    const stat = r.releasePath('static');
+    const cache = r.string('cache') ?? null;
+    const cors = r.string('cors') ?? null;
+    const buffering = r.bool('buffering') ?? true;
+    if (r.raw('to') !== undefined && r.raw('static') !== undefined) c.problem(at, 'expected either "to" (a process type) or "static" (a directory), not both');
+    else if (r.raw('to') === undefined && r.raw('static') === undefined) c.problem(at, 'expected "to" (a process type) or "static" (a directory)');
+    if (to !== undefined && !PROCESS_NAME_RE.test(to)) c.problem(r.path('to'), `process type names must match ${PROCESS_NAME_RE.source}, got ${show(to)}`);
+    if (r.raw('to') !== undefined) {
+      if (cache !== null) c.problem(r.path('cache'), 'only applies to static routes');
+      if (cors !== null) c.problem(r.path('cors'), 'only applies to static routes');
+    }
+    r.done();
+    if (path === undefined) return;
+    const first = seen.get(path);
+    if (first !== undefined) c.problem(r.path('path'), `duplicate path ${show(path)}: routes.${first} already routes it`);
+    else seen.set(path, i);
+    out.push({ route: { path, to: to ?? null, static: to === undefined ? (stat ?? null) : null, cache, cors, buffering }, at });
+  });
+  return out;
+}
+
+function checkProcesses(c: Checker, f: Fields, routeTargets: Set<string>): Record<string, ProcessConfig> {
+  const processes: Record<string, ProcessConfig> = {};
+  const entries = f.entries('processes');
+  if (entries.length === 0 && isMapping(f.raw('processes'))) {
+    c.problem(f.path('processes'), 'expected at least one process type (leave processes out to read them from the Procfile)');
+  }
+  for (const [name, value] of entries) {
+    const at = [...f.path('processes'), name];
+    if (!PROCESS_NAME_RE.test(name)) c.problem(at, `process type names must match ${PROCESS_NAME_RE.source}, got ${show(name)}`);
+    const p = c.fields(value, at);
+    const command = p.string('command');
+    if (p.raw('command') === undefined) c.problem(p.path('command'), 'required');
+    const instances = p.int('instances', 0) ?? DEFAULT_INSTANCES;
+    const explicitHttp = p.bool('http');
+    const routed = routeTargets.has(name);
+    if (explicitHttp === false && routed) c.problem(p.path('http'), 'is false, but a route sends traffic to this process type');
+    const http = explicitHttp ?? (name === 'web' || routed);
+    const concurrency = p.int('concurrency', 1);
+    const heartbeat = p.duration('heartbeat_timeout');
+    if (heartbeat !== undefined && http) c.problem(p.path('heartbeat_timeout'), 'only applies to non-http process types');
+    const env = checkEnv(c, p);
+    p.done();
+    put(processes, name, {
+      name,
+      command: command ?? '',
+      instances,
+      concurrency: http ? (concurrency ?? DEFAULT_CONCURRENCY) : 1,
+      http,
+      heartbeatTimeoutMs: http ? null : (heartbeat ?? null),
+      env,
+    } satisfies ProcessConfig);
+  }
+  return processes;
+}
+
+function checkHealth(f: Fields, headersMs: number): HealthConfig {
+  const health: HealthConfig = {
+    path: f.probePath('path') ?? null,
+    intervalMs: f.duration('interval') ?? DEFAULT_HEALTH_INTERVAL_MS,
+    timeoutMs: f.duration('timeout') ?? DEFAULT_HEALTH_TIMEOUT_MS,
+    unhealthyAfter: f.int('unhealthy_after', 1) ?? DEFAULT_HEALTH_UNHEALTHY_AFTER,
+    startupTimeoutMs: f.duration('startup_timeout') ?? DEFAULT_HEALTH_STARTUP_TIMEOUT_MS,
+    busyGraceMs: f.duration('busy_grace') ?? headersMs,
+  };
+  f.done();
+  return health;
+}
+
+function checkRateLimit(c: Checker, app: Fields): RateLimitConfig | null {
+  if (app.raw('rate_limit') === undefined) {
+    app.take('rate_limit');
+    return null;
+  }
+  const f = app.fields('rate_limit');
+  const perIp = f.raw('per_ip');
+  let rate: { count: number; perMs: number } | null = null;
+  if (perIp === undefined) c.problem(f.path('per_ip'), 'required, e.g. "20/s", "100/m" or "1000/h"');
+  else {
+    const m = typeof perIp === 'string' ? RATE_RE.exec(perIp.trim()) : null;
+    if (!m || Number(m[1]) < 1) c.problem(f.path('per_ip'), `expected a rate such as "20/s", "100/m" or "1000/h", got ${show(perIp)}`);
+    else rate = { count: Number(m[1]), perMs: RATE_UNIT_MS[m[2]] };
+  }
+  f.take('per_ip');
+  const burst = f.int('burst', 1);
+  const paths = (f.strings('paths') ?? []).flatMap((p, i) => c.routePath(p, f.listItemPath('paths', i)) ?? []);
+  f.done();
+  if (rate === null) return null;
+  return { count: rate.count, perMs: rate.perMs, burst: burst ?? rate.count, paths };
+}
+
+function checkSchedule(c: Checker, app: Fields): Record<string, ScheduleConfig> {
+  const schedule: Record<string, ScheduleConfig> = {};
+  for (const [name, value] of app.entries('schedule')) {
+    const at = [...app.path('schedule'), name];
+    if (!PROCESS_NAME_RE.test(name)) c.problem(at, `schedule entry names must match ${PROCESS_NAME_RE.source}, got ${show(name)}`);
+    const f = c.fields(value, at);
+    if (f.raw('cron') === undefined) c.problem(f.path('cron'), 'required');
+    const cron = f.cron('cron');
+    if (f.raw('command') === undefined) c.problem(f.path('command'), 'required');
+    const command = f.string('command');
+    const timeoutMs = f.duration('timeout') ?? DEFAULT_SCHEDULE_TIMEOUT_MS;
+    let timezone = f.string('timezone') ?? null;
+    if (timezone !== null && !isTimeZone(timezone)) {
+      c.problem(f.path('timezone'), `expected an IANA time zone such as "Europe/Paris" or "UTC", got ${show(timezone)}`);
+      timezone = null;
+    }
+    const overlap = f.choice('overlap', ['skip', 'allow'] as const) ?? DEFAULT_SCHEDULE_OVERLAP;
+    f.done();
+    put(schedule, name, { name, cron: cron ?? '', command: command ?? '', timeoutMs, timezone, overlap } satisfies ScheduleConfig);
+  }
+  return schedule;
+}
+
+function checkReloadTrigger(c: Checker, f: Fields): string | null {
+  const name = f.string('reload_trigger');
+  if (name === undefined) return null;
+  if (name.includes('/') || name.includes('\\') || name === '.' || name === '..' || name.includes('\0')) {
+    c.problem(f.path('reload_trigger'), `expected a plain file name such as "restart.txt", got ${show(name)}`);
+    return null;
+  }
+  return name;
+}
+
+function checkCacheFlush(c: Checker, app: Fields): CacheFlushConfig | null {
+  if (app.raw('cache_flush') === undefined) {
+    app.take('cache_flush');
+    return null;
+  }
+  const f = app.fields('cache_flush');
+  const provider = f.choice('provider', ['http', 'akamai'] as const) ?? DEFAULT_CACHE_FLUSH_PROVIDER;
+  let method = f.string('method') ?? DEFAULT_CACHE_FLUSH_METHOD;
+  if (!HTTP_METHOD_RE.test(method)) {
+    c.problem(f.path('method'), `expected an HTTP method such as PURGE, got ${show(method)}`);
+    method = DEFAULT_CACHE_FLUSH_METHOD;
+  }
+  const concurrency = f.int('concurrency', 1) ?? DEFAULT_CACHE_FLUSH_CONCURRENCY;
+  if (f.raw('rules') === undefined) c.problem(f.path('rules'), 'required: a list of {templates, includes?, excludes?}');
+  const rules = (f.list('rules') ?? []).map((value, i) => {
+    const r = c.fields(value, [...f.path('rules'), i]);
+    const templates = r.strings('templates') ?? [];
+    if (templates.length === 0) c.problem(r.path('templates'), 'required: at least one URL template, e.g. "https://cdn.example.com{path}"');
+    const includes = r.regexes('includes');
+    const excludes = r.regexes('excludes');
+    r.done();
+    return { templates, includes, excludes };
+  });
+  f.done();
+  return { provider, method: method.toUpperCase(), concurrency, rules };
+}
+
+function checkBudget(c: Checker, app: AppConfig, at: KeyPath): void {
+  const pools = Object.values(app.processes ?? {}).filter((p) => p.http);
+  const need = pools.reduce((sum, p) => sum + p.instances * p.concurrency, 0);
+  const budget = app.dbConnections ?? Infinity;
+  if (need <= budget) return;
+  const terms = pools.map((p) => `${p.name} ${p.instances}x${p.concurrency}`).join(' + ');
+  c.problem(at, `the http pools need ${need} connections (${terms}), more than the budget of ${budget}`);
+}
+
+export function checkOverlaps(c: Checker, apps: Record<string, AppConfig>, explicitRoutes: Set<string>): void {
+  const owners = new Map<string, string>();
+  for (const app of Object.values(apps)) {
+    const hosts = app.hosts.length === 0 ? [''] : app.hosts;
+    for (const host of hosts) {
+      app.routes.forEach((route, i) => {
+        const key = `${host} ${route.path}`;
+        const owner = owners.get(key);
+        if (owner === undefined) {
+          owners.set(key, app.name);
+          return;
+        }
+        if (owner === app.name) return;
+        const where = host === '' ? 'on any host (both are catch-all)' : `on host ${host}`;
+        // Default routes have no path of their own in the file: name the hosts that make them collide.
+        const at = explicitRoutes.has(app.name) ? ['apps', app.name, 'routes', i, 'path'] : ['apps', app.name, 'hosts'];
+        c.problem(at, `overlapping host+path: apps "${owner}" and "${app.name}" both route ${route.path} ${where}`);
+      });
+    }
+  }
+}
