@@ -12,7 +12,8 @@ import { BerthError, ErrorCodes, errorMessage } from '../lib/errors.ts';
 import { symlinkAtomic } from '../lib/atomic-fs.ts';
 import { redactText } from '../lib/redact.ts';
 import type { ReleaseState, Store } from '../store/store.ts';
-import { fetchSource, parseSource, treeHash } from './sources.ts';
+import { fetchSource, parseSource } from './sources.ts';
+import { treeHash } from './release-tree.ts';
 
 /** `YYYYMMDDHHMMSS-<6 hex>`, UTC, so ids sort by time. */
 export const RELEASE_ID_RE = /^\d{14}-[0-9a-f]{6}$/;

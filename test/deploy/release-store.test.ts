@@ -10,7 +10,8 @@ import { silentLogger } from '../../src/lib/logger.ts';
 import { SqliteStore } from '../../src/store/sqlite.ts';
 import type { ReleaseState } from '../../src/store/store.ts';
 import { ReleaseStore, RELEASE_ID_RE, type PreparedRelease } from '../../src/deploy/release-store.ts';
-import { parseSource, treeHash } from '../../src/deploy/sources.ts';
+import { parseSource } from '../../src/deploy/sources.ts';
+import { treeHash } from '../../src/deploy/release-tree.ts';
 import type { AppConfig } from '../../src/config/schema.ts';
 import { appConfig, assertNothingLeft, git, releaseError, setup, tempDir, tree, type Setup } from './release-fixtures.ts';
 
