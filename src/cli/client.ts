@@ -7,6 +7,21 @@ import { request as httpRequest, type ClientRequest, type IncomingMessage, type 
 import { request as httpsRequest } from 'node:https';
 import { userInfo } from 'node:os';
 import { BerthError, errorCodeFrom, errorMessage, ErrorCodes } from '../lib/errors.ts';
+import { LineSplitter } from '../supervisor/line-splitter.ts';
+
+/** A streamed answer being read: see ControlClient.stream. */
+export interface Stream {
+  done: Promise<void>;
+  /** Closes the stream (on the gateway, closing ends what it streams: a run is killed). */
+  abort(): void;
+}
+
+export interface StreamOptions {
+  /** A JSON request body. */
+  body?: string;
+  /** The error to reject with when the connection fails. */
+  lost?: (err: NodeJS.ErrnoException) => Error;
+}
 
 /** The person running the CLI, for the audit log. */
 export function cliUser(): string {
@@ -82,6 +97,74 @@ export class ControlClient {
       req = httpRequest(opts, onResponse);
     }
     return req;
+  }
+
+  /**
+   * Opens a streamed answer (NDJSON: deploy follow, run, logs) and calls `onLine` for each line as it
+   * arrives, whole even when a chunk ends inside a UTF-8 character. `done` resolves when the gateway ends
+   * the stream or `abort()` is called, and rejects with the API's error for an answer other than 200,
+   * with what `onLine` threw (the stream is then closed), or with `lost(err)` when the connection fails
+   * (default: `unreachable`).
+   */
+  stream(method: string, path: string, onLine: (line: string) => void, opts: StreamOptions = {}): Stream {
+    let aborted = false;
+    let req!: ClientRequest;
+    let settle!: (err?: unknown) => void;
+    const done = new Promise<void>((resolve, reject) => {
+      let settled = false;
+      settle = (err?: unknown) => {
+        if (settled) return;
+        settled = true;
+        if (err === undefined) resolve();
+        else reject(err);
+      };
+      const headers: Record<string, string | number> = {};
+      if (opts.body !== undefined) Object.assign(headers, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(opts.body) });
+      req = this.request(
+        method,
+        path,
+        (res) => {
+          if (res.statusCode !== 200) {
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => chunks.push(c));
+            res.on('end', () => settle(errorFromAnswer(res.statusCode ?? 0, Buffer.concat(chunks).toString('utf8'))));
+            return;
+          }
+          const lines = new LineSplitter((line) => {
+            if (!settled) onLine(line);
+          });
+          const fail = (err: unknown) => {
+            settle(err);
+            req.destroy();
+          };
+          res.on('data', (c: Buffer) => {
+            try {
+              lines.push(c);
+            } catch (err) {
+              fail(err);
+            }
+          });
+          res.on('end', () => {
+            try {
+              lines.end();
+              settle();
+            } catch (err) {
+              fail(err);
+            }
+          });
+          res.on('error', (err) => settle(aborted ? undefined : err));
+        },
+        headers,
+      );
+      req.on('error', (err: NodeJS.ErrnoException) => settle(aborted ? undefined : (opts.lost ?? ((e) => this.unreachable(e)))(err)));
+      req.end(opts.body);
+    });
+    const abort = () => {
+      aborted = true;
+      settle();
+      req.destroy();
+    };
+    return { done, abort };
   }
 
   /** A transport error as the CLI reports it. */

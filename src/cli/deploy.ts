@@ -66,45 +66,28 @@ async function follow(client: ControlClient, id: string, title: string, json: bo
   const started = Date.now();
   let end: DeployRecord | null = null;
   let failedEvent: DeployEvent | null = null;
-  await new Promise<void>((resolvePromise, reject) => {
-    const req = client.request('GET', `/v1/deploys/${encodeURIComponent(id)}?follow=1`, (res) => {
-      if (res.statusCode !== 200) {
-        reject(new BerthError(ErrorCodes.internal, `following deploy ${id}: the gateway answered ${res.statusCode}`));
-        res.resume();
-        return;
+  const stream = client.stream(
+    'GET',
+    `/v1/deploys/${encodeURIComponent(id)}?follow=1`,
+    (line) => {
+      if (!line) return;
+      let msg;
+      try {
+        msg = JSON.parse(line);
+      } catch {
+        throw new BerthError(ErrorCodes.internal, `following deploy ${id}: the gateway sent a line that is not JSON (the deploy goes on; see berth status)`);
       }
-      let buf = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => {
-        buf += chunk;
-        let i;
-        while ((i = buf.indexOf('\n')) >= 0) {
-          const line = buf.slice(0, i);
-          buf = buf.slice(i + 1);
-          if (!line) continue;
-          let msg;
-          try {
-            msg = JSON.parse(line);
-          } catch {
-            req.destroy();
-            reject(new BerthError(ErrorCodes.internal, `following deploy ${id}: the gateway sent a line that is not JSON (the deploy goes on; see berth status)`));
-            return;
-          }
-          if (json) out(line);
-          if (msg.type === 'end') end = msg.deploy;
-          else if (msg.type === 'event') {
-            const e = msg as DeployEvent;
-            if (e.status === 'failed') failedEvent = e;
-            if (!json) progress.event(e);
-          }
-        }
-      });
-      res.on('end', () => resolvePromise());
-      res.on('error', reject);
-    });
-    req.on('error', (err) => reject(new BerthError(ErrorCodes.unavailable, `lost the gateway while following ${id}: ${err.message} (the deploy goes on; see berth status)`)));
-    req.end();
-  }).finally(() => progress.stop());
+      if (json) out(line);
+      if (msg.type === 'end') end = msg.deploy;
+      else if (msg.type === 'event') {
+        const e = msg as DeployEvent;
+        if (e.status === 'failed') failedEvent = e;
+        if (!json) progress.event(e);
+      }
+    },
+    { lost: (err) => new BerthError(ErrorCodes.unavailable, `lost the gateway while following ${id}: ${err.message} (the deploy goes on; see berth status)`) },
+  );
+  await stream.done.finally(() => progress.stop());
   const result = end as DeployRecord | null;
   if (!result) {
     process.stderr.write(`berth: the stream of ${id} ended early; the deploy goes on in the gateway (see berth status)\n`);

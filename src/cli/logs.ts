@@ -3,9 +3,6 @@
  * with `<process>.<instance>` and the release; `-f` follows across deploys and rotations. `--deploy ID`
  * shows a deploy's command output, `--task ID` a task run's recorded output.
  */
-import type { IncomingMessage } from 'node:http';
-import { BerthError, ErrorCodes } from '../lib/errors.ts';
-import { errorFromAnswer } from './client.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 
 export const LOGS_USAGE = 'berth logs <app> [--process P] [-n N] [-f] [--deploy ID | --task ID] [--json]';
@@ -45,47 +42,17 @@ export async function logs(args: string[]): Promise<number> {
   const client = await clientFor(values);
   const json = values.json;
 
-  return new Promise<number>((resolve, reject) => {
-    let settled = false;
-    const finish = (fn: () => void) => {
-      if (settled) return;
-      settled = true;
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      fn();
-    };
-    // Ctrl-C is how a follow ends.
-    const onSignal = () => {
-      req.destroy();
-      finish(() => resolve(0));
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    const req = client.request('GET', `/v1/apps/${encodeURIComponent(positionals[0])}/logs?${query}`, (res: IncomingMessage) => {
-      res.setEncoding('utf8');
-      if (res.statusCode !== 200) {
-        let text = '';
-        res.on('data', (c: string) => (text += c));
-        res.on('end', () => finish(() => reject(errorFromAnswer(res.statusCode ?? 0, text))));
-        return;
-      }
-      let buf = '';
-      res.on('data', (chunk: string) => {
-        if (!json) {
-          process.stdout.write(chunk);
-          return;
-        }
-        buf += chunk;
-        let i;
-        while ((i = buf.indexOf('\n')) >= 0) {
-          process.stdout.write(asJson(buf.slice(0, i)) + '\n');
-          buf = buf.slice(i + 1);
-        }
-      });
-      res.on('end', () => finish(() => resolve(0)));
-      res.on('error', (err) => finish(() => reject(err)));
-    });
-    req.on('error', (err: NodeJS.ErrnoException) => finish(() => reject(client.unreachable(err))));
-    req.end();
+  // Ctrl-C is how a follow ends.
+  const stream = client.stream('GET', `/v1/apps/${encodeURIComponent(positionals[0])}/logs?${query}`, (line) => {
+    process.stdout.write((json ? asJson(line) : line) + '\n');
   });
+  process.on('SIGINT', stream.abort);
+  process.on('SIGTERM', stream.abort);
+  try {
+    await stream.done;
+    return 0;
+  } finally {
+    process.off('SIGINT', stream.abort);
+    process.off('SIGTERM', stream.abort);
+  }
 }

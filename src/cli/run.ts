@@ -3,9 +3,7 @@
  * release, with its output streamed here as it comes and its exit code as ours. The run belongs to this
  * CLI: Ctrl-C, SIGTERM or losing the connection kills the task's process group on the gateway.
  */
-import type { IncomingMessage } from 'node:http';
 import { BerthError, ErrorCodes } from '../lib/errors.ts';
-import { errorFromAnswer } from './client.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 
 export const RUN_USAGE = 'berth run <app> [--json] -- <cmd...> | berth run <app> <proctype>';
@@ -40,69 +38,39 @@ export async function run(args: string[]): Promise<number> {
   const payload = JSON.stringify(body);
   const json = values.json;
 
-  return new Promise<number>((resolve, reject) => {
-    let exit: RunMessage | null = null;
-    let settled = false;
-    const finish = (fn: () => void) => {
-      if (settled) return;
-      settled = true;
-      for (const [sig, handler] of handlers) process.off(sig, handler);
-      fn();
-    };
-    // Closing the connection is what kills the task on the gateway.
-    const handlers = Object.keys(SIGNAL_EXIT).map((sig) => {
-      const handler = () => {
-        req.destroy();
-        process.stderr.write(`berth run: ${sig}: the task on the gateway is killed\n`);
-        finish(() => resolve(SIGNAL_EXIT[sig]));
-      };
-      process.on(sig, handler);
-      return [sig, handler] as const;
-    });
-    const req = client.request(
-      'POST',
-      `/v1/apps/${encodeURIComponent(app)}/run`,
-      (res: IncomingMessage) => {
-        res.setEncoding('utf8');
-        if (res.statusCode !== 200) {
-          let text = '';
-          res.on('data', (c: string) => (text += c));
-          res.on('end', () => finish(() => reject(errorFromAnswer(res.statusCode ?? 0, text))));
-          return;
-        }
-        let buf = '';
-        res.on('data', (chunk: string) => {
-          buf += chunk;
-          let i;
-          while ((i = buf.indexOf('\n')) >= 0) {
-            const line = buf.slice(0, i);
-            buf = buf.slice(i + 1);
-            if (line) handle(JSON.parse(line) as RunMessage, line);
-          }
-        });
-        res.on('end', () => {
-          const e = exit as RunMessage | null;
-          if (!e) {
-            finish(() => reject(new BerthError(ErrorCodes.unavailable, 'the gateway closed the stream before the task ended')));
-            return;
-          }
-          if (!json && e.state !== 'succeeded' && e.error) process.stderr.write(`berth run: ${e.id}: ${e.state}: ${e.error}\n`);
-          finish(() => resolve(typeof e.code === 'number' ? e.code : 1));
-        });
-        res.on('error', (err) => finish(() => reject(err)));
-      },
-      { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
-    );
-    const handle = (msg: RunMessage, raw: string) => {
+  let exit: RunMessage | null = null;
+  const stream = client.stream(
+    'POST',
+    `/v1/apps/${encodeURIComponent(app)}/run`,
+    (line) => {
+      if (!line) return;
+      const msg = JSON.parse(line) as RunMessage;
       if (msg.type === 'exit') exit = msg;
-      if (json) {
-        process.stdout.write(raw + '\n');
-        return;
-      }
-      if (msg.type === 'out') process.stdout.write(msg.line + '\n');
+      if (json) process.stdout.write(line + '\n');
+      else if (msg.type === 'out') process.stdout.write(msg.line + '\n');
       else if (msg.type === 'err') process.stderr.write(msg.line + '\n');
+    },
+    { body: payload },
+  );
+  // Closing the connection is what kills the task on the gateway.
+  let signalled: number | null = null;
+  const handlers = Object.keys(SIGNAL_EXIT).map((sig) => {
+    const handler = () => {
+      signalled = SIGNAL_EXIT[sig];
+      process.stderr.write(`berth run: ${sig}: the task on the gateway is killed\n`);
+      stream.abort();
     };
-    req.on('error', (err: NodeJS.ErrnoException) => finish(() => reject(client.unreachable(err))));
-    req.end(payload);
+    process.on(sig, handler);
+    return [sig, handler] as const;
   });
+  try {
+    await stream.done;
+  } finally {
+    for (const [sig, handler] of handlers) process.off(sig, handler);
+  }
+  if (signalled !== null) return signalled;
+  const e = exit as RunMessage | null;
+  if (!e) throw new BerthError(ErrorCodes.unavailable, 'the gateway closed the stream before the task ended');
+  if (!json && e.state !== 'succeeded' && e.error) process.stderr.write(`berth run: ${e.id}: ${e.state}: ${e.error}\n`);
+  return typeof e.code === 'number' ? e.code : 1;
 }
