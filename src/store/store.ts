@@ -39,11 +39,16 @@ export interface ReleaseRecord {
 /** A release as written by `putRelease`: `prunedAt` may be left out (it is then null). */
 export type ReleaseInput = Omit<ReleaseRecord, 'prunedAt'> & { prunedAt?: string | null };
 
-export interface Store extends DeployStore, AuditStore, TaskStore {
+export interface Store extends AppStore, DeployStore, AuditStore, TaskStore {
   /** Opens the database and runs migrations according to `migrations`. */
   open(): Promise<void>;
   close(): Promise<void>;
+  /** The schema version after migrations, for status output and tests. */
+  schemaVersion(): Promise<number>;
+}
 
+// ---- apps and releases (migrations 001, 005) ----------------------------------------------------
+export interface AppStore {
   getAppState(app: string): Promise<AppState | null>;
   listAppStates(): Promise<AppState[]>;
   /** Creates the app's row if missing. */
@@ -61,9 +66,6 @@ export interface Store extends DeployStore, AuditStore, TaskStore {
    * when the release was never recorded.
    */
   setReleasePrunedAt(app: string, id: string, prunedAt: string): Promise<void>;
-
-  /** The schema version after migrations, for status output and tests. */
-  schemaVersion(): Promise<number>;
 }
 
 // ---- deploys (migration 002) -------------------------------------------------------------------

@@ -3,16 +3,16 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BerthError } from '../../src/lib/errors.ts';
 import type { AuditRecord } from '../../src/store/store.ts';
-import type { MakeStore } from './store-contract.ts';
+import { BACKENDS, openFresh, type Backend } from './backends.ts';
 
 function row(over: Partial<Omit<AuditRecord, 'id'>> = {}): Omit<AuditRecord, 'id'> {
   return { at: '2026-11-22T10:00:00.000Z', user: 'alice', channel: 'tcp', action: 'deploy', app: 'shop', target: null, outcome: 'pending', detail: null, finishedAt: null, ...over };
 }
 
-export function auditContract(name: string, makeStore: MakeStore): void {
+function auditContract(backend: Backend): void {
+  const name = backend.name;
   test(`${name}: audit rows are added pending, finished with an outcome, and listed newest first`, async (t) => {
-    const { store, cleanup } = await makeStore();
-    t.after(cleanup);
+    const store = await openFresh(backend, t);
     const a = await store.addAudit(row({ at: '2026-11-22T10:00:00.000Z' }));
     const b = await store.addAudit(row({ at: '2026-11-22T10:00:01.000Z', user: 'bob', action: 'mode', app: 'blog', target: 'maintenance' }));
     assert.ok(b > a);
@@ -31,8 +31,7 @@ export function auditContract(name: string, makeStore: MakeStore): void {
   });
 
   test(`${name}: audit rows filter by app, user and since, and obey the limit`, async (t) => {
-    const { store, cleanup } = await makeStore();
-    t.after(cleanup);
+    const store = await openFresh(backend, t);
     for (let i = 0; i < 5; i++) await store.addAudit(row({ at: `2026-11-22T10:00:0${i}.000Z`, user: i % 2 ? 'bob' : 'alice', app: i < 3 ? 'shop' : 'blog', outcome: 'ok' }));
     assert.equal((await store.listAudit({ app: 'shop' })).length, 3);
     assert.equal((await store.listAudit({ user: 'bob' })).length, 2);
@@ -44,8 +43,7 @@ export function auditContract(name: string, makeStore: MakeStore): void {
   });
 
   test(`${name}: bad audit input is refused clearly`, async (t) => {
-    const { store, cleanup } = await makeStore();
-    t.after(cleanup);
+    const store = await openFresh(backend, t);
     const bad = (code: string) => (err: unknown) => err instanceof BerthError && err.code === code;
     await assert.rejects(store.addAudit(row({ outcome: 'maybe' as never })), bad('BERTH_E_BAD_REQUEST'));
     await assert.rejects(store.addAudit(row({ channel: 'pigeon' as never })), bad('BERTH_E_BAD_REQUEST'));
@@ -54,3 +52,5 @@ export function auditContract(name: string, makeStore: MakeStore): void {
     await assert.rejects(store.listAudit({ limit: 0 }), bad('BERTH_E_BAD_REQUEST'));
   });
 }
+
+for (const backend of BACKENDS) auditContract(backend);

@@ -1,14 +1,10 @@
-/**
- * The Store contract: every implementation (SQLite now, PostgreSQL later) runs these same tests.
- * `makeStore` returns an OPEN store on an empty database, and a cleanup that closes and removes it.
- */
+/** The Store contract: every backend in ./backends.ts (SQLite now, PostgreSQL later) runs these same tests. */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { BerthError } from '../../src/lib/errors.ts';
 import type { DeployEvent, DeployRecord, DeployState, ProcessRecord, ReleaseRecord, Store } from '../../src/store/store.ts';
 import type { Mode } from '../../src/config/schema.ts';
-
-export type MakeStore = () => Promise<{ store: Store; cleanup(): Promise<void> }>;
+import { BACKENDS, openFresh, type Backend } from './backends.ts';
 
 function release(app: string, id: string, createdAt: string, over: Partial<ReleaseRecord> = {}): ReleaseRecord {
   return { app, id, createdAt, state: 'ready', source: `/src/${app}`, revision: `rev-${id}`, prunedAt: null, ...over };
@@ -48,13 +44,10 @@ function isCode(code: string) {
   return (err: unknown) => err instanceof BerthError && err.code === code;
 }
 
-/** Registers node:test tests for every Store method against the store `makeStore` builds. */
-export function storeContract(name: string, makeStore: MakeStore): void {
-  async function fresh(t: TestContext): Promise<Store> {
-    const { store, cleanup } = await makeStore();
-    t.after(cleanup);
-    return store;
-  }
+/** Registers node:test tests for every Store method against `backend`'s store. */
+function storeContract(backend: Backend): void {
+  const name = backend.name;
+  const fresh = (t: TestContext) => openFresh(backend, t);
 
   test(`${name}: an empty store has a schema and no state`, async (t) => {
     const store = await fresh(t);
@@ -543,3 +536,5 @@ export function storeContract(name: string, makeStore: MakeStore): void {
     assert.deepEqual(await store.listProcesses(), [p]);
   });
 }
+
+for (const backend of BACKENDS) storeContract(backend);

@@ -1,38 +1,19 @@
+/**
+ * What only the SQLite store can be asked: its file (WAL, 0600 is in store-file-modes.test.ts), its
+ * catalogue (columns, keys, indexes, query plans), rows written behind its back, and SQLite's own error
+ * text. What every backend must do is in the *-contract.test.ts suites, which run on each backend.
+ */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, mkdir, writeFile, copyFile, stat } from 'node:fs/promises';
+import { mkdtemp, rm, mkdir, writeFile, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { BerthError } from '../../src/lib/errors.ts';
 import { silentLogger } from '../../src/lib/logger.ts';
-import { SqliteStore, MIGRATIONS_DIR, loadMigrations, type SqliteStoreOptions } from '../../src/store/sqlite.ts';
-import { storeContract } from './store-contract.ts';
-import { auditContract } from './audit-contract.ts';
-import { taskContract } from './task-contract.ts';
-
-/** A SQLite store in a fresh temp dir, for the shared contract suites. */
-const makeSqlite = async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'berth-store-'));
-  // A parent that does not exist yet: open() creates it.
-  const store = new SqliteStore({ path: join(dir, 'state', 'berth.db'), migrations: 'upgrade', resetState: false, logger: silentLogger() });
-  try {
-    await store.open();
-  } catch (err) {
-    await rm(dir, { recursive: true, force: true });
-    throw err;
-  }
-  return {
-    store,
-    async cleanup() {
-      await store.close();
-      await rm(dir, { recursive: true, force: true });
-    },
-  };
-};
-storeContract('sqlite', makeSqlite);
-auditContract('sqlite', makeSqlite);
-taskContract('sqlite', makeSqlite);
+import { SqliteStore, type SqliteStoreOptions } from '../../src/store/sqlite.ts';
+import { MIGRATIONS_DIR, loadMigrations } from '../../src/store/migrations.ts';
+import { SHIPPED_VERSIONS, migrationsDir } from './migration-files.ts';
 
 async function tempDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'berth-store-'));
@@ -60,16 +41,6 @@ function tables(db: DatabaseSync): string[] {
 
 /** Every table the shipped migrations create, by name. */
 const SHIPPED_TABLES = ['apps', 'audit', 'deploy_events', 'deploys', 'process_groups', 'releases', 'schema_migrations', 'task_runs'];
-const SHIPPED_VERSIONS = [1, 2, 3, 4, 5];
-
-/** A migrations dir holding the shipped files plus `extra` (file name -> SQL). */
-async function migrationsDir(dir: string, name: string, extra: Record<string, string> = {}): Promise<string> {
-  const out = join(dir, name);
-  await mkdir(out, { recursive: true });
-  for (const m of await loadMigrations(MIGRATIONS_DIR)) await copyFile(join(MIGRATIONS_DIR, m.file), join(out, m.file));
-  for (const [f, sql] of Object.entries(extra)) await writeFile(join(out, f), sql);
-  return out;
-}
 
 /**
  * `<dir>/berth.db` as the previous build (001 only) left it, with an app and a release in it. Written
@@ -247,44 +218,12 @@ test('sqlite: 005 adds releases.pruned_at additively: old rows read null, and th
   assert.deepEqual((await store.listReleases('shop')).map((r) => [r.id, r.state, r.prunedAt]), [['r2', 'previous', null], ['r1', 'failed', '2024-02-01T00:00:00.000Z']]);
 });
 
-test('sqlite: an unknown newer migration (a newer gateway ran here) does not break an older one', async (t) => {
+// That the rows are gone, through the store, is in migration-contract.test.ts; this checks the file itself.
+test('sqlite: reset_state leaves exactly the shipped tables, dropping ones it does not know and their views', async (t) => {
   const dir = await tempDir(t);
   const store = makeStore(t, dir);
   await store.open();
   await store.setActiveRelease('shop', 'r1');
-  await store.close();
-  // What a newer version would leave behind: its migration row, a new table, a new column.
-  const db = raw(t, dir);
-  db.exec(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, 'future', '2030-01-01T00:00:00.000Z');
-           CREATE TABLE nodes (id TEXT PRIMARY KEY);
-           ALTER TABLE apps ADD COLUMN desired_generation INTEGER NOT NULL DEFAULT 0;
-           ALTER TABLE releases ADD COLUMN size_bytes INTEGER;`);
-  db.close();
-
-  for (const migrations of ['upgrade', 'none'] as const) {
-    const older = makeStore(t, dir, { migrations });
-    await older.open();
-    assert.equal(await older.schemaVersion(), 99);
-    assert.equal((await older.getAppState('shop'))?.activeRelease, 'r1');
-    await older.setMode('shop', 'read-only', null, null);
-    await older.putRelease({ app: 'shop', id: 'r2', createdAt: '2024-01-01T00:00:00.000Z', state: 'ready', source: '/s', revision: null });
-    assert.equal((await older.listReleases('shop')).length, 1);
-    await older.close();
-  }
-});
-
-test('sqlite: reset_state drops every table, including ones it does not know, then migrates afresh', async (t) => {
-  const dir = await tempDir(t);
-  const store = makeStore(t, dir);
-  await store.open();
-  await store.setActiveRelease('shop', 'r1');
-  await store.putRelease({ app: 'shop', id: 'r1', createdAt: '2024-01-01T00:00:00.000Z', state: 'active', source: '/s', revision: null });
-  await store.createDeploy({
-    id: 'd1', app: 'shop', kind: 'deploy', state: 'running', releaseId: null, previousRelease: null, source: '/s', user: null,
-    failedStep: null, error: null, logTail: [], createdAt: '2024-01-01T00:00:00.000Z', finishedAt: null,
-  });
-  await store.addDeployEvent({ deployId: 'd1', seq: 1, step: 'prepare', status: 'started', at: '2024-01-01T00:00:00.000Z', durationMs: null, message: null });
-  await store.recordProcess({ pgid: 3001, app: 'shop', generation: 'g1', process: 'web', index: 0, gatewayPid: 42, startedAt: '2024-01-01T00:00:00.000Z' });
   await store.close();
   const db = raw(t, dir);
   db.exec(`CREATE TABLE leftovers (x TEXT); CREATE TABLE child (id INTEGER PRIMARY KEY, x TEXT REFERENCES leftovers(x)); CREATE VIEW v AS SELECT * FROM apps;`);
@@ -293,11 +232,8 @@ test('sqlite: reset_state drops every table, including ones it does not know, th
   const reset = makeStore(t, dir, { resetState: true });
   await reset.open();
   assert.deepEqual(await reset.listAppStates(), []);
-  assert.deepEqual(await reset.listReleases('shop'), []);
-  assert.deepEqual(await reset.listDeploys(), []);
-  assert.deepEqual(await reset.listDeployEvents('d1'), []);
-  assert.deepEqual(await reset.listProcesses(), []);
   assert.deepEqual(tables(raw(t, dir)), SHIPPED_TABLES);
+  assert.deepEqual(raw(t, dir).prepare(`SELECT name FROM sqlite_master WHERE type = 'view'`).all(), []);
   assert.equal(await reset.schemaVersion(), SHIPPED_VERSIONS.at(-1));
 });
 
@@ -336,18 +272,6 @@ test('sqlite: a failing migration rolls back entirely, names its file, and leave
   const model = makeStore(t, other, { migrations: 'model', migrationsDir: broken });
   await assert.rejects(model.open(), storeError(/from the model failed/));
   assert.deepEqual(tables(raw(t, other)), []);
-});
-
-test('sqlite: bad migration files are refused by name', async (t) => {
-  const dir = await tempDir(t);
-  const badName = await migrationsDir(dir, 'bad-name', { 'add-stuff.sql': 'SELECT 1;' });
-  await assert.rejects(makeStore(t, dir, { migrationsDir: badName }).open(), storeError(/add-stuff\.sql is not named NNN-name\.sql/));
-  const dup = await migrationsDir(dir, 'dup', { '900-a.sql': 'SELECT 1;', '900-b.sql': 'SELECT 1;' });
-  await assert.rejects(makeStore(t, dir, { migrationsDir: dup }).open(), storeError(/900-[ab]\.sql and 900-[ab]\.sql have the same version 900/));
-  await assert.rejects(makeStore(t, dir, { migrationsDir: join(dir, 'missing') }).open(), storeError(/cannot read migrations/));
-  // Non-SQL files (a README) are ignored.
-  const readme = await migrationsDir(dir, 'readme', { 'README.md': '# notes' });
-  await makeStore(t, join(dir, 'ok'), { migrationsDir: readme }).open();
 });
 
 test('sqlite: a database path that cannot be opened fails with BERTH_E_STORE', async (t) => {

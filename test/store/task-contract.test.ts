@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BerthError } from '../../src/lib/errors.ts';
 import type { DeployRecord, TaskRunRecord } from '../../src/store/store.ts';
-import type { MakeStore } from './store-contract.ts';
+import { BACKENDS, openFresh, type Backend } from './backends.ts';
 
 function run(id: string, over: Partial<TaskRunRecord> = {}): TaskRunRecord {
   return {
@@ -31,10 +31,10 @@ function deploy(id: string, createdAt: string, over: Partial<DeployRecord> = {})
 
 const isCode = (code: string) => (err: unknown) => err instanceof BerthError && err.code === code;
 
-export function taskContract(name: string, makeStore: MakeStore): void {
+function taskContract(backend: Backend): void {
+  const name = backend.name;
   test(`${name}: a task run is created running, finished with its outcome, and read back field for field`, async (t) => {
-    const { store, cleanup } = await makeStore();
-    t.after(cleanup);
+    const store = await openFresh(backend, t);
     await store.createTaskRun(run('t1'));
     assert.deepEqual(await store.getTaskRun('t1'), run('t1'));
     const output = 'line one\nligne deux é\n';
@@ -48,8 +48,7 @@ export function taskContract(name: string, makeStore: MakeStore): void {
   });
 
   test(`${name}: task runs list newest first, filtered by app, task and states, within the limit`, async (t) => {
-    const { store, cleanup } = await makeStore();
-    t.after(cleanup);
+    const store = await openFresh(backend, t);
     await store.createTaskRun(run('a', { startedAt: '2026-01-01T00:00:01.000Z', state: 'succeeded' }));
     await store.createTaskRun(run('b', { startedAt: '2026-01-01T00:00:02.000Z', state: 'skipped' }));
     await store.createTaskRun(run('c', { startedAt: '2026-01-01T00:00:03.000Z', task: 'hourly', state: 'timeout' }));
@@ -64,8 +63,7 @@ export function taskContract(name: string, makeStore: MakeStore): void {
   });
 
   test(`${name}: runs left running become interrupted; finished runs keep their state`, async (t) => {
-    const { store, cleanup } = await makeStore();
-    t.after(cleanup);
+    const store = await openFresh(backend, t);
     await store.createTaskRun(run('r1', { startedAt: '2026-01-01T00:00:01.000Z' }));
     await store.createTaskRun(run('r2', { startedAt: '2026-01-01T00:00:02.000Z', state: 'succeeded', finishedAt: '2026-01-01T00:00:02.500Z', exitCode: 0, durationMs: 500 }));
     await store.createTaskRun(run('r3', { startedAt: '2026-01-01T00:00:03.000Z' }));
@@ -79,8 +77,7 @@ export function taskContract(name: string, makeStore: MakeStore): void {
   });
 
   test(`${name}: retention deletes finished task runs and deploys (with their events) older than the cut`, async (t) => {
-    const { store, cleanup } = await makeStore();
-    t.after(cleanup);
+    const store = await openFresh(backend, t);
     await store.createTaskRun(run('old', { startedAt: '2026-01-01T00:00:00.000Z', state: 'succeeded' }));
     await store.createTaskRun(run('old-running', { startedAt: '2026-01-01T00:00:00.000Z' }));
     await store.createTaskRun(run('new', { startedAt: '2026-01-03T00:00:00.000Z', state: 'succeeded' }));
@@ -99,8 +96,7 @@ export function taskContract(name: string, makeStore: MakeStore): void {
   });
 
   test(`${name}: bad task run input is refused clearly`, async (t) => {
-    const { store, cleanup } = await makeStore();
-    t.after(cleanup);
+    const store = await openFresh(backend, t);
     await assert.rejects(store.createTaskRun(run('x', { state: 'done' as never })), isCode('BERTH_E_BAD_REQUEST'));
     await assert.rejects(store.createTaskRun(run('x', { trigger: 'cron' as never })), isCode('BERTH_E_BAD_REQUEST'));
     await assert.rejects(store.createTaskRun(run('x', { task: '' })), isCode('BERTH_E_BAD_REQUEST'));
@@ -116,3 +112,5 @@ export function taskContract(name: string, makeStore: MakeStore): void {
     await assert.rejects(store.listTaskRuns({ trigger: 'cron' as never }), isCode('BERTH_E_BAD_REQUEST'));
   });
 }
+
+for (const backend of BACKENDS) taskContract(backend);

@@ -1,0 +1,329 @@
+/**
+ * The records the store keeps, as every backend writes and reads them: pure functions that check a
+ * record before it is written (BERTH_E_BAD_REQUEST, whichever backend), and the tables (./table.ts) that
+ * turn it into a row of the shared schema (src/store/migrations/*.sql: snake_case columns, ISO text
+ * times, JSON text for line lists) and a row read back into a record. A backend only moves rows; it
+ * never decides what a valid record is.
+ *
+ * Text that can quote a deploy source (release and deploy sources, deploy errors, log tails and events,
+ * audit targets and details) is redacted (src/lib/redact.ts) on the way in, so credentials never reach
+ * the database, and again on the way out, so rows an older berth wrote in clear come out clean.
+ */
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
+import { redactNullable, redactText } from '../lib/redact.ts';
+import { MODES, type Mode } from '../config/schema.ts';
+import type {
+  AppState,
+  AuditChannel,
+  AuditFilter,
+  AuditOutcome,
+  AuditRecord,
+  DeployEvent,
+  DeployKind,
+  DeployRecord,
+  DeployState,
+  DeployStore,
+  ProcessRecord,
+  ReleaseInput,
+  ReleaseRecord,
+  ReleaseState,
+  TaskRunFilter,
+  TaskRunRecord,
+  TaskRunState,
+  TaskTrigger,
+} from './store.ts';
+import { integer, integerOrNull, Table, text, textOrNull, type Codec, type SqlValue } from './table.ts';
+
+/**
+ * A list query, backend-neutral: every backend turns it into its own WHERE clause. Only the conditions
+ * that are set appear, each on its own column, so a backend can serve them from its indexes.
+ */
+export interface RowFilter {
+  /** `column = value`, for each pair. */
+  equal: [column: string, value: string][];
+  /** `column IN (values)`; an empty list matches nothing and never reaches a backend. */
+  oneOf: [column: string, values: string[]] | null;
+  /** `column >= value`. */
+  atLeast: [column: string, value: string] | null;
+  limit: number;
+}
+
+export type DeployUpdate = Parameters<DeployStore['updateDeploy']>[1];
+/** What `finishTaskRun` sets. */
+export type TaskRunFinish = Pick<TaskRunRecord, 'state' | 'finishedAt' | 'exitCode' | 'durationMs' | 'output' | 'error'>;
+
+/** A list without a `limit`. */
+export const DEFAULT_LIST_LIMIT = 100;
+/** The message a run left `running` by a killed gateway is finished with. */
+export const INTERRUPTED_TASK_ERROR = 'the gateway stopped while this ran';
+
+const RELEASE_STATES: ReadonlySet<string> = new Set<ReleaseState>(['building', 'ready', 'active', 'previous', 'failed', 'pruned']);
+const MODE_SET: ReadonlySet<string> = new Set(MODES);
+const DEPLOY_KINDS: ReadonlySet<string> = new Set<DeployKind>(['deploy', 'rollback', 'reload']);
+const DEPLOY_STATES: ReadonlySet<string> = new Set<DeployState>(['running', 'succeeded', 'failed', 'interrupted']);
+const EVENT_STATUSES: ReadonlySet<string> = new Set<DeployEvent['status']>(['started', 'succeeded', 'failed', 'skipped']);
+const AUDIT_OUTCOMES: ReadonlySet<string> = new Set<AuditOutcome>(['pending', 'ok', 'failed', 'refused', 'interrupted']);
+const AUDIT_CHANNELS: ReadonlySet<string> = new Set<AuditChannel>(['socket', 'tcp', 'internal']);
+const TASK_RUN_STATES: ReadonlySet<string> = new Set<TaskRunState>(['running', 'succeeded', 'failed', 'skipped', 'timeout', 'interrupted']);
+const TASK_TRIGGERS: ReadonlySet<string> = new Set<TaskTrigger>(['schedule', 'manual', 'cleanup']);
+/** What `updateDeploy` may change: id, app, kind and createdAt are fixed when the deploy is created. */
+const DEPLOY_UPDATABLE: ReadonlySet<string> = new Set<keyof DeployUpdate>([
+  'state', 'releaseId', 'previousRelease', 'source', 'user', 'failedStep', 'error', 'logTail', 'finishedAt',
+]);
+
+// ---- codecs of berth's own -------------------------------------------------------------------------
+
+/** Text that may quote a deploy source: redacted both ways. */
+const redacted: Codec = { write: (v) => redactText(v as string), read: (v) => redactText(String(v)) };
+/** The same, for a column that may be null. */
+const redactedOrNull: Codec = { write: (v) => redactNullable((v ?? null) as string | null), read: (v) => redactNullable(v == null ? null : String(v)) };
+/** `String(output ?? '')`: an output column an older row may lack reads as empty. */
+const textOrEmpty: Codec = { write: (v) => v as string, read: (v) => String(v ?? '') };
+
+/**
+ * Output lines, stored as JSON text of the redacted lines. Anything but an array of strings would not
+ * read back as one, so it is refused on write. On read they are redacted again; a backend that keeps
+ * JSON natively may hand over the parsed array, and text that is not JSON throws a plain Error, which
+ * the backend reports as BERTH_E_STORE like any other unreadable row.
+ */
+function lines(field: string, absentWhenNull = false): Codec {
+  return {
+    absentWhenNull,
+    write(value) {
+      if (!Array.isArray(value) || !value.every((l) => typeof l === 'string')) throw badRequest(`${field} must be an array of strings`);
+      return JSON.stringify(value.map((l: string) => redactText(l)));
+    },
+    read(value) {
+      const parsed = typeof value === 'string' ? (JSON.parse(value) as unknown) : value;
+      return Array.isArray(parsed) ? parsed.map((l) => (typeof l === 'string' ? redactText(l) : l)) : parsed;
+    },
+  };
+}
+
+// ---- tables ---------------------------------------------------------------------------------------
+
+/** Apps are written column by column (the active release, the mode), so this table is only read whole. */
+export const APPS = new Table<AppState>('apps', {
+  app: ['app', text], activeRelease: ['active_release', textOrNull], mode: ['mode', text],
+  modeMessage: ['mode_message', textOrNull], modeRetryAfter: ['mode_retry_after', integerOrNull], updatedAt: ['updated_at', text],
+});
+
+export const RELEASES = new Table<ReleaseRecord>('releases', {
+  app: ['app', text], id: ['id', text], createdAt: ['created_at', text], state: ['state', text],
+  source: ['source', redacted], revision: ['revision', textOrNull], prunedAt: ['pruned_at', textOrNull],
+});
+
+export const DEPLOYS = new Table<DeployRecord>('deploys', {
+  id: ['id', text], app: ['app', text], kind: ['kind', text], state: ['state', text],
+  releaseId: ['release_id', textOrNull], previousRelease: ['previous_release', textOrNull], source: ['source', redactedOrNull],
+  user: ['user_name', textOrNull], failedStep: ['failed_step', textOrNull], error: ['error', redactedOrNull],
+  logTail: ['log_tail', lines('logTail')], createdAt: ['created_at', text], finishedAt: ['finished_at', textOrNull],
+});
+
+/** `lines` is optional in the record: absent stays absent, so an event reads back as it was written. */
+export const DEPLOY_EVENTS = new Table<DeployEvent>('deploy_events', {
+  deployId: ['deploy_id', text], seq: ['seq', integer], step: ['step', text], status: ['status', text], at: ['occurred_at', text],
+  durationMs: ['duration_ms', integerOrNull], message: ['message', redactedOrNull], lines: ['lines', lines('lines', true)],
+});
+
+export const PROCESS_GROUPS = new Table<ProcessRecord>('process_groups', {
+  pgid: ['pgid', integer], app: ['app', text], generation: ['generation', text], process: ['process', text],
+  index: ['instance_index', integer], gatewayPid: ['gateway_pid', integer], startedAt: ['started_at', text],
+});
+
+export const AUDIT = new Table<AuditRecord>('audit', {
+  id: ['id', integer, 'generated'], at: ['occurred_at', text], user: ['user_name', text], channel: ['channel', text],
+  action: ['action', text], app: ['app', textOrNull], target: ['target', redactedOrNull],
+  outcome: ['outcome', text], detail: ['detail', redactedOrNull], finishedAt: ['finished_at', textOrNull],
+});
+
+export const TASK_RUNS = new Table<TaskRunRecord>('task_runs', {
+  id: ['id', text], app: ['app', textOrNull], task: ['task', text], trigger: ['triggered_by', text], state: ['state', text],
+  command: ['command', textOrNull], releaseId: ['release_id', textOrNull], user: ['user_name', textOrNull],
+  startedAt: ['started_at', text], finishedAt: ['finished_at', textOrNull], exitCode: ['exit_code', integerOrNull],
+  durationMs: ['duration_ms', integerOrNull], output: ['output', textOrEmpty], error: ['error', textOrNull],
+});
+
+// ---- apps and releases ----------------------------------------------------------------------------
+
+/** Throws BERTH_E_BAD_REQUEST for an unknown mode or a retry-after that is not whole seconds. */
+export function checkMode(mode: Mode, retryAfter: number | null): void {
+  if (!MODE_SET.has(mode)) throw badRequest(`unknown mode "${mode}": expected ${MODES.join(', ')}`);
+  if (retryAfter !== null && !(Number.isInteger(retryAfter) && retryAfter >= 0)) {
+    throw badRequest(`retry-after must be a non-negative whole number of seconds, got ${retryAfter}`);
+  }
+}
+
+/** Throws BERTH_E_BAD_REQUEST for a state a release cannot be in. */
+export function checkReleaseState(state: string): void {
+  if (!RELEASE_STATES.has(state)) throw badRequest(`unknown release state "${state}": expected ${[...RELEASE_STATES].join(', ')}`);
+}
+
+/** The values `putRelease` writes: a left-out prunedAt is written as null. */
+export function releaseValues(release: ReleaseInput): SqlValue[] {
+  checkReleaseState(release.state);
+  return RELEASES.values(release);
+}
+
+/** What a write to a release that was never recorded throws. */
+export function releaseNotFound(app: string, id: string): BerthError {
+  return new BerthError(ErrorCodes.notFound, `release ${id} of app ${app} is not recorded`);
+}
+
+// ---- deploys and process groups -------------------------------------------------------------------
+
+function checkDeployState(state: string): void {
+  if (!DEPLOY_STATES.has(state)) throw badRequest(`unknown deploy state "${state}": expected ${[...DEPLOY_STATES].join(', ')}`);
+}
+
+/** The values `createDeploy` writes. Throws BERTH_E_BAD_REQUEST for an unknown kind or state or a bad log tail. */
+export function deployValues(deploy: DeployRecord): SqlValue[] {
+  if (!DEPLOY_KINDS.has(deploy.kind)) throw badRequest(`unknown deploy kind "${deploy.kind}": expected ${[...DEPLOY_KINDS].join(', ')}`);
+  checkDeployState(deploy.state);
+  return DEPLOYS.values(deploy);
+}
+
+/**
+ * The columns an `updateDeploy` sets: only the fields present (an `undefined` value counts as absent;
+ * `null` clears a nullable field). Throws BERTH_E_BAD_REQUEST for a field that cannot change or a bad value.
+ */
+export function deployChanges(fields: DeployUpdate): [column: string, value: SqlValue][] {
+  for (const key of Object.keys(fields)) {
+    if (!DEPLOY_UPDATABLE.has(key)) throw badRequest(`deploy field "${key}" cannot be updated`);
+  }
+  if (fields.state !== undefined) checkDeployState(fields.state);
+  return DEPLOYS.changes(fields);
+}
+
+/** `listDeploys`' filter. Throws BERTH_E_BAD_REQUEST for an unknown state or a limit below 1. */
+export function deployFilter(filter: { app?: string; state?: DeployState; limit?: number }): RowFilter {
+  if (filter.state !== undefined) checkDeployState(filter.state);
+  return rowFilter([['app', filter.app], ['state', filter.state]], filter.limit);
+}
+
+/** What a write to a deploy that was never recorded throws. */
+export function deployNotFound(id: string): BerthError {
+  return new BerthError(ErrorCodes.notFound, `deploy ${id} is not recorded`);
+}
+
+/** The values `addDeployEvent` writes. Throws BERTH_E_BAD_REQUEST for a bad status, seq, duration or lines. */
+export function deployEventValues(event: DeployEvent): SqlValue[] {
+  if (!EVENT_STATUSES.has(event.status)) {
+    throw badRequest(`unknown deploy event status "${event.status}": expected ${[...EVENT_STATUSES].join(', ')}`);
+  }
+  if (!(Number.isSafeInteger(event.seq) && event.seq >= 1)) throw badRequest(`deploy event seq must be a whole number of at least 1, got ${event.seq}`);
+  if (event.durationMs !== null && !(Number.isSafeInteger(event.durationMs) && event.durationMs >= 0)) {
+    throw badRequest(`deploy event durationMs must be null or a non-negative whole number, got ${event.durationMs}`);
+  }
+  return DEPLOY_EVENTS.values(event);
+}
+
+/** The values `recordProcess` writes. Throws BERTH_E_BAD_REQUEST for a pgid below 2 or a bad pid or index. */
+export function processValues(p: ProcessRecord): SqlValue[] {
+  // The orphan sweep signals -pgid: 0 would hit the gateway's own group and 1 (kill(-1)) every process.
+  if (!(Number.isSafeInteger(p.pgid) && p.pgid >= 2)) throw badRequest(`process group id must be a whole number of at least 2, got ${p.pgid}`);
+  if (!(Number.isSafeInteger(p.gatewayPid) && p.gatewayPid >= 1)) throw badRequest(`gateway pid must be a positive whole number, got ${p.gatewayPid}`);
+  if (!(Number.isSafeInteger(p.index) && p.index >= 0)) throw badRequest(`instance index must be a non-negative whole number, got ${p.index}`);
+  return PROCESS_GROUPS.values(p);
+}
+
+// ---- audit ----------------------------------------------------------------------------------------
+
+/** The values `addAudit` writes. Throws BERTH_E_BAD_REQUEST for an unknown outcome or channel, or no user or action. */
+export function auditValues(e: Omit<AuditRecord, 'id'>): SqlValue[] {
+  if (!AUDIT_OUTCOMES.has(e.outcome)) throw badRequest(`unknown audit outcome "${e.outcome}"`);
+  if (!AUDIT_CHANNELS.has(e.channel)) throw badRequest(`unknown audit channel "${e.channel}"`);
+  if (!e.user || !e.action) throw badRequest('an audit row needs a user and an action');
+  return AUDIT.values(e);
+}
+
+/** Checks a final outcome and returns the detail to write (null keeps the one written at the start). */
+export function auditFinishDetail(outcome: Exclude<AuditOutcome, 'pending'>, detail: string | null): string | null {
+  if (!AUDIT_OUTCOMES.has(outcome) || (outcome as string) === 'pending') throw badRequest(`unknown final audit outcome "${outcome}"`);
+  return redactNullable(detail);
+}
+
+/** `listAudit`'s filter. Throws BERTH_E_BAD_REQUEST for an unknown outcome or a limit below 1. */
+export function auditFilter(filter: AuditFilter): RowFilter {
+  const f = rowFilter([['app', filter.app], ['user_name', filter.user], ['action', filter.action], ['outcome', filter.outcome]], filter.limit);
+  if (filter.outcome !== undefined && !AUDIT_OUTCOMES.has(filter.outcome)) throw badRequest(`unknown audit outcome "${filter.outcome}"`);
+  if (filter.since !== undefined) f.atLeast = ['occurred_at', filter.since];
+  return f;
+}
+
+/** What finishing an audit row that does not exist throws. */
+export function auditNotFound(id: number): BerthError {
+  return new BerthError(ErrorCodes.notFound, `no audit row ${id}`);
+}
+
+// ---- task runs ------------------------------------------------------------------------------------
+
+/** The values `createTaskRun` writes. Throws BERTH_E_BAD_REQUEST for a missing name, an unknown trigger or state, or a bad number or time. */
+export function taskRunValues(run: TaskRunRecord): SqlValue[] {
+  if (typeof run.id !== 'string' || run.id === '') throw badRequest('a task run needs an id');
+  if (typeof run.task !== 'string' || run.task === '') throw badRequest('a task run needs a task name');
+  checkTaskTrigger(run.trigger, `: expected ${[...TASK_TRIGGERS].join(', ')}`);
+  checkTaskRunFinish(run);
+  if (Number.isNaN(Date.parse(run.startedAt))) throw badRequest(`task run start must be an ISO time, got "${run.startedAt}"`);
+  return TASK_RUNS.values(run);
+}
+
+/** The columns `finishTaskRun` sets. */
+export function taskRunFinishChanges(f: TaskRunFinish): [column: string, value: SqlValue][] {
+  checkTaskRunFinish(f);
+  return TASK_RUNS.changes(f);
+}
+
+/** `listTaskRuns`' filter. Throws BERTH_E_BAD_REQUEST for an unknown trigger or state or a limit below 1. */
+export function taskRunFilter(filter: TaskRunFilter): RowFilter {
+  const limit = checkLimit(filter.limit ?? DEFAULT_LIST_LIMIT);
+  if (filter.trigger !== undefined) checkTaskTrigger(filter.trigger, '');
+  const f = rowFilter([['app', filter.app], ['task', filter.task], ['triggered_by', filter.trigger]], limit);
+  if (filter.states !== undefined) {
+    for (const s of filter.states) checkTaskRunState(s);
+    f.oneOf = ['state', filter.states];
+  }
+  return f;
+}
+
+/** What finishing a task run that was never recorded throws. */
+export function taskRunNotFound(id: string): BerthError {
+  return new BerthError(ErrorCodes.notFound, `no task run ${id}`);
+}
+
+function checkTaskTrigger(trigger: string, expected: string): void {
+  if (!TASK_TRIGGERS.has(trigger)) throw badRequest(`unknown task trigger "${trigger}"${expected}`);
+}
+
+function checkTaskRunState(state: string): void {
+  if (!TASK_RUN_STATES.has(state)) throw badRequest(`unknown task run state "${state}": expected ${[...TASK_RUN_STATES].join(', ')}`);
+}
+
+/** The fields a run is finished with: a known state, whole numbers, text output. */
+function checkTaskRunFinish(f: Pick<TaskRunRecord, 'state' | 'exitCode' | 'durationMs' | 'output'>): void {
+  checkTaskRunState(f.state);
+  if (f.exitCode !== null && !Number.isSafeInteger(f.exitCode)) throw badRequest(`task run exit code must be a whole number or null, got ${f.exitCode}`);
+  if (f.durationMs !== null && !(Number.isSafeInteger(f.durationMs) && f.durationMs >= 0)) {
+    throw badRequest(`task run duration must be a non-negative whole number of ms or null, got ${f.durationMs}`);
+  }
+  if (typeof f.output !== 'string') throw badRequest('task run output must be a string');
+}
+
+// ---- shared pieces --------------------------------------------------------------------------------
+
+/** A list query's row limit: a whole number of at least 1, else BERTH_E_BAD_REQUEST. */
+function checkLimit(limit: number): number {
+  if (!(Number.isSafeInteger(limit) && limit >= 1)) throw badRequest(`limit must be a whole number of at least 1, got ${limit}`);
+  return limit;
+}
+
+/** A filter of the `column = value` conditions that are set. */
+function rowFilter(pairs: [column: string, value: string | undefined][], limit: number = DEFAULT_LIST_LIMIT): RowFilter {
+  const equal: [string, string][] = [];
+  for (const [column, value] of pairs) if (value !== undefined) equal.push([column, value]);
+  return { equal, oneOf: null, atLeast: null, limit: checkLimit(limit) };
+}
+
+function badRequest(message: string): BerthError {
+  return new BerthError(ErrorCodes.badRequest, message);
+}

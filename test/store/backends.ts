@@ -1,0 +1,63 @@
+/**
+ * The store backends every contract suite in this folder runs against: one factory per backend. Today
+ * that is SQLite alone; the PostgreSQL store adds its entry here, and every suite then runs on both.
+ * A test that only one backend could pass (it opens the database file, reads SQLite's catalogue, or
+ * matches SQLite's own error text) does not belong in a contract suite: see sqlite-only.test.ts.
+ */
+import type { TestContext } from 'node:test';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { silentLogger } from '../../src/lib/logger.ts';
+import type { MigrationPolicy } from '../../src/store/migrations.ts';
+import { SqliteStore } from '../../src/store/sqlite.ts';
+import type { Store } from '../../src/store/store.ts';
+
+/** How a test may vary a store from the defaults (migrations: upgrade, no reset, the shipped files). */
+export interface StoreOptions {
+  migrations?: MigrationPolicy;
+  resetState?: boolean;
+  /** A directory of NNN-name.sql files in place of the shipped ones. */
+  migrationsDir?: string;
+}
+
+/** One empty database of a backend, dropped after the test. */
+export interface Database {
+  /** A store on this database, not opened yet; closed after the test. Several may share the database. */
+  store(opts?: StoreOptions): Store;
+}
+
+export interface Backend {
+  name: string;
+  /** A fresh, empty database, removed when `t` ends. */
+  database(t: TestContext): Promise<Database>;
+}
+
+const sqlite: Backend = {
+  name: 'sqlite',
+  async database(t) {
+    const dir = await mkdtemp(join(tmpdir(), 'berth-store-'));
+    const stores: Store[] = [];
+    t.after(async () => {
+      for (const store of stores) await store.close();
+      await rm(dir, { recursive: true, force: true });
+    });
+    return {
+      store(opts = {}) {
+        // A parent that does not exist yet: open() creates it.
+        const store = new SqliteStore({ path: join(dir, 'state', 'berth.db'), migrations: 'upgrade', resetState: false, logger: silentLogger(), ...opts });
+        stores.push(store);
+        return store;
+      },
+    };
+  },
+};
+
+export const BACKENDS: readonly Backend[] = [sqlite];
+
+/** `backend`'s store with the shipped migrations, opened on a fresh database; both go when `t` ends. */
+export async function openFresh(backend: Backend, t: TestContext): Promise<Store> {
+  const store = (await backend.database(t)).store();
+  await store.open();
+  return store;
+}

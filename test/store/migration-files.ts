@@ -1,0 +1,19 @@
+/** Directories of migration files for the tests that run a store on other migrations than the shipped ones. */
+import { copyFile, mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { MIGRATIONS_DIR, loadMigrations } from '../../src/store/migrations.ts';
+
+/** The versions this build ships, in order: written out, so a file that goes missing fails the tests. */
+export const SHIPPED_VERSIONS = [1, 2, 3, 4, 5];
+
+/**
+ * `<dir>/<name>`, holding the shipped files up to version `upTo` (all of them by default) plus `extra`
+ * (file name -> SQL).
+ */
+export async function migrationsDir(dir: string, name: string, extra: Record<string, string> = {}, upTo = Infinity): Promise<string> {
+  const out = join(dir, name);
+  await mkdir(out, { recursive: true });
+  for (const m of await loadMigrations(MIGRATIONS_DIR)) if (m.version <= upTo) await copyFile(join(MIGRATIONS_DIR, m.file), join(out, m.file));
+  for (const [f, sql] of Object.entries(extra)) await writeFile(join(out, f), sql);
+  return out;
+}
