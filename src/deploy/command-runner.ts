@@ -1,9 +1,16 @@
-import { spawn } from 'node:child_process';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { within } from '../lib/deadline.ts';
 import { BerthError, ErrorCodes } from '../lib/errors.ts';
-import { spawnIdentity, type AppUser } from '../supervisor/app-user.ts';
+import type { AppUser } from '../supervisor/app-user.ts';
+import { Child, type OutputStream } from '../supervisor/child.ts';
+import { OutputTail } from '../supervisor/output-tail.ts';
+
+/** Between SIGTERM and SIGKILL when a command is stopped (timeout, gateway stop). */
+const KILL_GRACE_MS = 5_000;
+/** After the shell exits, how long to wait for the last output (a member that left the group may hold the pipes). */
+const OUTPUT_WAIT_MS = 2_000;
 
 export interface CommandResult {
   code: number | null;
@@ -23,7 +30,7 @@ export interface RunCommandOptions {
   /** Appends every output line here (the deploy log). */
   logFile?: string;
   /** Called with each output line as it arrives. */
-  onLine?: (line: string, stream: 'out' | 'err') => void;
+  onLine?: (line: string, stream: OutputStream) => void;
   /** Lines kept for the error message. */
   tailLines?: number;
   /** Aborting kills the command's process group. */
@@ -31,95 +38,51 @@ export interface RunCommandOptions {
 }
 
 /**
- * Runs a shell command in its own process group (build and release commands, one-off tasks), with a
- * timeout that kills the whole group: SIGTERM, then SIGKILL 5s later. Output is split into lines, kept
- * as a tail, and appended to a log file.
+ * Runs a shell command as a Child (supervisor/child.ts: build and release commands), with a timeout
+ * that stops the whole group: SIGTERM, then SIGKILL KILL_GRACE_MS later; aborting `signal` does the
+ * same. Output is read as lines, kept as a tail, and appended to a log file.
  */
 export async function runCommand(opts: RunCommandOptions): Promise<CommandResult> {
-  const tailMax = opts.tailLines ?? 20;
-  const tail: string[] = [];
+  const tail = new OutputTail({ lines: opts.tailLines ?? 20 });
   let log: WriteStream | null = null;
   if (opts.logFile) {
     await mkdir(dirname(opts.logFile), { recursive: true });
     log = createWriteStream(opts.logFile, { flags: 'a' });
   }
-  const identity = opts.user ? spawnIdentity(opts.user) : {};
-  const child = spawn('/bin/sh', ['-c', opts.command], { cwd: opts.cwd, env: opts.env, detached: true, stdio: ['ignore', 'pipe', 'pipe'], ...identity });
-  const killGroup = (sig: NodeJS.Signals) => {
-    if (child.pid === undefined) return;
-    try {
-      process.kill(-child.pid, sig);
-    } catch {
-      // ESRCH: already gone.
-    }
-  };
-  const partials = { out: '', err: '' };
-  const onData = (stream: 'out' | 'err') => {
-    return (chunk: Buffer) => {
-      let partial = partials[stream] + chunk.toString('utf8');
-      let i;
-      while ((i = partial.indexOf('\n')) >= 0) {
-        emit(partial.slice(0, i), stream);
-        partial = partial.slice(i + 1);
-      }
-      if (partial.length > 64 * 1024) {
-        emit(partial, stream);
-        partial = '';
-      }
-      partials[stream] = partial;
-    };
-  };
-  /** A last line without a newline is still output. */
-  const flushPartials = () => {
-    for (const stream of ['out', 'err'] as const) {
-      if (partials[stream] !== '') emit(partials[stream], stream);
-      partials[stream] = '';
-    }
-  };
-  const emit = (line: string, stream: 'out' | 'err') => {
+  const onLine = (stream: OutputStream, line: string): void => {
     tail.push(line);
-    if (tail.length > tailMax) tail.shift();
     log?.write(`${new Date().toISOString()} ${stream} ${line}\n`);
     opts.onLine?.(line, stream);
   };
-  child.stdout!.on('data', onData('out'));
-  child.stderr!.on('data', onData('err'));
   let timedOut = false;
-  let killTimer: NodeJS.Timeout | null = null;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    killGroup('SIGTERM');
-    killTimer = setTimeout(() => killGroup('SIGKILL'), 5_000);
-  }, opts.timeoutMs);
-  const onAbort = () => {
-    killGroup('SIGTERM');
-    killTimer ??= setTimeout(() => killGroup('SIGKILL'), 5_000);
-  };
-  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  let timer: NodeJS.Timeout | null = null;
+  let onAbort: (() => void) | null = null;
   try {
-    const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
-      child.once('error', (err) => reject(new BerthError(ErrorCodes.spawn, `cannot run "${opts.command}": ${err.message}`, { cause: err })));
-      child.once('exit', (c, s) => {
-        // The shell is gone; nothing it started may linger in its group (and hold its pipes open).
-        killGroup('SIGKILL');
-        resolve([c, s]);
-      });
-    });
-    if (child.stdout!.readable || child.stderr!.readable) {
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, 2_000);
-        child.once('close', () => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
+    let child: Child;
+    try {
+      child = new Child({ command: opts.command, cwd: opts.cwd, env: opts.env, user: opts.user, onLine });
+    } catch (err) {
+      throw cannotRun(opts.command, err as Error);
     }
-    flushPartials();
-    return { code, signal, timedOut, tail };
+    timer = setTimeout(() => {
+      timedOut = true;
+      void child.stop(KILL_GRACE_MS);
+    }, opts.timeoutMs);
+    onAbort = () => void child.stop(KILL_GRACE_MS);
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const exit = await child.exited;
+    if (exit.error !== null) throw cannotRun(opts.command, exit.error);
+    // The shell is gone; nothing it started may linger in its group (and hold its pipes open).
+    child.kill();
+    await within(child.closed, OUTPUT_WAIT_MS);
+    return { code: exit.code, signal: exit.signal, timedOut, tail: tail.lines() };
   } finally {
-    clearTimeout(timer);
-    if (killTimer) clearTimeout(killTimer);
-    opts.signal?.removeEventListener('abort', onAbort);
+    if (timer) clearTimeout(timer);
+    if (onAbort) opts.signal?.removeEventListener('abort', onAbort);
     if (log) await new Promise<void>((r) => log!.end(r));
   }
+}
+
+function cannotRun(command: string, err: Error): BerthError {
+  return new BerthError(ErrorCodes.spawn, `cannot run "${command}": ${err.message}`, { cause: err });
 }

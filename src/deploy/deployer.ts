@@ -26,8 +26,6 @@ export type DeployStep = (typeof DEPLOY_STEPS)[number];
 
 /** Build and release commands are killed after this long. */
 export const COMMAND_TIMEOUT_MS = 15 * 60_000;
-/** Drain polls the old generation's in-flight count this often. */
-const DRAIN_POLL_MS = 25;
 /** After the drain deadline, how long WebSockets closed with 1001 get to finish closing before stop_old. */
 const UPGRADE_CLOSE_WAIT_MS = 1_000;
 /** Deploys kept in memory for `GET /v1/deploys/:id` after they finish (older ones come from the store). */
@@ -370,10 +368,10 @@ export class Deployer {
       });
       if (old) {
         const cut = await this.#step(deploy, 'drain', async () => {
-          let left = await this.#drain(old, app.timeouts.drainMs);
+          let left = await old.idleWithin(app.timeouts.drainMs);
           // WebSockets never end by themselves: at the deadline they are told to go away (1001).
           const closed = left > 0 && this.#host.closeUpgrades ? this.#host.closeUpgrades(old) : 0;
-          if (closed > 0) left = await this.#drain(old, UPGRADE_CLOSE_WAIT_MS);
+          if (closed > 0) left = await old.idleWithin(UPGRADE_CLOSE_WAIT_MS);
           const ws = closed > 0 ? `${closed} WebSocket(s) closed with 1001` : '';
           const message =
             left === 0 ? (closed > 0 ? `${old.id} drained at the deadline: ${ws}` : `${old.id} drained`) : `drain timeout: ${ws ? `${ws}, ` : ''}${left} request(s) still in flight will be cut`;
@@ -406,7 +404,7 @@ export class Deployer {
       // generation still gets no new requests: drain and stop it anyway rather than leave it running.
       log.error({ err: errorMessage(err) }, 'deploy step after the switch failed');
       if (old && old.state !== 'stopping' && old.state !== 'stopped') {
-        await this.#drain(old, app.timeouts.drainMs);
+        await old.idleWithin(app.timeouts.drainMs);
         await this.#supervisor.stopGeneration(old).catch((e) => log.error({ err: errorMessage(e) }, 'cannot stop the old generation'));
       }
       await this.#fail(deploy, err, log);
@@ -469,13 +467,6 @@ export class Deployer {
       return r.id;
     }
     return null;
-  }
-
-  /** Waits until a generation has no request in flight, up to `deadlineMs`; returns what is left. */
-  async #drain(gen: Generation, deadlineMs: number): Promise<number> {
-    const until = Date.now() + deadlineMs;
-    while (gen.inFlight > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, DRAIN_POLL_MS));
-    return gen.inFlight;
   }
 
   async #command(deploy: Deploy, step: 'build' | 'release', command: string, app: AppConfig, release: { id: string; dir: string }): Promise<void> {

@@ -1,17 +1,16 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import type { Readable } from 'node:stream';
 import type { AppConfig } from '../config/schema.ts';
+import { within } from '../lib/deadline.ts';
 import { errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { Store, TaskRunRecord, TaskRunState, TaskTrigger } from '../store/store.ts';
 import { appEnv, taskVars } from '../supervisor/app-env.ts';
-import { gatewayUser, spawnIdentity, type AppUser } from '../supervisor/app-user.ts';
-import { execCommand } from '../supervisor/exec-command.ts';
-import type { ProcessHook } from '../supervisor/instance.ts';
-import { LineSplitter } from '../supervisor/line-splitter.ts';
-import { ProcessGroup } from '../supervisor/process-group.ts';
-import { OutputTail } from './output-tail.ts';
+import { gatewayUser, type AppUser } from '../supervisor/app-user.ts';
+import { Child, type ProcessHook } from '../supervisor/child.ts';
+import { OutputTail } from '../supervisor/output-tail.ts';
+
+/** What a task run keeps of its output for the record: the last 64 KiB. */
+export const OUTPUT_TAIL_BYTES = 64 * 1024;
 
 /** Between SIGTERM and SIGKILL when a run is killed (timeout, cancel, gateway stop). */
 export const TASK_KILL_GRACE_MS = 5_000;
@@ -95,17 +94,15 @@ export class TaskRun {
   #onLine: TaskRunOptions['onLine'];
   #onProcess: ProcessHook | null;
   #killGraceMs: number;
-  #tail = new OutputTail();
+  #tail = new OutputTail({ bytes: OUTPUT_TAIL_BYTES });
   #started = 0;
   #finishedAt: string | null = null;
   #exitCode: number | null = null;
   #durationMs: number | null = null;
   #error: string | null = null;
-  #child: ChildProcess | null = null;
-  #group: ProcessGroup | null = null;
+  #child: Child | null = null;
   #abort = new AbortController();
   #timer: NodeJS.Timeout | null = null;
-  #killTimer: NodeJS.Timeout | null = null;
   /** Why the run was ended from outside, when it was. */
   #ended: { state: 'interrupted' | 'failed'; why: string } | null = null;
   #timedOut = false;
@@ -144,7 +141,7 @@ export class TaskRun {
 
   /** The pid of the run's process (its process group id) while it runs. */
   get pid(): number | null {
-    return this.#group?.pgid ?? null;
+    return this.#child?.pid ?? null;
   }
 
   /** Records the run and starts it. Call once. */
@@ -168,7 +165,7 @@ export class TaskRun {
     if (this.#state !== 'running') return;
     this.#ended ??= { state: 'interrupted', why: err ? `killed: ${errorMessage(err)}` : 'killed' };
     this.#abort.abort();
-    this.#group?.signal('SIGKILL');
+    this.#child?.kill();
   }
 
   record(): TaskRunRecord {
@@ -219,40 +216,32 @@ export class TaskRun {
   }
 
   async #process(exec: Extract<TaskRunExec, { kind: 'process' }>): Promise<{ code: number | null; signal: string | null; error: string | null }> {
-    // An argv runs through `exec "$@"`: PATH is searched in the task's own environment, and no word is parsed.
-    const args = typeof exec.command === 'string' ? ['-c', execCommand(exec.command)] : ['-c', 'exec "$@"', 'berth-run', ...exec.command];
-    let child: ChildProcess;
+    let child: Child;
     try {
-      const identity = exec.user ? spawnIdentity(exec.user) : {};
-      child = spawn('/bin/sh', args, { cwd: exec.cwd, env: exec.env, detached: true, stdio: ['ignore', 'pipe', 'pipe'], ...identity });
+      child = new Child({
+        command: exec.command,
+        cwd: exec.cwd,
+        env: exec.env,
+        user: exec.user,
+        onLine: (kind, line) => this.#line(kind, line),
+        logger: this.#log,
+        onProcess: this.#onProcess,
+        owner: { app: this.app ?? '', process: `task:${this.task}`, index: 0, releaseId: this.releaseId ?? '' },
+      });
     } catch (err) {
       return this.#cannotStart(err, exec.cwd);
     }
     this.#child = child;
-    const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
-    this.#pipe(child.stdout!, 'out');
-    this.#pipe(child.stderr!, 'err');
-    const exited = new Promise<{ code: number | null; signal: string | null; error: unknown }>((resolve) => {
-      child.once('exit', (code, signal) => resolve({ code, signal, error: null }));
-      // `on`, not `once`: a later error (a failed kill) must not go unhandled.
-      child.on('error', (err) => {
-        if (child.pid === undefined) resolve({ code: null, signal: null, error: err });
-        else this.#log.warn({ err: errorMessage(err) }, 'task process error');
-      });
-    });
-    if (child.pid !== undefined) {
-      this.#group = new ProcessGroup(child.pid);
+    if (child.pid !== null) {
       this.#log.info({ pid: child.pid, command: this.command, cwd: exec.cwd }, 'task run started');
-      this.#onProcess?.('spawn', { pgid: child.pid, app: this.app ?? '', process: `task:${this.task}`, index: 0, releaseId: this.releaseId ?? '' });
       // Cancelled between the record and the spawn.
       if (this.#ended) this.#kill();
     }
-    const { code, signal, error } = await exited;
+    const { code, signal, error } = await child.exited;
     if (error !== null) return this.#cannotStart(error, exec.cwd);
     // Whatever the leader left behind in its group goes with it, so nothing outlives the run.
-    this.#group?.signal('SIGKILL');
-    if (this.#group) this.#onProcess?.('exit', { pgid: this.#group.pgid, app: this.app ?? '', process: `task:${this.task}`, index: 0, releaseId: this.releaseId ?? '' });
-    await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, OUTPUT_WAIT_MS).unref())]);
+    child.kill();
+    await within(child.closed, OUTPUT_WAIT_MS);
     return { code, signal, error: null };
   }
 
@@ -261,13 +250,6 @@ export class TaskRun {
     this.#log.error({ err: errorMessage(err), cwd }, 'task run cannot start');
     this.#line('err', message);
     return { code: null, signal: null, error: message };
-  }
-
-  #pipe(stream: Readable, kind: 'out' | 'err'): void {
-    const splitter = new LineSplitter((line) => this.#line(kind, line));
-    stream.on('data', (chunk: Buffer) => splitter.push(chunk));
-    stream.once('end', () => splitter.end());
-    stream.on('error', () => splitter.end());
   }
 
   #line(kind: 'out' | 'err', line: string): void {
@@ -285,16 +267,12 @@ export class TaskRun {
 
   #kill(): void {
     this.#abort.abort();
-    const group = this.#group;
-    if (!group) return;
-    group.signal('SIGTERM');
-    this.#killTimer ??= setTimeout(() => group.signal('SIGKILL'), this.#killGraceMs);
+    void this.#child?.stop(this.#killGraceMs);
   }
 
   async #finish(o: { code: number | null; signal: string | null; error: string | null }): Promise<void> {
     if (this.#timer) clearTimeout(this.#timer);
-    if (this.#killTimer) clearTimeout(this.#killTimer);
-    this.#timer = this.#killTimer = null;
+    this.#timer = null;
     this.#child = null;
     this.#durationMs = Math.round(performance.now() - this.#started);
     this.#finishedAt = new Date().toISOString();

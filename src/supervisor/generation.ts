@@ -1,4 +1,5 @@
 import type { AppConfig, ProcessConfig } from '../config/schema.ts';
+import { within } from '../lib/deadline.ts';
 import { BerthError, ErrorCodes, type ErrorCode } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import { formatDuration } from '../lib/durations.ts';
@@ -74,6 +75,8 @@ export class Generation implements GenerationView, InstanceListener {
   #failOnExit: boolean;
   /** An exit failed the startup; the failure waits for the exited processes' last output. */
   #failing = false;
+  /** whenIdle() callers waiting for `inFlight` to reach 0; null when nobody waits (the common case). */
+  #idleWaiters: (() => void)[] | null = null;
 
   constructor(opts: GenerationOptions) {
     this.id = opts.id;
@@ -114,6 +117,25 @@ export class Generation implements GenerationView, InstanceListener {
     for (const inst of this.#instances) n += inst.inFlight + inst.tunnels;
     for (const inst of this.#retiring.keys()) n += inst.inFlight + inst.tunnels;
     return n;
+  }
+
+  /**
+   * Resolves once nothing is in flight on the generation (see `inFlight`): at once when that is so
+   * now, else when its last request or WebSocket ends. A drain races it against its deadline, so it
+   * never rejects; a caller that gives up simply stops waiting.
+   */
+  whenIdle(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => (this.#idleWaiters ??= []).push(resolve));
+  }
+
+  /**
+   * whenIdle() raced against a deadline of `deadlineMs`: resolves with what is still in flight then
+   * (0 when it went idle in time). What a drain awaits.
+   */
+  async idleWithin(deadlineMs: number): Promise<number> {
+    if (this.inFlight > 0) await within(this.whenIdle(), deadlineMs);
+    return this.inFlight;
   }
 
   /**
@@ -196,9 +218,18 @@ export class Generation implements GenerationView, InstanceListener {
 
   instanceIdle(inst: Instance): void {
     if (this.#retiring.size > 0 && this.#retiring.has(inst)) this.#retire(inst);
+    this.#checkIdle();
   }
 
   // ---- internals -------------------------------------------------------------------------------
+
+  /** Wakes whenIdle() callers once nothing is in flight. Called when an instance idles or leaves the count. */
+  #checkIdle(): void {
+    if (this.#idleWaiters === null || this.inFlight > 0) return;
+    const waiters = this.#idleWaiters;
+    this.#idleWaiters = null;
+    for (const fn of waiters) fn();
+  }
 
   #transition(next: GenerationState): void {
     const was = this.#state;
@@ -299,7 +330,11 @@ export class Generation implements GenerationView, InstanceListener {
     if (timer) clearTimeout(timer);
     this.#retiring.set(old, null);
     if (old.inFlight + old.tunnels > 0) this.#log.warn({ instance: old.label, pid: old.pid, inFlight: old.inFlight, websockets: old.tunnels }, 'drain timeout: stopping instance with requests in flight');
-    old.stop().then(() => this.#retiring.delete(old));
+    old.stop().then(() => {
+      this.#retiring.delete(old);
+      // Requests cut by the stop may end later, or never through this generation: it no longer counts them.
+      this.#checkIdle();
+    });
   }
 
   async #stop(): Promise<void> {
@@ -310,6 +345,7 @@ export class Generation implements GenerationView, InstanceListener {
     this.#replacing.clear();
     this.#retiring.clear();
     this.#transition('stopped');
+    this.#checkIdle();
   }
 
   #everyInstance(): Instance[] {

@@ -1,22 +1,19 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { channel } from 'node:diagnostics_channel';
 import { constants } from 'node:fs';
 import { chmod, mkdir, open, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import type { Readable } from 'node:stream';
 import type { AppConfig, ProcessConfig } from '../config/schema.ts';
+import { within } from '../lib/deadline.ts';
 import { errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
-import { appEnv, instanceVars } from './app-env.ts';
-import { gatewayUser, spawnIdentity, type AppUser } from './app-user.ts';
+import { gatewayUser, type AppUser } from './app-user.ts';
 import { Backoff, type RestartTiming } from './backoff.ts';
-import { execCommand } from './exec-command.ts';
+import { Child, type ChildExit, type ProcessHook } from './child.ts';
 import { Health } from './health.ts';
 import { Heartbeat } from './heartbeat.ts';
-import { LineSplitter } from './line-splitter.ts';
 import type { LogWriter } from './log-writer.ts';
+import { OutputTail } from './output-tail.ts';
 import type { Ports } from './ports.ts';
-import { ProcessGroup } from './process-group.ts';
 import { probe } from './probe.ts';
 import type { InstanceState, Upstream, UpstreamAddress } from './types.ts';
 
@@ -24,10 +21,6 @@ import type { InstanceState, Upstream, UpstreamAddress } from './types.ts';
 export const LOG_TAIL_LINES = 20;
 /** Pause between readiness probes of a starting instance. */
 export const READY_POLL_MS = 100;
-/** After SIGKILL, how long to wait for the group to disappear before giving up on it (and saying so). */
-const KILL_WAIT_MS = 5_000;
-/** How often a stop looks whether the process group is gone. */
-const GONE_POLL_MS = 20;
 
 /**
  * One `InstanceEvent` when an instance restarts after its process exited, and when it is marked
@@ -98,7 +91,7 @@ export interface InstanceOptions {
   releaseId: string;
   /** The release's real path: the working directory. */
   releaseDir: string;
-  /** The whole environment (Instance.baseEnv) but the per-start address (PORT or BERTH_SOCKET). */
+  /** The whole environment (app-env.ts) but the per-start address (PORT or BERTH_SOCKET). */
   env: Record<string, string>;
   /** Who the process runs as (app-user.ts); default: the gateway's own user. */
   user?: AppUser | null;
@@ -115,13 +108,12 @@ export interface InstanceOptions {
   onRestart?: RestartHook | null;
 }
 
-/** A process group started (`spawn`) or its leader exited (`exit`). */
-export type ProcessHook = (event: 'spawn' | 'exit', info: { pgid: number; app: string; process: string; index: number; releaseId: string }) => void;
+export type { ProcessHook };
 
 /**
  * One OS process of one process type of one release, and the slot it fills: when the process exits it
- * is restarted (with backoff) in the same Instance, with a new pid and a new address. The process runs
- * `/bin/sh -c <command>` in a process group of its own, in the release's real path.
+ * is restarted (with backoff) in the same Instance, with a new pid and a new address. The process is a
+ * Child (child.ts): `/bin/sh -c <command>` in a process group of its own, in the release's real path.
  *
  * States: stopped (new) -> starting -> ready -> (unhealthy) ; an unexpected exit -> backoff -> starting
  * ... or -> crashed when the failure budget is spent ; stop() -> stopping -> stopped.
@@ -153,8 +145,6 @@ export class Instance implements Upstream {
 
   #env: Record<string, string>;
   #user: AppUser;
-  /** What `/bin/sh -c` runs: the command, with `exec` when it is a simple one. */
-  #script: string;
   #ports: Ports;
   #writer: LogWriter;
   #log: Logger;
@@ -165,9 +155,8 @@ export class Instance implements Upstream {
   #health: Health | null = null;
   #heartbeat: Heartbeat | null = null;
 
-  #child: ChildProcess | null = null;
-  #group: ProcessGroup | null = null;
-  #pid: number | null = null;
+  /** The running process, from its spawn to its leader's exit. */
+  #child: Child | null = null;
   #startedAt = 0;
   #restarts = 0;
   #lastExit: InstanceSnapshot['lastExit'] = null;
@@ -182,12 +171,9 @@ export class Instance implements Upstream {
   #restartTimer: NodeJS.Timeout | null = null;
   #readyTimer: NodeJS.Timeout | null = null;
   #startupTimer: NodeJS.Timeout | null = null;
-  #killTimer: NodeJS.Timeout | null = null;
-  #tail: string[] = [];
-  /** stdout and stderr pipes not yet closed, of every process this slot ran. */
-  #openPipes = 0;
-  /** Called once no pipe is open (see outputEnded). */
-  #pipeWaiters: (() => void)[] = [];
+  #tail = new OutputTail({ lines: LOG_TAIL_LINES });
+  /** Output of the processes this slot ran that is not read to its end yet (see outputEnded). */
+  #reading = new Set<Promise<void>>();
 
   constructor(opts: InstanceOptions) {
     this.config = opts.app;
@@ -203,7 +189,6 @@ export class Instance implements Upstream {
     this.heartbeatFile = opts.heartbeatFile;
     this.#env = opts.env;
     this.#user = opts.user ?? gatewayUser();
-    this.#script = execCommand(opts.process.command);
     this.#ports = opts.ports;
     this.#writer = opts.logWriter;
     this.#log = opts.logger;
@@ -217,23 +202,6 @@ export class Instance implements Upstream {
     if (!this.http && opts.heartbeatFile !== null && opts.process.heartbeatTimeoutMs !== null) {
       this.#heartbeat = new Heartbeat(opts.heartbeatFile, opts.process.heartbeatTimeoutMs, this.#heartbeatMissed.bind(this));
     }
-  }
-
-  /**
-   * Builds the environment shared by every start of one instance slot (SPEC § Environment), with the
-   * one builder of app environments (app-env.ts): the pass-through part of `inherited`, the user's
-   * HOME/USER/LOGNAME, the app's `env`, the process type's `env`, then the BERTH_* variables.
-   */
-  static baseEnv(
-    inherited: Record<string, string | undefined>,
-    app: AppConfig,
-    releaseId: string,
-    proc: ProcessConfig,
-    index: number,
-    heartbeatFile: string | null,
-    user: AppUser = gatewayUser(),
-  ): Record<string, string> {
-    return appEnv(inherited, { app, user, process: proc, vars: instanceVars(app, releaseId, proc, index, heartbeatFile) });
   }
 
   get state(): InstanceState {
@@ -262,7 +230,7 @@ export class Instance implements Upstream {
   }
 
   get pid(): number | null {
-    return this.#pid;
+    return this.#child?.pid ?? null;
   }
 
   get restarts(): number {
@@ -304,7 +272,7 @@ export class Instance implements Upstream {
 
   /** The last lines of output (stdout and stderr, as written to the log file), oldest first. */
   logTail(): string[] {
-    return this.#tail.slice();
+    return this.#tail.lines();
   }
 
   /**
@@ -312,15 +280,8 @@ export class Instance implements Upstream {
    * after `maxWaitMs`. 'exit' can come before the last lines are read, and a failure that quotes the
    * log tail must not miss the lines that say why.
    */
-  outputEnded(maxWaitMs: number): Promise<void> {
-    if (this.#openPipes === 0) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(resolve, maxWaitMs);
-      this.#pipeWaiters.push(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
+  async outputEnded(maxWaitMs: number): Promise<void> {
+    if (this.#reading.size > 0) await within(Promise.all(this.#reading), maxWaitMs);
   }
 
   /** Starts the process. Its state goes to 'starting', then to 'ready' once it answers. */
@@ -343,9 +304,9 @@ export class Instance implements Upstream {
     this.#ended = true;
     this.#run++;
     this.#clearTimers();
-    if (this.#group !== null && this.#child !== null) {
-      this.#log.warn({ pid: this.#pid, err: err ? errorMessage(err) : undefined }, 'instance killed');
-      this.#group.signal('SIGKILL');
+    if (this.#child !== null && this.#child.pid !== null) {
+      this.#log.warn({ pid: this.#child.pid, err: err ? errorMessage(err) : undefined }, 'instance killed');
+      this.#child.kill();
     }
     this.#address = null;
     if (this.#state !== 'stopped') this.#transition('stopped');
@@ -358,13 +319,13 @@ export class Instance implements Upstream {
       process: this.process,
       index: this.index,
       http: this.http,
-      pid: this.#pid,
+      pid: this.pid,
       state: this.#state,
-      address: a === null ? null : a.kind === 'tcp' ? `${a.host}:${a.port}` : `unix:${a.path}`,
+      address: a === null ? null : describe(a),
       inFlight: this.#tickets.size,
       served: this.#served,
       busy: this.busy,
-      rssBytes: this.#group === null ? null : this.#group.rssBytes(),
+      rssBytes: this.#child?.group?.rssBytes() ?? null,
       uptimeMs: this.#startedAt === 0 ? null : Date.now() - this.#startedAt,
       restarts: this.#restarts,
       lastExit: this.#lastExit,
@@ -426,65 +387,53 @@ export class Instance implements Upstream {
     const env: Record<string, string> = { ...this.#env };
     if (address?.kind === 'tcp') env.PORT = String(address.port);
     else if (address?.kind === 'unix') env.BERTH_SOCKET = address.path;
-    let child: ChildProcess;
+    let child: Child;
     try {
-      child = spawn('/bin/sh', ['-c', this.#script], {
+      child = new Child({
+        command: this.processConfig.command,
         cwd: this.releaseDir,
-        detached: true,
-        stdio: ['ignore', 'pipe', 'pipe'],
         env,
-        ...spawnIdentity(this.#user),
+        user: this.#user,
+        onLine: (kind, line) => this.#line(kind, line),
+        logger: this.#log,
+        onProcess: this.#onProcess,
+        owner: { app: this.app, process: this.process, index: this.index, releaseId: this.releaseId },
       });
     } catch (err) {
-      this.#log.error({ err: errorMessage(err) }, 'instance cannot start');
-      this.#line('berth', `cannot start: ${errorMessage(err)}`);
-      this.#exited(null, null, 0);
+      this.#cannotStart(err);
       return;
     }
     this.#child = child;
-    this.#pipe(child.stdout!, 'out');
-    this.#pipe(child.stderr!, 'err');
-    // 'exit', not 'close': a grandchild holding stdout open must not look like a running instance.
-    child.once('exit', (code, signal) => this.#onExit(child, code, signal));
-    child.on('error', (err) => this.#onError(child, err));
-    if (child.pid === undefined) return; // spawn failed; 'error' follows
-    this.#pid = child.pid;
-    this.#group = new ProcessGroup(child.pid);
+    const closed = child.closed;
+    this.#reading.add(closed);
+    void closed.then(() => this.#reading.delete(closed));
+    void child.exited.then((exit) => this.#onExit(child, exit));
+    if (child.pid === null) return; // spawn failed; `exited` tells why
     this.#startedAt = Date.now();
     this.#address = address;
     this.#log.info({ pid: child.pid, address: address === null ? undefined : describe(address) }, 'instance spawned');
-    this.#onProcess?.('spawn', { pgid: child.pid, app: this.app, process: this.process, index: this.index, releaseId: this.releaseId });
     if (address !== null) {
       this.#startupTimer = setTimeout(() => this.#startupTimedOut(run), this.config.health.startupTimeoutMs);
       this.#pollReady(run);
     } else {
       // A background worker has nothing to answer: it is up once its command runs.
-      child.once('spawn', () => {
+      void child.spawned.then(() => {
         if (run === this.#run && this.#state === 'starting') this.#ready();
       });
     }
   }
 
-  #pipe(stream: Readable, kind: 'out' | 'err'): void {
-    const splitter = new LineSplitter((line) => this.#line(kind, line));
-    stream.on('data', (chunk: Buffer) => splitter.push(chunk));
-    stream.once('end', () => splitter.end());
-    stream.on('error', () => splitter.end());
-    this.#openPipes++;
-    stream.once('close', () => {
-      splitter.end();
-      if (--this.#openPipes > 0) return;
-      const waiters = this.#pipeWaiters;
-      this.#pipeWaiters = [];
-      for (const fn of waiters) fn();
-    });
+  /** The process could not be started: said in the log and the tail (so a deploy that fails on it says why). */
+  #cannotStart(err: unknown): void {
+    this.#log.error({ err: errorMessage(err), command: this.processConfig.command, cwd: this.releaseDir }, 'instance cannot start');
+    this.#line('berth', `cannot start: ${errorMessage(err)} (cwd ${this.releaseDir})`);
+    this.#exited(null, null, 0);
   }
 
   /** One line of output to the log file and the tail; `berth` marks lines about the process, not from it. */
   #line(kind: 'out' | 'err' | 'berth', text: string): void {
     const line = `${new Date().toISOString()} ${this.label} ${this.releaseId} ${kind} ${text}`;
     this.#writer.write(line + '\n');
-    if (this.#tail.length >= LOG_TAIL_LINES) this.#tail.shift();
     this.#tail.push(line);
   }
 
@@ -537,60 +486,41 @@ export class Instance implements Upstream {
   #startupTimedOut(run: number): void {
     this.#startupTimer = null;
     if (run !== this.#run || this.#state !== 'starting') return;
-    this.#log.warn({ pid: this.#pid, startupTimeoutMs: this.config.health.startupTimeoutMs }, 'instance not ready in time: killing it');
+    this.#log.warn({ pid: this.pid, startupTimeoutMs: this.config.health.startupTimeoutMs }, 'instance not ready in time: killing it');
     this.#killReason = { reason: 'startup-timeout', detail: `startup-timeout: not ready within ${Math.round(this.config.health.startupTimeoutMs / 1000)}s` };
-    this.#group?.signal('SIGKILL');
+    this.#child?.kill();
   }
 
   #unhealthy(failures: number): void {
     if (this.#state !== 'ready') return;
-    this.#log.warn({ failures, pid: this.#pid }, 'instance unhealthy');
+    this.#log.warn({ failures, pid: this.pid }, 'instance unhealthy');
     if (instanceChannel.hasSubscribers) instanceChannel.publish({ instance: this, event: 'unhealthy' } satisfies InstanceEvent);
     this.#transition('unhealthy');
     this.#listener?.instanceUnhealthy(this);
   }
 
   #heartbeatMissed(silentMs: number): void {
-    if (this.#ended || this.#child === null || this.#group === null) return;
-    this.#log.warn({ pid: this.#pid, silentMs, heartbeatTimeoutMs: this.processConfig.heartbeatTimeoutMs }, 'heartbeat missed: restarting instance');
+    const child = this.#child;
+    if (this.#ended || child === null || child.pid === null) return;
+    this.#log.warn({ pid: child.pid, silentMs, heartbeatTimeoutMs: this.processConfig.heartbeatTimeoutMs }, 'heartbeat missed: restarting instance');
     this.#killReason = { reason: 'heartbeat', detail: `heartbeat: silent for ${Math.round(silentMs / 1000)}s` };
     this.#line('berth', `heartbeat missed: silent for ${Math.round(silentMs / 1000)}s, restarting`);
-    this.#terminate(this.#group);
+    void child.stop(this.config.timeouts.stopMs);
   }
 
-  /** SIGTERM now, SIGKILL after `timeouts.stop` if the leader has not exited by then. */
-  #terminate(group: ProcessGroup): void {
-    group.signal('SIGTERM');
-    if (this.#killTimer) clearTimeout(this.#killTimer);
-    this.#killTimer = setTimeout(() => {
-      this.#killTimer = null;
-      group.signal('SIGKILL');
-    }, this.config.timeouts.stopMs);
-  }
-
-  #onError(child: ChildProcess, err: Error): void {
+  #onExit(child: Child, { code, signal, error }: ChildExit): void {
     if (child !== this.#child) return;
-    if (child.pid === undefined) {
-      this.#log.error({ err: errorMessage(err), command: this.processConfig.command, cwd: this.releaseDir }, 'instance cannot start');
-      // Into the tail too, so a deploy that fails on it says why.
-      this.#line('berth', `cannot start: ${errorMessage(err)} (cwd ${this.releaseDir})`);
+    if (error !== null) {
       this.#child = null;
-      this.#exited(null, null, 0);
-    } else {
-      this.#log.warn({ err: errorMessage(err), pid: child.pid }, 'instance process error');
+      this.#cannotStart(error);
+      return;
     }
-  }
-
-  #onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
-    if (child !== this.#child) return;
-    this.#child = null;
     const upMs = this.#startedAt === 0 ? 0 : Date.now() - this.#startedAt;
-    const pid = this.#pid;
-    if (pid !== null) this.#onProcess?.('exit', { pgid: pid, app: this.app, process: this.process, index: this.index, releaseId: this.releaseId });
+    const pid = child.pid;
     if (this.#ended) this.#log.info({ pid, code, signal, upMs }, 'instance exited');
     else this.#log.warn({ pid, code, signal, upMs }, 'instance exited');
     // Leftovers of the group would hold the old port or socket and outlive their instance.
-    if (!this.#ended) this.#group?.signal('SIGKILL');
+    if (!this.#ended) child.kill();
     this.#exited(code, signal, upMs);
   }
 
@@ -598,8 +528,7 @@ export class Instance implements Upstream {
   #exited(code: number | null, signal: string | null, upMs: number): void {
     const address = this.#address;
     this.#address = null;
-    this.#pid = null;
-    this.#group = null;
+    this.#child = null;
     this.#startedAt = 0;
     this.#lastExit = { code, signal, at: new Date().toISOString() };
     this.#run++;
@@ -637,45 +566,21 @@ export class Instance implements Upstream {
     this.#ended = true;
     this.#run++;
     this.#clearTimers();
-    const group = this.#group;
-    if (this.#child === null || group === null) {
-      this.#transition('stopped');
-      await this.#cleanup();
-      return;
-    }
-    this.#transition('stopping');
-    const pid = this.#pid;
-    group.signal('SIGTERM');
-    if (!(await this.#waitGone(group, this.config.timeouts.stopMs))) {
-      this.#log.warn({ pid, stopMs: this.config.timeouts.stopMs }, 'instance did not stop in time: killing its process group');
-      group.signal('SIGKILL');
-      if (!(await this.#waitGone(group, KILL_WAIT_MS))) {
-        this.#log.error({ pid, pgid: group.pgid }, 'process group still running after SIGKILL');
-      }
+    const child = this.#child;
+    if (child !== null && child.pid !== null) {
+      this.#transition('stopping');
+      const outcome = await child.stop(this.config.timeouts.stopMs);
+      if (outcome === 'killed') this.#log.warn({ pid: child.pid, stopMs: this.config.timeouts.stopMs }, 'instance did not stop in time: its process group was killed');
+      else if (outcome === 'stuck') this.#log.error({ pid: child.pid, pgid: child.pid }, 'process group still running after SIGKILL');
     }
     this.#transition('stopped');
-    await this.#cleanup();
-  }
-
-  /** Polls until the leader has exited and no member of its group runs; false after `ms`. */
-  async #waitGone(group: ProcessGroup, ms: number): Promise<boolean> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      if (this.#child === null && !(await group.running())) return true;
-      if (Date.now() >= deadline) return false;
-      await new Promise((resolve) => setTimeout(resolve, GONE_POLL_MS));
-    }
-  }
-
-  async #cleanup(): Promise<void> {
     if (this.heartbeatFile !== null) await rm(this.heartbeatFile, { force: true }).catch(() => {});
   }
 
   #clearProcessTimers(): void {
     if (this.#readyTimer) clearTimeout(this.#readyTimer);
     if (this.#startupTimer) clearTimeout(this.#startupTimer);
-    if (this.#killTimer) clearTimeout(this.#killTimer);
-    this.#readyTimer = this.#startupTimer = this.#killTimer = null;
+    this.#readyTimer = this.#startupTimer = null;
     this.#health?.stop();
     this.#heartbeat?.stop();
   }

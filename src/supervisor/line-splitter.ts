@@ -31,8 +31,10 @@ export class LineSplitter {
     let rest = text.slice(start);
     // A process that never writes a newline must not grow our memory without bound.
     while (rest.length > this.#maxChars) {
-      this.#onLine(rest.slice(0, this.#maxChars));
-      rest = rest.slice(this.#maxChars);
+      // Never between the two halves of a surrogate pair (an emoji): each piece stays valid UTF-8.
+      const cut = isHighSurrogate(rest.charCodeAt(this.#maxChars - 1)) && this.#maxChars > 1 ? this.#maxChars - 1 : this.#maxChars;
+      this.#onLine(rest.slice(0, cut));
+      rest = rest.slice(cut);
     }
     this.#partial = rest;
   }
@@ -48,4 +50,8 @@ export class LineSplitter {
     if (end > start && text.charCodeAt(end - 1) === 13) end--;
     this.#onLine(text.slice(start, end));
   }
+}
+
+function isHighSurrogate(code: number): boolean {
+  return code >= 0xd800 && code <= 0xdbff;
 }

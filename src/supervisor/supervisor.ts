@@ -5,8 +5,10 @@ import { BerthError, errorMessage, ErrorCodes } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { RestartTiming } from './backoff.ts';
 import { Generation, type InstanceFactory } from './generation.ts';
-import { Instance, type ProcessHook, type RestartHook } from './instance.ts';
+import type { ProcessHook } from './child.ts';
+import { Instance, type RestartHook } from './instance.ts';
 import { LogWriter } from './log-writer.ts';
+import { appEnv, instanceVars } from './app-env.ts';
 import { gatewayUser, type AppUser } from './app-user.ts';
 import { Ports } from './ports.ts';
 
@@ -154,7 +156,8 @@ export class Supervisor implements InstanceFactory {
       index,
       releaseId: gen.releaseId,
       releaseDir: gen.releaseDir,
-      env: Instance.baseEnv(this.#baseEnv, app, gen.releaseId, proc, index, heartbeatFile, user),
+      // SPEC § Environment: pass-through, the user's HOME/USER/LOGNAME, app env, process env, BERTH_*.
+      env: appEnv(this.#baseEnv, { app, user, process: proc, vars: instanceVars(app, gen.releaseId, proc, index, heartbeatFile) }),
       user,
       heartbeatFile,
       ports: this.#ports,

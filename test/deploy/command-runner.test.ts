@@ -44,3 +44,10 @@ test('runCommand keeps only the last lines as the tail', async () => {
   assert.equal(r.tail[19], 'line50');
   assert.equal(r.tail[0], 'line31');
 });
+
+test('runCommand never splits a UTF-8 character that arrives in two chunks', async () => {
+  // Each printf is its own write: "é" and "€" are each cut between two reads of the pipe.
+  const command = "printf 'caf\\303'; sleep 0.2; printf '\\251 \\342\\202'; sleep 0.2; printf '\\254\\n'";
+  const r = await runCommand({ command, cwd: tmpdir(), env: process.env, timeoutMs: 10_000 });
+  assert.deepEqual(r.tail, ['café €']);
+});

@@ -44,3 +44,13 @@ test('output without newlines is cut at maxChars instead of growing', () => {
   s.end();
   assert.deepEqual(lines, ['abcd', 'efgh', 'ij']);
 });
+
+test('a piece cut at maxChars never splits a character, even one of two UTF-16 units', () => {
+  const { lines, s } = collect(4);
+  const bytes = Buffer.from('abc😀def😀\n');
+  // Byte by byte: every UTF-8 character arrives split across chunks.
+  for (let i = 0; i < bytes.length; i++) s.push(bytes.subarray(i, i + 1));
+  assert.deepEqual(lines, ['abc', '😀de', 'f😀']);
+  for (const l of lines) assert.equal(Buffer.from(l).toString('utf8'), l, 'valid UTF-8');
+  assert.equal(lines.join(''), 'abc😀def😀');
+});

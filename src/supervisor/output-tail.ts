@@ -1,19 +1,20 @@
-/** What a task run keeps of its output for the record: the last 64 KiB. */
-export const OUTPUT_TAIL_BYTES = 64 * 1024;
-
 /**
- * The last `maxBytes` of a run's combined output, as whole lines where possible. Lines are kept in a
- * list and dropped from the front, so a chatty task costs memory bounded by the limit, not its output.
+ * The last lines of a process's output, bounded by a number of lines, of bytes, or both: an instance
+ * and a build command keep their last 20 lines for an error message, a task run its last 64 KiB for
+ * the record. Lines are kept in a list and dropped from the front, so chatty output costs memory
+ * bounded by the limits, not by the output.
  */
 export class OutputTail {
   readonly maxBytes: number;
+  readonly maxLines: number;
   #lines: string[] = [];
   /** Bytes of the kept lines, one newline each included. */
   #bytes = 0;
   #head = 0;
 
-  constructor(maxBytes = OUTPUT_TAIL_BYTES) {
-    this.maxBytes = maxBytes;
+  constructor(limits: { bytes?: number; lines?: number }) {
+    this.maxBytes = limits.bytes ?? Number.POSITIVE_INFINITY;
+    this.maxLines = limits.lines ?? Number.POSITIVE_INFINITY;
   }
 
   push(line: string): void {
@@ -26,7 +27,7 @@ export class OutputTail {
     }
     this.#lines.push(line);
     this.#bytes += size;
-    while (this.#bytes > this.maxBytes) {
+    while (this.#bytes > this.maxBytes || this.#lines.length - this.#head > this.maxLines) {
       this.#bytes -= Buffer.byteLength(this.#lines[this.#head]) + 1;
       this.#head++;
     }
@@ -35,6 +36,11 @@ export class OutputTail {
       this.#lines = this.#lines.slice(this.#head);
       this.#head = 0;
     }
+  }
+
+  /** The kept lines, oldest first. */
+  lines(): string[] {
+    return this.#lines.slice(this.#head);
   }
 
   /** The kept lines, each ending with a newline. */
