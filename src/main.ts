@@ -3,7 +3,7 @@
  * Exit status: 0 success, 1 runtime failure, 2 bad arguments or bad config.
  */
 import { ConfigError, BerthError, errorMessage, formatProblems } from './lib/errors.ts';
-import { VERSION } from './gateway.ts';
+import { VERSION } from './lib/version.ts';
 import { UsageError } from './cli/options.ts';
 import { start, START_USAGE } from './cli/start.ts';
 import { check, CHECK_USAGE } from './cli/check.ts';

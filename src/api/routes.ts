@@ -3,7 +3,7 @@
  * itself and returns undefined. Errors are thrown as BerthError; the server maps them to statuses.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { BerthError, errorMessage, httpStatusFor, ErrorCodes } from '../lib/errors.ts';
+import { BerthError, errorMessage, ErrorCodes } from '../lib/errors.ts';
 import type { Role } from '../config/schema.ts';
 import type { Control } from './control.ts';
 import type { ApiResult, Handler, RequestContext, RouteOptions, RouteTable } from './request.ts';
@@ -15,6 +15,7 @@ import { registerLogRoutes } from './log-routes.ts';
 import { registerModeRoutes } from './mode-routes.ts';
 import { appHealth, readiness } from '../proxy/health-lane.ts';
 import { redactText } from '../lib/redact.ts';
+import { audited, deployEnd } from './audit.ts';
 
 export type { ApiResult, Handler, RequestContext, RouteOptions } from './request.ts';
 
@@ -34,15 +35,6 @@ interface Route {
   handler: Handler;
   action: string | null;
   role: Role;
-}
-
-/**
- * Outcome of a change that did not happen. A 4xx is a refusal (no credentials, no right, a bad or late
- * or oversized body, a conflict, an unknown app); anything else is a failure.
- */
-function outcomeFor(err: unknown): 'refused' | 'failed' {
-  const status = httpStatusFor(err);
-  return status >= 400 && status < 500 ? 'refused' : 'failed';
 }
 
 /** Longest request body kept in an audit row's target: the row says what was asked, not archives it. */
@@ -94,13 +86,13 @@ export class ApiRoutes implements RouteTable {
     // public_details: true. Answered 200 with the status inside: the call worked, the app may not.
     this.add('GET', '/v1/ready', (_p, _u, _b, _req, _res, ctx) => {
       const proxy = this.#gateway.proxy;
-      return { status: 200, body: readiness(proxy, ctx.apps ? (a) => permits(ctx, a) : undefined) };
+      return { status: 200, body: readiness(proxy, ctx.apps ? (a) => permits(ctx, a) : undefined, this.#bootError) };
     });
     this.add('GET', '/v1/apps/:app/health', (p) => {
       const proxy = this.#gateway.proxy;
       const entry = proxy.table.app(p.app);
       if (!entry) throw new BerthError(ErrorCodes.notFound, `no app named "${p.app}"`);
-      const health = appHealth(entry, proxy.queueDepth(entry.name));
+      const health = appHealth(entry, proxy.queueDepth(entry.name), entry.noGeneration === 'start-failed' ? this.#bootError(entry.name) : null);
       return { status: 200, body: { status: health.healthy ? 'ok' : 'unavailable', ...health } };
     });
     this.add('GET', '/v1/routes', (_p, _u, _b, _req, _res, ctx) => ({ status: 200, body: { routes: this.#gateway.routes().filter((r) => permits(ctx, r.app)) } }));
@@ -179,14 +171,12 @@ export class ApiRoutes implements RouteTable {
   }
 
   /** A started deploy answers 202 at once; its audit row is finished when the deploy ends. */
-  #deployResult(d: { id: string; app: string; kind: string; done: Promise<void>; state: string; releaseId: string | null; failedStep: string | null; error: string | null }): ApiResult {
-    const settle = d.done.then(() =>
-      d.state === 'succeeded'
-        ? { outcome: 'ok' as const, detail: `${d.id}: release ${d.releaseId}` }
-        : { outcome: 'failed' as const, detail: `${d.id}: ${d.state}${d.failedStep ? ` at ${d.failedStep}` : ''}: ${d.error ?? ''}` },
-    );
-    return { status: 202, body: { id: d.id, app: d.app, kind: d.kind }, audit: { target: d.id, settle } };
+  #deployResult(d: Parameters<typeof deployEnd>[0] & { app: string; kind: string; done: Promise<void> }): ApiResult {
+    return { status: 202, body: { id: d.id, app: d.app, kind: d.kind }, audit: { target: d.id, settle: d.done.then(() => deployEnd(d)) } };
   }
+
+  /** Why an app failed to boot: the control API gives it where the front door says only that it failed. */
+  #bootError = (app: string): string | null => this.#gateway.appStatus(app)?.error ?? null;
 
   #app(name: string) {
     const app = this.#gateway.appStatus(name);
@@ -212,21 +202,10 @@ export class ApiRoutes implements RouteTable {
     return this.#routes.filter((r) => r.action !== null).map((r) => ({ method: r.method, path: r.path, action: r.action! }));
   }
 
-  /** Runs a change with its audit row: pending before it acts, then its outcome. */
-  async #audited(action: string, handler: Handler, params: Record<string, string>, url: URL, body: unknown, req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<ApiResult | undefined> {
-    const audit = this.#gateway.audit;
-    const id = await audit.begin({ user: ctx.user, channel: ctx.channel, action, app: params.app ?? null, target: auditTarget(body) });
-    let result: ApiResult | undefined;
-    try {
-      result = await handler(params, url, body, req, res, ctx);
-    } catch (err) {
-      await audit.finish(id, outcomeFor(err), errorMessage(err));
-      throw err;
-    }
-    const settle = result?.audit?.settle;
-    if (settle) void settle.then((s) => audit.finish(id, s.outcome, s.detail ?? null), (err) => audit.finish(id, 'failed', errorMessage(err)));
-    else await audit.finish(id, 'ok', result?.audit?.target ?? null);
-    return result;
+  /** Runs a change with its audit row: pending before it acts, then its outcome (a deploy's when it ends). */
+  #audited(action: string, handler: Handler, params: Record<string, string>, url: URL, body: unknown, req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<ApiResult | undefined> {
+    const start = { user: ctx.user, channel: ctx.channel, action, app: params.app ?? null, target: auditTarget(body) };
+    return audited(this.#gateway.audit, start, () => handler(params, url, body, req, res, ctx), (result) => result?.audit?.settle ?? { outcome: 'ok', detail: result?.audit?.target ?? null });
   }
 
   /** Role and app permission, in one place for every endpoint. The app is the `:app` param, else the `?app=` filter of a read. */

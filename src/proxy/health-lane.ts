@@ -8,11 +8,16 @@
  * (`GET /v1/ready`, `GET /v1/apps/:app/health`), or here too when `public_details: true`. Without
  * public details an unknown app answers exactly as an unhealthy one (503 `{"status":"unavailable"}`),
  * so the endpoint cannot be used to find which app names exist; with them it is a 404.
+ *
+ * Whether an app is healthy is the one rule of supervisor/app-health.ts, which `berth status` uses too.
+ * The front door says an app "failed to boot" without the error: that text (paths, a deploy's output)
+ * is for the control API and status.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Mode } from '../config/schema.ts';
 import type { MetricsExporter } from '../metrics/metrics.ts';
 import type { InstanceState } from '../supervisor/types.ts';
+import { everyInstance, judgeApp, type AppHealthInput } from '../supervisor/app-health.ts';
 import type { AppEntry, RoutingTable } from './router.ts';
 
 /** What the lane reads: the current table and the admission queues. Implemented by `Proxy`. */
@@ -132,64 +137,52 @@ export class HealthLane {
 /**
  * Readiness with reasons and each app's health, for the apps `include` accepts (all by default; the
  * control API passes a caller's permissions). The gateway is ready when every included app is healthy.
+ * `errorOf` gives why an app failed to boot, for readers allowed to see it (the control API).
  */
-export function readiness(source: Pick<HealthSource, 'table' | 'queueDepth'>, include?: (app: string) => boolean): Readiness {
+export function readiness(source: Pick<HealthSource, 'table' | 'queueDepth'>, include?: (app: string) => boolean, errorOf?: (app: string) => string | null): Readiness {
   const reasons: string[] = [];
   const apps: Record<string, AppHealth> = {};
   for (const entry of source.table.apps) {
     if (include && !include(entry.name)) continue;
-    const h = appHealth(entry, source.queueDepth(entry.name));
+    const failed = entry.noGeneration === 'start-failed';
+    const h = appHealth(entry, source.queueDepth(entry.name), failed && errorOf ? errorOf(entry.name) : null);
     apps[entry.name] = h;
     for (const r of h.reasons) reasons.push(`${entry.name}: ${r}`);
   }
   return { status: reasons.length === 0 ? 'ready' : 'unavailable', reasons, apps };
 }
 
-/** Whether every app in the table is healthy, without building any report (the public `/ready`). */
+/** Whether every app in the table is healthy (the public `/ready`). */
 function isReady(table: RoutingTable): boolean {
   for (const entry of table.apps) if (!entryHealthy(entry)) return false;
   return true;
 }
 
-/** The same rule as `appHealth`, without building its report. */
 function entryHealthy(entry: AppEntry): boolean {
-  const gen = entry.generation;
-  if (gen === null) return false;
-  for (const pool of gen.pools.values()) {
-    if (pool.instances.length === 0) continue;
-    let ready = false;
-    for (const inst of pool.instances) {
-      if (inst.state === 'ready') {
-        ready = true;
-        break;
-      }
-    }
-    if (!ready) return false;
-  }
-  return true;
+  return judgeApp(healthInput(entry, null)).healthy;
 }
 
 /**
- * An app is healthy when it has an active generation in which every http pool that should have
- * instances has at least one ready. Busy instances count as ready: slow is not dead.
+ * What the health rule (supervisor/app-health.ts) reads of a table entry. The gateway builds the entry
+ * from the app's state, and marks an app that failed to boot with `noGeneration: 'start-failed'` whether
+ * or not a generation is left. `error` is why it failed, for readers allowed to see it; the public front
+ * door passes null and says only that it failed.
  */
-export function appHealth(entry: AppEntry, queue: number): AppHealth {
+export function healthInput(entry: AppEntry, error: string | null): AppHealthInput {
+  return { failed: entry.noGeneration === 'start-failed', error, generation: entry.generation };
+}
+
+/**
+ * One app's health with its details. The verdict is the one rule's (`judgeApp`): status and the control
+ * API read the same. `error`: why the app failed to boot, when the reader may see it.
+ */
+export function appHealth(entry: AppEntry, queue: number, error: string | null = null): AppHealth {
   const gen = entry.generation;
-  const reasons: string[] = [];
+  const { healthy, reasons } = judgeApp(healthInput(entry, error));
   const instances: AppHealth['instances'] = [];
-  if (gen === null) reasons.push('no active generation');
-  else {
-    for (const pool of gen.pools.values()) {
-      let ready = 0;
-      for (const inst of pool.instances) {
-        if (inst.state === 'ready') ready++;
-        instances.push({ process: inst.process, index: inst.index, state: inst.state, inFlight: inst.inFlight });
-      }
-      if (pool.instances.length > 0 && ready === 0) reasons.push(`pool ${pool.process} has no ready instance`);
-    }
-  }
+  if (gen !== null) for (const inst of everyInstance(gen)) instances.push({ process: inst.process, index: inst.index, state: inst.state, inFlight: inst.inFlight });
   return {
-    healthy: reasons.length === 0,
+    healthy,
     reasons,
     generation: gen?.id ?? null,
     release: gen?.releaseId ?? null,

@@ -15,7 +15,7 @@ import type { Logger } from '../lib/logger.ts';
 import type { AuditOutcome, Store, TaskRunFilter, TaskRunRecord, TaskRunState } from '../store/store.ts';
 import type { ProcessHook } from '../supervisor/instance.ts';
 import { gatewayUser, type AppUser } from '../supervisor/app-user.ts';
-import type { AuditStart } from '../api/audit.ts';
+import { audited, type AuditStart } from '../api/audit.ts';
 import { CleanupJob } from './cleanup-job.ts';
 import type { SchedulerHost, TaskTarget } from './task-target.ts';
 import { TaskRun, newTaskRunId, type TaskRunExec } from './task-run.ts';
@@ -371,8 +371,8 @@ export class Scheduler {
 
   /** Scheduled and cleanup runs go to the audit log: pending when they start, finished with the outcome. */
   #audited(run: TaskRun): void {
-    const started = this.#audit.begin({ user: 'scheduler', channel: 'internal', action: 'task', app: run.app, target: `${run.task} ${run.id}`, detail: run.command });
-    void Promise.all([started, run.done]).then(([id, record]) => this.#audit.finish(id, record.state === 'succeeded' ? 'ok' : 'failed', describeOutcome(record)));
+    const start: AuditStart = { user: 'scheduler', channel: 'internal', action: 'task', app: run.app, target: `${run.task} ${run.id}`, detail: run.command };
+    void audited(this.#audit, start, () => run.done, (record) => ({ outcome: record.state === 'succeeded' ? 'ok' : 'failed', detail: describeOutcome(record) }));
   }
 
   async #skipped(app: string | null, entry: ScheduleConfig, going: TaskRun): Promise<void> {
