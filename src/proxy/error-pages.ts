@@ -106,6 +106,14 @@ export interface AppPage {
   readonly file: string;
 }
 
+/**
+ * The page for a gateway answer in an app's name: every 5xx (502, 504, a 503 from its queue or for no
+ * generation) may use its `pages.error` template from `releaseDir`; anything else gets the built-in one.
+ */
+export function errorPage(status: number, file: string | null, releaseDir: string | null): AppPage | null {
+  return status >= 500 && file !== null && releaseDir !== null ? { releaseDir, file } : null;
+}
+
 export interface ErrorResponse {
   status: number;
   reason: ErrorReason;

@@ -5,6 +5,8 @@
  * `Waiter`), the undici dispatch handler, and the target of the client response's events (through
  * `ProxyResponse.forward` and module-level listeners), so the hot path creates no closures. Only a
  * request with a body adds a RequestBuffer, and only a client that pushes back adds a ResponseBuffer.
+ * What it shares with a WebSocket tunnel (pinning, the instance ticket, the access-log line) is an
+ * `Exchange` (exchange.ts).
  *
  * Accounting rules:
  * - `upstream.begin()` is called when an instance is chosen and `upstream.end(ticket)` exactly once when
@@ -28,37 +30,14 @@
  */
 import { ServerResponse, type IncomingMessage, type IncomingHttpHeaders } from 'node:http';
 import type { Dispatcher } from 'undici';
-import type { Logger } from '../lib/logger.ts';
-import type { RouteConfig } from '../config/schema.ts';
-import type { GenerationView, PoolView, Upstream } from '../supervisor/types.ts';
-import { rejectionRetryAfter, type Admission, type AdmissionRejection, type Waiter } from './admission.ts';
-import type { AppEntry, RoutingTable } from './router.ts';
-import type { ErrorPages, ErrorReason } from './error-pages.ts';
-import type { UpstreamClients } from './upstream-clients.ts';
+import type { Upstream } from '../supervisor/types.ts';
+import type { Admission, Waiter } from './admission.ts';
+import { errorPage, type ErrorReason } from './error-pages.ts';
+import { Exchange, type ExchangeShared } from './exchange.ts';
 import { RequestBuffer, type RequestBufferOwner } from './request-buffer.ts';
 import { ResponseBuffer, type ResponseBufferOwner } from './response-buffer.ts';
-import { instanceName, upstreamRequestHeaders } from './request-headers.ts';
-import { accessLog, elapsedMs, requestChannel } from './access-log.ts';
-
-/** State shared by every Forward of one proxy; one object, updated in place by `setConfig`/`stop`. */
-export interface ForwardShared {
-  readonly clients: UpstreamClients;
-  readonly pages: ErrorPages;
-  readonly log: Logger;
-  trustedProxyCount: number;
-  /** `underscores_in_headers`: keep request header names with `_` (default: dropped). */
-  underscoresInHeaders: boolean;
-  /** The proxy is stopping: responses carry `Connection: close`. */
-  stopping: boolean;
-  /** `public_details`: responses carry `X-Berth-Release`. */
-  publicDetails: boolean;
-  /** `state_dir`: request bodies and responses spill to `<state_dir>/tmp`. */
-  stateDir: string;
-  /** The routing table new requests see: a request whose body took a while is pinned again from it. */
-  table: RoutingTable;
-  /** Called once per Forward, when the client response has closed and no upstream attempt is running. */
-  done(fw: Forward): void;
-}
+import { instanceName } from './request-headers.ts';
+import type { Resolution } from './resolver.ts';
 
 /** The client response, with a back reference so module-level listeners find their Forward. */
 export class ProxyResponse extends ServerResponse {
@@ -92,63 +71,21 @@ export const MAX_SPILLED_RESPONSE_BYTES = 1024 * 1024 * 1024;
 /** What undici reports when an app answers 101 to a request that asked for no upgrade. */
 const BAD_UPGRADE = 'bad upgrade';
 
-export interface ForwardInit {
-  req: IncomingMessage;
-  res: ProxyResponse;
-  app: AppEntry;
-  route: RouteConfig;
-  generation: GenerationView;
-  pool: PoolView;
-  admission: Admission;
-  /** Origin-form request target, query included. */
-  path: string;
-  /** The Host header as received; '' when absent. */
-  host: string;
-  socketAddress: string;
-  clientIp: string;
-  requestId: string;
-  /** performance.now() at arrival. */
-  start: number;
-}
-
-export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner {
-  // Waiter links: this object is the admission queue node.
+export class Forward extends Exchange implements Waiter, RequestBufferOwner, ResponseBufferOwner {
+  // Waiter links: this object is the admission queue node (its `deadline` is the exchange's).
   prev: Waiter | null = null;
   next: Waiter | null = null;
-  deadline = 0;
   queued = false;
 
-  readonly req: IncomingMessage;
   readonly res: ProxyResponse;
-  readonly app: AppEntry;
-  readonly route: RouteConfig;
-  /** Pinned on arrival; a request with a buffered body is pinned again once its body is whole (#repin). */
-  generation: GenerationView;
-  pool: PoolView;
   readonly admission: Admission;
-  readonly path: string;
-  readonly host: string;
-  readonly socketAddress: string;
-  readonly clientIp: string;
-  readonly requestId: string;
-  readonly start: number;
-  /** Epoch ms at arrival, for `X-Request-Start`. */
-  readonly arrivedAt: number;
   readonly hasBody: boolean;
   phase: ForwardPhase = 'new';
-  /** Status sent to the client (0 until one is). */
-  status = 0;
-  /** The instance of the current (or last) attempt. */
-  upstream: Upstream | null = null;
 
-  #shared: ForwardShared;
-  #ticket = 0;
-  #attempts = 0;
   #controller: Dispatcher.DispatchController | null = null;
   /** undici has connected and is about to write the request: a failure from here on is not retried. */
   #connected = false;
   #admitted = false;
-  #attemptOpen = false;
   #clientOpen = true;
   /** Built on the first attempt and reused by a retry. */
   #headers: string[] | null = null;
@@ -172,27 +109,16 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
   /** send_timeout: armed (or refreshed) whenever the client pushes back. */
   #sendTimer: NodeJS.Timeout | null = null;
 
-  constructor(shared: ForwardShared, init: ForwardInit) {
-    this.#shared = shared;
-    this.req = init.req;
-    this.res = init.res;
-    this.app = init.app;
-    this.route = init.route;
-    this.generation = init.generation;
-    this.pool = init.pool;
-    this.admission = init.admission;
-    this.path = init.path;
-    this.host = init.host;
-    this.socketAddress = init.socketAddress;
-    this.clientIp = init.clientIp;
-    this.requestId = init.requestId;
-    this.start = init.start;
-    this.arrivedAt = Date.now();
-    const h = init.req.headers;
+  /** `r`: a `pinned` resolution of this request (resolver.ts), read now. */
+  constructor(shared: ExchangeShared, r: Resolution, req: IncomingMessage, res: ProxyResponse) {
+    super(shared, r, req);
+    this.res = res;
+    this.admission = r.admission!;
+    const h = req.headers;
     const cl = h['content-length'];
     this.hasBody = h['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0');
-    init.res.forward = this;
-    init.res.on('close', onClientClose);
+    res.forward = this;
+    res.on('close', onClientClose);
   }
 
   /**
@@ -210,7 +136,7 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
         this.phase = 'buffering';
         const b = new RequestBuffer(
           this.req,
-          { maxBytes: config.maxBodyBytes, memoryBytes: config.buffering.memoryBytes, timeoutMs: config.buffering.bodyTimeoutMs, stateDir: this.#shared.stateDir },
+          { maxBytes: config.maxBodyBytes, memoryBytes: config.buffering.memoryBytes, timeoutMs: config.buffering.bodyTimeoutMs, stateDir: this.shared.stateDir },
           this,
         );
         this.#body = b;
@@ -255,7 +181,7 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
    * request) while keeping the deploy from dropping uploads.
    */
   #repin(): void {
-    const active = this.#shared.table.app(this.app.name)?.generation ?? null;
+    const active = this.shared.table.app(this.app.name)?.generation ?? null;
     if (active === null || active === this.generation) return;
     const pool = active.pools.get(this.route.to!);
     if (pool === undefined || pool.instances.length === 0) return;
@@ -265,7 +191,7 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
 
   bodyRefused(status: 408 | 413 | 500, err: Error | null): void {
     if (status === 500) {
-      this.#shared.log.error({ app: this.app.name, err: err?.message, requestId: this.requestId }, 'request body spill failed');
+      this.shared.log.error({ app: this.app.name, err: err?.message, requestId: this.requestId }, 'request body spill failed');
     }
     // The rest of the body is not wanted: the connection closes after the answer (nginx does the same).
     this.res.shouldKeepAlive = false;
@@ -280,10 +206,24 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
     this.#attempt(upstream);
   }
 
-  reject(reason: AdmissionRejection): void {
-    const retryAfter = rejectionRetryAfter(reason, this.admission.queueTimeoutMs);
-    this.#fail(503, reason, retryAfter);
+  /** `reject` (Exchange's) takes a queue timeout's Retry-After from the admission's current limits. */
+  protected override get queueTimeoutMs(): number {
+    return this.admission.queueTimeoutMs;
+  }
+
+  refuse(status: number, reason: ErrorReason, retryAfter: number | null): void {
+    this.#fail(status, reason, retryAfter);
     this.#maybeDone();
+  }
+
+  /** A request holds one of the instance's request tickets per attempt. */
+  protected claim(upstream: Upstream): number {
+    return upstream.begin();
+  }
+
+  protected release(upstream: Upstream, ticket: number): void {
+    this.#controller = null;
+    upstream.end(ticket);
   }
 
   // ---- undici DispatchHandler ----------------------------------------------------------------------
@@ -319,12 +259,12 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
     headers['x-request-id'] = this.requestId;
     // Which release answered: lets a client (and the deploy bench) see the switch. Off by default
     // (`public_details`): it tells anyone which build runs.
-    if (this.#shared.publicDetails) headers['x-berth-release'] = this.generation.releaseId;
+    if (this.shared.publicDetails) headers['x-berth-release'] = this.generation.releaseId;
     if (this.app.mode.mode === 'read-only') headers['x-berth-mode'] = 'read-only';
     this.#bufferResponse = this.#mayBuffer(headers);
     this.#responseLength = headers['content-length'];
     const res = this.res;
-    if (this.#shared.stopping) res.shouldKeepAlive = false;
+    if (this.shared.stopping) res.shouldKeepAlive = false;
     this.phase = 'responding';
     this.status = statusCode;
     res.on('drain', onClientDrain);
@@ -346,7 +286,7 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
     this.#needDrain = true;
     this.#armSendTimer();
     if (this.#bufferResponse) {
-      this.#spool ??= new ResponseBuffer(this.#shared.stateDir, this.app.config.buffering.memoryBytes, this.#spillable(), this);
+      this.#spool ??= new ResponseBuffer(this.shared.stateDir, this.app.config.buffering.memoryBytes, this.#spillable(), this);
     } else if (!this.#paused) {
       this.#paused = true;
       controller.pause();
@@ -357,14 +297,14 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
     this.#upstreamEnded = true;
     const spool = this.#spool;
     if (spool === null || spool.empty) this.#endResponse();
-    this.#endAttempt();
+    this.endAttempt();
     this.#finishUpstream();
   }
 
   onResponseError(_controller: Dispatcher.DispatchController | undefined, err: Error): void {
     const connected = this.#connected;
     const failed = this.upstream;
-    this.#endAttempt();
+    this.endAttempt();
     if (!this.#clientOpen) {
       this.#finishUpstream();
       return;
@@ -378,7 +318,7 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
     const code = (err as { code?: string }).code ?? 'unknown';
     if (this.#badResponse || err.message === BAD_UPGRADE) {
       // The instance answered, wrongly: not a connection failure, so not retried.
-      this.#shared.log.warn({ app: this.app.name, instance: instanceName(failed), err: err.message, requestId: this.requestId }, 'upstream bad response');
+      this.shared.log.warn({ app: this.app.name, instance: instanceName(failed), err: err.message, requestId: this.requestId }, 'upstream bad response');
       this.#fail(502, 'bad-upstream-response', null);
       this.#finishUpstream();
       return;
@@ -390,14 +330,14 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
     // connection it closed as we reused it) from failing requests. A headers timeout is not retried:
     // the instance is alive and slow, and a second try would double its load.
     if (
-      this.#attempts === 1 &&
+      this.attempts === 1 &&
       (!connected || CONNECTION_ERRORS.has(code)) &&
       !this.hasBody &&
       RETRYABLE_METHODS.has(this.req.method ?? '')
     ) {
       const other = this.pool.pick(failed ?? undefined);
       if (other !== null) {
-        this.#shared.log.warn(
+        this.shared.log.warn(
           { app: this.app.name, instance: instanceName(failed), retry: instanceName(other), code, requestId: this.requestId },
           'upstream retry',
         );
@@ -406,7 +346,7 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
       }
     }
     const timeout = code === 'UND_ERR_HEADERS_TIMEOUT';
-    this.#shared.log.warn(
+    this.shared.log.warn(
       { app: this.app.name, instance: instanceName(failed), code, err: err.message, requestId: this.requestId },
       timeout ? 'upstream timeout' : 'upstream error',
     );
@@ -425,7 +365,7 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
       if (this.phase === 'buffering') this.#body?.destroy();
       else if (this.queued) this.admission.cancel(this);
       // Before onRequestStart there is no controller; onRequestStart aborts on seeing the client gone.
-      else if (this.#attemptOpen && this.#controller !== null) this.#controller.abort(CLIENT_GONE);
+      else if (this.attemptOpen && this.#controller !== null) this.#controller.abort(CLIENT_GONE);
     }
     this.#maybeDone();
   }
@@ -440,7 +380,7 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
   sendTimedOut(): void {
     const res = this.res;
     if (!this.#clientOpen || res.writableFinished || !this.#needDrain) return;
-    this.#shared.log.info({ app: this.app.name, requestId: this.requestId, timeoutMs: this.app.config.buffering.sendTimeoutMs }, 'client send timeout');
+    this.shared.log.info({ app: this.app.name, requestId: this.requestId, timeoutMs: this.app.config.buffering.sendTimeoutMs }, 'client send timeout');
     // 'close' follows, and clientClosed() releases the rest.
     res.destroy();
   }
@@ -452,27 +392,24 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
   }
 
   bufferFailed(err: Error): void {
-    this.#shared.log.error({ app: this.app.name, err: err.message, requestId: this.requestId }, 'response spill failed');
+    this.shared.log.error({ app: this.app.name, err: err.message, requestId: this.requestId }, 'response spill failed');
     if (this.#clientOpen) this.res.destroy();
   }
 
   // ---- internals ----------------------------------------------------------------------------------
 
   #attempt(upstream: Upstream): void {
-    this.upstream = upstream;
-    this.#ticket = upstream.begin();
-    this.#attempts++;
-    this.#attemptOpen = true;
+    this.beginAttempt(upstream);
     this.#connected = false;
     this.#controller = null;
     this.phase = 'upstream';
     if (this.#headers === null) {
-      this.#headers = this.#buildHeaders();
+      this.#headers = this.requestHeaders();
       // A chunked body, now held whole, goes on with a length (Transfer-Encoding is hop-by-hop).
       if (this.#body !== null && this.req.headers['content-length'] === undefined) this.#headers.push('content-length', String(this.#body.length));
     }
     // pick() only returns instances with an address, and nothing ran in between.
-    const dispatcher = this.#shared.clients.get(upstream.address!);
+    const dispatcher = this.shared.clients.get(upstream.address!);
     const buffered = this.#body;
     // A streamed body (buffering off) is wanted from now on; a body is never retried, so this runs once.
     if (buffered === null && this.hasBody) this.#sendContinue();
@@ -547,13 +484,6 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
     } else this.#sendTimer.refresh();
   }
 
-  #endAttempt(): void {
-    if (!this.#attemptOpen) return;
-    this.#attemptOpen = false;
-    this.#controller = null;
-    this.upstream!.end(this.#ticket);
-  }
-
   /** The last attempt is over: free the admission slot (admitting the next waiter). */
   #finishUpstream(): void {
     if (this.#admitted) {
@@ -564,60 +494,27 @@ export class Forward implements Waiter, RequestBufferOwner, ResponseBufferOwner 
   }
 
   #maybeDone(): void {
-    if (this.#clientOpen || this.#attemptOpen || this.#admitted || this.phase === 'done') return;
+    if (this.#clientOpen || this.attemptOpen || this.#admitted || this.phase === 'done') return;
     this.phase = 'done';
     if (this.#sendTimer !== null) clearTimeout(this.#sendTimer);
     this.#spool?.destroy();
     this.#body?.destroy();
-    const log = this.#shared.log;
-    if (log.isLevelEnabled('info')) {
-      const up = this.upstream;
-      accessLog(log, {
-        app: this.app.name,
-        method: this.req.method ?? '',
-        path: this.path,
-        status: this.status,
-        durationMs: elapsedMs(this.start),
-        requestId: this.requestId,
-        release: this.generation.releaseId,
-        instance: up === null ? null : instanceName(up),
-        clientIp: this.clientIp,
-      });
-    }
-    if (requestChannel.hasSubscribers) requestChannel.publish(this);
+    this.report();
     this.res.forward = null;
-    this.#shared.done(this);
+    this.shared.done(this);
   }
 
   #fail(status: number, reason: ErrorReason, retryAfter: number | null, close = false): void {
     if (!this.#clientOpen || this.res.headersSent) return;
     this.status = status;
-    // Every 5xx of an app (502, 504, and 503 from its queue) may use its `pages.error` template.
-    const pageFile = status >= 500 ? this.app.config.pages.error : null;
-    this.#shared.pages.send(this.req, this.res, {
+    this.shared.pages.send(this.req, this.res, {
       status,
       reason,
       retryAfter,
       requestId: this.requestId,
-      page: pageFile === null ? null : { releaseDir: this.generation.releaseDir, file: pageFile },
-      close: close || this.#shared.stopping,
+      page: errorPage(status, this.app.config.pages.error, this.generation.releaseDir),
+      close: close || this.shared.stopping,
     });
-  }
-
-  /** The request headers for the instance (see request-headers.ts). */
-  #buildHeaders(): string[] {
-    return upstreamRequestHeaders(
-      this.req.rawHeaders,
-      this.socketAddress,
-      this.clientIp,
-      this.#shared.trustedProxyCount,
-      this.#shared.underscoresInHeaders,
-      this.requestId,
-      this.arrivedAt,
-      this.generation.releaseId,
-      this.host,
-      this.app.mode.mode === 'read-only',
-    );
   }
 }
 

@@ -2,38 +2,34 @@
  * The front door: listeners and the request pipeline.
  *
  * Listeners outlive everything else: `setTable` and `setConfig` swap what requests see and never touch a
- * socket. Every request reads the table pointer once, on arrival, and runs the SPEC's steps in order:
- *   1. gateway endpoints under `internal_prefix` (the health lane), before anything that could wait;
- *   2. the client IP;
- *   3. the route (no match: 404);
- *   4. rate limits (rate-limit.ts), 5. the mode (modes.ts), then static routes (static.ts), which take
- *      no admission slot;
- *   6. pinning to the app's active generation (none: 503);
- *   7. admission, 8. forwarding, 9. errors: a `Forward` per request (forward.ts).
+ * socket. Every request, plain or a WebSocket upgrade, is resolved once on arrival (resolver.ts: the
+ * health lane, client IP, route, rate limit, mode, static, pinning), which reads the table pointer once.
+ * Then this file only acts on the answer: the health lane (health-lane.ts), a refusal or a mode page, a
+ * static file (static.ts), or, for a pinned target, admission, forwarding and errors in a `Forward`
+ * (forward.ts), or a WebSocket tunnel (websocket.ts).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { acceptsConnections } from '../lib/unix-socket.ts';
 import { lstat, unlink } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
-import type { BerthConfig, ListenAddress, RouteConfig } from '../config/schema.ts';
+import type { BerthConfig, ListenAddress } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { MetricsExporter } from '../metrics/metrics.ts';
 import { BerthError, ErrorCodes } from '../lib/errors.ts';
-import { Admission, type AdmissionLimits } from './admission.ts';
+import type { Admission } from './admission.ts';
 import { accessLog, elapsedMs, requestChannel, type CompletedRequest } from './access-log.ts';
-import { clientIp, socketAddress } from './client-ip.ts';
-import { ErrorPages, type AppPage, type ErrorReason } from './error-pages.ts';
-import { Forward, ProxyResponse, type ForwardShared } from './forward.ts';
+import { ErrorPages, errorPage, type ErrorResponse } from './error-pages.ts';
+import type { ExchangeShared } from './exchange.ts';
+import { Forward, ProxyResponse } from './forward.ts';
 import { HealthLane } from './health-lane.ts';
-import { requestId } from './request-id.ts';
-import { RoutingTable, type AppEntry } from './router.ts';
-import { hasDuplicateHost, isValidHost } from './request-headers.ts';
+import { Resolver, type Resolution } from './resolver.ts';
+import { RoutingTable } from './router.ts';
 import { UpstreamClients } from './upstream-clients.ts';
 import { Modes } from './modes.ts';
 import { Static } from './static.ts';
-import { RateLimit, SWEEP_INTERVAL_MS } from './rate-limit.ts';
-import { WebSockets, type Tunnel } from './websocket.ts';
+import { SWEEP_INTERVAL_MS } from './rate-limit.ts';
+import { WebSockets } from './websocket.ts';
 import type { GenerationView } from '../supervisor/types.ts';
 
 export type ProxyState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
@@ -42,8 +38,6 @@ export type ProxyState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped'
 const TICK_MS = 50;
 /** Upstream pools unused for one to two of these periods are closed (instances that went away). */
 const CLIENT_SWEEP_MS = 30_000;
-/** Retry-After (seconds) while an app has no active generation: it is booting or failed. */
-const NO_GENERATION_RETRY_AFTER_S = 5;
 
 /**
  * Server limits, so a slow client cannot hold a connection forever: the whole header block within 30s,
@@ -71,7 +65,6 @@ function isWebSocketUpgrade(req: IncomingMessage): boolean {
 
 type ProxyServer = Server<typeof IncomingMessage, typeof ProxyResponse>;
 
-
 export interface ProxyOptions {
   config: BerthConfig;
   /** The 'proxy' logger. */
@@ -82,26 +75,17 @@ export class Proxy {
   #state: ProxyState = 'new';
   #config: BerthConfig;
   #log: Logger;
-  #table: RoutingTable = new RoutingTable([]);
-  #prefix: string;
   #servers: { server: ProxyServer; address: ListenAddress }[] = [];
-  /** `app/process` -> admission; kept across table swaps so limits hold across generations. */
-  #admissions = new Map<string, Admission>();
-  /** Route -> its pool's admission, rebuilt with each table, so a request finds it without a string key. */
-  #admissionByRoute = new Map<RouteConfig, Admission>();
   #clients = new UpstreamClients();
   #pages = new ErrorPages();
   #modes = new Modes(this.#pages);
   #static = new Static(this.#pages);
+  #resolver: Resolver;
   #websockets: WebSockets;
-  /** App name -> its rate limiter; kept across table swaps so buckets survive a deploy or mode switch. */
-  #rateLimits = new Map<string, RateLimit>();
-  /** App entry -> its limiter, rebuilt with each table, so a request finds it without a string key. */
-  #rateLimitByApp = new Map<AppEntry, RateLimit>();
   #sweepTicks = 0;
   #lane: HealthLane;
   #metrics: MetricsExporter | null = null;
-  #shared: ForwardShared;
+  #shared: ExchangeShared;
   #inFlight = 0;
   #tick: NodeJS.Timeout | null = null;
   #ticks = 0;
@@ -112,8 +96,6 @@ export class Proxy {
   constructor(opts: ProxyOptions) {
     this.#config = opts.config;
     this.#log = opts.logger;
-    this.#prefix = opts.config.internalPrefix;
-    this.#lane = new HealthLane(this);
     this.#shared = {
       clients: this.#clients,
       pages: this.#pages,
@@ -123,10 +105,12 @@ export class Proxy {
       stopping: false,
       publicDetails: opts.config.publicDetails === true,
       stateDir: opts.config.stateDir,
-      table: this.#table,
-      done: (fw) => this.#forwardDone(fw),
+      table: new RoutingTable([]),
+      done: () => this.#requestDone(),
     };
-    this.#websockets = new WebSockets(this.#shared, (t) => this.#tunnelDone(t));
+    this.#resolver = new Resolver(opts.config, this.#shared, this.#modes);
+    this.#websockets = new WebSockets(this.#shared);
+    this.#lane = new HealthLane(this);
   }
 
   get state(): ProxyState {
@@ -134,7 +118,7 @@ export class Proxy {
   }
 
   get table(): RoutingTable {
-    return this.#table;
+    return this.#resolver.table;
   }
 
   /** False once a stop has begun; the health lane reports it. */
@@ -149,14 +133,12 @@ export class Proxy {
 
   /** Requests waiting in the admission queues of the app's pools. */
   queueDepth(app: string): number {
-    let n = 0;
-    for (const a of this.#admissions.values()) if (a.app === app) n += a.depth;
-    return n;
+    return this.#resolver.queueDepth(app);
   }
 
   /** Every pool's admission (`app/process`), for the metrics read at scrape time. */
   admissions(): IterableIterator<Admission> {
-    return this.#admissions.values();
+    return this.#resolver.admissions();
   }
 
   /** The metrics `<internal_prefix>/metrics` serves while the config says `metrics_public: true`. */
@@ -179,22 +161,18 @@ export class Proxy {
    * Admission limits are brought in line with the table's apps (bounded by config size, not traffic).
    */
   setTable(table: RoutingTable): void {
-    this.#table = table;
     this.#shared.table = table;
-    this.#syncAdmissions();
-    this.#syncRateLimits();
+    this.#resolver.setTable(table);
   }
 
   /** Applies a reloaded config: trusted_proxy_count, internal_prefix and per-app limits. Listeners stay. */
   setConfig(config: BerthConfig): void {
     this.#config = config;
-    this.#prefix = config.internalPrefix;
     this.#shared.trustedProxyCount = config.trustedProxyCount;
     this.#shared.publicDetails = config.publicDetails === true;
     this.#shared.stateDir = config.stateDir;
     this.#shared.underscoresInHeaders = config.underscoresInHeaders === true;
-    this.#syncAdmissions();
-    this.#syncRateLimits();
+    this.#resolver.setConfig(config);
   }
 
   /** Open WebSocket tunnels (ones waiting for an instance included). */
@@ -313,150 +291,66 @@ export class Proxy {
     // at it and drops the rest of that packet, so a pipelined request behind it would go unanswered.
     // The connection closes after the response instead of hanging.
     if (this.#shared.stopping || req.headers.upgrade !== undefined) res.shouldKeepAlive = false;
-    let path = req.url ?? '/';
-    let host = req.headers.host ?? '';
-    if (path.charCodeAt(0) !== 0x2f /* / */) {
-      // Absolute form (`GET http://host/path`): its authority replaces the Host header (RFC 9112 3.2.2),
-      // for routing and in the request the app gets (request-headers.ts).
-      const target = absoluteTarget(path);
-      if (target === null) {
-        res.shouldKeepAlive = false;
-        this.#direct(req, res, start, 400, 'bad-request', null, null, '', requestId(undefined));
+    const r = this.#resolver.resolve(req, start, false);
+    switch (r.as) {
+      case 'pinned': {
+        // 7-9. Admission, forwarding, errors.
+        const fw = new Forward(this.#shared, r, req, res);
+        this.#inFlight++;
+        fw.run(start);
         return;
       }
-      path = target.path;
-      host = target.host;
-    }
-    // Two Host headers: node keeps the first, an app's framework might read the other (RFC 9112 3.2).
-    // A Host that is no authority (`evil.example/.shop.test` matches `*.shop.test`): a 400, as nginx.
-    // A Transfer-Encoding that does not end in chunked (or comes with a Content-Length): node's parser
-    // refuses it, but only after emitting the request, and with buffering off it would already be on
-    // its way to the app (RFC 9112 6.3: a 400, and the connection closes).
-    if (hasDuplicateHost(req.rawHeaders) || !isValidHost(host) || (req.headers['transfer-encoding'] !== undefined && badTransferEncoding(req.headers))) {
-      // A client this confused (or hostile) gets no further requests parsed on this connection.
-      res.shouldKeepAlive = false;
-      this.#direct(req, res, start, 400, 'bad-request', null, null, '', requestId(undefined));
-      return;
-    }
-
-    // 1. Gateway endpoints, before anything that could queue.
-    const prefix = this.#prefix;
-    if (path.startsWith(prefix)) {
-      const c = path.charCodeAt(prefix.length);
-      if (path.length === prefix.length || c === 0x2f /* / */ || c === 0x3f /* ? */) {
-        this.#lane.handle(req, res, path.slice(prefix.length));
+      case 'lane':
+        this.#lane.handle(req, res, r.path);
         return;
-      }
-    }
-
-    // 2. Client IP.
-    const headers = req.headers;
-    const peer = socketAddress(req.socket);
-    const ip = clientIp(headers['x-forwarded-for'] as string | undefined, peer, this.#shared.trustedProxyCount);
-    const rid = requestId(headers['x-request-id'] as string | undefined);
-
-    // 3. Route.
-    const match = this.#table.lookup(host, path);
-    if (match === null) {
-      this.#direct(req, res, start, 404, 'no-route', null, null, ip, rid);
-      return;
-    }
-    const app = match.app;
-    const route = match.route;
-
-    // 4. Rate limits.
-    const limiter = this.#rateLimitByApp.size === 0 ? undefined : this.#rateLimitByApp.get(app);
-    if (limiter !== undefined && limiter.applies(path)) {
-      const waitMs = limiter.take(ip, start);
-      if (waitMs > 0) {
-        this.#direct(req, res, start, 429, 'rate-limited', app, Math.ceil(waitMs / 1000), ip, rid);
+      case 'static':
+        this.#serveStatic(req, res, r);
         return;
-      }
+      case 'mode':
+        this.#modes.send(req, res, r.app!, r.requestId, this.#shared.stopping);
+        break;
+      default:
+        // A client this confused (or hostile) gets no further requests parsed on this connection.
+        if (r.close) res.shouldKeepAlive = false;
+        this.#pages.send(req, res, refusal(r, this.#shared.stopping));
     }
-
-    // 5. Mode, as of arrival (the table entry read once above). Static routes are still served in
-    //    maintenance, so the static branch comes after it.
-    if (app.mode.mode !== 'normal' && this.#modes.refuses(app.mode, req.method, route.to === null)) {
-      this.#modes.send(req, res, app, rid, this.#shared.stopping);
-      this.#logDirect(req, start, this.#modes.status, app, ip, rid);
-      return;
-    }
-    if (route.to === null) {
-      this.#serveStatic(req, res, start, app, route, path, ip, rid);
-      return;
-    }
-
-    // 6. Pin: the active generation as of arrival, read once; the request finishes there.
-    const generation = app.generation;
-    if (generation === null) {
-      this.#noGeneration(req, res, start, app, ip, rid);
-      return;
-    }
-    const pool = generation.pools.get(route.to);
-    // A pool scaled to zero would only let requests sit out the queue timeout.
-    if (pool === undefined || pool.instances.length === 0) {
-      this.#direct(req, res, start, 503, 'no-pool', app, NO_GENERATION_RETRY_AFTER_S, ip, rid);
-      return;
-    }
-
-    // 7-9. Admission, forwarding, errors.
-    const admission = this.#admissionByRoute.get(route) ?? this.#admission(app, route.to);
-    const fw = new Forward(this.#shared, {
-      req,
-      res,
-      app,
-      route,
-      generation,
-      pool,
-      admission,
-      path,
-      host,
-      socketAddress: peer,
-      clientIp: ip,
-      requestId: rid,
-      start,
-    });
-    this.#inFlight++;
-    fw.run(start);
-  }
-
-  /** A response the gateway makes without forwarding (no route, no generation, ...), with its log line. */
-  #direct(
-    req: IncomingMessage,
-    res: ServerResponse,
-    start: number,
-    status: number,
-    reason: ErrorReason,
-    app: AppEntry | null,
-    retryAfter: number | null,
-    ip: string,
-    rid: string,
-  ): void {
-    this.#pages.send(req, res, { status, reason, retryAfter, requestId: rid, page: errorPage(app, status), close: this.#shared.stopping });
-    this.#logDirect(req, start, status, app, ip, rid);
+    this.#logDirect(req, r);
   }
 
   /**
-   * 503 for an app with no active generation: still starting (`Retry-After`), or its start failed, which
-   * waiting does not fix (no `Retry-After`). The reason was worked out when the table was built.
+   * A WebSocket upgrade (SPEC step 10): resolved as a request is, then a tunnel (websocket.ts), held to
+   * the pool's WebSocket limit rather than to request admission. Refusals are raw HTTP/1.1 responses on
+   * the socket, which has left the HTTP server, and which is then closed.
    */
-  #noGeneration(req: IncomingMessage, res: ServerResponse, start: number, app: AppEntry, ip: string, rid: string): void {
-    const reason = app.noGeneration ?? 'no-active-generation';
-    this.#direct(req, res, start, 503, reason, app, reason === 'start-failed' ? null : NO_GENERATION_RETRY_AFTER_S, ip, rid);
-  }
+  #onUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
+    const start = performance.now();
+    // The socket is ours now: without a listener, a client reset would be an uncaught error.
+    socket.on('error', ignoreError);
+    const r = this.#resolver.resolve(req, start, true);
+    if (r.as === 'pinned') {
+      this.#inFlight++;
+      this.#websockets.open(r, req, socket, head);
+      return;
+    }
+    if (r.as === 'mode') this.#modes.sendRaw(req, socket, r.app!, r.requestId);
+    else this.#pages.sendRaw(req, socket, refusal(r, true));
+    this.#logDirect(req, r);
+  };
 
-  #logDirect(req: IncomingMessage, start: number, status: number, app: AppEntry | null, ip: string, rid: string): void {
+  /** The access-log line of an answer the gateway made itself (a refusal or a mode page). */
+  #logDirect(req: IncomingMessage, r: Resolution): void {
     if (this.#log.isLevelEnabled('info')) {
+      const app = r.app;
       accessLog(this.#log, {
         app: app?.name ?? null,
         method: req.method ?? '',
         path: req.url ?? '',
-        status,
-        durationMs: elapsedMs(start),
-        requestId: rid,
+        status: r.status,
+        durationMs: elapsedMs(r.start),
+        requestId: r.requestId,
         release: app?.generation?.releaseId ?? null,
         instance: null,
-        clientIp: ip,
+        clientIp: r.clientIp,
       });
     }
   }
@@ -465,12 +359,15 @@ export class Proxy {
    * Static files: from the pinned generation's release, without an admission slot (no instance is
    * involved), but counted in flight so a graceful stop lets the download finish.
    */
-  #serveStatic(req: IncomingMessage, res: ProxyResponse, start: number, app: AppEntry, route: RouteConfig, path: string, ip: string, rid: string): void {
-    const generation = app.generation;
-    if (generation === null) {
-      this.#noGeneration(req, res, start, app, ip, rid);
-      return;
-    }
+  #serveStatic(req: IncomingMessage, res: ProxyResponse, r: Resolution): void {
+    // `r` is overwritten by the next request: what the answer's log line needs is kept here.
+    const app = r.app!;
+    const route = r.route!;
+    const generation = r.generation!;
+    const path = r.path;
+    const start = r.start;
+    const ip = r.clientIp;
+    const rid = r.requestId;
     this.#inFlight++;
     const served = this.#static.serve({ req, res, route, generation, path, requestId: rid, mode: app.mode.mode, close: this.#shared.stopping });
     void served.then((status) => {
@@ -492,14 +389,6 @@ export class Proxy {
     });
   }
 
-  #forwardDone(_fw: Forward): void {
-    this.#requestDone();
-  }
-
-  #tunnelDone(_t: Tunnel): void {
-    this.#requestDone();
-  }
-
   /** One request (forwarded, static, or a WebSocket) is over. */
   #requestDone(): void {
     this.#inFlight--;
@@ -510,167 +399,9 @@ export class Proxy {
     }
   }
 
-  /**
-   * A WebSocket upgrade (SPEC step 10): the same steps as a request (client IP, route, rate limit, mode,
-   * pin), then a tunnel (websocket.ts), held to the pool's WebSocket limit rather than to request
-   * admission. Refusals are raw HTTP/1.1 responses on the socket, which has left the HTTP server, and
-   * which is then closed.
-   */
-  #onUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
-    const start = performance.now();
-    // The socket is ours now: without a listener, a client reset would be an uncaught error.
-    socket.on('error', ignoreError);
-    const headers = req.headers;
-    const peer = socketAddress(socket);
-    const ip = clientIp(headers['x-forwarded-for'] as string | undefined, peer, this.#shared.trustedProxyCount);
-    const rid = requestId(headers['x-request-id'] as string | undefined);
-    if (this.#shared.stopping) {
-      this.#directRaw(req, socket, start, 503, 'stopping', null, NO_GENERATION_RETRY_AFTER_S, ip, rid);
-      return;
-    }
-    let path = req.url ?? '/';
-    let host = headers.host ?? '';
-    if (path.charCodeAt(0) !== 0x2f /* / */) {
-      const target = absoluteTarget(path);
-      if (target === null) {
-        this.#directRaw(req, socket, start, 400, 'bad-request', null, null, ip, rid);
-        return;
-      }
-      path = target.path;
-      host = target.host;
-    }
-    // Two Host headers, a Host that is no authority, or a body: node hands an upgrade's body to us unparsed (in `head`), and after a
-    // 101 it would reach the app as tunnel bytes. An upgrade has no body (RFC 6455 § 4.1).
-    const length = headers['content-length'];
-    if (hasDuplicateHost(req.rawHeaders) || !isValidHost(host) || headers['transfer-encoding'] !== undefined || (length !== undefined && Number(length) !== 0)) {
-      this.#directRaw(req, socket, start, 400, 'bad-request', null, null, ip, rid);
-      return;
-    }
-    // Gateway endpoints speak plain HTTP only.
-    const prefix = this.#prefix;
-    if (path.startsWith(prefix)) {
-      const c = path.charCodeAt(prefix.length);
-      if (path.length === prefix.length || c === 0x2f /* / */ || c === 0x3f /* ? */) {
-        this.#directRaw(req, socket, start, 400, 'bad-request', null, null, ip, rid);
-        return;
-      }
-    }
-    const match = this.#table.lookup(host, path);
-    if (match === null) {
-      this.#directRaw(req, socket, start, 404, 'no-route', null, null, ip, rid);
-      return;
-    }
-    const app = match.app;
-    const route = match.route;
-    const limiter = this.#rateLimitByApp.get(app);
-    if (limiter !== undefined && limiter.applies(path)) {
-      const waitMs = limiter.take(ip, start);
-      if (waitMs > 0) {
-        this.#directRaw(req, socket, start, 429, 'rate-limited', app, Math.ceil(waitMs / 1000), ip, rid);
-        return;
-      }
-    }
-    if (app.mode.mode !== 'normal' && this.#modes.refuses(app.mode, req.method, false)) {
-      this.#modes.sendRaw(req, socket, app, rid);
-      this.#logDirect(req, start, this.#modes.status, app, ip, rid);
-      return;
-    }
-    // A static route has no process to take a WebSocket.
-    if (route.to === null) {
-      this.#directRaw(req, socket, start, 400, 'bad-request', app, null, ip, rid);
-      return;
-    }
-    const generation = app.generation;
-    if (generation === null) {
-      const reason = app.noGeneration ?? 'no-active-generation';
-      this.#directRaw(req, socket, start, 503, reason, app, reason === 'start-failed' ? null : NO_GENERATION_RETRY_AFTER_S, ip, rid);
-      return;
-    }
-    const pool = generation.pools.get(route.to);
-    if (pool === undefined || pool.instances.length === 0) {
-      this.#directRaw(req, socket, start, 503, 'no-pool', app, NO_GENERATION_RETRY_AFTER_S, ip, rid);
-      return;
-    }
-    this.#inFlight++;
-    this.#websockets.open({ req, socket, head, app, route, generation, pool, path, host, socketAddress: peer, clientIp: ip, requestId: rid, start });
-  };
-
-  /** #direct for an upgrade: a raw response on the socket, which is then closed. */
-  #directRaw(req: IncomingMessage, socket: Socket, start: number, status: number, reason: ErrorReason, app: AppEntry | null, retryAfter: number | null, ip: string, rid: string): void {
-    this.#pages.sendRaw(req, socket, { status, reason, retryAfter, requestId: rid, page: errorPage(app, status), close: true });
-    this.#logDirect(req, start, status, app, ip, rid);
-  }
-
-  // ---- rate limits --------------------------------------------------------------------------------
-
-  /** One limiter per app with a `rate_limit`, kept (with its buckets) while the app keeps one. */
-  #syncRateLimits(): void {
-    const byApp = new Map<AppEntry, RateLimit>();
-    const keep = new Set<string>();
-    for (const app of this.#table.apps) {
-      const config = (this.#config.apps[app.name] ?? app.config).rateLimit;
-      if (config === null) continue;
-      let limiter = this.#rateLimits.get(app.name);
-      if (limiter === undefined) {
-        limiter = new RateLimit(app.name, config);
-        this.#rateLimits.set(app.name, limiter);
-      } else if (!limiter.matches(config)) limiter.configure(config);
-      byApp.set(app, limiter);
-      keep.add(app.name);
-    }
-    for (const name of this.#rateLimits.keys()) if (!keep.has(name)) this.#rateLimits.delete(name);
-    this.#rateLimitByApp = byApp;
-  }
-
-  // ---- admission ----------------------------------------------------------------------------------
-
-  #syncAdmissions(): void {
-    const byRoute = new Map<RouteConfig, Admission>();
-    for (const app of this.#table.apps) {
-      for (const route of app.config.routes) {
-        if (route.to !== null) byRoute.set(route, this.#admission(app, route.to));
-      }
-    }
-    this.#admissionByRoute = byRoute;
-  }
-
-  /** The admission of `app/process`, created on first use, its limits brought up to date. */
-  #admission(app: AppEntry, process: string): Admission {
-    const key = `${app.name}/${process}`;
-    const existing = this.#admissions.get(key);
-    const limits = this.#limits(app, process, existing);
-    if (existing !== undefined) {
-      if (existing.limit !== limits.limit || existing.queueMax !== limits.queueMax || existing.queueTimeoutMs !== limits.queueTimeoutMs) {
-        existing.configure(limits);
-      }
-      return existing;
-    }
-    const created = new Admission(app.name, process, limits);
-    this.#admissions.set(key, created);
-    return created;
-  }
-
-  /**
-   * instances x concurrency of the configured process type. An app whose process types come from a
-   * Procfile has no configured count, so the active generation's pool gives it; with neither, the last
-   * known limit stays (or none, leaving the per-instance concurrency as the only bound).
-   */
-  #limits(app: AppEntry, process: string, existing: Admission | undefined): AdmissionLimits {
-    const config = this.#config.apps[app.name] ?? app.config;
-    const proc = config.processes?.[process];
-    let limit: number;
-    if (proc !== undefined) limit = proc.instances * proc.concurrency;
-    else {
-      const pool = app.generation?.pools.get(process);
-      if (pool !== undefined && pool.instances.length > 0) limit = pool.instances.length * pool.concurrency;
-      else limit = existing?.limit ?? Number.POSITIVE_INFINITY;
-    }
-    return { limit, queueMax: config.queue.max, queueTimeoutMs: config.queue.timeoutMs };
-  }
-
   #onTick(): void {
     const now = performance.now();
-    for (const a of this.#admissions.values()) if (a.depth > 0) a.sweep(now);
+    this.#resolver.sweepAdmissions(now);
     if (this.#websockets.waiting > 0) this.#websockets.sweep(now);
     if (++this.#ticks * TICK_MS >= CLIENT_SWEEP_MS) {
       this.#ticks = 0;
@@ -678,7 +409,7 @@ export class Proxy {
     }
     if (++this.#sweepTicks * TICK_MS >= SWEEP_INTERVAL_MS) {
       this.#sweepTicks = 0;
-      for (const limiter of this.#rateLimits.values()) limiter.sweep(now);
+      this.#resolver.sweepRateLimits(now);
     }
   }
 
@@ -775,40 +506,9 @@ function listenProblem(err: unknown): string {
 
 function ignoreError(): void {}
 
-/** The app's `pages.error` (a 5xx template in the release now serving), when the answer is a 5xx. */
-function errorPage(app: AppEntry | null, status: number): AppPage | null {
-  const file = app?.config.pages.error ?? null;
-  const gen = app?.generation ?? null;
-  return status >= 500 && file !== null && gen !== null ? { releaseDir: gen.releaseDir, file } : null;
-}
-
-/**
- * A request Transfer-Encoding whose last coding is not exactly `chunked`, or one sent with a
- * Content-Length: the body length cannot be known (RFC 9112 6.1, 6.3). Called only when the header is
- * there. Node joins repeated Transfer-Encoding headers with ", ", so the last token is the last coding.
- */
-function badTransferEncoding(headers: IncomingMessage['headers']): boolean {
-  if (headers['content-length'] !== undefined) return true;
-  const te = headers['transfer-encoding']!;
-  const comma = te.lastIndexOf(',');
-  let last = comma < 0 ? te : te.slice(comma + 1);
-  // Optional whitespace is spaces and tabs (RFC 9110 5.6.3): `gzip,\tchunked` is chunked to node too.
-  while (last.charCodeAt(0) === 0x20 || last.charCodeAt(0) === 0x09) last = last.slice(1);
-  while (last.charCodeAt(last.length - 1) === 0x20 || last.charCodeAt(last.length - 1) === 0x09) last = last.slice(0, -1);
-  return last.length !== 7 || last.toLowerCase() !== 'chunked';
-}
-
-/** Host and origin-form path of an absolute-form request target; null when it is not one. */
-function absoluteTarget(url: string): { host: string; path: string } | null {
-  const scheme = url.startsWith('http://') ? 7 : url.startsWith('https://') ? 8 : -1;
-  if (scheme < 0) return null;
-  const slash = url.indexOf('/', scheme);
-  const q = url.indexOf('?', scheme);
-  const end = slash < 0 ? (q < 0 ? url.length : q) : q < 0 ? slash : Math.min(slash, q);
-  const host = url.slice(scheme, end);
-  // No userinfo (RFC 9110 4.2.4: a recipient treats it as an error) and no empty authority: either
-  // would reach the app as a Host it cannot trust.
-  if (host === '' || host.indexOf('@') >= 0) return null;
-  const rest = url.slice(end);
-  return { host, path: rest === '' ? '/' : rest.charCodeAt(0) === 0x3f ? `/${rest}` : rest };
+/** The answer to a refused request; a 5xx may use the app's `pages.error` from the release now serving. */
+function refusal(r: Resolution, close: boolean): ErrorResponse {
+  const app = r.app;
+  const page = app === null ? null : errorPage(r.status, app.config.pages.error, app.generation?.releaseDir ?? null);
+  return { status: r.status, reason: r.reason, retryAfter: r.retryAfter, requestId: r.requestId, page, close };
 }

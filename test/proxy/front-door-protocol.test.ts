@@ -11,9 +11,7 @@ import { connect, type AddressInfo, type Socket } from 'node:net';
 import type { AppConfig } from '../../src/config/schema.ts';
 import type { ModeState } from '../../src/proxy/router.ts';
 import { appConfig, backend, berthConfig, entry, startProxy, TestGeneration, waitFor } from './fixtures.ts';
-import { exchange, header, headerAll, RawUpstream, responseHeader, seenResponder, type Responder } from './raw-upstream.ts';
-
-const WS_HEAD = 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n';
+import { exchange, header, headerAll, RawUpstream, responseHeader, seenResponder, WS_HEAD, type Responder } from './raw-upstream.ts';
 
 async function setup(t: TestContext, respond: Responder, opts: { over?: Partial<AppConfig>; mode?: Partial<ModeState>; underscores?: boolean; trusted?: number } = {}) {
   const up = await RawUpstream.start(t, respond);

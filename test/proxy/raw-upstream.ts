@@ -197,6 +197,9 @@ export function parseRequest(buf: Buffer): Parsed | null {
 
 // ---- the client side ------------------------------------------------------------------------------
 
+/** The header lines (CRLF-ended) that make a GET a WebSocket upgrade (RFC 6455 § 4.1). */
+export const WS_HEAD = 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n';
+
 export interface RawResponse {
   status: number;
   headers: [string, string][];

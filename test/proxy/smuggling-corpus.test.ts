@@ -23,7 +23,7 @@ import assert from 'node:assert/strict';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startGateway, tempDir, waitFor, writeConfig, http } from '../helpers/gateway.ts';
-import { exchange, header, headerAll, RawUpstream, responseHeader, seenResponder, type Exchange, type Responder } from './raw-upstream.ts';
+import { exchange, header, headerAll, RawUpstream, responseHeader, seenResponder, WS_HEAD as WS, type Exchange, type Responder } from './raw-upstream.ts';
 
 const PIPE_APP = `
 import { connect, createServer } from 'node:net';
@@ -48,7 +48,6 @@ interface Case {
 }
 
 const H = 'Host: shop.test\r\n';
-const WS = 'Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n';
 
 /** Builds the corpus. `m` is the case's path marker; every case ends with a `Connection: close` request. */
 function corpus(): Case[] {

@@ -9,7 +9,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import type { AppConfig, RouteConfig } from '../../src/config/schema.ts';
 import type { UpstreamAddress } from '../../src/supervisor/types.ts';
 import { RoutingTable, type ModeState } from '../../src/proxy/router.ts';
-import { FrameBoundary } from '../../src/proxy/websocket.ts';
+import { FrameBoundary } from '../../src/proxy/frame-boundary.ts';
 import { appConfig, berthConfig, captureLogger, entry, fetchRaw, processConfig, refusedAddress, route, startProxy, TestGeneration, waitFor } from './fixtures.ts';
 
 interface WsBackend {
