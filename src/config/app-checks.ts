@@ -290,11 +290,8 @@ function checkHealth(f: Fields, headersMs: number): HealthConfig {
 }
 
 function checkRateLimit(c: Checker, app: Fields): RateLimitConfig | null {
-  if (app.raw('rate_limit') === undefined) {
-    app.take('rate_limit');
-    return null;
-  }
-  const f = app.fields('rate_limit');
+  const f = app.section('rate_limit');
+  if (f === null) return null;
   const perIp = f.raw('per_ip');
   let rate: { count: number; perMs: number } | null = null;
   if (perIp === undefined) c.problem(f.path('per_ip'), 'required, e.g. "20/s", "100/m" or "1000/h"');
@@ -345,11 +342,8 @@ function checkReloadTrigger(c: Checker, f: Fields): string | null {
 }
 
 function checkCacheFlush(c: Checker, app: Fields): CacheFlushConfig | null {
-  if (app.raw('cache_flush') === undefined) {
-    app.take('cache_flush');
-    return null;
-  }
-  const f = app.fields('cache_flush');
+  const f = app.section('cache_flush');
+  if (f === null) return null;
   const provider = f.choice('provider', ['http', 'akamai'] as const) ?? DEFAULT_CACHE_FLUSH_PROVIDER;
   let method = f.string('method') ?? DEFAULT_CACHE_FLUSH_METHOD;
   if (!HTTP_METHOD_RE.test(method)) {

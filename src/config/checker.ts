@@ -282,6 +282,15 @@ export class Fields {
   }
 
   /** A sub-mapping; missing gives an empty one, so its defaults apply. */
+  /** The mapping at `key`, or null when the key is not set (an optional section); marked known either way. */
+  section(key: string): Fields | null {
+    if (this.raw(key) === undefined) {
+      this.take(key);
+      return null;
+    }
+    return this.fields(key);
+  }
+
   fields(key: string): Fields {
     const v = this.take(key);
     return v === undefined ? new Fields(this.#c, {}, this.path(key)) : this.#c.fields(v, this.path(key));

@@ -237,36 +237,24 @@ export class Metrics implements MetricsExporter {
       registers,
     });
     const pools = () => this.#source.pools();
-    new Gauge({
-      name: 'berth_pool_in_flight',
-      help: 'Requests admitted and not yet finished, per pool, across generations.',
-      labelNames: ['app', 'process'],
-      registers,
-      collect() {
-        this.reset();
-        for (const p of pools()) this.set({ app: p.app, process: p.process }, p.active);
-      },
-    });
-    new Gauge({
-      name: 'berth_pool_queue_depth',
-      help: 'Requests waiting in the admission queue, per pool.',
-      labelNames: ['app', 'process'],
-      registers,
-      collect() {
-        this.reset();
-        for (const p of pools()) this.set({ app: p.app, process: p.process }, p.depth);
-      },
-    });
-    new Gauge({
-      name: 'berth_pool_limit',
-      help: 'Most requests in flight at once per pool: instances x concurrency.',
-      labelNames: ['app', 'process'],
-      registers,
-      collect() {
-        this.reset();
-        for (const p of pools()) this.set({ app: p.app, process: p.process }, p.limit);
-      },
-    });
+    // One gauge per pool figure: [name, help, the figure].
+    const poolGauges: [string, string, (p: PoolLevels) => number][] = [
+      ['berth_pool_in_flight', 'Requests admitted and not yet finished, per pool, across generations.', (p) => p.active],
+      ['berth_pool_queue_depth', 'Requests waiting in the admission queue, per pool.', (p) => p.depth],
+      ['berth_pool_limit', 'Most requests in flight at once per pool: instances x concurrency.', (p) => p.limit],
+    ];
+    for (const [name, help, figure] of poolGauges) {
+      new Gauge({
+        name,
+        help,
+        labelNames: ['app', 'process'],
+        registers,
+        collect() {
+          this.reset();
+          for (const p of pools()) this.set({ app: p.app, process: p.process }, figure(p));
+        },
+      });
+    }
     const instances = () => this.#source.instances();
     new Gauge({
       name: 'berth_instances',

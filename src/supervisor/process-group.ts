@@ -50,16 +50,10 @@ export class ProcessGroup {
   running(): boolean {
     if (!this.exists()) return false;
     if (process.platform !== 'linux') return true;
-    let names: string[];
-    try {
-      names = readdirSync('/proc');
-    } catch {
-      return true;
-    }
-    for (const name of names) {
-      const c = name.charCodeAt(0);
-      if (c < 48 || c > 57) continue;
-      const fields = statFields(Number(name));
+    const pids = procPids();
+    if (pids === null) return true;
+    for (const pid of pids) {
+      const fields = statFields(pid);
       if (fields === null || Number(fields[2]) !== this.pgid) continue;
       if (fields[0] !== 'Z' && fields[0] !== 'X') return true;
     }
@@ -117,19 +111,26 @@ function groupOf(pid: number): number | null {
   return fields === null ? null : Number(fields[2]);
 }
 
-/** Every process group on the machine with its members, from one pass over /proc. */
-function scanGroups(): Map<number, number[]> {
-  const groups = new Map<number, number[]>();
+/** Every process id in /proc, or null when /proc cannot be read (not Linux, or hidden). */
+function procPids(): number[] | null {
   let names: string[];
   try {
     names = readdirSync('/proc');
   } catch {
-    return groups;
+    return null;
   }
+  const pids: number[] = [];
   for (const name of names) {
     const c = name.charCodeAt(0);
-    if (c < 48 || c > 57) continue;
-    const pid = Number(name);
+    if (c >= 48 && c <= 57) pids.push(Number(name));
+  }
+  return pids;
+}
+
+/** Every process group on the machine with its members, from one pass over /proc. */
+function scanGroups(): Map<number, number[]> {
+  const groups = new Map<number, number[]>();
+  for (const pid of procPids() ?? []) {
     const pgrp = groupOf(pid);
     if (pgrp === null) continue;
     const list = groups.get(pgrp);
