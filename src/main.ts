@@ -5,7 +5,7 @@
 import { ConfigError, BerthError, errorMessage, formatProblems } from './lib/errors.ts';
 import { VERSION } from './lib/version.ts';
 import { UsageError } from './cli/options.ts';
-import { start, START_USAGE } from './cli/start.ts';
+import { start, START_USAGE } from './start.ts';
 import { check, CHECK_USAGE } from './cli/check.ts';
 import { status, STATUS_USAGE } from './cli/status.ts';
 import { routes, ROUTES_USAGE } from './cli/routes.ts';

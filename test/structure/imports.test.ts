@@ -37,6 +37,17 @@ test('lib/ imports nothing from the rest of src/', () => {
   assert.deepEqual(outside, []);
 });
 
+test('the CLI and the control API never import the gateway: they name it through control.ts and wire.ts', () => {
+  const gateway = [join(SRC, 'gateway.ts'), join(SRC, 'gateway') + '/'];
+  const reaching: string[] = [];
+  for (const [file, deps] of importGraph()) {
+    const rel = relative(SRC, file);
+    if (!rel.startsWith('cli/') && !rel.startsWith('api/')) continue;
+    for (const dep of deps) if (gateway.some((g) => dep === g || dep.startsWith(g))) reaching.push(`${rel} imports ${relative(SRC, dep)}`);
+  }
+  assert.deepEqual(reaching, []);
+});
+
 test('src/ has no import circles', () => {
   const graph = importGraph();
   const circles: string[] = [];

@@ -1,9 +1,9 @@
-import { loadConfig } from '../config/load.ts';
-import { LoggerFactory } from '../lib/logger.ts';
-import { ConfigError, errorMessage } from '../lib/errors.ts';
-import { Gateway } from '../gateway.ts';
-import { CONFIG_OPTIONS, loadOptions, parse } from './options.ts';
-import { checkUsers } from './user-checks.ts';
+import { loadConfig } from './config/load.ts';
+import { LoggerFactory } from './lib/logger.ts';
+import { ConfigError, errorMessage } from './lib/errors.ts';
+import { Gateway } from './gateway.ts';
+import { CONFIG_OPTIONS, loadOptions, parse } from './cli/options.ts';
+import { checkUsers } from './cli/user-checks.ts';
 
 export const START_USAGE = 'berth start [--config F] [--config-name N] [--env E]';
 
