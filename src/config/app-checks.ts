@@ -42,6 +42,7 @@ import {
   type ScheduleConfig,
 } from './schema.ts';
 import { Checker, Fields, isMapping, isTimeZone, put, show, type KeyPath } from './checker.ts';
+import { checkAppTls, checkCanonicalHost, checkHsts } from './tls-checks.ts';
 
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const HOST_LABEL = '[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?';
@@ -118,6 +119,10 @@ export function checkApp(c: Checker, name: string, value: unknown, at: KeyPath, 
   const websockets = checkWebSockets(f.fields('websockets'));
   const maxReleaseBytes = f.size('max_release_size', 1) ?? DEFAULT_MAX_RELEASE_BYTES;
   const maxReleaseFiles = f.int('max_release_files', 1) ?? DEFAULT_MAX_RELEASE_FILES;
+  const tls = checkAppTls(c, f, dir, hosts);
+  const httpsRedirect = f.bool('https_redirect') ?? false;
+  const hsts = checkHsts(c, f);
+  const canonicalHost = checkCanonicalHost(c, f, hosts);
   f.done();
 
   const app: AppConfig = {
@@ -149,6 +154,10 @@ export function checkApp(c: Checker, name: string, value: unknown, at: KeyPath, 
     websockets,
     maxReleaseBytes,
     maxReleaseFiles,
+    tls,
+    httpsRedirect,
+    hsts,
+    canonicalHost,
   };
   if (processes !== null && dbConnections !== null) checkBudget(c, app, f.path('db_connections'));
   return app;

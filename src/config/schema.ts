@@ -77,9 +77,37 @@ export type Role = 'viewer' | 'deployer' | 'admin';
 export const ROLES: readonly Role[] = ['viewer', 'deployer', 'admin'];
 
 /** A front-door or control listener address. */
+/** A listener. `tls`: HTTPS (h2 and http/1.1 by ALPN) with certificates chosen by SNI; TCP only. */
 export type ListenAddress =
-  | { kind: 'tcp'; host: string; port: number; /** as written in config, e.g. "127.0.0.1:8080" */ text: string }
-  | { kind: 'unix'; path: string; text: string };
+  | { kind: 'tcp'; host: string; port: number; /** as written in config, e.g. "127.0.0.1:8080" */ text: string; tls: boolean }
+  | { kind: 'unix'; path: string; text: string; tls: false };
+
+/** A certificate and its key on disk: absolute paths to PEM files. `certificate` may hold the chain after the leaf. */
+export interface CertificateFiles {
+  certificate: string;
+  key: string;
+}
+
+/** One `apps.<app>.tls` certificate. `hosts` empty: every host of the app. */
+export interface AppCertificate {
+  hosts: string[];
+  files: CertificateFiles;
+}
+
+/** The top-level `tls` block: certificates that are not an app's own. */
+export interface TlsConfig {
+  /** A directory of certificates, each serving the DNS names written in it; null: none. */
+  directory: string | null;
+  /** For clients without SNI and names nothing else serves; null: those handshakes are refused. */
+  defaultCertificate: CertificateFiles | null;
+}
+
+/** `apps.<app>.hsts`: the Strict-Transport-Security header sent on HTTPS responses. */
+export interface HstsConfig {
+  maxAgeS: number;
+  includeSubdomains: boolean;
+  preload: boolean;
+}
 
 export interface ProcessConfig {
   name: string;
@@ -204,6 +232,13 @@ export interface AppConfig {
   /** Limits on a prepared release (archive bombs): bytes and files. */
   maxReleaseBytes: number;
   maxReleaseFiles: number;
+  /** The app's certificates, per host first; empty: the certificate directory or default serve it. */
+  tls: AppCertificate[];
+  /** Plain-HTTP requests get a 308 to https (not ACME challenges, not the internal prefix). */
+  httpsRedirect: boolean;
+  hsts: HstsConfig | null;
+  /** Requests for the app's other hosts get a 308 to this one; null: none. */
+  canonicalHost: string | null;
 }
 
 export interface TokenConfig {
@@ -256,6 +291,7 @@ export interface BerthConfig {
   /** The user an app runs as, berth being root, when its source belongs to root. */
   defaultUser: string;
   /** In config file order. */
+  tls: TlsConfig;
   apps: Record<string, AppConfig>;
 }
 
@@ -276,3 +312,5 @@ export const DEFAULT_CACHE_FLUSH_PROVIDER = 'http';
 export const DEFAULT_CACHE_FLUSH_METHOD = 'PURGE';
 /** Purge requests in flight at once per app (provider `http`). */
 export const DEFAULT_CACHE_FLUSH_CONCURRENCY = 4;
+/** `apps.<app>.hsts.max_age` when not written: one year, as hstspreload.org asks. */
+export const DEFAULT_HSTS_MAX_AGE_S = 31_536_000;

@@ -59,6 +59,7 @@ import {
 } from './schema.ts';
 import { Checker, Fields, isMapping, put, show, type ConfigIssue, type KeyPath } from './checker.ts';
 import { checkApp, checkOverlaps } from './app-checks.ts';
+import { checkTls, checkTlsTogether } from './tls-checks.ts';
 
 /** The keys allowed at the top level of a config file (besides `environments`, which load.ts consumes). */
 export const TOP_LEVEL_KEYS = [
@@ -79,6 +80,7 @@ export const TOP_LEVEL_KEYS = [
   'underscores_in_headers',
   'public_details',
   'default_user',
+  'tls',
   'apps',
 ] as const;
 
@@ -137,6 +139,9 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
     if (isMapping(value) && value.routes !== undefined && value.routes !== null) explicitRoutes.add(name);
   }
   checkOverlaps(c, apps, explicitRoutes);
+  const tls = checkTls(c, top.fields('tls'), dir);
+  checkTlsTogether(c, listen, tls, apps);
+  if (top.take('acme') !== undefined) c.problem(top.path('acme'), 'automatic certificates (ACME) are not built in this version: give certificate and key files (apps.<app>.tls or tls.directory)');
   top.done();
 
   const config: BerthConfig = {
@@ -159,6 +164,7 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
     underscoresInHeaders,
     publicDetails,
     defaultUser,
+    tls,
     apps,
   };
   return { config, issues: inDocumentOrder(c.issues, raw) };
@@ -208,7 +214,7 @@ export function parseListenAddress(text: string, stateDir: string): ListenAddres
   if (text.startsWith('unix:')) {
     const path = text.slice('unix:'.length);
     if (path === '') return expected;
-    return { kind: 'unix', path: resolve(stateDir, path), text };
+    return { kind: 'unix', path: resolve(stateDir, path), text, tls: false };
   }
   const colon = text.lastIndexOf(':');
   if (colon <= 0) return expected;
@@ -222,21 +228,37 @@ export function parseListenAddress(text: string, stateDir: string): ListenAddres
   }
   if (/\s/.test(host)) return expected;
   if (!PORT_RE.test(portText) || Number(portText) > 65_535) return `expected a port from 0 to 65535 in ${show(text)}`;
-  return { kind: 'tcp', host, port: Number(portText), text };
+  return { kind: 'tcp', host, port: Number(portText), text, tls: false };
 }
 
 // ---- sections ---------------------------------------------------------------------------------
 
 function checkListen(c: Checker, top: Fields, stateDir: string): ListenAddress[] {
-  const texts = top.strings('listen');
-  if (texts === undefined) return DEFAULT_LISTEN.map((t) => parseListenAddress(t, stateDir) as ListenAddress);
-  if (texts.length === 0) c.problem(top.path('listen'), 'expected at least one address to listen on');
+  const raw = top.take('listen');
+  if (raw === undefined) return DEFAULT_LISTEN.map((t) => parseListenAddress(t, stateDir) as ListenAddress);
+  const items = Array.isArray(raw) ? raw : [raw];
+  if (items.length === 0) c.problem(top.path('listen'), 'expected at least one address to listen on');
   const out: ListenAddress[] = [];
-  texts.forEach((text, i) => {
-    const at = top.listItemPath('listen', i);
+  items.forEach((item, i) => {
+    const at = Array.isArray(raw) ? [...top.path('listen'), i] : top.path('listen');
+    let text: string | undefined;
+    let tls = false;
+    if (typeof item === 'string') {
+      text = item;
+    } else if (isMapping(item)) {
+      const f = c.fields(item, at);
+      if (f.raw('address') === undefined) c.problem(f.path('address'), 'required: "host:port", "[v6]:port" or "unix:/path"');
+      text = f.string('address');
+      tls = f.bool('tls') ?? false;
+      f.done();
+    } else {
+      c.problem(at, `expected "host:port", "[v6]:port", "unix:/path" or { address, tls }, got ${show(item)}`);
+    }
+    if (text === undefined) return;
     const addr = parseListenAddress(text, stateDir);
-    if (typeof addr === 'string') c.problem(at, addr);
-    else out.push(addr);
+    if (typeof addr === 'string') c.problem(typeof item === 'string' ? at : [...at, 'address'], addr);
+    else if (tls && addr.kind === 'unix') c.problem([...at, 'tls'], 'TLS listeners take "host:port" or "[v6]:port", not a unix socket');
+    else out.push(addr.kind === 'tcp' ? { ...addr, tls } : addr);
   });
   return out;
 }

@@ -1,34 +1,67 @@
 /**
- * A Store put together from one repository per part of the interface. Every backend supplies the same
- * four parts plus its own open, close and schema version, so the long list of Store methods is written
- * once here, not once per backend.
+ * The Store over one backend's connection (database.ts): the repositories (./repositories/) written once
+ * for every backend, and the open, close and schema version they share. A backend only says how to
+ * connect (sqlite.ts, postgres.ts), so the long list of Store methods is written once here.
  */
-import type { AppStore, AuditStore, DeployStore, Store, TaskStore } from './store.ts';
+import type { Logger } from '../lib/logger.ts';
+import type { StoreDatabase } from './database.ts';
+import { loadMigrations, migrate, SCHEMA_VERSION_SQL, type MigrationPolicy } from './migrations.ts';
+import type { Store } from './store.ts';
+import { Acme } from './repositories/acme.ts';
+import { Apps } from './repositories/apps.ts';
+import { Audit } from './repositories/audit.ts';
+import { Deploys } from './repositories/deploys.ts';
+import { TaskRuns } from './repositories/task-runs.ts';
 
-/** A backend's repositories. The retention delete of deploys belongs to the deploys, not the task runs. */
-export interface StoreParts {
-  apps: AppStore;
-  deploys: DeployStore & Pick<TaskStore, 'deleteDeploysBefore'>;
-  audit: AuditStore;
-  taskRuns: Omit<TaskStore, 'deleteDeploysBefore'>;
+/** How a store brings its schema in line when it opens; every backend takes the same. */
+export interface MigrationOptions {
+  migrations: MigrationPolicy;
+  /** Drop every table before migrating (development only). */
+  resetState: boolean;
+  logger: Logger;
+  /** Where the NNN-name.sql files are; defaults to the ones that ship with this build (tests point elsewhere). */
+  migrationsDir?: string;
 }
 
-export abstract class ComposedStore implements Store {
-  #apps: StoreParts['apps'];
-  #deploys: StoreParts['deploys'];
-  #audit: StoreParts['audit'];
-  #taskRuns: StoreParts['taskRuns'];
+export class ComposedStore implements Store {
+  #db: StoreDatabase;
+  #opts: MigrationOptions;
+  #apps: Apps;
+  #deploys: Deploys;
+  #audit: Audit;
+  #taskRuns: TaskRuns;
+  #acme: Acme;
 
-  constructor(parts: StoreParts) {
-    this.#apps = parts.apps;
-    this.#deploys = parts.deploys;
-    this.#audit = parts.audit;
-    this.#taskRuns = parts.taskRuns;
+  constructor(db: StoreDatabase, opts: MigrationOptions) {
+    this.#db = db;
+    this.#opts = opts;
+    this.#apps = new Apps(db);
+    this.#deploys = new Deploys(db);
+    this.#audit = new Audit(db);
+    this.#taskRuns = new TaskRuns(db);
+    this.#acme = new Acme(db);
   }
 
-  abstract open(): Promise<void>;
-  abstract close(): Promise<void>;
-  abstract schemaVersion(): Promise<number>;
+  /**
+   * Connects, optionally drops every table (`resetState`), then brings the schema in line with
+   * `migrations` (for PostgreSQL under the migration lock, so gateways starting together take turns).
+   * Throws BERTH_E_STORE, and leaves the store closed, when the database cannot be opened or reached, a
+   * migration fails, or `none` finds the schema missing or behind.
+   */
+  async open(): Promise<void> {
+    const { migrations: policy, resetState, logger } = this.#opts;
+    const migrations = await loadMigrations(this.#opts.migrationsDir ?? this.#db.migrationsDir);
+    await this.#db.open((schema) => migrate(schema, migrations, { policy, resetState, logger }));
+    logger.info({ ...this.#db.logged, migrations: policy, schemaVersion: await this.schemaVersion() }, 'store opened');
+  }
+
+  async close(): Promise<void> {
+    if (await this.#db.close()) this.#opts.logger.info({ ...this.#db.logged }, 'store closed');
+  }
+
+  async schemaVersion(): Promise<number> {
+    return Number(await this.#db.get('read schema version', SCHEMA_VERSION_SQL, [], (row) => row.version));
+  }
 
   // Each method takes the interface's own parameters, so its signature and JSDoc live in store.ts alone.
 
@@ -64,4 +97,11 @@ export abstract class ComposedStore implements Store {
   listTaskRuns(...a: Parameters<Store['listTaskRuns']>) { return this.#taskRuns.listTaskRuns(...a); }
   interruptTaskRuns(...a: Parameters<Store['interruptTaskRuns']>) { return this.#taskRuns.interruptTaskRuns(...a); }
   deleteTaskRunsBefore(...a: Parameters<Store['deleteTaskRunsBefore']>) { return this.#taskRuns.deleteTaskRunsBefore(...a); }
+
+  getAcmeAccount(...a: Parameters<Store['getAcmeAccount']>) { return this.#acme.getAcmeAccount(...a); }
+  saveAcmeAccount(...a: Parameters<Store['saveAcmeAccount']>) { return this.#acme.saveAcmeAccount(...a); }
+  getCertificate(...a: Parameters<Store['getCertificate']>) { return this.#acme.getCertificate(...a); }
+  saveCertificate(...a: Parameters<Store['saveCertificate']>) { return this.#acme.saveCertificate(...a); }
+  listCertificates(...a: Parameters<Store['listCertificates']>) { return this.#acme.listCertificates(...a); }
+  deleteCertificate(...a: Parameters<Store['deleteCertificate']>) { return this.#acme.deleteCertificate(...a); }
 }

@@ -1,8 +1,10 @@
 /**
  * Schema migrations, the same rules for every backend: numbered, additive SQL files (`NNN-name.sql` in
- * ./migrations), recorded in `schema_migrations(version, name, applied_at)`, and applied according to
- * the config's `migrations` (upgrade | none | model) and `reset_state`. A backend supplies a
- * `SchemaDriver`: how to run a file in a transaction, and what is recorded already.
+ * ./migrations for SQLite, ./migrations-postgres for PostgreSQL: one file per version in each, the same
+ * numbers and names, each in its own dialect), recorded in `schema_migrations(version, name,
+ * applied_at)`, and applied according to the config's `migrations` (upgrade | none | model) and
+ * `reset_state`. A backend supplies a `SchemaDriver`: how to run a file in a transaction, and what is
+ * recorded already.
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -10,8 +12,13 @@ import { fileURLToPath } from 'node:url';
 import type { Logger } from '../lib/logger.ts';
 import { BerthError, ErrorCodes, errorMessage } from '../lib/errors.ts';
 
-/** The migrations that ship with this build. */
+/** The migrations that ship with this build, SQLite's dialect. */
 export const MIGRATIONS_DIR = fileURLToPath(new URL('./migrations/', import.meta.url));
+/** The same versions in PostgreSQL's dialect (types, identity columns, COLLATE "C" for SQLite's byte order). */
+export const POSTGRES_MIGRATIONS_DIR = fileURLToPath(new URL('./migrations-postgres/', import.meta.url));
+
+/** The schema version after migrations: the highest recorded, 0 for none. Plain SQL for every backend. */
+export const SCHEMA_VERSION_SQL = 'SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations';
 
 const MIGRATION_FILE_RE = /^(\d+)-([A-Za-z0-9_-]+)\.sql$/;
 
@@ -129,4 +136,9 @@ async function checkCurrent(driver: SchemaDriver, migrations: Migration[]): Prom
 async function dropAll(driver: SchemaDriver, log: Logger, reason: string): Promise<void> {
   const tables = await driver.dropAll();
   log.warn({ path: driver.name, reason, tables }, 'store state dropped');
+}
+
+/** A table or view name, quoted for a DROP (SQLite and PostgreSQL quote identifiers alike). */
+export function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
 }

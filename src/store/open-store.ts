@@ -5,6 +5,7 @@ import type { Logger } from '../lib/logger.ts';
 import { BerthError, ErrorCodes, errorMessage } from '../lib/errors.ts';
 import type { Store } from './store.ts';
 import { SqliteStore } from './sqlite.ts';
+import { PostgresStore } from './postgres.ts';
 
 /** The SQLite file inside the state dir when `database` is null. */
 export const SQLITE_FILE = 'berth.db';
@@ -14,15 +15,15 @@ export const STORE_FILE_MODE = 0o600;
 
 /**
  * Opens the state store the config names, with its migrations applied: SQLite at
- * `<stateDir>/berth.db` when `database` is null. Throws BERTH_E_STORE when the store cannot be opened,
- * and for a PostgreSQL URL, which this build cannot serve yet.
+ * `<stateDir>/berth.db` when `database` is null, else PostgreSQL at the `postgres://` URL. Throws
+ * BERTH_E_STORE when the store cannot be opened; for PostgreSQL the message names the URL without its
+ * password and says why (unreachable, login refused...).
  */
 export async function openStore(config: BerthConfig, logger: Logger): Promise<Store> {
   if (config.database !== null) {
-    throw new BerthError(
-      ErrorCodes.store,
-      `database is set to ${redactUrl(config.database)}, but the PostgreSQL store is not available in this build; set database: null to use SQLite at <state_dir>/${SQLITE_FILE}`,
-    );
+    const store = new PostgresStore({ url: config.database, migrations: config.migrations, resetState: config.resetState, logger });
+    await store.open();
+    return store;
   }
   const path = join(config.stateDir, SQLITE_FILE);
   try {
@@ -59,16 +60,5 @@ async function privateFiles(path: string): Promise<void> {
     await chmod(path + suffix, STORE_FILE_MODE).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'ENOENT') throw err;
     });
-  }
-}
-
-/** A database URL without its password, fit for an error message. */
-function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '"<unparseable URL>"';
   }
 }

@@ -13,6 +13,8 @@ import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import { redactNullable, redactText } from '../lib/redact.ts';
 import { MODES, type Mode } from '../config/schema.ts';
 import type {
+  AcmeAccountRecord,
+  AcmeCertificateRecord,
   AppState,
   AuditChannel,
   AuditFilter,
@@ -100,6 +102,9 @@ function lines(field: string, absentWhenNull = false): Codec {
   };
 }
 
+/** A flag kept as 0/1 (SQLite has no boolean; PostgreSQL may hand back a boolean). */
+const flag: Codec = { write: (v) => (v ? 1 : 0), read: (v) => v === true || Number(v) === 1 };
+
 // ---- tables ---------------------------------------------------------------------------------------
 
 /** Apps are written column by column (the active release, the mode), so this table is only read whole. */
@@ -142,6 +147,16 @@ export const TASK_RUNS = new Table<TaskRunRecord>('task_runs', {
   command: ['command', textOrNull], releaseId: ['release_id', textOrNull], user: ['user_name', textOrNull],
   startedAt: ['started_at', text], finishedAt: ['finished_at', textOrNull], exitCode: ['exit_code', integerOrNull],
   durationMs: ['duration_ms', integerOrNull], output: ['output', textOrEmpty], error: ['error', textOrNull],
+});
+
+export const ACME_ACCOUNTS = new Table<AcmeAccountRecord>('acme_accounts', {
+  directory: ['directory', text], email: ['email', textOrNull], keyPem: ['key_pem', text], url: ['url', textOrNull],
+  createdAt: ['created_at', text], updatedAt: ['updated_at', text],
+});
+
+export const ACME_CERTIFICATES = new Table<AcmeCertificateRecord>('acme_certificates', {
+  host: ['host', text], directory: ['directory', text], certificatePem: ['certificate_pem', text], keyPem: ['key_pem', text],
+  notBefore: ['not_before', text], notAfter: ['not_after', text], onDemand: ['on_demand', flag], issuedAt: ['issued_at', text],
 });
 
 // ---- apps and releases ----------------------------------------------------------------------------
@@ -307,6 +322,65 @@ function checkTaskRunFinish(f: Pick<TaskRunRecord, 'state' | 'exitCode' | 'durat
     throw badRequest(`task run duration must be a non-negative whole number of ms or null, got ${f.durationMs}`);
   }
   if (typeof f.output !== 'string') throw badRequest('task run output must be a string');
+}
+
+// ---- ACME accounts and certificates ------------------------------------------------------------------
+// A message here names the field that is wrong, never its value: the value may be a private key.
+
+const HOST_LABEL = '[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?';
+const HOST_RE = new RegExp(`^${HOST_LABEL}(?:\\.${HOST_LABEL})*$`);
+const PEM_KEY_RE = /-----BEGIN (?:EC |RSA )?PRIVATE KEY-----[\s\S]+-----END (?:EC |RSA )?PRIVATE KEY-----/;
+const PEM_CERTIFICATE_RE = /-----BEGIN CERTIFICATE-----[\s\S]+-----END CERTIFICATE-----/;
+
+/** Throws BERTH_E_BAD_REQUEST unless `host` is a lower-case DNS name without a trailing dot. */
+export function checkCertificateHost(host: string): void {
+  if (typeof host !== 'string' || host.length > 253 || !HOST_RE.test(host)) throw badRequest(`certificate host must be a lower-case DNS name, got "${String(host).slice(0, 260)}"`);
+}
+
+/** The values `saveAcmeAccount` writes. Throws BERTH_E_BAD_REQUEST for a bad directory, email, key or time. */
+export function acmeAccountValues(account: AcmeAccountRecord): SqlValue[] {
+  checkDirectory(account.directory);
+  if (account.email !== null && !(typeof account.email === 'string' && /^[^\s@]+@[^\s@]+$/.test(account.email))) throw badRequest('ACME account email must be an address (name@domain) or null');
+  checkPem(account.keyPem, PEM_KEY_RE, 'ACME account key must be a PEM private key');
+  if (account.url !== null && !isHttpUrl(account.url)) throw badRequest('ACME account url must be an http(s) URL or null');
+  checkTime(account.createdAt, 'ACME account createdAt');
+  checkTime(account.updatedAt, 'ACME account updatedAt');
+  return ACME_ACCOUNTS.values(account);
+}
+
+/** The values `saveCertificate` writes. Throws BERTH_E_BAD_REQUEST for a bad host, directory, PEM or time. */
+export function acmeCertificateValues(c: AcmeCertificateRecord): SqlValue[] {
+  checkCertificateHost(c.host);
+  checkDirectory(c.directory);
+  checkPem(c.certificatePem, PEM_CERTIFICATE_RE, `certificate of ${c.host} must be PEM certificates`);
+  checkPem(c.keyPem, PEM_KEY_RE, `key of ${c.host} must be a PEM private key`);
+  checkTime(c.notBefore, 'certificate notBefore');
+  checkTime(c.notAfter, 'certificate notAfter');
+  checkTime(c.issuedAt, 'certificate issuedAt');
+  if (typeof c.onDemand !== 'boolean') throw badRequest('certificate onDemand must be true or false');
+  return ACME_CERTIFICATES.values(c);
+}
+
+function checkDirectory(directory: string): void {
+  if (!isHttpUrl(directory)) throw badRequest('ACME directory must be an http(s) URL');
+}
+
+function isHttpUrl(value: unknown): boolean {
+  if (typeof value !== 'string') return false;
+  try {
+    const u = new URL(value);
+    return u.protocol === 'https:' || u.protocol === 'http:';
+  } catch {
+    return false;
+  }
+}
+
+function checkPem(value: unknown, re: RegExp, message: string): void {
+  if (typeof value !== 'string' || !re.test(value)) throw badRequest(message);
+}
+
+function checkTime(value: unknown, field: string): void {
+  if (typeof value !== 'string' || Number.isNaN(Date.parse(value))) throw badRequest(`${field} must be an ISO time`);
 }
 
 // ---- shared pieces --------------------------------------------------------------------------------

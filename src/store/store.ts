@@ -1,7 +1,7 @@
 /**
- * The state store: what berth must remember across restarts. SQLite (node:sqlite) is the embedded
- * default; PostgreSQL comes later for fleets, so this interface stays narrow and every method is async
- * even though SQLite answers synchronously.
+ * The state store: what berth must remember across restarts. SQLite (node:sqlite, sqlite.ts) is the
+ * embedded default; PostgreSQL (postgres.ts) serves a fleet of gateways on one database. Both implement
+ * this narrow interface, every method async even though SQLite answers synchronously.
  */
 import type { Mode } from '../config/schema.ts';
 
@@ -39,7 +39,7 @@ export interface ReleaseRecord {
 /** A release as written by `putRelease`: `prunedAt` may be left out (it is then null). */
 export type ReleaseInput = Omit<ReleaseRecord, 'prunedAt'> & { prunedAt?: string | null };
 
-export interface Store extends AppStore, DeployStore, AuditStore, TaskStore {
+export interface Store extends AppStore, DeployStore, AuditStore, TaskStore, AcmeStore {
   /** Opens the database and runs migrations according to `migrations`. */
   open(): Promise<void>;
   close(): Promise<void>;
@@ -232,4 +232,48 @@ export interface TaskStore {
   deleteTaskRunsBefore(before: string): Promise<number>;
   /** Deletes finished deploys (and their events) created before `before` (ISO); returns how many. */
   deleteDeploysBefore(before: string): Promise<number>;
+}
+
+// ---- ACME accounts and certificates (migration 006) -------------------------------------------------
+/** The account berth holds at one ACME directory. `keyPem` is private: never logged, never in an error. */
+export interface AcmeAccountRecord {
+  /** The directory URL: an account belongs to one CA. */
+  directory: string;
+  email: string | null;
+  /** The account key, PEM (PKCS#8 or SEC1). */
+  keyPem: string;
+  /** The account URL the CA gave; null until it answered. */
+  url: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** A certificate obtained by ACME for one host. `keyPem` is private: never logged, never in an error. */
+export interface AcmeCertificateRecord {
+  /** Lower-case host name, without a trailing dot. */
+  host: string;
+  /** The directory that issued it. */
+  directory: string;
+  /** The leaf followed by its chain, PEM. */
+  certificatePem: string;
+  keyPem: string;
+  /** ISO 8601, from the certificate. */
+  notBefore: string;
+  notAfter: string;
+  /** Obtained at a handshake (on-demand TLS) rather than for a configured host. */
+  onDemand: boolean;
+  issuedAt: string;
+}
+
+export interface AcmeStore {
+  getAcmeAccount(directory: string): Promise<AcmeAccountRecord | null>;
+  /** Inserts or replaces the account of `account.directory` (createdAt is kept from the first write). */
+  saveAcmeAccount(account: AcmeAccountRecord): Promise<void>;
+  getCertificate(host: string): Promise<AcmeCertificateRecord | null>;
+  /** Inserts or replaces the certificate of `certificate.host`. */
+  saveCertificate(certificate: AcmeCertificateRecord): Promise<void>;
+  /** By host name. */
+  listCertificates(): Promise<AcmeCertificateRecord[]>;
+  /** Returns whether there was one. */
+  deleteCertificate(host: string): Promise<boolean>;
 }

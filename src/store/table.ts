@@ -26,6 +26,8 @@ export class Table<R extends object> {
   readonly columns: readonly string[];
   /** `SELECT <every column> FROM <table>`, to add a WHERE and an ORDER BY to. */
   readonly select: string;
+  /** The generated column (an identity id) a backend hands back from an insert; null when there is none. */
+  readonly generated: string | null;
   #fields: [key: string, field: Field][];
 
   constructor(name: string, fields: { [K in keyof R]-?: Field }) {
@@ -33,6 +35,7 @@ export class Table<R extends object> {
     this.#fields = Object.entries(fields) as [string, Field][];
     this.select = `SELECT ${this.#fields.map(([, [column]]) => column).join(', ')} FROM ${name}`;
     this.columns = this.#fields.filter(([, [, , generated]]) => !generated).map(([, [column]]) => column);
+    this.generated = this.#fields.find(([, [, , generated]]) => generated)?.[1][0] ?? null;
   }
 
   /** The values of a record's written columns, in `columns` order. */

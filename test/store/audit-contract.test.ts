@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BerthError } from '../../src/lib/errors.ts';
 import type { AuditRecord } from '../../src/store/store.ts';
-import { BACKENDS, openFresh, type Backend } from './backends.ts';
+import { forEachBackend, openFresh, type Backend } from './backends.ts';
 
 function row(over: Partial<Omit<AuditRecord, 'id'>> = {}): Omit<AuditRecord, 'id'> {
   return { at: '2026-11-22T10:00:00.000Z', user: 'alice', channel: 'tcp', action: 'deploy', app: 'shop', target: null, outcome: 'pending', detail: null, finishedAt: null, ...over };
@@ -53,4 +53,4 @@ function auditContract(backend: Backend): void {
   });
 }
 
-for (const backend of BACKENDS) auditContract(backend);
+forEachBackend(auditContract);

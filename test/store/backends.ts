@@ -1,17 +1,23 @@
 /**
- * The store backends every contract suite in this folder runs against: one factory per backend. Today
- * that is SQLite alone; the PostgreSQL store adds its entry here, and every suite then runs on both.
- * A test that only one backend could pass (it opens the database file, reads SQLite's catalogue, or
- * matches SQLite's own error text) does not belong in a contract suite: see sqlite-only.test.ts.
+ * The store backends every contract suite in this folder runs against: one factory per backend, SQLite
+ * and PostgreSQL, and every suite runs on both (`forEachBackend`). A test that only one backend could
+ * pass (it opens the database file, reads SQLite's catalogue, or matches SQLite's own error text) does
+ * not belong in a contract suite: see sqlite-only.test.ts.
+ *
+ * PostgreSQL runs on a throwaway server per test file (../helpers/postgres.ts) with a database per test.
+ * Where the server is not installed its suites are skipped with the reason shown, except under CI=true.
  */
+import { describe } from 'node:test';
 import type { TestContext } from 'node:test';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../../src/lib/logger.ts';
-import type { MigrationPolicy } from '../../src/store/migrations.ts';
+import { MIGRATIONS_DIR, POSTGRES_MIGRATIONS_DIR, type MigrationPolicy } from '../../src/store/migrations.ts';
+import { PostgresStore } from '../../src/store/postgres.ts';
 import { SqliteStore } from '../../src/store/sqlite.ts';
 import type { Store } from '../../src/store/store.ts';
+import { freshDatabase, POSTGRES_SKIP } from '../helpers/postgres.ts';
 
 /** How a test may vary a store from the defaults (migrations: upgrade, no reset, the shipped files). */
 export interface StoreOptions {
@@ -29,12 +35,17 @@ export interface Database {
 
 export interface Backend {
   name: string;
+  /** Why this backend's suites are skipped here, or undefined. */
+  skip?: string;
+  /** The migration files this build ships in the backend's dialect. */
+  shippedMigrations: string;
   /** A fresh, empty database, removed when `t` ends. */
   database(t: TestContext): Promise<Database>;
 }
 
 const sqlite: Backend = {
   name: 'sqlite',
+  shippedMigrations: MIGRATIONS_DIR,
   async database(t) {
     const dir = await mkdtemp(join(tmpdir(), 'berth-store-'));
     const stores: Store[] = [];
@@ -53,7 +64,32 @@ const sqlite: Backend = {
   },
 };
 
-export const BACKENDS: readonly Backend[] = [sqlite];
+const postgres: Backend = {
+  name: 'postgres',
+  skip: POSTGRES_SKIP,
+  shippedMigrations: POSTGRES_MIGRATIONS_DIR,
+  async database(t) {
+    const stores: Store[] = [];
+    // The stores close before the database is dropped.
+    const url = await freshDatabase(t, async () => {
+      for (const store of stores) await store.close();
+    });
+    return {
+      store(opts = {}) {
+        const store = new PostgresStore({ url, migrations: 'upgrade', resetState: false, logger: silentLogger(), ...opts });
+        stores.push(store);
+        return store;
+      },
+    };
+  },
+};
+
+export const BACKENDS: readonly Backend[] = [sqlite, postgres];
+
+/** Declares `suite`'s tests once per backend, each backend's under its own name, skipped with the reason where it cannot run. */
+export function forEachBackend(suite: (backend: Backend) => void): void {
+  for (const backend of BACKENDS) describe(backend.name, { skip: backend.skip }, () => suite(backend));
+}
 
 /** `backend`'s store with the shipped migrations, opened on a fresh database; both go when `t` ends. */
 export async function openFresh(backend: Backend, t: TestContext): Promise<Store> {

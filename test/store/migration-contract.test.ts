@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { BerthError, ErrorCodes } from '../../src/lib/errors.ts';
 import type { DeployRecord } from '../../src/store/store.ts';
 import { tempDir } from '../helpers/gateway.ts';
-import { BACKENDS, type Backend } from './backends.ts';
+import { forEachBackend, type Backend } from './backends.ts';
 import { SHIPPED_VERSIONS, migrationsDir } from './migration-files.ts';
 
 const LATEST = SHIPPED_VERSIONS.at(-1)!;
@@ -31,9 +31,9 @@ function deploy(id: string): DeployRecord {
   };
 }
 
-/** A migrations dir of the shipped files (up to `upTo`) and `extra`, in a temp dir of the test. */
-async function files(t: TestContext, extra: Record<string, string> = {}, upTo?: number): Promise<string> {
-  return migrationsDir(await tempDir(t, 'berth-migrations-'), 'migrations', extra, upTo);
+/** A migrations dir of the backend's shipped files (up to `upTo`) and `extra`, in a temp dir of the test. */
+async function files(t: TestContext, backend: Backend, extra: Record<string, string> = {}, upTo?: number): Promise<string> {
+  return migrationsDir(await tempDir(t, 'berth-migrations-'), 'migrations', extra, upTo, backend.shippedMigrations);
 }
 
 function migrationContract(backend: Backend): void {
@@ -65,7 +65,7 @@ function migrationContract(backend: Backend): void {
     assert.equal((await none.getAppState('shop'))?.activeRelease, 'r1');
     await none.close();
 
-    const newer = await files(t, { '900-future.sql': 'CREATE TABLE future_things (id TEXT PRIMARY KEY, app TEXT NOT NULL);' });
+    const newer = await files(t, backend, { '900-future.sql': 'CREATE TABLE future_things (id TEXT PRIMARY KEY, app TEXT NOT NULL);' });
     await assert.rejects(db.store({ migrations: 'none', migrationsDir: newer }).open(), (err: unknown) => {
       storeError(/behind.*missing migrations 900-future/)(err);
       assert.deepEqual((err as BerthError).details?.missing, [900]);
@@ -77,7 +77,7 @@ function migrationContract(backend: Backend): void {
 
     // A database the previous build (001 only) left is behind this one.
     const old = await backend.database(t);
-    const v1 = old.store({ migrationsDir: await files(t, {}, 1) });
+    const v1 = old.store({ migrationsDir: await files(t, backend, {}, 1) });
     await v1.open();
     await v1.close();
     await assert.rejects(old.store({ migrations: 'none' }).open(), (err: unknown) => {
@@ -89,14 +89,14 @@ function migrationContract(backend: Backend): void {
 
   test(`${name}: upgrade applies only the missing migrations, in order, and keeps the data`, async (t) => {
     const db = await backend.database(t);
-    const v1 = db.store({ migrationsDir: await files(t, {}, 1) });
+    const v1 = db.store({ migrationsDir: await files(t, backend, {}, 1) });
     await v1.open();
     assert.equal(await v1.schemaVersion(), 1);
     await v1.setActiveRelease('shop', 'r1');
     await v1.setMode('shop', 'maintenance', 'x', 1);
     await v1.close();
 
-    const newer = await files(t, {
+    const newer = await files(t, backend, {
       '010-notes.sql': 'CREATE TABLE notes (id INTEGER PRIMARY KEY, action TEXT NOT NULL);\nALTER TABLE apps ADD COLUMN node TEXT;',
     });
     const second = db.store({ migrationsDir: newer });
@@ -119,7 +119,7 @@ function migrationContract(backend: Backend): void {
 
   test(`${name}: a schema a newer gateway migrated (unknown versions, tables and columns) still serves an older one`, async (t) => {
     const db = await backend.database(t);
-    const future = await files(t, {
+    const future = await files(t, backend, {
       '099-future.sql': `CREATE TABLE nodes (id TEXT PRIMARY KEY);
         ALTER TABLE apps ADD COLUMN desired_generation INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE releases ADD COLUMN size_bytes INTEGER;`,
@@ -143,7 +143,7 @@ function migrationContract(backend: Backend): void {
 
   test(`${name}: reset_state drops every table, including ones this build does not know, then migrates afresh`, async (t) => {
     const db = await backend.database(t);
-    const leftovers = await files(t, {
+    const leftovers = await files(t, backend, {
       '900-leftovers.sql': `CREATE TABLE leftovers (x TEXT PRIMARY KEY);
         CREATE TABLE child (id INTEGER PRIMARY KEY, x TEXT REFERENCES leftovers (x));
         CREATE VIEW v AS SELECT app FROM apps;`,
@@ -176,7 +176,7 @@ function migrationContract(backend: Backend): void {
 
   test(`${name}: migrations "model" builds the current schema from scratch, on old state or none`, async (t) => {
     const db = await backend.database(t);
-    const stale = db.store({ migrationsDir: await files(t, { '050-stale.sql': 'CREATE TABLE stale (x TEXT);' }) });
+    const stale = db.store({ migrationsDir: await files(t, backend, { '050-stale.sql': 'CREATE TABLE stale (x TEXT);' }) });
     await stale.open();
     await stale.setActiveRelease('shop', 'r1');
     await stale.close();
@@ -194,7 +194,7 @@ function migrationContract(backend: Backend): void {
 
   test(`${name}: a failing migration rolls back entirely, names its file, and leaves the store closed`, async (t) => {
     const db = await backend.database(t);
-    const broken = await files(t, { '900-broken.sql': 'CREATE TABLE half (x TEXT);\nINSERT INTO nope VALUES (1);' });
+    const broken = await files(t, backend, { '900-broken.sql': 'CREATE TABLE half (x TEXT);\nINSERT INTO nope VALUES (1);' });
     const store = db.store({ migrationsDir: broken });
     await assert.rejects(store.open(), storeError(/migration 900-broken\.sql failed: .*nope/));
     await assert.rejects(store.listAppStates(), storeError());
@@ -203,7 +203,7 @@ function migrationContract(backend: Backend): void {
     await shipped.open();
     assert.equal(await shipped.schemaVersion(), LATEST);
     await shipped.close();
-    const half = db.store({ migrationsDir: await files(t, { '900-half.sql': 'CREATE TABLE half (x TEXT);' }) });
+    const half = db.store({ migrationsDir: await files(t, backend, { '900-half.sql': 'CREATE TABLE half (x TEXT);' }) });
     await half.open();
     assert.equal(await half.schemaVersion(), 900);
 
@@ -216,13 +216,13 @@ function migrationContract(backend: Backend): void {
   test(`${name}: bad migration files are refused by name`, async (t) => {
     const db = await backend.database(t);
     const dir = await tempDir(t, 'berth-migrations-');
-    const badName = await migrationsDir(dir, 'bad-name', { 'add-stuff.sql': 'SELECT 1;' });
+    const badName = await migrationsDir(dir, 'bad-name', { 'add-stuff.sql': 'SELECT 1;' }, Infinity, backend.shippedMigrations);
     await assert.rejects(db.store({ migrationsDir: badName }).open(), storeError(/add-stuff\.sql is not named NNN-name\.sql/));
-    const dup = await migrationsDir(dir, 'dup', { '900-a.sql': 'SELECT 1;', '900-b.sql': 'SELECT 1;' });
+    const dup = await migrationsDir(dir, 'dup', { '900-a.sql': 'SELECT 1;', '900-b.sql': 'SELECT 1;' }, Infinity, backend.shippedMigrations);
     await assert.rejects(db.store({ migrationsDir: dup }).open(), storeError(/900-[ab]\.sql and 900-[ab]\.sql have the same version 900/));
     await assert.rejects(db.store({ migrationsDir: join(dir, 'missing') }).open(), storeError(/cannot read migrations/));
     // Non-SQL files (a README) are ignored.
-    const readme = await migrationsDir(dir, 'readme', { 'README.md': '# notes' });
+    const readme = await migrationsDir(dir, 'readme', { 'README.md': '# notes' }, Infinity, backend.shippedMigrations);
     await db.store({ migrationsDir: readme }).open();
   });
 
@@ -240,4 +240,4 @@ function migrationContract(backend: Backend): void {
   });
 }
 
-for (const backend of BACKENDS) migrationContract(backend);
+forEachBackend(migrationContract);

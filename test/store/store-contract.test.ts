@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { BerthError } from '../../src/lib/errors.ts';
 import type { DeployEvent, DeployRecord, DeployState, ProcessRecord, ReleaseRecord, Store } from '../../src/store/store.ts';
 import type { Mode } from '../../src/config/schema.ts';
-import { BACKENDS, openFresh, type Backend } from './backends.ts';
+import { forEachBackend, openFresh, type Backend } from './backends.ts';
 
 function release(app: string, id: string, createdAt: string, over: Partial<ReleaseRecord> = {}): ReleaseRecord {
   return { app, id, createdAt, state: 'ready', source: `/src/${app}`, revision: `rev-${id}`, prunedAt: null, ...over };
@@ -117,6 +117,17 @@ function storeContract(backend: Backend): void {
     assert.equal(all[0].activeRelease, null);
     assert.equal(all[1].mode, 'normal');
     assert.equal(all[2].activeRelease, 'w1');
+  });
+
+  test(`${name}: names, ids and times sort byte by byte (upper case before lower, digits before letters), whatever the database's locale`, async (t) => {
+    const store = await fresh(t);
+    for (const app of ['beta', 'Zeta', 'alpha', '9lives']) await store.setActiveRelease(app, 'r1');
+    assert.deepEqual((await store.listAppStates()).map((s) => s.app), ['9lives', 'Zeta', 'alpha', 'beta']);
+    // One created_at for all: the id breaks the tie, newest (greatest) first.
+    for (const id of ['b-1', 'B-2', 'a-3', 'A-4']) await store.putRelease(release('shop', id, '2024-01-01T00:00:00.000Z'));
+    assert.deepEqual((await store.listReleases('shop')).map((r) => r.id), ['b-1', 'a-3', 'B-2', 'A-4']);
+    for (const id of ['dx', 'dX', 'D1']) await store.createDeploy(deploy(id));
+    assert.deepEqual((await store.listDeploys()).map((d) => d.id), ['dx', 'dX', 'D1']);
   });
 
   test(`${name}: putRelease and getRelease round-trip; a second put replaces the row`, async (t) => {
@@ -537,4 +548,4 @@ function storeContract(backend: Backend): void {
   });
 }
 
-for (const backend of BACKENDS) storeContract(backend);
+forEachBackend(storeContract);

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BerthError } from '../../src/lib/errors.ts';
 import type { DeployRecord, TaskRunRecord } from '../../src/store/store.ts';
-import { BACKENDS, openFresh, type Backend } from './backends.ts';
+import { forEachBackend, openFresh, type Backend } from './backends.ts';
 
 function run(id: string, over: Partial<TaskRunRecord> = {}): TaskRunRecord {
   return {
@@ -113,4 +113,4 @@ function taskContract(backend: Backend): void {
   });
 }
 
-for (const backend of BACKENDS) taskContract(backend);
+forEachBackend(taskContract);

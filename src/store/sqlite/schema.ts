@@ -1,8 +1,7 @@
 /** The SQLite side of the migration rules (src/store/migrations.ts), on the bare connection `open` makes. */
 import type { DatabaseSync } from 'node:sqlite';
-import type { Migration, SchemaDriver } from '../migrations.ts';
+import { quoteIdent, type Migration, type SchemaDriver } from '../migrations.ts';
 import type { Row } from '../table.ts';
-import { inTransaction } from './database.ts';
 
 export class SqliteSchema implements SchemaDriver {
   readonly name: string;
@@ -69,9 +68,15 @@ export class SqliteSchema implements SchemaDriver {
 const MIGRATIONS_TABLE_SQL =
   'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)';
 
-/** The schema version after migrations: the highest recorded, 0 for none. */
-export const SCHEMA_VERSION_SQL = 'SELECT COALESCE(MAX(version), 0) AS version FROM schema_migrations';
-
-function quoteIdent(name: string): string {
-  return `"${name.replaceAll('"', '""')}"`;
+/** Runs `fn` inside BEGIN IMMEDIATE … COMMIT, rolling back when it throws. */
+function inTransaction<T>(db: DatabaseSync, fn: () => T): T {
+  db.exec('BEGIN IMMEDIATE');
+  try {
+    const result = fn();
+    db.exec('COMMIT');
+    return result;
+  } catch (err) {
+    if (db.isTransaction) db.exec('ROLLBACK');
+    throw err;
+  }
 }

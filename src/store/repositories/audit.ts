@@ -1,15 +1,15 @@
-/** The audit log in SQLite (migration 003). */
+/** The audit log (migration 003), for every backend. */
 import type { AuditFilter, AuditOutcome, AuditRecord, AuditStore } from '../store.ts';
+import type { StoreDatabase } from '../database.ts';
 import { AUDIT, auditFilter, auditFinishDetail, auditNotFound, auditValues } from '../records.ts';
-import type { SqliteDatabase } from './database.ts';
 
 // A finish without detail keeps the detail written at the start.
-const FINISH_SQL = 'UPDATE audit SET outcome = ?, detail = COALESCE(?, detail), finished_at = ? WHERE id = ?';
+const FINISH_SQL = 'UPDATE audit SET outcome = $1, detail = COALESCE($2, detail), finished_at = $3 WHERE id = $4';
 
-export class SqliteAudit implements AuditStore {
-  #db: SqliteDatabase;
+export class Audit implements AuditStore {
+  #db: StoreDatabase;
 
-  constructor(db: SqliteDatabase) {
+  constructor(db: StoreDatabase) {
     this.#db = db;
   }
 
@@ -20,7 +20,7 @@ export class SqliteAudit implements AuditStore {
 
   async finishAudit(id: number, outcome: Exclude<AuditOutcome, 'pending'>, detail: string | null, finishedAt: string): Promise<void> {
     const finalDetail = auditFinishDetail(outcome, detail);
-    this.#db.change('finish audit row', FINISH_SQL, [outcome, finalDetail, finishedAt, id], () => auditNotFound(id));
+    await this.#db.change('finish audit row', FINISH_SQL, [outcome, finalDetail, finishedAt, id], () => auditNotFound(id));
   }
 
   /** Newest first (occurred_at, then id). */
@@ -29,6 +29,6 @@ export class SqliteAudit implements AuditStore {
   }
 
   async deleteAuditBefore(before: string): Promise<number> {
-    return this.#db.run('delete audit rows', (q) => Number(q('DELETE FROM audit WHERE occurred_at < ?').run(before).changes));
+    return this.#db.changes('delete audit rows', 'DELETE FROM audit WHERE occurred_at < $1', [before]);
   }
 }

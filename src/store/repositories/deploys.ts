@@ -1,5 +1,6 @@
-/** Deploys, their step events and the app process groups the gateway started, in SQLite (migration 002). */
-import type { DeployEvent, DeployRecord, DeployState, DeployStore, ProcessRecord } from '../store.ts';
+/** Deploys, their step events and the app process groups the gateway started (migration 002), for every backend. */
+import type { DeployEvent, DeployRecord, DeployState, DeployStore, ProcessRecord, TaskStore } from '../store.ts';
+import type { StoreDatabase } from '../database.ts';
 import {
   DEPLOY_EVENTS,
   DEPLOYS,
@@ -12,22 +13,21 @@ import {
   processValues,
   type DeployUpdate,
 } from '../records.ts';
-import type { SqliteDatabase } from './database.ts';
+import { upsert } from '../statements.ts';
 
-const RECORD_PROCESS_SQL = `INSERT INTO process_groups (${PROCESS_GROUPS.columns.join(', ')}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-  ON CONFLICT (pgid) DO UPDATE SET app = excluded.app, generation = excluded.generation, process = excluded.process,
-    instance_index = excluded.instance_index, gateway_pid = excluded.gateway_pid, started_at = excluded.started_at`;
+const RECORD_PROCESS_SQL = upsert(PROCESS_GROUPS.name, PROCESS_GROUPS.columns, ['pgid']);
 
-export class SqliteDeploys implements DeployStore {
-  #db: SqliteDatabase;
+/** Deploys, with the retention delete of deploys that the TaskStore part of the interface names. */
+export class Deploys implements DeployStore, Pick<TaskStore, 'deleteDeploysBefore'> {
+  #db: StoreDatabase;
 
-  constructor(db: SqliteDatabase) {
+  constructor(db: StoreDatabase) {
     this.#db = db;
   }
 
   /** Throws BERTH_E_CONFLICT when a deploy with this id is already recorded. */
   async createDeploy(deploy: DeployRecord): Promise<void> {
-    this.#db.insert('create deploy', DEPLOYS, deployValues(deploy), { duplicate: `deploy ${deploy.id} is already recorded` });
+    await this.#db.insert('create deploy', DEPLOYS, deployValues(deploy), { duplicate: `deploy ${deploy.id} is already recorded` });
   }
 
   /**
@@ -36,11 +36,11 @@ export class SqliteDeploys implements DeployStore {
    * BERTH_E_NOT_FOUND when the deploy was never recorded.
    */
   async updateDeploy(id: string, fields: DeployUpdate): Promise<void> {
-    this.#db.updateById('update deploy', DEPLOYS, id, deployChanges(fields), () => deployNotFound(id));
+    await this.#db.updateById('update deploy', DEPLOYS, id, deployChanges(fields), () => deployNotFound(id));
   }
 
   async getDeploy(id: string): Promise<DeployRecord | null> {
-    return this.#db.get('read deploy', `${DEPLOYS.select} WHERE id = ?`, [id], DEPLOYS.fromRow);
+    return this.#db.get('read deploy', `${DEPLOYS.select} WHERE id = $1`, [id], DEPLOYS.fromRow);
   }
 
   /** Newest first (created_at, then id). Throws BERTH_E_BAD_REQUEST for an unknown state or a limit below 1. */
@@ -54,7 +54,7 @@ export class SqliteDeploys implements DeployStore {
    * BERTH_E_NOT_FOUND when the deploy was never recorded, and BERTH_E_CONFLICT when the seq is taken.
    */
   async addDeployEvent(event: DeployEvent): Promise<void> {
-    this.#db.insert('add deploy event', DEPLOY_EVENTS, deployEventValues(event), {
+    await this.#db.insert('add deploy event', DEPLOY_EVENTS, deployEventValues(event), {
       missingParent: `deploy ${event.deployId} is not recorded`,
       duplicate: `deploy ${event.deployId} already has event ${event.seq}`,
     });
@@ -62,29 +62,26 @@ export class SqliteDeploys implements DeployStore {
 
   /** In seq order; empty for an unknown deploy. */
   async listDeployEvents(deployId: string): Promise<DeployEvent[]> {
-    const sql = `${DEPLOY_EVENTS.select} WHERE deploy_id = ? ORDER BY seq`;
-    return this.#db.all('list deploy events', sql, [deployId], DEPLOY_EVENTS.fromRow);
+    return this.#db.all('list deploy events', `${DEPLOY_EVENTS.select} WHERE deploy_id = $1 ORDER BY seq`, [deployId], DEPLOY_EVENTS.fromRow);
   }
 
   /** Deletes finished deploys created before `before`; their events go with them (ON DELETE CASCADE). */
   async deleteDeploysBefore(before: string): Promise<number> {
-    return this.#db.run('delete deploys', (q) => Number(q(`DELETE FROM deploys WHERE created_at < ? AND state <> 'running'`).run(before).changes));
+    return this.#db.changes('delete deploys', `DELETE FROM deploys WHERE created_at < $1 AND state <> 'running'`, [before]);
   }
 
   /** Inserts or replaces the row for `p.pgid`. Throws BERTH_E_BAD_REQUEST for a pgid below 2 or a bad pid/index. */
   async recordProcess(p: ProcessRecord): Promise<void> {
-    const values = processValues(p);
-    this.#db.run('record process', (q) => q(RECORD_PROCESS_SQL).run(...values));
+    await this.#db.changes('record process', RECORD_PROCESS_SQL, processValues(p));
   }
 
   /** Forgetting a pgid that is not recorded is not an error: the exit and the orphan sweep may both try. */
   async removeProcess(pgid: number): Promise<void> {
-    this.#db.run('remove process', (q) => q('DELETE FROM process_groups WHERE pgid = ?').run(pgid));
+    await this.#db.changes('remove process', 'DELETE FROM process_groups WHERE pgid = $1', [pgid]);
   }
 
   /** Oldest first (started_at, then pgid). */
   async listProcesses(): Promise<ProcessRecord[]> {
-    const sql = `${PROCESS_GROUPS.select} ORDER BY started_at, pgid`;
-    return this.#db.all('list processes', sql, [], PROCESS_GROUPS.fromRow);
+    return this.#db.all('list processes', `${PROCESS_GROUPS.select} ORDER BY started_at, pgid`, [], PROCESS_GROUPS.fromRow);
   }
 }
