@@ -16,6 +16,8 @@ import type { LoggerFactory, Logger } from './lib/logger.ts';
 import { BerthError, errorMessage, ErrorCodes } from './lib/errors.ts';
 import type { AuditChannel, DeployRecord, Store } from './store/store.ts';
 import type { LoadOptions } from './config/load.ts';
+import { GatewayCertificates } from './gateway/certificates.ts';
+import type { CertificateRow } from './tls/types.ts';
 import { openStore } from './store/open-store.ts';
 import { Supervisor } from './supervisor/supervisor.ts';
 import type { Generation, InstanceSnapshot, RestartInfo } from './supervisor/supervisor.ts';
@@ -81,6 +83,8 @@ export class Gateway implements DeployHost, Control {
   #onStopped: (() => void)[] = [];
   /** One gateway per state dir: held from the first step of start() to the last of stop(). */
   #lock: StateLock | null = null;
+  /** Certificates and ACME, when a listener is TLS. */
+  #certificates: GatewayCertificates | null = null;
 
   constructor(opts: GatewayOptions) {
     this.#config = opts.config;
@@ -97,7 +101,11 @@ export class Gateway implements DeployHost, Control {
     });
     this.audit = new Audit(() => this.#store, opts.loggers.get('api'));
     this.metrics = new Metrics(
-      { pools: () => this.#proxy.admissions(), instances: () => this.#supervisor.generations().flatMap((g) => g.instances) },
+      {
+        pools: () => this.#proxy.admissions(),
+        instances: () => this.#supervisor.generations().flatMap((g) => g.instances),
+        certificates: () => this.#certificates?.expiry() ?? [],
+      },
       opts.loggers.get('root'),
     );
     this.#proxy.setMetrics(this.metrics);
@@ -110,9 +118,11 @@ export class Gateway implements DeployHost, Control {
     const supervisor = this.#supervisor;
     this.#apps = new Apps({ live, loggers, supervisor, setTable, audit, appUser: this.#appUser });
     const controlListen = () => this.#api.tcpAddress()?.text ?? null;
-    this.#report = new StatusReport({ live, apps: this.#apps, supervisor, proxy: this.#proxy, audit, controlListen });
+    const certificates = () => this.certificates();
+    this.#report = new StatusReport({ live, apps: this.#apps, supervisor, proxy: this.#proxy, audit, controlListen, certificates });
     const loadOptions = opts.loadOptions ?? { configPath: opts.config.file, env: opts.config.environment ?? undefined };
-    this.#reload = new ConfigReload({ live, loadOptions, apps: this.#apps, supervisor, audit, loggers, useConfig: (next) => this.#useConfig(next) });
+    const prepare = async (next: BerthConfig) => this.#certificates?.configure(next);
+    this.#reload = new ConfigReload({ live, loadOptions, apps: this.#apps, supervisor, audit, loggers, prepare, useConfig: (next) => this.#useConfig(next) });
   }
 
   get state(): GatewayState {
@@ -179,8 +189,9 @@ export class Gateway implements DeployHost, Control {
       await finishInterruptedAudit(store, this.#loggers.get('api'));
       await reapOrphans(store, this.#log);
       this.#apps.rebuildTable();
+      this.#certificates = await GatewayCertificates.open(this.config, store, this.#loggers.get('tls'));
       this.metrics.start();
-      await this.#proxy.start();
+      await this.#proxy.start(this.#certificates?.frontDoor ?? null);
       await this.#api.start();
     } catch (err) {
       await this.#teardown();
@@ -225,6 +236,7 @@ export class Gateway implements DeployHost, Control {
     this.#proxy.setConfig(next);
     this.#healthFile.start(next.healthFile);
     this.#scheduler?.setConfig(next);
+    this.#certificates?.ensure(next);
   }
 
   // ---- DeployHost, SchedulerHost and Control: the apps, status and config reload answer ----------
@@ -243,6 +255,8 @@ export class Gateway implements DeployHost, Control {
   deploys = (name: string): Promise<DeployRecord[]> => this.#report.deploys(name);
   history = (filter: HistoryFilter): Promise<HistoryEntry[]> => this.#report.history(filter);
   routes = (): ReturnType<RoutingTable['describe']> => this.#report.routes();
+  /** Every certificate the TLS listeners serve (empty without one): `berth certs`. */
+  certificates = (): CertificateRow[] => this.#certificates?.describe() ?? [];
   /** Re-reads and applies the config (gateway/config-reload.ts); throws ConfigError and changes nothing when refused. */
   reloadConfig = (by: { user: string; channel: AuditChannel }): Promise<ConfigReloadResult> => this.#reload.reload(by);
   /** SIGHUP: reload the config; problems are logged (and audited), never thrown. */
@@ -287,6 +301,7 @@ export class Gateway implements DeployHost, Control {
     this.#apps.stopTriggers();
     await this.#deployer?.stop(0);
     await this.#proxy.stop(drainMs).catch(fail('proxy stop'));
+    await this.#certificates?.stop().catch(fail('certificates stop'));
     // Boots end quickly once the deployer is stopping (their commands are killed); never wait forever.
     await Promise.race([this.#apps.bootsSettled(), new Promise((r) => setTimeout(r, 10_000).unref())]);
     await this.#supervisor.stop().catch(fail('supervisor stop'));

@@ -9,6 +9,7 @@ import { start, START_USAGE } from './start.ts';
 import { check, CHECK_USAGE } from './cli/check.ts';
 import { status, STATUS_USAGE } from './cli/status.ts';
 import { routes, ROUTES_USAGE } from './cli/routes.ts';
+import { certs, CERTS_USAGE } from './cli/certs.ts';
 import { stop, STOP_USAGE } from './cli/stop.ts';
 import { deploy, DEPLOY_USAGE, rollback, ROLLBACK_USAGE, reload, RELOAD_USAGE } from './cli/deploy.ts';
 import { releases, RELEASES_USAGE } from './cli/releases.ts';
@@ -28,6 +29,7 @@ const VERBS: Record<string, { run: Verb; usage: string; summary: string }> = {
   check: { run: check, usage: CHECK_USAGE, summary: 'validate the config; print routes and DB budgets' },
   status: { run: status, usage: STATUS_USAGE, summary: 'apps, modes, releases and instances' },
   routes: { run: routes, usage: ROUTES_USAGE, summary: 'host, path, target and mode of every route' },
+  certs: { run: certs, usage: CERTS_USAGE, summary: 'each TLS host: certificate source, issuer, expiry, next renewal' },
   deploy: { run: deploy, usage: DEPLOY_USAGE, summary: 'deploy a new release with live progress; exit 0 when it serves' },
   rollback: { run: rollback, usage: ROLLBACK_USAGE, summary: 'go back to the previous good release (or the one named)' },
   reload: { run: reload, usage: RELOAD_USAGE, summary: 'restart the app on its active release with zero downtime' },

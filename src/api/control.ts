@@ -12,7 +12,7 @@ import type { HealthSource } from '../proxy/health-lane.ts';
 import type { ModeState, RoutingTable } from '../proxy/router.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import type { Audit } from './audit.ts';
-import type { AppStatus, ConfigReloadResult, DeployRecord, GatewayState, GatewayStatus, HistoryEntry, ReleaseList } from './wire.ts';
+import type { AppStatus, CertificateRow, ConfigReloadResult, DeployRecord, GatewayState, GatewayStatus, HistoryEntry, ReleaseList } from './wire.ts';
 
 /** The filters of `GET /v1/history` (`berth history`). */
 export interface HistoryFilter {
@@ -42,6 +42,8 @@ export interface Control {
   deploys(name: string): Promise<DeployRecord[]>;
   history(filter: HistoryFilter): Promise<HistoryEntry[]>;
   routes(): ReturnType<RoutingTable['describe']>;
+  /** Every certificate the TLS listeners serve, by name; empty without a TLS listener. */
+  certificates(): CertificateRow[];
   taskTarget(app: string): TaskTarget | undefined;
   setMode(app: string, mode: Mode, opts?: { message?: string | null; retryAfter?: number | null }, ctx?: { user: string }): Promise<ModeState>;
   reloadConfig(by: { user: string; channel: AuditChannel }): Promise<ConfigReloadResult>;

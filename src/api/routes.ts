@@ -96,6 +96,11 @@ export class ApiRoutes implements RouteTable {
       return { status: 200, body: { status: health.healthy ? 'ok' : 'unavailable', ...health } };
     });
     this.add('GET', '/v1/routes', (_p, _u, _b, _req, _res, ctx) => ({ status: 200, body: { routes: this.#gateway.routes().filter((r) => permits(ctx, r.app)) } }));
+    // Names and dates, never keys. A token limited to some apps sees only the certificates those apps configure.
+    this.add('GET', '/v1/certificates', (_p, _u, _b, _req, _res, ctx) => {
+      const rows = this.#gateway.certificates();
+      return { status: 200, body: { certificates: ctx.apps ? rows.filter((r) => /^apps\.[^.]+\./.test(r.source + '.') && permits(ctx, r.source.split('.')[1])) : rows } };
+    });
     this.add('POST', '/v1/apps/:app/deploys', (p, _u, body, _req, _res, ctx) => {
       const source = optionalString(body, 'source');
       return this.#deployResult(this.#gateway.deployer.begin(p.app, { kind: 'deploy', source, user: ctx.user }));

@@ -6,9 +6,13 @@
 import type { Mode } from '../config/schema.ts';
 import type { DeployRecord, ReleaseRecord } from '../store/store.ts';
 import type { Generation } from '../supervisor/supervisor.ts';
+import type { CertificateRow } from '../tls/types.ts';
 
 /** A deploy, rollback or reload as `GET /v1/apps/:app/deploys` and `GET /v1/deploys/:id` return it. */
 export type { DeployRecord, ReleaseRecord };
+
+/** One row of `GET /v1/certificates` and `berth certs`: a name and the certificate a handshake for it gets. */
+export type { CertificateRow };
 
 /** What a config reload did. */
 export interface ConfigReloadResult {
@@ -70,6 +74,8 @@ export interface GatewayStatus {
   control: string;
   /** The bound `control.listen` address, or null when the control API is on the socket only. */
   controlListen: string | null;
+  /** Certificates that failed to load, renew or be obtained (the previous one, if any, is served). */
+  certificateProblems: { host: string; source: string; error: string }[];
   apps: AppStatus[];
 }
 

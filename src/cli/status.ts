@@ -25,6 +25,8 @@ export async function status(args: string[]): Promise<number> {
   }
   const head = `berth ${s.version}  pid ${s.pid}  ${s.state}  up ${formatUptime(s.uptimeMs)}  listen ${s.listen.join(', ')}${s.environment ? `  env ${s.environment}` : ''}`;
   const lines = [head, ''];
+  for (const p of s.certificateProblems ?? []) lines.push(`! certificate for ${p.host} (${p.source}): ${p.error}`);
+  if (s.certificateProblems?.length) lines.push('');
   if (s.apps.length === 0) lines.push('no apps configured');
   for (const app of s.apps) lines.push(formatApp(app), '');
   process.stdout.write(lines.join('\n').trimEnd() + '\n');

@@ -119,7 +119,7 @@ export function checkApp(c: Checker, name: string, value: unknown, at: KeyPath, 
   const websockets = checkWebSockets(f.fields('websockets'));
   const maxReleaseBytes = f.size('max_release_size', 1) ?? DEFAULT_MAX_RELEASE_BYTES;
   const maxReleaseFiles = f.int('max_release_files', 1) ?? DEFAULT_MAX_RELEASE_FILES;
-  const tls = checkAppTls(c, f, dir, hosts);
+  const { certificates: tls, acme } = checkAppTls(c, f, dir, hosts);
   const httpsRedirect = f.bool('https_redirect') ?? false;
   const hsts = checkHsts(c, f);
   const canonicalHost = checkCanonicalHost(c, f, hosts);
@@ -155,6 +155,7 @@ export function checkApp(c: Checker, name: string, value: unknown, at: KeyPath, 
     maxReleaseBytes,
     maxReleaseFiles,
     tls,
+    acme,
     httpsRedirect,
     hsts,
     canonicalHost,

@@ -15,7 +15,7 @@ export function formatCheckReport(config: BerthConfig): string {
     `environment: ${config.environment ?? '(none)'}`,
     `state dir:   ${config.stateDir}`,
     `store:       ${describeStore(config)}`,
-    `listen:      ${config.listen.map((a) => a.text).join(', ')}`,
+    `listen:      ${config.listen.map((a) => (a.tls ? `${a.text} (tls)` : a.text)).join(', ')}`,
     `control:     ${config.control.socket}${config.control.listen ? `, tcp ${config.control.listen.text}` : ''}`,
   ];
   const apps = Object.values(config.apps);

@@ -90,6 +90,8 @@ export interface CertificateFiles {
 
 /** One `apps.<app>.tls` certificate. `hosts` empty: every host of the app. */
 export interface AppCertificate {
+  /** The key it was written at (`apps.shop.tls`, `apps.shop.tls.1`), for messages and `berth certs`. */
+  from: string;
   hosts: string[];
   files: CertificateFiles;
 }
@@ -100,6 +102,19 @@ export interface TlsConfig {
   directory: string | null;
   /** For clients without SNI and names nothing else serves; null: those handshakes are refused. */
   defaultCertificate: CertificateFiles | null;
+}
+
+/** The top-level `acme` block: how berth obtains certificates for apps with `tls: { acme: true }`. */
+export interface AcmeConfig {
+  /** The ACME directory URL (default Let's Encrypt production). */
+  directory: string;
+  email: string | null;
+  /** Absolute path of a PEM CA certificate trusted for the directory's HTTPS (a private CA); null: system roots. */
+  caRoot: string | null;
+  challenge: 'http-01' | 'tls-alpn-01';
+  /** On-demand TLS: a name is ordered at its first handshake only when GET <ask>?domain=<name> answers 200. */
+  ask: string | null;
+  onDemand: { perMinute: number; inFlight: number };
 }
 
 /** `apps.<app>.hsts`: the Strict-Transport-Security header sent on HTTPS responses. */
@@ -234,6 +249,8 @@ export interface AppConfig {
   maxReleaseFiles: number;
   /** The app's certificates, per host first; empty: the certificate directory or default serve it. */
   tls: AppCertificate[];
+  /** `tls: { acme: true }`: certificates for the app's hosts come from ACME (wildcards: on demand). */
+  acme: boolean;
   /** Plain-HTTP requests get a 308 to https (not ACME challenges, not the internal prefix). */
   httpsRedirect: boolean;
   hsts: HstsConfig | null;
@@ -292,6 +309,7 @@ export interface BerthConfig {
   defaultUser: string;
   /** In config file order. */
   tls: TlsConfig;
+  acme: AcmeConfig;
   apps: Record<string, AppConfig>;
 }
 
@@ -314,3 +332,7 @@ export const DEFAULT_CACHE_FLUSH_METHOD = 'PURGE';
 export const DEFAULT_CACHE_FLUSH_CONCURRENCY = 4;
 /** `apps.<app>.hsts.max_age` when not written: one year, as hstspreload.org asks. */
 export const DEFAULT_HSTS_MAX_AGE_S = 31_536_000;
+export const DEFAULT_ACME_DIRECTORY = 'https://acme-v02.api.letsencrypt.org/directory';
+/** On-demand orders started per minute, and names asked about or ordered at once. */
+export const DEFAULT_ON_DEMAND_PER_MINUTE = 10;
+export const DEFAULT_ON_DEMAND_IN_FLIGHT = 4;

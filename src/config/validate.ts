@@ -59,7 +59,7 @@ import {
 } from './schema.ts';
 import { Checker, Fields, isMapping, put, show, type ConfigIssue, type KeyPath } from './checker.ts';
 import { checkApp, checkOverlaps } from './app-checks.ts';
-import { checkTls, checkTlsTogether } from './tls-checks.ts';
+import { checkAcme, checkTls, checkTlsTogether } from './tls-checks.ts';
 
 /** The keys allowed at the top level of a config file (besides `environments`, which load.ts consumes). */
 export const TOP_LEVEL_KEYS = [
@@ -81,6 +81,7 @@ export const TOP_LEVEL_KEYS = [
   'public_details',
   'default_user',
   'tls',
+  'acme',
   'apps',
 ] as const;
 
@@ -140,8 +141,8 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
   }
   checkOverlaps(c, apps, explicitRoutes);
   const tls = checkTls(c, top.fields('tls'), dir);
-  checkTlsTogether(c, listen, tls, apps);
-  if (top.take('acme') !== undefined) c.problem(top.path('acme'), 'automatic certificates (ACME) are not built in this version: give certificate and key files (apps.<app>.tls or tls.directory)');
+  const acme = checkAcme(c, top.fields('acme'), dir);
+  checkTlsTogether(c, listen, tls, acme, apps);
   top.done();
 
   const config: BerthConfig = {
@@ -165,6 +166,7 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
     publicDetails,
     defaultUser,
     tls,
+    acme,
     apps,
   };
   return { config, issues: inDocumentOrder(c.issues, raw) };

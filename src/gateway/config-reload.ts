@@ -33,6 +33,11 @@ export interface ConfigReloadOptions {
   supervisor: Pick<Supervisor, 'generations' | 'stopGeneration'>;
   audit: AuditWriter;
   loggers: LoggerFactory;
+  /**
+   * What may still refuse the reload once the plan has no problems (the certificates: every new file
+   * read and checked). Throws ConfigError, having changed nothing; resolves having applied its part.
+   */
+  prepare(next: BerthConfig): Promise<void>;
   /** Makes `next` the config in effect for every component that reads it live. Must not throw. */
   useConfig(next: BerthConfig): void;
 }
@@ -60,6 +65,7 @@ export class ConfigReload {
       const next = await loadConfig(this.#opts.loadOptions);
       const plan = planReload(this.#opts.live.config(), next);
       if (plan.problems.length > 0) throw new ConfigError(plan.problems);
+      await this.#opts.prepare(next);
       return this.#apply(next, plan, by);
     } finally {
       this.#running = false;

@@ -15,7 +15,9 @@ export const PROCESS_KEYS = ['processes', 'scale', 'env', 'listen', 'health', 'u
 
 /** Settings that only a restart can change: listeners stay open and the store stays the same. */
 export const RESTART_ONLY_KEYS: readonly { path: string; of: (c: BerthConfig) => unknown }[] = [
-  { path: 'listen', of: (c) => c.listen.map((a) => a.text) },
+  { path: 'listen', of: (c) => c.listen.map((a) => (a.tls ? `${a.text} (tls)` : a.text)) },
+  // The ACME account and its CA: an account key is made for one directory.
+  { path: 'acme', of: (c) => c.acme },
   { path: 'state_dir', of: (c) => c.stateDir },
   { path: 'database', of: (c) => c.database },
   { path: 'control.socket', of: (c) => c.control.socket },

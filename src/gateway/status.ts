@@ -4,6 +4,7 @@
  * health comes from the one rule (supervisor/app-health.ts), applied to the same routing table entry the
  * front door's `/_berth/ready` and `/_berth/apps/<app>/health` read, so they never disagree.
  */
+import type { CertificateRow } from '../tls/types.ts';
 import { dbDemand } from '../config/schema.ts';
 import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import { VERSION } from '../lib/version.ts';
@@ -26,6 +27,7 @@ export interface StatusSources {
   readonly audit: Pick<Audit, 'list'>;
   /** The bound `control.listen` address, or null. */
   controlListen(): string | null;
+  certificates(): CertificateRow[];
 }
 
 export class StatusReport {
@@ -53,6 +55,7 @@ export class StatusReport {
       listen: s === 'running' ? proxy.addresses().map((a) => a.text) : c.listen.map((a) => a.text),
       control: c.control.socket,
       controlListen: this.#src.controlListen(),
+      certificateProblems: this.#src.certificates().flatMap((r) => (r.error === null ? [] : [{ host: r.host, source: r.source, error: r.error }])),
       apps: apps.names().map((name) => this.appStatus(name)!),
     };
   }

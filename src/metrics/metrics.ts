@@ -50,6 +50,8 @@ export interface InstanceLevels {
 export interface MetricsSource {
   pools(): Iterable<PoolLevels>;
   instances(): Iterable<InstanceLevels>;
+  /** Each served certificate's expiry (Unix seconds), by host; none without a TLS listener. */
+  certificates?(): Iterable<{ host: string; seconds: number }>;
 }
 
 /** What an HTTP surface needs to serve the metrics. */
@@ -276,6 +278,17 @@ export class Metrics implements MetricsExporter {
         for (const { app, process, byState } of counts.values()) {
           for (const [state, n] of byState) this.set({ app, process, state }, n);
         }
+      },
+    });
+    const certificates = () => this.#source.certificates?.() ?? [];
+    new Gauge({
+      name: 'berth_certificate_expiry_timestamp_seconds',
+      help: 'When the certificate served for a host expires (Unix seconds): alert well before it.',
+      labelNames: ['host'],
+      registers,
+      collect() {
+        this.reset();
+        for (const c of certificates()) this.set({ host: c.host }, c.seconds);
       },
     });
   }

@@ -55,6 +55,10 @@ export abstract class Exchange {
   readonly start: number;
   /** Epoch ms at arrival, for `X-Request-Start`. */
   readonly arrivedAt: number;
+  /** It arrived on a TLS listener (`X-Forwarded-Proto: https`). */
+  readonly tls: boolean;
+  /** It arrived over HTTP/2: no connection-level headers in what the client gets. */
+  readonly h2: boolean;
   /** Status sent to the client (0 until one is; 499 when the client left first). */
   status = 0;
   /** The instance of the current (or last) attempt. */
@@ -83,6 +87,8 @@ export abstract class Exchange {
     this.requestId = r.requestId;
     this.start = r.start;
     this.arrivedAt = Date.now();
+    this.tls = r.tls;
+    this.h2 = r.h2;
   }
 
   /** Turns the exchange away with a gateway answer (when nothing has gone to the client yet). */
@@ -131,6 +137,8 @@ export abstract class Exchange {
       this.generation.releaseId,
       this.host,
       this.app.mode.mode === 'read-only',
+      this.tls,
+      this.h2,
     );
   }
 

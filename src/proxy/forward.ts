@@ -29,6 +29,7 @@
  *   buffered or not.
  */
 import { ServerResponse, type IncomingMessage, type IncomingHttpHeaders } from 'node:http';
+import { Http2ServerResponse, type Http2ServerRequest } from 'node:http2';
 import type { Dispatcher } from 'undici';
 import type { Upstream } from '../supervisor/types.ts';
 import type { Admission, Waiter } from './admission.ts';
@@ -42,6 +43,35 @@ import type { Resolution } from './resolver.ts';
 /** The client response, with a back reference so module-level listeners find their Forward. */
 export class ProxyResponse extends ServerResponse {
   forward: Forward | null = null;
+}
+
+/**
+ * The same for a request over HTTP/2 (node's compatibility API). The handlers drive it through the
+ * `ServerResponse` methods both share; what differs is handled where it matters, on `Resolution.h2`:
+ * no `Connection` header or status message (node throws or warns on them), and a reset stream.
+ */
+export class H2ProxyResponse extends Http2ServerResponse {
+  forward: Forward | null = null;
+  /** Written by code shared with HTTP/1.1; an h2 stream has no connection of its own to keep or close. */
+  shouldKeepAlive = true;
+}
+// What `ServerResponse#destroyed` says: the stream is gone (code that waits for 'close' checks it first).
+// node's h2 response has no such property, though its typings declare one, so it is defined here.
+Object.defineProperty(H2ProxyResponse.prototype, 'destroyed', {
+  get(this: H2ProxyResponse): boolean {
+    return this.stream.destroyed;
+  },
+});
+
+/**
+ * The response went out whole. node's h2 compatibility response says `writableFinished` also when the
+ * client reset the stream (RST_STREAM CANCEL) before the end: the stream's reset code tells them apart.
+ */
+export function responseFinished(res: ServerResponse, h2: boolean): boolean {
+  if (!res.writableFinished) return false;
+  if (!h2) return true;
+  const code = (res as unknown as H2ProxyResponse).stream.rstCode;
+  return code === undefined || code === 0;
 }
 
 /**
@@ -116,7 +146,10 @@ export class Forward extends Exchange implements Waiter, RequestBufferOwner, Res
     this.admission = r.admission!;
     const h = req.headers;
     const cl = h['content-length'];
-    this.hasBody = h['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0');
+    // An h2 body needs no length header: DATA frames follow unless the HEADERS frame ended the stream.
+    this.hasBody = r.h2
+      ? !(req as unknown as Http2ServerRequest).stream.endAfterHeaders && cl !== '0'
+      : h['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0');
     res.forward = this;
     res.on('close', onClientClose);
   }
@@ -152,11 +185,11 @@ export class Forward extends Exchange implements Waiter, RequestBufferOwner, Res
    * Tells a client waiting on `Expect: 100-continue` to send its body, now that the body is wanted. Node
    * leaves that answer to us (server.ts listens for `checkContinue`), so a request refused unread never
    * makes its client send a body only to be cut off; node closes the connection after such a refusal.
-   * Node hands over only HTTP/1.1 expectations of 100-continue (it answers 417 to others).
+   * Node hands over only HTTP/1.1 and HTTP/2 expectations of 100-continue (it answers 417 to others).
    */
   #sendContinue(): void {
     const req = this.req;
-    if (req.headers.expect !== undefined && req.httpVersionMinor === 1 && req.httpVersionMajor === 1) this.res.writeContinue();
+    if (req.headers.expect !== undefined && (this.h2 || (req.httpVersionMinor === 1 && req.httpVersionMajor === 1))) this.res.writeContinue();
   }
 
   #enter(now: number): void {
@@ -268,7 +301,8 @@ export class Forward extends Exchange implements Waiter, RequestBufferOwner, Res
     this.phase = 'responding';
     this.status = statusCode;
     res.on('drain', onClientDrain);
-    if (statusMessage) res.writeHead(statusCode, statusMessage, headers);
+    // HTTP/2 has no reason phrase (node warns when given one).
+    if (statusMessage && !this.h2) res.writeHead(statusCode, statusMessage, headers);
     else res.writeHead(statusCode, headers);
   }
 
@@ -360,7 +394,7 @@ export class Forward extends Exchange implements Waiter, RequestBufferOwner, Res
   clientClosed(): void {
     this.#clientOpen = false;
     this.#spool?.destroy();
-    if (!this.res.writableFinished) {
+    if (!responseFinished(this.res, this.h2)) {
       if (this.status === 0) this.status = 499;
       if (this.phase === 'buffering') this.#body?.destroy();
       else if (this.queued) this.admission.cancel(this);
@@ -379,7 +413,7 @@ export class Forward extends Exchange implements Waiter, RequestBufferOwner, Res
   /** send_timeout passed since the client last pushed back. */
   sendTimedOut(): void {
     const res = this.res;
-    if (!this.#clientOpen || res.writableFinished || !this.#needDrain) return;
+    if (!this.#clientOpen || responseFinished(res, this.h2) || !this.#needDrain) return;
     this.shared.log.info({ app: this.app.name, requestId: this.requestId, timeoutMs: this.app.config.buffering.sendTimeoutMs }, 'client send timeout');
     // 'close' follows, and clientClosed() releases the rest.
     res.destroy();
@@ -513,7 +547,7 @@ export class Forward extends Exchange implements Waiter, RequestBufferOwner, Res
       retryAfter,
       requestId: this.requestId,
       page: errorPage(status, this.app.config.pages.error, this.generation.releaseDir),
-      close: close || this.shared.stopping,
+      close: (close || this.shared.stopping) && !this.h2,
     });
   }
 }

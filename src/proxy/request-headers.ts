@@ -54,6 +54,10 @@ const NOT_HOP_BY_HOP = new Set(['host', 'content-length', 'transfer-encoding', .
  * @param clientIp the client IP as the proxy resolved it (rate limits use the same), sent as X-Real-IP.
  * @param underscores keep header names with `_` (`underscores_in_headers`); by default they are
  *   dropped, as nginx does, because CGI-style apps read `X-Foo` and `X_Foo` as the same variable.
+ * @param tls the request arrived over TLS: `X-Forwarded-Proto: https` (a trusted proxy's own value wins).
+ * @param h2 the request arrived over HTTP/2: its pseudo-headers (`:path`, `:authority`...) are not
+ *   headers to an HTTP/1.1 app, and its cookies, which h2 may split into several fields, are joined
+ *   into one `Cookie` (RFC 9113 § 8.2.3).
  */
 export function upstreamRequestHeaders(
   raw: readonly string[],
@@ -66,8 +70,11 @@ export function upstreamRequestHeaders(
   releaseId: string,
   host: string,
   readOnly: boolean,
+  tls: boolean,
+  h2: boolean,
 ): string[] {
   const out: string[] = [];
+  let cookie: string | null = null;
   if (host !== '') out.push('host', host);
   let connection: string | null = null;
   let forwardedFor: string | null = null;
@@ -77,6 +84,13 @@ export function upstreamRequestHeaders(
     const name = raw[i];
     if (!underscores && name.indexOf('_') >= 0) continue;
     const lower = name.toLowerCase();
+    if (h2) {
+      if (name.charCodeAt(0) === 0x3a /* : */) continue;
+      if (lower === 'cookie') {
+        cookie = cookie === null ? raw[i + 1] : `${cookie}; ${raw[i + 1]}`;
+        continue;
+      }
+    }
     if (DROP_REQUEST.has(lower)) {
       if (lower === 'connection') connection = connection === null ? raw[i + 1] : `${connection},${raw[i + 1]}`;
       else if (lower === 'x-forwarded-for') forwardedFor = forwardedFor === null ? raw[i + 1] : `${forwardedFor}, ${raw[i + 1]}`;
@@ -88,11 +102,12 @@ export function upstreamRequestHeaders(
     out.push(name, raw[i + 1]);
   }
   if (connection !== null) dropConnectionTokens(out, connection);
+  if (cookie !== null) out.push('cookie', cookie);
   out.push(
     'x-forwarded-for',
     forwardedFor === null ? socketAddress : `${forwardedFor}, ${socketAddress}`,
     'x-forwarded-proto',
-    trusted && forwardedProto !== null ? forwardedProto : 'http',
+    trusted && forwardedProto !== null ? forwardedProto : tls ? 'https' : 'http',
     'x-real-ip',
     clientIp,
     'x-request-id',

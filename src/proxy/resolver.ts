@@ -3,12 +3,13 @@
  * WebSocket upgrades alike (server.ts calls `resolve` from both).
  *   1. gateway endpoints under `internal_prefix` (the health lane), before anything that could wait;
  *   2. the client IP and request id;
- *   3. the route (no match: 404);
+ *   3. the route (no match: 404), then the app's redirects (https-policy.ts: `https_redirect`, `canonical_host`);
  *   4. rate limits (rate-limit.ts);
  *   5. the mode (modes.ts), then static routes (static.ts), which take no admission slot;
  *   6. pinning to the app's active generation and the route's pool (none: 503), with the pool's admission.
  * The answer is a refusal (status, reason, Retry-After) or a target. The request framing checks that
- * must come before any of it (absolute-form target, Host, Transfer-Encoding) are made here too.
+ * must come before any of it (absolute-form target, Host, Transfer-Encoding) are made here too, and on
+ * cleartext listeners the ACME HTTP-01 answer comes right after the health lane.
  *
  * The Resolver also owns what those steps read besides the table: the rate limiters (per app) and the
  * admissions (per `app/process`), both kept across table swaps so buckets and limits hold across deploys.
@@ -21,6 +22,7 @@ import { clientIp, socketAddress } from './client-ip.ts';
 import type { ErrorReason } from './error-pages.ts';
 import type { Modes } from './modes.ts';
 import { RateLimit } from './rate-limit.ts';
+import { ACME_CHALLENGE_PATH, redirectTarget, type HttpChallengeAnswerer } from './https-policy.ts';
 import { hasDuplicateHost, isValidHost } from './request-headers.ts';
 import { requestId } from './request-id.ts';
 import { RoutingTable, type AppEntry } from './router.ts';
@@ -31,9 +33,10 @@ const NO_GENERATION_RETRY_AFTER_S = 5;
 /**
  * pinned: to a pool of the active generation (forward it, or open a tunnel). static: a static route of the
  * active generation (plain requests only). lane: a gateway endpoint (plain requests only). mode: the
- * app's mode turns it away (modes.ts answers). refused: the gateway answers `status`.
+ * app's mode turns it away (modes.ts answers). refused: the gateway answers `status`. redirect: a 308 to
+ * `location`. challenge: an ACME HTTP-01 answer, `location` holding the key authorization.
  */
-export type ResolvedAs = 'pinned' | 'static' | 'lane' | 'mode' | 'refused';
+export type ResolvedAs = 'pinned' | 'static' | 'lane' | 'mode' | 'refused' | 'redirect' | 'challenge';
 
 /**
  * The answer of `Resolver.resolve`. There is one per Resolver, overwritten by each call, so the hot path
@@ -66,6 +69,12 @@ export class Resolution {
   retryAfter: number | null = null;
   /** The request is too malformed to read another on its connection: it closes after the answer. */
   close = false;
+  /** It arrived on a TLS listener. */
+  tls = false;
+  /** It arrived over HTTP/2 (TLS listeners only): no connection-level headers in the answer. */
+  h2 = false;
+  /** `redirect`: the Location; `challenge`: the answer's body. */
+  location = '';
 }
 
 /** The proxy state the resolver reads (a part of exchange.ts's ExchangeShared). */
@@ -82,6 +91,10 @@ export class Resolver {
   #table: RoutingTable = new RoutingTable([]);
   #prefix: string;
   #r = new Resolution();
+  /** Answers HTTP-01 challenges on cleartext listeners; null: no app uses ACME. */
+  #acme: HttpChallengeAnswerer | null = null;
+  /** The first TLS listener's port, for redirects to https; null: no TLS listener. */
+  #httpsPort: number | null = null;
   /** `app/process` -> admission; kept across table swaps so limits hold across generations. */
   #admissions = new Map<string, Admission>();
   /** Route -> its pool's admission, rebuilt with each table, so a request finds it without a string key. */
@@ -115,6 +128,12 @@ export class Resolver {
     this.#sync();
   }
 
+  /** The HTTPS side: who answers ACME challenges, and the port `https_redirect` sends clients to. */
+  setHttps(acme: HttpChallengeAnswerer | null, httpsPort: number | null): void {
+    this.#acme = acme;
+    this.#httpsPort = httpsPort;
+  }
+
   /** Requests waiting in the admission queues of the app's pools. */
   queueDepth(app: string): number {
     let n = 0;
@@ -142,15 +161,28 @@ export class Resolver {
    * here, so the request keeps the generation (and mode) it arrived under. Synchronous, and allocates
    * nothing on the way to a target beyond what the steps themselves need.
    */
-  resolve(req: IncomingMessage, start: number, upgrade: boolean): Resolution {
+  resolve(req: IncomingMessage, start: number, upgrade: boolean, tls: boolean): Resolution {
     const r = this.#r;
     r.start = start;
+    r.tls = tls;
+    const h2 = tls && req.httpVersionMajor === 2;
+    r.h2 = h2;
     const headers = req.headers;
     // An upgrade would be a connection the stop then has to close; a plain request is still answered.
     if (upgrade && this.#shared.stopping) return this.#refuseEarly(req, 503, 'stopping', NO_GENERATION_RETRY_AFTER_S);
     let path = req.url ?? '/';
     let host = headers.host ?? '';
-    if (path.charCodeAt(0) !== 0x2f /* / */) {
+    if (h2) {
+      // CONNECT (RFC 9113 § 8.5) asks for a tunnel, which the front door does not offer (nor, for h1, does node).
+      if (req.method === 'CONNECT') return this.#refuseEarly(req, 400, 'bad-request', null);
+      // HTTP/2 names the authority in `:authority` (a client may send Host instead); both, differing, is
+      // a malformed request (RFC 9113 § 8.3.1) that would route by one and reach the app with the other.
+      const authority = headers[':authority'] as string | undefined;
+      if (authority !== undefined) {
+        if (host !== '' && host !== authority) return this.#refuseEarly(req, 400, 'bad-request', null);
+        host = authority;
+      }
+    } else if (path.charCodeAt(0) !== 0x2f /* / */) {
       // Absolute form (`GET http://host/path`): its authority replaces the Host header (RFC 9112 3.2.2),
       // for routing and in the request the app gets (request-headers.ts).
       const target = absoluteTarget(path);
@@ -185,6 +217,22 @@ export class Resolver {
       }
     }
 
+    // 1a. ACME HTTP-01, on cleartext listeners, before routing, modes and redirects: the CA asks for any
+    //     host an app will serve, whatever the app's state. Null: not a pending challenge, routed as usual.
+    const acme = this.#acme;
+    if (acme !== null && !tls && !upgrade && path.startsWith(ACME_CHALLENGE_PATH)) {
+      const answer = acme.answerHttp(path);
+      if (answer !== null) {
+        this.#identify(req);
+        r.as = 'challenge';
+        r.path = path;
+        r.app = null;
+        r.status = 200;
+        r.location = answer;
+        return r;
+      }
+    }
+
     // 2. Client IP.
     this.#identify(req);
     r.path = path;
@@ -195,6 +243,22 @@ export class Resolver {
     if (match === null) return this.#refuse(404, 'no-route', null, null);
     const app = match.app;
     const route = match.route;
+
+    // 3a. Redirects (`canonical_host`, `https_redirect`): before rate limits, which the redirected request
+    //     meets where it lands (counting the 308 too would charge one page load twice); before the mode,
+    //     so a maintenance page is shown at the right address; before static files and pinning, which
+    //     they do not need (a redirect works while the app starts or has failed).
+    const config = app.config;
+    if (config.canonicalHost !== null || (config.httpsRedirect && !tls)) {
+      const location = redirectTarget(config, tls, host, path, this.#httpsPort);
+      if (location !== null) {
+        r.as = 'redirect';
+        r.app = app;
+        r.status = 308;
+        r.location = location;
+        return r;
+      }
+    }
 
     // 4. Rate limits.
     const limiter = this.#rateLimitByApp.size === 0 ? undefined : this.#rateLimitByApp.get(app);

@@ -7,6 +7,11 @@
  * Then this file only acts on the answer: the health lane (health-lane.ts), a refusal or a mode page, a
  * static file (static.ts), or, for a pinned target, admission, forwarding and errors in a `Forward`
  * (forward.ts), or a WebSocket tunnel (websocket.ts).
+ *
+ * A TLS listener (secure-listener.ts) serves h2 and http/1.1 by ALPN through the same handlers: node's
+ * h2 compatibility API gives them a request and response shaped like node:http's, and the few places
+ * where HTTP/2 differs read `Resolution.h2`. Each listener has its own handler functions, made once, so
+ * whether a request came over TLS is an argument, never a lookup.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -22,6 +27,9 @@ import { accessLog, elapsedMs, requestChannel, type CompletedRequest } from './a
 import { ErrorPages, errorPage, type ErrorResponse } from './error-pages.ts';
 import type { ExchangeShared } from './exchange.ts';
 import { Forward, ProxyResponse } from './forward.ts';
+import { hstsHeader, sendChallengeAnswer, sendRedirect, sendRedirectRaw } from './https-policy.ts';
+import { closeListening, onDemandFor, SecureListener, type ProxyHandlers, type SecureServer } from './secure-listener.ts';
+import type { FrontDoorTls } from '../tls/front-door.ts';
 import { HealthLane } from './health-lane.ts';
 import { Resolver, type Resolution } from './resolver.ts';
 import { RoutingTable } from './router.ts';
@@ -75,7 +83,8 @@ export class Proxy {
   #state: ProxyState = 'new';
   #config: BerthConfig;
   #log: Logger;
-  #servers: { server: ProxyServer; address: ListenAddress }[] = [];
+  #servers: { listener: FrontListener; address: ListenAddress }[] = [];
+  #tls: FrontDoorTls | null = null;
   #clients = new UpstreamClients();
   #pages = new ErrorPages();
   #modes = new Modes(this.#pages);
@@ -193,19 +202,27 @@ export class Proxy {
 
   /**
    * Binds every `config.listen` address (tcp host:port incl. port 0, or a unix path). On any failure it
-   * closes what it opened and rejects with BERTH_E_LISTEN naming the address.
+   * closes what it opened and rejects with BERTH_E_LISTEN naming the address. `tls`: the certificates
+   * (and ACME manager) TLS listeners serve; required when any listener is TLS. The store may change its
+   * certificates at any time: listeners are never closed for it.
    */
-  async start(): Promise<void> {
+  async start(tls?: FrontDoorTls | null): Promise<void> {
     if (this.#state !== 'new') throw new BerthError(ErrorCodes.internal, `proxy already ${this.#state}`);
     this.#transition('starting');
+    this.#tls = tls ?? null;
     try {
-      for (const address of this.#config.listen) this.#servers.push({ server: await this.#listen(address), address });
+      for (const address of this.#config.listen) {
+        const listener = address.tls ? await this.#listenSecure(address) : new PlainListener(await this.#listen(address));
+        this.#servers.push({ listener, address });
+      }
     } catch (err) {
-      await Promise.all(this.#servers.map(({ server }) => closeServer(server)));
+      await Promise.all(this.#servers.map(({ listener }) => listener.close()));
       this.#servers = [];
       this.#transition('stopped');
       throw err;
     }
+    const https = this.addresses().find((a) => a.tls);
+    this.#resolver.setHttps(this.#tls?.acme ?? null, https?.kind === 'tcp' ? https.port : null);
     this.#tick = setInterval(() => this.#onTick(), TICK_MS);
     this.#tick.unref();
     this.#transition('running');
@@ -214,11 +231,11 @@ export class Proxy {
 
   /** The bound addresses, with port 0 resolved to the real port. */
   addresses(): ListenAddress[] {
-    return this.#servers.map(({ server, address }) => {
+    return this.#servers.map(({ listener, address }) => {
       if (address.kind === 'unix') return address;
-      const port = (server.address() as AddressInfo | null)?.port ?? address.port;
+      const port = (listener.server.address() as AddressInfo | null)?.port ?? address.port;
       const host = address.host.includes(':') ? `[${address.host}]` : address.host;
-      return { kind: 'tcp', host: address.host, port, text: `${host}:${port}` };
+      return { kind: 'tcp', host: address.host, port, text: `${host}:${port}`, tls: address.tls };
     });
   }
 
@@ -239,7 +256,7 @@ export class Proxy {
     }
     this.#transition('stopping');
     this.#shared.stopping = true;
-    const closed = this.#servers.map(({ server }) => closeServer(server));
+    const closed = this.#servers.map(({ listener }) => listener.close());
     // A WebSocket never ends by itself: every one is told the gateway goes away, and counts as in flight
     // until its sockets are closed.
     const upgrades = this.#websockets.closeAll();
@@ -254,7 +271,7 @@ export class Proxy {
       this.#drained = null;
       if (this.#inFlight > 0) this.#log.warn({ inFlight: this.#inFlight, deadlineMs }, 'proxy stop deadline passed');
     }
-    for (const { server } of this.#servers) server.closeAllConnections();
+    for (const { listener } of this.#servers) listener.closeAllConnections();
     // Upgraded sockets have left the HTTP servers, so closeAllConnections does not reach them.
     this.#websockets.destroyAll();
     this.#clearTick();
@@ -269,9 +286,9 @@ export class Proxy {
     if (err) this.#log.error({ err: err.message }, 'proxy destroyed');
     this.#shared.stopping = true;
     this.#clearTick();
-    for (const { server } of this.#servers) {
-      server.close();
-      server.closeAllConnections();
+    for (const { listener } of this.#servers) {
+      void listener.close();
+      listener.closeAllConnections();
     }
     this.#websockets.destroyAll();
     void this.#clients.destroy(err);
@@ -282,16 +299,28 @@ export class Proxy {
   // ---- request pipeline ----------------------------------------------------------------------------
 
   #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
-    this.#handle(req, res as ProxyResponse);
+    this.#handle(req, res as ProxyResponse, false);
   };
 
-  #handle(req: IncomingMessage, res: ProxyResponse): void {
+  /** A TLS listener's requests, h1 or h2 (an h2 response is an H2ProxyResponse: see forward.ts). */
+  #onSecureRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    this.#handle(req, res as ProxyResponse, true);
+  };
+
+  #handle(req: IncomingMessage, res: ProxyResponse, tls: boolean): void {
     const start = performance.now();
     // A request that asked for an upgrade it does not get (h2c, a non-GET WebSocket): node's parser stops
     // at it and drops the rest of that packet, so a pipelined request behind it would go unanswered.
     // The connection closes after the response instead of hanging.
     if (this.#shared.stopping || req.headers.upgrade !== undefined) res.shouldKeepAlive = false;
-    const r = this.#resolver.resolve(req, start, false);
+    const r = this.#resolver.resolve(req, start, false, tls);
+    // HTTP/2 has no Connection header (node throws on one): a stream ends, the session stays.
+    const close = this.#shared.stopping && !r.h2;
+    if (tls && r.as !== 'lane' && r.app !== null) {
+      // RFC 6797 § 7.2: only over TLS, where the client knows it talks to the real host.
+      const hsts = hstsHeader(r.app.config);
+      if (hsts !== null) res.setHeader('strict-transport-security', hsts);
+    }
     switch (r.as) {
       case 'pinned': {
         // 7-9. Admission, forwarding, errors.
@@ -304,15 +333,21 @@ export class Proxy {
         this.#lane.handle(req, res, r.path);
         return;
       case 'static':
-        this.#serveStatic(req, res, r);
+        this.#serveStatic(req, res, r, close);
         return;
       case 'mode':
-        this.#modes.send(req, res, r.app!, r.requestId, this.#shared.stopping);
+        this.#modes.send(req, res, r.app!, r.requestId, close);
+        break;
+      case 'redirect':
+        sendRedirect(req, res, r.location, r.requestId, close);
+        break;
+      case 'challenge':
+        sendChallengeAnswer(req, res, r.location);
         break;
       default:
         // A client this confused (or hostile) gets no further requests parsed on this connection.
         if (r.close) res.shouldKeepAlive = false;
-        this.#pages.send(req, res, refusal(r, this.#shared.stopping));
+        this.#pages.send(req, res, refusal(r, close));
     }
     this.#logDirect(req, r);
   }
@@ -323,19 +358,29 @@ export class Proxy {
    * the socket, which has left the HTTP server, and which is then closed.
    */
   #onUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
+    this.#upgrade(req, socket, head, false);
+  };
+
+  /** An HTTP/1.1 upgrade on a TLS listener (HTTP/2 has none: extended CONNECT is not offered). */
+  #onSecureUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer): void => {
+    this.#upgrade(req, socket, head, true);
+  };
+
+  #upgrade(req: IncomingMessage, socket: Socket, head: Buffer, tls: boolean): void {
     const start = performance.now();
     // The socket is ours now: without a listener, a client reset would be an uncaught error.
     socket.on('error', ignoreError);
-    const r = this.#resolver.resolve(req, start, true);
+    const r = this.#resolver.resolve(req, start, true, tls);
     if (r.as === 'pinned') {
       this.#inFlight++;
       this.#websockets.open(r, req, socket, head);
       return;
     }
     if (r.as === 'mode') this.#modes.sendRaw(req, socket, r.app!, r.requestId);
+    else if (r.as === 'redirect') sendRedirectRaw(socket, r.location, r.requestId);
     else this.#pages.sendRaw(req, socket, refusal(r, true));
     this.#logDirect(req, r);
-  };
+  }
 
   /** The access-log line of an answer the gateway made itself (a refusal or a mode page). */
   #logDirect(req: IncomingMessage, r: Resolution): void {
@@ -359,7 +404,7 @@ export class Proxy {
    * Static files: from the pinned generation's release, without an admission slot (no instance is
    * involved), but counted in flight so a graceful stop lets the download finish.
    */
-  #serveStatic(req: IncomingMessage, res: ProxyResponse, r: Resolution): void {
+  #serveStatic(req: IncomingMessage, res: ProxyResponse, r: Resolution, close: boolean): void {
     // `r` is overwritten by the next request: what the answer's log line needs is kept here.
     const app = r.app!;
     const route = r.route!;
@@ -369,7 +414,7 @@ export class Proxy {
     const ip = r.clientIp;
     const rid = r.requestId;
     this.#inFlight++;
-    const served = this.#static.serve({ req, res, route, generation, path, requestId: rid, mode: app.mode.mode, close: this.#shared.stopping });
+    const served = this.#static.serve({ req, res, route, generation, path, requestId: rid, mode: app.mode.mode, close });
     void served.then((status) => {
       if (this.#log.isLevelEnabled('info')) {
         accessLog(this.#log, {
@@ -394,7 +439,7 @@ export class Proxy {
     this.#inFlight--;
     if (this.#shared.stopping) {
       // Connections whose last response just ended would otherwise idle until keepAliveTimeout.
-      for (const { server } of this.#servers) server.closeIdleConnections();
+      for (const { listener } of this.#servers) listener.closeIdleConnections();
       if (this.#inFlight === 0) this.#drained?.();
     }
   }
@@ -446,6 +491,25 @@ export class Proxy {
     return server;
   }
 
+  /** A TLS listener: h2 and http/1.1 by ALPN, certificates by SNI (secure-listener.ts). */
+  async #listenSecure(address: ListenAddress): Promise<SecureListener> {
+    const tls = this.#tls;
+    if (tls === null) throw new BerthError(ErrorCodes.listen, `cannot listen on ${address.text}: a TLS listener needs certificates, and none were given`);
+    if (address.kind !== 'tcp') throw new BerthError(ErrorCodes.listen, `cannot listen on ${address.text}: TLS listeners are TCP only`);
+    const handlers: ProxyHandlers = { request: this.#onSecureRequest, upgrade: this.#onSecureUpgrade, shouldUpgrade: isWebSocketUpgrade };
+    const secure = new SecureListener(tls, handlers, SERVER_OPTIONS, this.#onDemandFor);
+    try {
+      await listen(secure.server, address, this.#log);
+    } catch (err) {
+      await secure.close();
+      throw new BerthError(ErrorCodes.listen, `cannot listen on ${address.text}: ${listenProblem(err)}`, { cause: err });
+    }
+    return secure;
+  }
+
+  /** On-demand certificates are for names the current table sends to a wildcard or catch-all ACME app. */
+  #onDemandFor = (servername: string): boolean => onDemandFor(this.#resolver.table, servername);
+
   #transition(next: ProxyState): void {
     const was = this.#state;
     if (was === next) return;
@@ -454,7 +518,7 @@ export class Proxy {
   }
 }
 
-function listen(server: ProxyServer, address: ListenAddress, log: Logger): Promise<void> {
+function listen(server: ProxyServer | SecureServer, address: ListenAddress, log: Logger): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once('error', onError);
@@ -470,14 +534,34 @@ function listen(server: ProxyServer, address: ListenAddress, log: Logger): Promi
   });
 }
 
-function closeServer(server: ProxyServer): Promise<void> {
-  return new Promise((resolve) => {
-    if (!server.listening) {
-      resolve();
-      return;
-    }
-    server.close(() => resolve());
-  });
+/** What the proxy does with each of its listeners, cleartext (PlainListener) or TLS (SecureListener). */
+interface FrontListener {
+  readonly server: ProxyServer | SecureServer;
+  /** Stops accepting; resolves once every connection is gone. */
+  close(): Promise<void>;
+  closeIdleConnections(): void;
+  closeAllConnections(): void;
+}
+
+/** A cleartext listener: node:http, HTTP/1.1. */
+class PlainListener implements FrontListener {
+  readonly server: ProxyServer;
+
+  constructor(server: ProxyServer) {
+    this.server = server;
+  }
+
+  close(): Promise<void> {
+    return closeListening(this.server);
+  }
+
+  closeIdleConnections(): void {
+    this.server.closeIdleConnections();
+  }
+
+  closeAllConnections(): void {
+    this.server.closeAllConnections();
+  }
 }
 
 async function isDeadSocket(path: string): Promise<boolean> {

@@ -41,7 +41,7 @@ test('an empty config is valid and every default applies', () => {
     assert.deepEqual(config.apps, {});
     assert.equal(config.stateDir, '/srv/site/.berth');
     assert.equal(config.control.socket, '/srv/site/.berth/control.sock');
-    assert.deepEqual(config.listen, [{ kind: 'tcp', host: '127.0.0.1', port: 8080, text: '127.0.0.1:8080' }]);
+    assert.deepEqual(config.listen, [{ kind: 'tcp', host: '127.0.0.1', port: 8080, text: '127.0.0.1:8080', tls: false }]);
     assert.equal(config.internalPrefix, '/_berth');
     assert.equal(config.database, null);
   }
@@ -249,19 +249,19 @@ test('durations: units, bare milliseconds, bad text and zero', () => {
 test('listen: host:port, [v6]:port, unix paths, a bare string; bad addresses are problems', () => {
   const config = normaliseConfig({ listen: ['0.0.0.0:0', '[::]:443', 'unix:front.sock', 'unix:/run/berth.sock'], state_dir: 'state' }, CTX);
   assert.deepEqual(config.listen, [
-    { kind: 'tcp', host: '0.0.0.0', port: 0, text: '0.0.0.0:0' },
-    { kind: 'tcp', host: '::', port: 443, text: '[::]:443' },
-    { kind: 'unix', path: '/srv/site/state/front.sock', text: 'unix:front.sock' },
-    { kind: 'unix', path: '/run/berth.sock', text: 'unix:/run/berth.sock' },
+    { kind: 'tcp', host: '0.0.0.0', port: 0, text: '0.0.0.0:0', tls: false },
+    { kind: 'tcp', host: '::', port: 443, text: '[::]:443', tls: false },
+    { kind: 'unix', path: '/srv/site/state/front.sock', text: 'unix:front.sock', tls: false },
+    { kind: 'unix', path: '/run/berth.sock', text: 'unix:/run/berth.sock', tls: false },
   ]);
-  assert.deepEqual(normaliseConfig({ listen: 'localhost:8080' }, CTX).listen, [{ kind: 'tcp', host: 'localhost', port: 8080, text: 'localhost:8080' }]);
+  assert.deepEqual(normaliseConfig({ listen: 'localhost:8080' }, CTX).listen, [{ kind: 'tcp', host: 'localhost', port: 8080, text: 'localhost:8080', tls: false }]);
   assert.deepEqual(problems({ listen: ['8080', 'localhost:http', '::1:80', 'host:70000', 'unix:', 80] }), [
     'listen.0: expected "host:port", "[v6]:port" or "unix:/path", got "8080"',
     'listen.1: expected a port from 0 to 65535 in "localhost:http"',
     'listen.2: expected "host:port", "[v6]:port" or "unix:/path", got "::1:80"',
     'listen.3: expected a port from 0 to 65535 in "host:70000"',
     'listen.4: expected "host:port", "[v6]:port" or "unix:/path", got "unix:"',
-    'listen.5: expected a string, got 80',
+    'listen.5: expected "host:port", "[v6]:port", "unix:/path" or { address, tls }, got 80',
   ]);
   assert.deepEqual(problems({ listen: 'nope' }), ['listen: expected "host:port", "[v6]:port" or "unix:/path", got "nope"']);
   assert.deepEqual(problems({ listen: [] }), ['listen: expected at least one address to listen on']);
@@ -269,6 +269,75 @@ test('listen: host:port, [v6]:port, unix paths, a bare string; bad addresses are
     'control.listen: expected "host:port" or "[v6]:port" (the control socket is set by control.socket), got "unix:/tmp/x.sock"',
   ]);
   assert.equal(typeof parseListenAddress('[::1]', '/'), 'string');
+});
+
+test('TLS: listeners, certificates, redirects, HSTS, canonical host and ACME, each problem at its key', () => {
+  const tls = { address: '0.0.0.0:443', tls: true };
+  const config = normaliseConfig(
+    withApp(
+      {
+        hosts: ['shop.example.com', 'www.shop.example.com', '*.shop.test'],
+        tls: [{ hosts: ['a.shop.test'], certificate: 'a.crt', key: 'a.key' }, { certificate: '/etc/ssl/shop.crt', key: '/etc/ssl/shop.key' }],
+        https_redirect: true,
+        hsts: { max_age: '2h' },
+        canonical_host: 'Shop.Example.com',
+      },
+      { listen: ['0.0.0.0:80', tls] },
+    ),
+    CTX,
+  );
+  assert.deepEqual(config.listen.map((a) => [a.text, a.tls]), [['0.0.0.0:80', false], ['0.0.0.0:443', true]]);
+  const shop = config.apps.shop;
+  assert.deepEqual(shop.tls, [
+    { from: 'apps.shop.tls.0', hosts: ['a.shop.test'], files: { certificate: '/srv/site/a.crt', key: '/srv/site/a.key' } },
+    { from: 'apps.shop.tls.1', hosts: [], files: { certificate: '/etc/ssl/shop.crt', key: '/etc/ssl/shop.key' } },
+  ]);
+  assert.equal(shop.httpsRedirect, true);
+  assert.deepEqual(shop.hsts, { maxAgeS: 7200, includeSubdomains: false, preload: false });
+  assert.equal(shop.canonicalHost, 'shop.example.com');
+  assert.equal(shop.acme, false);
+  assert.deepEqual(config.tls, { directory: null, defaultCertificate: null });
+
+  assert.deepEqual(problems({ listen: [{ address: 'unix:/x.sock', tls: true }, { tls: true }, { address: '127.0.0.1:1', tls: 'yes', extra: 1 }] }), [
+    'listen.0.tls: TLS listeners take "host:port" or "[v6]:port", not a unix socket',
+    'listen.1.address: required: "host:port", "[v6]:port" or "unix:/path"',
+    'listen.2.tls: expected true or false, got "yes"',
+    'listen.2.extra: unknown key',
+  ]);
+  assert.deepEqual(problems({ listen: [tls] }), ['listen.0: a TLS listener needs certificates: set apps.<app>.tls (files or acme: true), tls.directory or tls.default_certificate']);
+  assert.deepEqual(
+    problems(
+      withApp({
+        hosts: ['shop.example.com'],
+        tls: [{ hosts: ['other.example.com'], certificate: 'a.crt' }],
+        https_redirect: true,
+        hsts: { preload: true },
+        canonical_host: 'elsewhere.example.com',
+      }),
+    ),
+    [
+      'apps.shop.tls.0.hosts.0: "other.example.com" is not one of the app\'s hosts (shop.example.com)',
+      'apps.shop.tls.0.key: required: the PEM private key file',
+      'apps.shop.https_redirect: needs a TLS listener in listen, e.g. { address: "0.0.0.0:443", tls: true }',
+      'apps.shop.hsts.preload: preload needs include_subdomains: true and a max_age of at least 365d (browsers refuse the preload list otherwise)',
+      'apps.shop.canonical_host: "elsewhere.example.com" is not one of the app\'s hosts (shop.example.com): a redirect there would leave the app',
+    ],
+  );
+  // ACME: a TLS listener, a cleartext one for http-01, and an ask URL for names only known at the handshake.
+  const acme = normaliseConfig(withApp({ hosts: ['shop.example.com'], tls: { acme: true } }, { listen: ['0.0.0.0:80', tls], acme: { email: 'ops@example.com' } }), CTX);
+  assert.equal(acme.apps.shop.acme, true);
+  assert.equal(acme.acme.directory, 'https://acme-v02.api.letsencrypt.org/directory');
+  assert.equal(acme.acme.challenge, 'http-01');
+  assert.deepEqual(problems(withApp({ hosts: ['*.shop.test'], tls: { acme: true, certificate: 'x' } }, { listen: [tls], acme: { directory: 'ftp://x', email: 'nope', ask: 'x' } })), [
+    'acme.directory: expected an https:// URL of an ACME directory, got "ftp://x"',
+    'acme.email: expected an email address, got "nope"',
+    'acme.ask: expected an http:// or https:// URL, got "x"',
+    'apps.shop.tls.acme: give either acme: true or certificate and key files, not both',
+    'apps.shop.tls.acme: the http-01 challenge needs a cleartext listener (port 80 for a public CA); or set acme.challenge: tls-alpn-01',
+  ]);
+  assert.deepEqual(problems(withApp({ tls: { acme: true } }, { listen: ['0.0.0.0:80', tls] })), [
+    'apps.shop.tls.acme: a catch-all app gets certificates on demand, which needs acme.ask (a URL that answers 200 for names you own)',
+  ]);
 });
 
 test('cron expressions are checked with croner', () => {
@@ -364,7 +433,7 @@ test('top-level scalars: internal_prefix, log_levels, database, migrations, bool
   assert.deepEqual(bad, [
     'internal_prefix: expected a path such as "/_berth": starting with "/", without a trailing "/", got "/_berth/"',
     'log_levels.root: expected one of fatal, error, warn, info, debug, trace, silent, got "loud"',
-    'log_levels.http: unknown key (loggers: root, proxy, supervisor, deploy, scheduler, api, store)',
+    'log_levels.http: unknown key (loggers: root, proxy, supervisor, deploy, scheduler, api, store, tls)',
     'database: expected null (SQLite) or a postgres:// URL, got "mysql://root:***@db/berth"',
     'migrations: expected one of upgrade, none, model, got "auto"',
     'reset_state: expected true or false, got "yes"',

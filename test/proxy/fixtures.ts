@@ -59,6 +59,11 @@ export function appConfig(name: string, over: Partial<AppConfig> = {}): AppConfi
     websockets: { max: 1000, idleTimeoutMs: null },
     maxReleaseBytes: 1024 ** 3,
     maxReleaseFiles: 100_000,
+    tls: [],
+    acme: false,
+    httpsRedirect: false,
+    hsts: null,
+    canonicalHost: null,
     ...over,
   };
 }
@@ -69,7 +74,7 @@ export function berthConfig(apps: AppConfig[], over: Partial<BerthConfig> = {}):
     environment: null,
     // Absolute, as normalised; bodies and responses past the memory threshold spill to <stateDir>/tmp.
     stateDir: join(tmpdir(), 'berth-proxy-fixtures'),
-    listen: [{ kind: 'tcp', host: '127.0.0.1', port: 0, text: '127.0.0.1:0' }],
+    listen: [{ kind: 'tcp', host: '127.0.0.1', port: 0, text: '127.0.0.1:0', tls: false }],
     control: { socket: 'control.sock', socketGroup: null, listen: null, tokens: {}, callContextHeader: null, permissions: {}, permissionsUnenforcedOk: false, callContextFrom: ['127.0.0.0/8', '::1/128'] },
     trustedProxyCount: 0,
     internalPrefix: '/_berth',
@@ -85,6 +90,8 @@ export function berthConfig(apps: AppConfig[], over: Partial<BerthConfig> = {}):
     underscoresInHeaders: false,
     publicDetails: false,
     defaultUser: 'nobody',
+    tls: { directory: null, defaultCertificate: null },
+    acme: { directory: 'https://acme-v02.api.letsencrypt.org/directory', email: null, caRoot: null, challenge: 'http-01', ask: null, onDemand: { perMinute: 10, inFlight: 4 } },
     apps: Object.fromEntries(apps.map((a) => [a.name, a])),
     ...over,
   };

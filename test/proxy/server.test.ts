@@ -30,7 +30,7 @@ import {
 } from './fixtures.ts';
 
 function tcp(port: number): ListenAddress {
-  return { kind: 'tcp', host: '127.0.0.1', port, text: `127.0.0.1:${port}` };
+  return { kind: 'tcp', host: '127.0.0.1', port, text: `127.0.0.1:${port}`, tls: false };
 }
 
 test('404 when no app matches, HTML or JSON', async (t) => {
@@ -294,7 +294,7 @@ test('unix socket listener, replacing a stale socket file but not a live one', a
   const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1' });
   gen.addPool('web', 4, [be.address]);
   const app = appConfig('shop');
-  const listen: ListenAddress[] = [{ kind: 'unix', path, text: `unix:${path}` }];
+  const listen: ListenAddress[] = [{ kind: 'unix', path, text: `unix:${path}`, tls: false }];
   const p = new Proxy({ config: berthConfig([app], { listen }), logger: silentLogger() });
   t.after(() => p.destroy());
   p.setTable(new RoutingTable([entry(app, gen)]));
@@ -311,7 +311,7 @@ test('unix socket listener, replacing a stale socket file but not a live one', a
   // Nor is a regular file.
   const file = join(dir, 'file.sock');
   await writeFile(file, 'keep me');
-  const third = new Proxy({ config: berthConfig([app], { listen: [{ kind: 'unix', path: file, text: `unix:${file}` }] }), logger: silentLogger() });
+  const third = new Proxy({ config: berthConfig([app], { listen: [{ kind: 'unix', path: file, text: `unix:${file}`, tls: false }] }), logger: silentLogger() });
   await assert.rejects(third.start(), { code: 'BERTH_E_LISTEN' });
   assert.ok((await stat(file)).isFile());
   await p.stop(1000);
