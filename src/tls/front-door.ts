@@ -9,6 +9,6 @@ import type { AcmeManager } from './acme/acme-manager.ts';
 
 export interface FrontDoorTls {
   certificates: CertificateStore;
-  /** Null when no app has `tls: { acme: true }`. */
+  /** Made whenever a listener is TLS (a config reload may add ACME apps); null only in tests without ACME. */
   acme: AcmeManager | null;
 }
