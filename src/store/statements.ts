@@ -37,7 +37,12 @@ export function listQuery(select: string, filter: RowFilter, orderBy: string): {
 
 /** `INSERT INTO <table> (<written columns>) VALUES (...)`, in `table.values` order. */
 export function insertRow(table: Table<object>): string {
-  return `INSERT INTO ${table.name} (${table.columns.join(', ')}) VALUES (${table.columns.map((_, i) => placeholder(i + 1)).join(', ')})`;
+  return insertInto(table.name, table.columns);
+}
+
+/** `INSERT INTO <table> (<columns>) VALUES ($1, $2, ...)`. */
+function insertInto(table: string, columns: readonly string[]): string {
+  return `INSERT INTO ${table} (${columns.join(', ')}) VALUES (${columns.map((_, i) => placeholder(i + 1)).join(', ')})`;
 }
 
 /**
@@ -48,6 +53,6 @@ export function insertRow(table: Table<object>): string {
  */
 export function upsert(table: string, columns: readonly string[], key: readonly string[], keep: readonly string[] = []): string {
   const set = columns.filter((c) => !key.includes(c) && !keep.includes(c)).map((c) => `${c} = excluded.${c}`);
-  return `INSERT INTO ${table} (${columns.join(', ')}) VALUES (${columns.map((_, i) => placeholder(i + 1)).join(', ')})
+  return `${insertInto(table, columns)}
   ON CONFLICT (${key.join(', ')}) DO UPDATE SET ${set.join(', ')}`;
 }
