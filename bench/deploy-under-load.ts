@@ -11,26 +11,30 @@
  * release and pid in the answer, or the X-Berth-Release response header when the gateway sends one).
  * Exits 1 when any request or operation failed.
  *
- * Anchor: when nginx and gunicorn are both on PATH, the same load runs against gunicorn (bench/anchor_app.py)
- * behind nginx, with as many `kill -HUP` reloads as berth had operations, and its failures print beside
- * berth's. Otherwise the report says the anchor was skipped and why.
+ * With `--https` the clients speak HTTPS (HTTP/1.1, TLS 1.3) to a TLS listener whose certificate a CA
+ * made for the run signs, so the fresh-connection clients each pay a full handshake per request.
  *
- * Usage: npx node bench/deploy-under-load.ts [--short] [--json] [--clients N] [--deploys N] [--reloads N]
- *          [--rollbacks N] [--min-requests N] [--max-seconds S] [--no-anchor]
+ * Anchor: when nginx and gunicorn are both on PATH, the same load runs against gunicorn (bench/anchor_app.py)
+ * behind nginx (over TLS with the same certificate under `--https`), with as many `kill -HUP` reloads as
+ * berth had operations, and its failures print beside berth's. Otherwise the report says the anchor was
+ * skipped and why.
+ *
+ * Usage: npx node bench/deploy-under-load.ts [--short] [--json] [--https] [--clients N] [--deploys N]
+ *          [--reloads N] [--rollbacks N] [--min-requests N] [--max-seconds S] [--no-anchor]
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
-import { cp, mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
-import { Agent, request, type IncomingHttpHeaders } from 'node:http';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { delimiter, dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
+import { cp, mkdir, writeFile } from 'node:fs/promises';
+import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import YAML from 'yaml';
+import { createCa, issueCertificate } from '../test/helpers/certificates.ts';
 import { benchAppUser } from './app-user.ts';
+import { ROOT, benchMain, cleanEnv, freePort, getStatus, note, onPath, spawnChild, stopChild, waitUntil, type Child } from './harness.ts';
+import { UsageError } from './options.ts';
+import { nginxBinary } from './proxy-targets.ts';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const MAIN = join(ROOT, 'src/main.ts');
 const APP_SOURCE = join(ROOT, 'examples/node-app');
 const ANCHOR_APP_DIR = join(ROOT, 'bench');
@@ -38,16 +42,18 @@ const APP = 'bench';
 /** A request without an answer by then counts as failed (timeout). */
 const REQUEST_TIMEOUT_MS = 10_000;
 const START_TIMEOUT_MS = 60_000;
-const STOP_TIMEOUT_MS = 30_000;
 /** Load before the first operation and after the last one. */
 const SETTLE_MS = 1_000;
 
 const USAGE =
-  'usage: npx node bench/deploy-under-load.ts [--short] [--json] [--clients N] [--deploys N] [--reloads N] [--rollbacks N] [--min-requests N] [--max-seconds S] [--no-anchor]';
+  'usage: npx node bench/deploy-under-load.ts [--short] [--json] [--https] [--clients N] [--deploys N] [--reloads N] [--rollbacks N] [--min-requests N] [--max-seconds S] [--no-anchor]';
+/** The name the run's certificate is made for, and the SNI and Host the HTTPS clients send. */
+const TLS_NAME = 'localhost';
 
 interface Options {
   short: boolean;
   json: boolean;
+  https: boolean;
   clients: number;
   deploys: number;
   reloads: number;
@@ -59,14 +65,13 @@ interface Options {
   anchor: boolean;
 }
 
-class UsageError extends Error {}
-
 function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
     args: argv,
     options: {
       short: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
+      https: { type: 'boolean', default: false },
       clients: { type: 'string' },
       deploys: { type: 'string' },
       reloads: { type: 'string' },
@@ -89,6 +94,7 @@ function parseOptions(argv: string[]): Options {
   return {
     short,
     json: values.json,
+    https: values.https,
     clients: int(values.clients, short ? 50 : 200, 'clients', 1, 2000),
     deploys,
     reloads: int(values.reloads, short ? 2 : 10, 'reloads', 0, 1000),
@@ -98,93 +104,6 @@ function parseOptions(argv: string[]): Options {
     maxSeconds: int(values['max-seconds'], short ? 60 : 900, 'max-seconds', 1, 86_400),
     anchor: !values['no-anchor'],
   };
-}
-
-// ---- child processes -------------------------------------------------------------------------------
-
-/** A child in its own process group, output to a log file, stopped with the whole group. */
-class Child {
-  readonly name: string;
-  readonly proc: ChildProcess;
-  readonly log: string;
-  readonly exited: Promise<number | null>;
-  #stopSignal: NodeJS.Signals;
-
-  constructor(name: string, command: string, args: string[], opts: { log: string; stopSignal: NodeJS.Signals; cwd?: string }) {
-    this.name = name;
-    this.log = opts.log;
-    this.#stopSignal = opts.stopSignal;
-    const fd = openSync(opts.log, 'a');
-    this.proc = spawn(command, args, { cwd: opts.cwd ?? ROOT, stdio: ['ignore', fd, fd], detached: true });
-    closeSync(fd);
-    this.exited = new Promise((r) => this.proc.once('exit', (code) => r(code)));
-    CHILDREN.add(this);
-    void this.exited.then(() => CHILDREN.delete(this));
-  }
-
-  get running(): boolean {
-    return this.proc.exitCode === null && this.proc.signalCode === null;
-  }
-
-  signal(sig: NodeJS.Signals): void {
-    if (this.proc.pid === undefined) return;
-    try {
-      process.kill(-this.proc.pid, sig);
-    } catch {
-      // ESRCH: already gone.
-    }
-  }
-
-  /** Graceful stop with a deadline, then SIGKILL to the group. */
-  async stop(): Promise<void> {
-    if (!this.running) return;
-    this.signal(this.#stopSignal);
-    const timer = setTimeout(() => this.signal('SIGKILL'), STOP_TIMEOUT_MS);
-    await this.exited;
-    clearTimeout(timer);
-  }
-
-  tail(lines = 20): string {
-    try {
-      return readFileSync(this.log, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
-    } catch {
-      return '(no log)';
-    }
-  }
-}
-
-const CHILDREN = new Set<Child>();
-
-function killAll(): void {
-  for (const child of CHILDREN) child.signal('SIGKILL');
-}
-
-function onPath(command: string): string | null {
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
-    if (dir && existsSync(join(dir, command))) return join(dir, command);
-  }
-  return null;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolvePort(port));
-    });
-  });
-}
-
-async function waitUntil(what: string, timeoutMs: number, check: () => Promise<boolean>, child: Child): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (!child.running) throw new Error(`${child.name} exited while waiting for ${what}:\n${child.tail()}`);
-    if (await check().catch(() => false)) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}:\n${child.tail()}`);
 }
 
 // ---- control API -----------------------------------------------------------------------------------
@@ -209,7 +128,7 @@ function control<T>(socket: string, method: string, path: string, body?: unknown
   return new Promise((resolveCall, reject) => {
     const text = body === undefined ? undefined : JSON.stringify(body);
     const headers: Record<string, string> = text === undefined ? {} : { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(text)) };
-    const req = request({ socketPath: socket, method, path, headers }, (res) => {
+    const req = httpRequest({ socketPath: socket, method, path, headers }, (res) => {
       let data = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (data += c));
@@ -230,7 +149,7 @@ function control<T>(socket: string, method: string, path: string, body?: unknown
 /** Follows a deploy's NDJSON stream to its end. */
 function follow(socket: string, id: string): Promise<{ events: DeployEvent[]; end: DeployEnd }> {
   return new Promise((resolveFollow, reject) => {
-    const req = request({ socketPath: socket, path: `/v1/deploys/${id}?follow=1` }, (res) => {
+    const req = httpRequest({ socketPath: socket, path: `/v1/deploys/${id}?follow=1` }, (res) => {
       const events: DeployEvent[] = [];
       let end: DeployEnd | null = null;
       let buf = '';
@@ -267,15 +186,21 @@ interface LoadResult {
   durationS: number;
 }
 
+/** Where the load goes: a port on 127.0.0.1, spoken to over HTTPS when `ca` (the PEM that signed its certificate) is set. */
+interface LoadTarget {
+  port: number;
+  ca: string | null;
+}
+
 /**
  * N client loops, each with one request in flight at a time. Records latencies, failures by reason,
  * and when each `release:pid` first answered a request.
  */
 class LoadGenerator {
-  #port: number;
+  #target: LoadTarget;
   #running = true;
   #loops: Promise<void>[] = [];
-  #agent: Agent;
+  #agent: HttpAgent;
   #seq = 0;
   #started = performance.now();
   #ended = 0;
@@ -287,9 +212,9 @@ class LoadGenerator {
   /** `release:pid` -> epoch ms of the first answer it gave. */
   readonly firstSeen = new Map<string, number>();
 
-  constructor(port: number, clients: number) {
-    this.#port = port;
-    this.#agent = new Agent({ keepAlive: true, maxSockets: clients });
+  constructor(target: LoadTarget, clients: number) {
+    this.#target = target;
+    this.#agent = target.ca === null ? new HttpAgent({ keepAlive: true, maxSockets: clients }) : new HttpsAgent({ keepAlive: true, maxSockets: clients, ca: target.ca, servername: TLS_NAME });
     for (let i = 0; i < clients; i++) this.#loops.push(this.#loop(i % 4 !== 3));
   }
 
@@ -354,9 +279,8 @@ class LoadGenerator {
   #send(keepAlive: boolean, body: string | null): Promise<{ status: number; headers: IncomingHttpHeaders; body: string; at: number }> {
     return new Promise((resolveSend, reject) => {
       const headers: Record<string, string> = body === null ? {} : { 'content-type': 'text/plain', 'content-length': String(Buffer.byteLength(body)) };
-      const req = request(
-        { host: '127.0.0.1', port: this.#port, method: body === null ? 'GET' : 'POST', path: body === null ? '/' : '/echo', headers, agent: keepAlive ? this.#agent : false },
-        (res) => {
+      const options = { host: '127.0.0.1', port: this.#target.port, method: body === null ? 'GET' : 'POST', path: body === null ? '/' : '/echo', headers, agent: keepAlive ? this.#agent : false };
+      const onResponse = (res: IncomingMessage): void => {
           // When the answer started: the moment the serving instance is known to have served it.
           const at = performance.timeOrigin + performance.now();
           let data = '';
@@ -364,8 +288,10 @@ class LoadGenerator {
           res.on('data', (c: string) => (data += c));
           res.on('end', () => resolveSend({ status: res.statusCode ?? 0, headers: res.headers, body: data, at }));
           res.on('error', reject);
-        },
-      );
+      };
+      const ca = this.#target.ca;
+      // A fresh connection over TLS is a full handshake: no session is kept between them.
+      const req = ca === null ? httpRequest(options, onResponse) : httpsRequest({ ...options, ca, servername: TLS_NAME }, onResponse);
       req.setTimeout(REQUEST_TIMEOUT_MS, () => req.destroy(Object.assign(new Error('client timeout'), { code: 'timeout' })));
       req.on('error', reject);
       req.end(body ?? undefined);
@@ -404,11 +330,26 @@ export function schedule(deploys: number, reloads: number, rollbacks: number): O
   return ops;
 }
 
-async function startBerth(dir: string, sources: string[]): Promise<{ child: Child; port: number; socket: string }> {
+/** The run's certificate for `TLS_NAME`, its key, and the PEM of the CA that signed it. */
+interface RunTls {
+  certificate: string;
+  key: string;
+  ca: string;
+}
+
+async function makeTls(dir: string): Promise<RunTls> {
+  const ca = await createCa(join(dir, 'certs'), 'berth deploy-under-load CA');
+  const leaf = await issueCertificate(ca, [TLS_NAME]);
+  return { certificate: leaf.certificate, key: leaf.key, ca: ca.pem };
+}
+
+async function startBerth(dir: string, sources: string[], tls: RunTls | null): Promise<{ child: Child; target: LoadTarget; socket: string }> {
   const stateDir = join(dir, 'state');
   const config = {
     state_dir: stateDir,
-    listen: ['127.0.0.1:0'],
+    // The cleartext listener answers the readiness probe; under --https the load goes to the TLS one.
+    listen: tls === null ? ['127.0.0.1:0'] : ['127.0.0.1:0', { address: '127.0.0.1:0', tls: true }],
+    ...(tls === null ? {} : { tls: { default_certificate: { certificate: tls.certificate, key: tls.key } } }),
     log_levels: { root: 'warn' },
     // Responses carry X-Berth-Release only with public_details; the bench reads it to see the switch.
     public_details: true,
@@ -427,29 +368,17 @@ async function startBerth(dir: string, sources: string[]): Promise<{ child: Chil
   const file = join(dir, 'berth.yaml');
   await writeFile(file, YAML.stringify(config));
   const socket = join(stateDir, 'control.sock');
-  const child = new Child('berth', process.execPath, [MAIN, 'start', '--config', file], { log: join(dir, 'berth.log'), stopSignal: 'SIGTERM' });
-  let port = 0;
+  const child = spawnChild('berth', process.execPath, [MAIN, 'start', '--config', file], { env: cleanEnv(), log: join(dir, 'berth.log'), stopSignal: 'SIGTERM' });
+  let ports: number[] = [];
   await waitUntil('berth to run', START_TIMEOUT_MS, async () => {
-    const status = await control<{ state: string; listen: string[] }>(socket, 'GET', '/v1/status');
-    if (status.body.state !== 'running') return false;
-    const address = status.body.listen[0];
-    port = Number(address.slice(address.lastIndexOf(':') + 1));
+    const status = await control<{ state: string; listen: string[] }>(socket, 'GET', '/v1/status').catch(() => null);
+    if (status?.body.state !== 'running') return false;
+    // In config order: the cleartext listener, then the TLS one.
+    ports = status.body.listen.map((address) => Number(address.slice(address.lastIndexOf(':') + 1)));
     return true;
   }, child);
-  await waitUntil('the app to be ready', START_TIMEOUT_MS, async () => (await getStatus(port, '/_berth/ready')) === 200, child);
-  return { child, port, socket };
-}
-
-function getStatus(port: number, path: string): Promise<number> {
-  return new Promise((resolveStatus, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, agent: false }, (res) => {
-      res.resume();
-      res.on('end', () => resolveStatus(res.statusCode ?? 0));
-    });
-    req.setTimeout(2_000, () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-    req.end();
-  });
+  await waitUntil('the app to be ready', START_TIMEOUT_MS, async () => (await getStatus(ports[0], '/_berth/ready')) === 200, child);
+  return { child, target: tls === null ? { port: ports[0], ca: null } : { port: ports[1], ca: tls.ca }, socket };
 }
 
 async function runOp(socket: string, kind: OpKind, source: string | null): Promise<OpResult> {
@@ -482,15 +411,15 @@ interface BerthResult {
   leftoverGenerations: number;
 }
 
-async function runBerth(opts: Options, dir: string): Promise<BerthResult> {
+async function runBerth(opts: Options, dir: string, tls: RunTls | null): Promise<BerthResult> {
   const sources = [join(dir, 'src-a'), join(dir, 'src-b')];
   for (const [i, src] of sources.entries()) {
     await cp(APP_SOURCE, src, { recursive: true });
     await writeFile(join(src, 'VERSION'), `${'ab'[i]}\n`);
   }
-  const berth = await startBerth(dir, sources);
+  const berth = await startBerth(dir, sources, tls);
   const deadline = Date.now() + opts.maxSeconds * 1000;
-  const load = new LoadGenerator(berth.port, opts.clients);
+  const load = new LoadGenerator(berth.target, opts.clients);
   const ops: OpResult[] = [];
   let loadResult: LoadResult;
   try {
@@ -514,7 +443,7 @@ async function runBerth(opts: Options, dir: string): Promise<BerthResult> {
   }
   const app = (await control<{ generations: unknown[] }>(berth.socket, 'GET', `/v1/apps/${APP}`)).body;
   await control(berth.socket, 'POST', '/v1/stop').catch(() => {});
-  await berth.child.stop();
+  await stopChild(berth.child);
   const switchToFirstMs: number[] = [];
   let unseen = 0;
   for (const op of ops) {
@@ -534,20 +463,33 @@ interface AnchorResult {
   load?: LoadResult;
 }
 
-async function runAnchor(opts: Options, dir: string, reloads: number, spacingMs: number): Promise<AnchorResult> {
+async function runAnchor(opts: Options, dir: string, tls: RunTls | null, reloads: number, spacingMs: number): Promise<AnchorResult> {
   if (!opts.anchor) return { skipped: 'turned off with --no-anchor' };
-  const nginx = onPath('nginx') ?? ['/usr/sbin/nginx', '/usr/local/sbin/nginx'].find((p) => existsSync(p)) ?? null;
+  const nginx = onPath('nginx') ?? nginxBinary();
   const gunicorn = onPath('gunicorn');
   if (!nginx || !gunicorn) return { skipped: `${[nginx ? null : 'nginx', gunicorn ? null : 'gunicorn'].filter(Boolean).join(' and ')} not on PATH` };
   const prefix = join(dir, 'anchor');
   await mkdir(prefix, { recursive: true });
   const appPort = await freePort();
   const port = await freePort();
+  const tlsPort = tls === null ? null : await freePort();
   const pidFile = join(prefix, 'gunicorn.pid');
-  const gun = new Child('gunicorn', gunicorn, ['--chdir', ANCHOR_APP_DIR, '--bind', `127.0.0.1:${appPort}`, '--workers', '2', '--threads', '64', '--worker-class', 'gthread', '--pid', pidFile, '--graceful-timeout', '30', 'anchor_app:app'], {
+  const gun = spawnChild('gunicorn', gunicorn, ['--chdir', ANCHOR_APP_DIR, '--bind', `127.0.0.1:${appPort}`, '--workers', '2', '--threads', '64', '--worker-class', 'gthread', '--pid', pidFile, '--graceful-timeout', '30', 'anchor_app:app'], {
     log: join(prefix, 'gunicorn.log'),
     stopSignal: 'SIGTERM',
   });
+  const location = 'location / { proxy_pass http://anchor_app; proxy_http_version 1.1; proxy_set_header Connection ""; }';
+  const tlsServer =
+    tls === null
+      ? ''
+      : `
+  server {
+    listen 127.0.0.1:${tlsPort} ssl;
+    ssl_certificate ${tls.certificate};
+    ssl_certificate_key ${tls.key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ${location}
+  }`;
   const conf = `# written by bench/deploy-under-load.ts for one run
 daemon off;
 worker_processes 1;
@@ -564,15 +506,15 @@ http {
   upstream anchor_app { server 127.0.0.1:${appPort}; keepalive 64; }
   server {
     listen 127.0.0.1:${port};
-    location / { proxy_pass http://anchor_app; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
+    ${location}
+  }${tlsServer}
 }
 `;
   await writeFile(join(prefix, 'nginx.conf'), conf);
-  const ngx = new Child('nginx', nginx, ['-p', prefix, '-c', join(prefix, 'nginx.conf'), '-e', join(prefix, 'error.log')], { log: join(prefix, 'nginx.log'), stopSignal: 'SIGQUIT' });
+  const ngx = spawnChild('nginx', nginx, ['-p', prefix, '-c', join(prefix, 'nginx.conf'), '-e', join(prefix, 'error.log')], { log: join(prefix, 'nginx.log'), stopSignal: 'SIGQUIT' });
   try {
     await waitUntil('gunicorn behind nginx', START_TIMEOUT_MS, async () => (await getStatus(port, '/')) === 200, ngx);
-    const load = new LoadGenerator(port, opts.clients);
+    const load = new LoadGenerator(tls === null ? { port, ca: null } : { port: tlsPort!, ca: tls.ca }, opts.clients);
     await new Promise((r) => setTimeout(r, SETTLE_MS));
     const master = Number(readFileSync(pidFile, 'utf8').trim());
     for (let i = 0; i < reloads; i++) {
@@ -583,8 +525,8 @@ http {
     await new Promise((r) => setTimeout(r, SETTLE_MS));
     return { skipped: null, reloads, load: await load.stop() };
   } finally {
-    await ngx.stop();
-    await gun.stop();
+    await stopChild(ngx);
+    await stopChild(gun);
   }
 }
 
@@ -601,10 +543,6 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[m] : round((s[m - 1] + s[m]) / 2);
 }
 
-function note(message: string): void {
-  process.stderr.write(`deploy-under-load: ${message}\n`);
-}
-
 function report(opts: Options, berth: BerthResult, anchor: AnchorResult): { text: string; json: unknown; ok: boolean } {
   const { load, ops } = berth;
   const count = (k: OpKind) => ops.filter((o) => o.kind === k).length;
@@ -613,6 +551,7 @@ function report(opts: Options, berth: BerthResult, anchor: AnchorResult): { text
   const ok = load.failed === 0 && failedOps.length === 0 && load.requests > 0 && berth.leftoverGenerations === 0;
   const json = {
     ok,
+    https: opts.https,
     clients: opts.clients,
     operations: { deploys: count('deploy'), reloads: count('reload'), rollbacks: count('rollback'), failed: failedOps.map((o) => ({ kind: o.kind, id: o.id, error: o.error })) },
     requests: load.requests,
@@ -629,7 +568,7 @@ function report(opts: Options, berth: BerthResult, anchor: AnchorResult): { text
   };
   const n = (x: number) => x.toLocaleString('en-US');
   const lines = [
-    `deploy-under-load: ${json.operations.deploys} deploys, ${json.operations.reloads} reloads, ${json.operations.rollbacks} rollbacks under ${opts.clients} clients (keep-alive and fresh connections, GET / and POST /echo)`,
+    `deploy-under-load${opts.https ? ' over HTTPS' : ''}: ${json.operations.deploys} deploys, ${json.operations.reloads} reloads, ${json.operations.rollbacks} rollbacks under ${opts.clients} clients (keep-alive and fresh connections, GET / and POST /echo)`,
     `  requests      ${n(load.requests)} in ${load.durationS}s (${n(json.requestsPerS)}/s)`,
     `  failed        ${n(load.failed)}${load.failed ? `  ${JSON.stringify(load.failures)}` : ''}`,
     ...load.examples.map((e) => `                ${e}`),
@@ -644,48 +583,24 @@ function report(opts: Options, berth: BerthResult, anchor: AnchorResult): { text
   return { text: lines.join('\n'), json, ok };
 }
 
-async function main(argv: string[]): Promise<number> {
-  let opts: Options;
+async function run(opts: Options, dir: string): Promise<number> {
+  const tls = opts.https ? await makeTls(dir) : null;
+  const berth = await runBerth(opts, dir, tls);
+  const ops = berth.ops.length;
+  // The anchor gets as many reloads as berth had operations, spaced like them.
+  const spacing = Math.max(200, Math.round((berth.load.durationS * 1000 - 2 * SETTLE_MS) / Math.max(ops, 1)));
+  let anchor: AnchorResult;
   try {
-    opts = parseOptions(argv);
+    anchor = await runAnchor(opts, dir, tls, ops, spacing);
   } catch (err) {
-    process.stderr.write(`deploy-under-load: ${(err as Error).message}\n${USAGE}\n`);
-    return 2;
+    anchor = { skipped: `failed to run: ${(err as Error).message.split('\n')[0]}` };
   }
-  const dir = await mkdtemp(join(tmpdir(), 'berth-dul-'));
-  try {
-    const berth = await runBerth(opts, dir);
-    const ops = berth.ops.length;
-    // The anchor gets as many reloads as berth had operations, spaced like them.
-    const spacing = Math.max(200, Math.round((berth.load.durationS * 1000 - 2 * SETTLE_MS) / Math.max(ops, 1)));
-    let anchor: AnchorResult;
-    try {
-      anchor = await runAnchor(opts, dir, ops, spacing);
-    } catch (err) {
-      anchor = { skipped: `failed to run: ${(err as Error).message.split('\n')[0]}` };
-    }
-    const out = report(opts, berth, anchor);
-    process.stdout.write((opts.json ? JSON.stringify(out.json, null, 2) : out.text) + '\n');
-    return out.ok ? 0 : 1;
-  } finally {
-    killAll();
-    await rm(dir, { recursive: true, force: true });
-  }
+  const out = report(opts, berth, anchor);
+  process.stdout.write((opts.json ? JSON.stringify(out.json, null, 2) : out.text) + '\n');
+  return out.ok ? 0 : 1;
 }
 
-if (import.meta.main) {
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(sig, () => {
-      killAll();
-      process.exit(130);
-    });
-  }
-  main(process.argv.slice(2)).then(
-    (code) => (process.exitCode = code),
-    (err) => {
-      killAll();
-      process.stderr.write(`deploy-under-load: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-      process.exitCode = 1;
-    },
-  );
-}
+/** berth's load phase and the anchor's (as long again), each with its start-up and stop, and slack. */
+const budgetMs = (opts: Options): number => 2 * (opts.maxSeconds * 1000 + 2 * START_TIMEOUT_MS) + 60_000;
+
+if (import.meta.main) process.exit(await benchMain(USAGE, parseOptions, budgetMs, run));

@@ -223,9 +223,9 @@ export function table(rows: string[][]): string[] {
 /**
  * Parses the options (a UsageError exits 2 with `usage`), then runs the bench in a fresh temp directory
  * with everything it starts stopped on every exit path: the end, an error, Ctrl-C, SIGTERM, and the
- * overall deadline `budgetMs(options)`. Resolves to the exit status.
+ * overall deadline `budgetMs(options)`. Exits with `run`'s status (0 when it returns none), 1 when it throws.
  */
-export async function benchMain<T>(usage: string, parse: (argv: string[]) => T, budgetMs: (opts: T) => number, run: (opts: T, dir: string) => Promise<void>): Promise<number> {
+export async function benchMain<T>(usage: string, parse: (argv: string[]) => T, budgetMs: (opts: T) => number, run: (opts: T, dir: string) => Promise<number | void>): Promise<number> {
   let opts: T;
   try {
     opts = parse(process.argv.slice(2));
@@ -264,8 +264,9 @@ export async function benchMain<T>(usage: string, parse: (argv: string[]) => T, 
     void cleanup(1);
   }, budget).unref();
   try {
-    await run(opts, dir);
-    await cleanup(0);
+    // A bench that judges its own run (deploy-under-load: 0 failures) resolves to its exit status.
+    const status = await run(opts, dir);
+    await cleanup(status ?? 0);
   } catch (err) {
     // Stopped: a signal handler is already cleaning up and will exit with its own status.
     if (!(err instanceof Stopped) && !stopping) note((err as Error).message);

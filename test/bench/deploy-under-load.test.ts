@@ -43,6 +43,19 @@ test('--short: deploys, reloads and a rollback under load fail no request', asyn
   assert.deepEqual(out.anchor, { skipped: 'turned off with --no-anchor' });
 });
 
+test('--short --https: the same operations under HTTPS load (TLS handshakes on every fresh connection) fail no request', async () => {
+  const res = await runBench(['--short', '--https', '--json', '--no-anchor']);
+  assert.equal(res.code, 0, `${res.stdout}\n${res.stderr}`);
+  const out = JSON.parse(res.stdout);
+  assert.equal(out.https, true);
+  assert.equal(out.failed, 0, JSON.stringify(out.failures));
+  assert.ok(out.requests > 1000, `only ${out.requests} requests`);
+  assert.deepEqual(out.operations, { deploys: 3, reloads: 2, rollbacks: 1, failed: [] });
+  assert.equal(out.switchToFirstRequestMs.switches, 6);
+  assert.equal(out.switchToFirstRequestMs.unseen, 0);
+  assert.equal(out.leftoverGenerations, 0);
+});
+
 test('bad flags exit 2 with the usage line and start nothing', async () => {
   for (const args of [['--clients', 'many'], ['--rollbacks', '5', '--deploys', '2'], ['--bogus']]) {
     const res = await runBench(args);
