@@ -5,7 +5,6 @@ import type { Logger } from '../lib/logger.ts';
 import { BerthError, ErrorCodes, errorMessage } from '../lib/errors.ts';
 import type { Store } from './store.ts';
 import { SqliteStore } from './sqlite.ts';
-import { PostgresStore } from './postgres.ts';
 
 /** The SQLite file inside the state dir when `database` is null. */
 export const SQLITE_FILE = 'berth.db';
@@ -21,6 +20,8 @@ export const STORE_FILE_MODE = 0o600;
  */
 export async function openStore(config: BerthConfig, logger: Logger): Promise<Store> {
   if (config.database !== null) {
+    // Loaded only for PostgreSQL: the driver is not needed (nor kept in memory) by a SQLite gateway.
+    const { PostgresStore } = await import('./postgres.ts');
     const store = new PostgresStore({ url: config.database, migrations: config.migrations, resetState: config.resetState, logger });
     await store.open();
     return store;

@@ -5,7 +5,7 @@
  */
 import { Agent as HttpsAgent } from 'node:https';
 import { createSecureContext, type SecureContext } from 'node:tls';
-import { Client, axios as acmeAxios, crypto as acmeCrypto } from 'acme-client';
+import type { Client } from 'acme-client';
 import { BerthError, ErrorCodes, errorMessage } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/logger.ts';
 import type { AcmeStore } from '../../store/store.ts';
@@ -19,6 +19,18 @@ export const ACME_TLS_ALPN_PROTOCOL = 'acme-tls/1';
 export const ACME_REQUEST_TIMEOUT_MS = 30_000;
 /** acme-client's first poll delay for a pending challenge or order; it doubles up to 30 s. */
 export const ACME_POLL_MIN_MS = 2_000;
+
+type AcmeModule = typeof import('acme-client');
+let acmeModule: Promise<AcmeModule> | null = null;
+
+/**
+ * acme-client, loaded the first time a gateway uses ACME: with axios and the ASN.1 and X.509 code under
+ * it, it costs about 40 MB of resident memory, which a gateway without ACME should not carry.
+ */
+function loadAcme(): Promise<AcmeModule> {
+  acmeModule ??= import('acme-client');
+  return acmeModule;
+}
 
 export interface AcmeIssuerOptions {
   directoryUrl: string;
@@ -61,6 +73,9 @@ export class AcmeIssuer {
   #alpn = new Map<string, SecureContext>();
   #interceptor: number | null = null;
   #agent: HttpsAgent | null = null;
+  /** acme-client once start() has loaded it and set this issuer's interceptor on it. */
+  #acme: Promise<AcmeModule> | null = null;
+  #loaded: AcmeModule | null = null;
 
   constructor(opts: AcmeIssuerOptions) {
     this.#opts = opts;
@@ -74,12 +89,24 @@ export class AcmeIssuer {
    * scoped by host rather than set on its defaults; other directories keep the system's roots.
    */
   start(): void {
-    if (this.#interceptor !== null) return;
+    if (this.#acme !== null) return;
     const host = new URL(this.#opts.directoryUrl).host;
     const agent = this.#opts.caRoot ? new HttpsAgent({ ca: this.#opts.caRoot, keepAlive: true }) : null;
     this.#agent = agent;
+    this.#acme = loadAcme().then((acme) => {
+      // Stopped while it loaded: nothing to set.
+      if (this.#agent !== agent) return acme;
+      this.#loaded = acme;
+      this.#intercept(acme, host, agent);
+      return acme;
+    });
+    // A failed load is reported by the first order that needs the module.
+    this.#acme.catch(() => {});
+  }
+
+  #intercept(acme: AcmeModule, host: string, agent: HttpsAgent | null): void {
     const timeout = this.#opts.requestTimeoutMs ?? ACME_REQUEST_TIMEOUT_MS;
-    this.#interceptor = acmeAxios.interceptors.request.use((config) => {
+    this.#interceptor = acme.axios.interceptors.request.use((config) => {
       let target: string | null = null;
       try {
         target = config.url ? new URL(config.url).host : null;
@@ -95,8 +122,9 @@ export class AcmeIssuer {
   }
 
   stop(): void {
-    if (this.#interceptor !== null) acmeAxios.interceptors.request.eject(this.#interceptor);
+    if (this.#interceptor !== null) this.#loaded?.axios.interceptors.request.eject(this.#interceptor);
     this.#interceptor = null;
+    this.#acme = null;
     this.#agent?.destroy();
     this.#agent = null;
     this.#tokens.clear();
@@ -123,7 +151,9 @@ export class AcmeIssuer {
    * (ECDSA P-256). Throws AcmeError with the CA's reason. Keys appear in no message.
    */
   async issue(host: string): Promise<IssuedCertificate> {
+    const acme = await this.#module();
     const client = await this.#account();
+    const acmeCrypto = acme.crypto;
     const key = await acmeCrypto.createPrivateEcdsaKey('P-256');
     const keyPem = key.toString('utf8');
     // The CN holds at most 64 characters; the name is in the subjectAltName either way, which is what counts.
@@ -153,8 +183,9 @@ export class AcmeIssuer {
     if (type === 'http-01') {
       this.#tokens.set(token, keyAuthorization);
     } else if (type === 'tls-alpn-01') {
+      const acmeCrypto = (await this.#module()).crypto;
       const alpnKey = await acmeCrypto.createPrivateEcdsaKey('P-256');
-      const [, cert] = await acmeCrypto.createAlpnCertificate({ identifier: { type: 'dns', value: host } } as Parameters<typeof acmeCrypto.createAlpnCertificate>[0], keyAuthorization, alpnKey);
+      const [, cert] = await acmeCrypto.createAlpnCertificate({ identifier: { type: 'dns', value: host } } as Parameters<AcmeModule['crypto']['createAlpnCertificate']>[0], keyAuthorization, alpnKey);
       this.#alpn.set(host, createSecureContext({ ...tlsContextOptions(), key: alpnKey, cert }));
       alpnKey.fill(0);
     } else {
@@ -181,11 +212,17 @@ export class AcmeIssuer {
     return this.#client;
   }
 
+  /** acme-client with this issuer's interceptor set (start() loads it; an issuer used unstarted loads it here). */
+  #module(): Promise<AcmeModule> {
+    return this.#acme ?? loadAcme();
+  }
+
   async #openAccount(): Promise<Client> {
     const { store, directoryUrl, email } = this.#opts;
+    const acme = await this.#module();
     const stored = await store.getAcmeAccount(directoryUrl);
-    const keyPem = stored?.keyPem ?? (await acmeCrypto.createPrivateEcdsaKey('P-256')).toString('utf8');
-    const client = new Client({ directoryUrl, accountKey: keyPem, backoffMin: this.#opts.pollMinMs ?? ACME_POLL_MIN_MS, backoffAttempts: 10 });
+    const keyPem = stored?.keyPem ?? (await acme.crypto.createPrivateEcdsaKey('P-256')).toString('utf8');
+    const client = new acme.Client({ directoryUrl, accountKey: keyPem, backoffMin: this.#opts.pollMinMs ?? ACME_POLL_MIN_MS, backoffAttempts: 10 });
     const contact = email ? [`mailto:${email}`] : [];
     await client.createAccount({ termsOfServiceAgreed: true, contact });
     // newAccount with a known key answers the account as it is: a changed email is sent as an update.
