@@ -1,8 +1,9 @@
 /**
  * The proxies the proxy benches measure, all in front of ONE upstream process (bench/upstream.mjs):
- * berth supervising it as its only app, and nginx (1 worker) proxying to that same process. With `tls`,
- * each also gets a TLS listener serving the one certificate given, so both handshake with the same key.
- * Also wrk's output format, which both benches read.
+ * berth supervising it as its only app, and nginx (1 worker, or one per core), HAProxy and Caddy (when
+ * installed) proxying to that same process. With `tls`, berth and nginx also get a TLS listener serving
+ * the one certificate given, so both handshake with the same key. Also wrk's output format, which the
+ * benches read.
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
@@ -62,9 +63,10 @@ export async function readPortFile(file: string, child: Child): Promise<number> 
 }
 
 /** berth with the bench app (bench/upstream.mjs, which writes its port to `portFile`) as a catch-all app. */
-export async function startBerth(dir: string, portFile: string, tls: BenchCertificate | null = null, env: Record<string, string> = {}): Promise<ProxyTarget> {
+export async function startBerth(dir: string, portFile: string, tls: BenchCertificate | null = null, env: Record<string, string> = {}, workers: number | 'auto' = 1): Promise<ProxyTarget> {
   const port = await freePort();
   const tlsPort = tls === null ? null : await freePort();
+  await mkdir(dir, { recursive: true });
   const source = join(dir, 'bench-app');
   await mkdir(source, { recursive: true });
   // The command is absolute, so the release needs no files of its own; a deploy source must still exist.
@@ -75,6 +77,8 @@ export async function startBerth(dir: string, portFile: string, tls: BenchCertif
     // The app is a catch-all, and the load tools connect to 127.0.0.1 (no SNI): the default certificate serves.
     ...(tls === null ? {} : { tls: { default_certificate: { certificate: tls.certificate, key: tls.key } } }),
     log_levels: { root: 'warn' },
+    // Written only when asked for, so the bench also runs a berth that has no such key.
+    ...(workers === 1 ? {} : { proxy: { workers } }),
     apps: {
       bench: {
         ...benchAppUser,
@@ -106,8 +110,8 @@ export function nginxBinary(): string | null {
  * http/1.1 by ALPN, TLS 1.2 and 1.3 as berth does, and no cap on requests per connection (berth has none;
  * nginx's default of 1000 would add handshakes to its keep-alive figures).
  */
-export async function startNginx(binary: string, dir: string, upstreamPort: number, tls: BenchCertificate | null = null): Promise<ProxyTarget> {
-  const prefix = join(dir, 'nginx');
+export async function startNginx(binary: string, dir: string, upstreamPort: number, tls: BenchCertificate | null = null, workers: number | 'auto' = 1): Promise<ProxyTarget> {
+  const prefix = join(dir, workers === 1 ? 'nginx' : `nginx-${workers}`);
   await mkdir(prefix, { recursive: true });
   const port = await freePort();
   const tlsPort = tls === null ? null : await freePort();
@@ -129,14 +133,18 @@ export async function startNginx(binary: string, dir: string, upstreamPort: numb
     keepalive_requests 100000000;
 ${location}
   }`;
+  // As root, nginx's workers would run as nobody, who cannot write request bodies into this run's directory.
+  const user = process.getuid?.() === 0 ? 'user root;\n' : '';
   const conf = `# written by bench/proxy-targets.ts for one run
-daemon off;
-worker_processes 1;
+${user}daemon off;
+worker_processes ${workers};
 pid ${prefix}/nginx.pid;
 error_log ${prefix}/error.log warn;
-events { worker_connections 1024; }
+events { worker_connections 4096; }
 http {
   access_log off;
+  keepalive_requests 100000000;
+  client_max_body_size 16m;
   client_body_temp_path ${prefix}/client_body;
   proxy_temp_path ${prefix}/proxy;
   fastcgi_temp_path ${prefix}/fastcgi;
@@ -162,6 +170,61 @@ ${location}
   await waitUntil('nginx to proxy GET /', START_TIMEOUT_MS, async () => (await getStatus(port, '/')) === 200, child);
   if (tlsPort !== null) await waitForTls('nginx', tlsPort, child);
   return { child, port, tlsPort, proxyPids: () => withChildren(child.proc.pid!) };
+}
+
+/** HAProxy with one thread (`nbthread 1`), HTTP mode, keep-alive to the upstream as nginx and berth have. */
+export async function startHaproxy(binary: string, dir: string, upstreamPort: number): Promise<ProxyTarget> {
+  const prefix = join(dir, 'haproxy');
+  await mkdir(prefix, { recursive: true });
+  const port = await freePort();
+  const conf = `# written by bench/proxy-targets.ts for one run
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+  option http-keep-alive
+frontend bench
+  bind 127.0.0.1:${port}
+  default_backend upstream
+backend upstream
+  http-reuse always
+  server up 127.0.0.1:${upstreamPort}
+`;
+  await writeFile(join(prefix, 'haproxy.cfg'), conf);
+  // -db: stay in the foreground; logs go to the output file.
+  const child = spawnChild('haproxy', binary, ['-db', '-f', join(prefix, 'haproxy.cfg')], { log: join(prefix, 'haproxy.log'), stopSignal: 'SIGUSR1' });
+  await waitUntil('haproxy to proxy GET /', START_TIMEOUT_MS, async () => (await getStatus(port, '/')) === 200, child);
+  return { child, port, tlsPort: null, proxyPids: () => withChildren(child.proc.pid!) };
+}
+
+/** Caddy as a plain reverse proxy (no automatic HTTPS, no admin endpoint) with GOMAXPROCS=1: one core. */
+export async function startCaddy(binary: string, dir: string, upstreamPort: number): Promise<ProxyTarget> {
+  const prefix = join(dir, 'caddy');
+  await mkdir(prefix, { recursive: true });
+  const port = await freePort();
+  const conf = `# written by bench/proxy-targets.ts for one run
+{
+  admin off
+  auto_https off
+  persist_config off
+}
+http://127.0.0.1:${port} {
+  reverse_proxy 127.0.0.1:${upstreamPort}
+}
+`;
+  await writeFile(join(prefix, 'Caddyfile'), conf);
+  const child = spawnChild('caddy', binary, ['run', '--config', join(prefix, 'Caddyfile'), '--adapter', 'caddyfile'], {
+    env: cleanEnv({ GOMAXPROCS: '1', HOME: prefix, XDG_DATA_HOME: prefix, XDG_CONFIG_HOME: prefix }),
+    log: join(prefix, 'caddy.log'),
+    stopSignal: 'SIGTERM',
+  });
+  await waitUntil('caddy to proxy GET /', START_TIMEOUT_MS, async () => (await getStatus(port, '/')) === 200, child);
+  return { child, port, tlsPort: null, proxyPids: () => [child.proc.pid!] };
 }
 
 // ---- wrk's output ---------------------------------------------------------------------------------

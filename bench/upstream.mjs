@@ -5,11 +5,30 @@ import { writeFileSync, renameSync } from 'node:fs';
 
 const BODY = Buffer.from('hello from the berth bench upstream\n');
 const HEADERS = { 'content-type': 'text/plain', 'content-length': BODY.length };
+// GET /64k: a 64 KiB response, for the bench's large-response scenario.
+const LARGE = Buffer.alloc(64 * 1024, 'berth bench 64k body\n');
+const LARGE_HEADERS = { 'content-type': 'text/plain', 'content-length': LARGE.length };
 const parent = process.ppid;
 
 const server = createServer((req, res) => {
+  if (req.method === 'POST') {
+    // An upload: answered once read whole, with the byte count, so a truncated body shows.
+    let bytes = 0;
+    req.on('data', (c) => (bytes += c.length));
+    req.on('end', () => {
+      const text = `${bytes}\n`;
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': text.length });
+      res.end(text);
+    });
+    return;
+  }
   // Drain any request body so keep-alive connections stay usable.
   req.resume();
+  if (req.url === '/64k') {
+    res.writeHead(200, LARGE_HEADERS);
+    res.end(LARGE);
+    return;
+  }
   res.writeHead(200, HEADERS);
   res.end(BODY);
 });
