@@ -19,8 +19,9 @@
  * berth had operations, and its failures print beside berth's. Otherwise the report says the anchor was
  * skipped and why.
  *
- * Usage: npx node bench/deploy-under-load.ts [--short] [--json] [--https] [--clients N] [--deploys N]
- *          [--reloads N] [--rollbacks N] [--min-requests N] [--max-seconds S] [--no-anchor]
+ * Usage: npx node bench/deploy-under-load.ts [--short] [--json] [--https] [--workers N|auto] [--clients N]
+ *          [--deploys N] [--reloads N] [--rollbacks N] [--min-requests N] [--max-seconds S] [--no-anchor]
+ * --workers: berth's `proxy.workers` (default 1).
  */
 import { readFileSync } from 'node:fs';
 import { cp, mkdir, writeFile } from 'node:fs/promises';
@@ -46,7 +47,7 @@ const START_TIMEOUT_MS = 60_000;
 const SETTLE_MS = 1_000;
 
 const USAGE =
-  'usage: npx node bench/deploy-under-load.ts [--short] [--json] [--https] [--clients N] [--deploys N] [--reloads N] [--rollbacks N] [--min-requests N] [--max-seconds S] [--no-anchor]';
+  'usage: npx node bench/deploy-under-load.ts [--short] [--json] [--https] [--workers N|auto] [--clients N] [--deploys N] [--reloads N] [--rollbacks N] [--min-requests N] [--max-seconds S] [--no-anchor]';
 /** The name the run's certificate is made for, and the SNI and Host the HTTPS clients send. */
 const TLS_NAME = 'localhost';
 
@@ -54,6 +55,8 @@ interface Options {
   short: boolean;
   json: boolean;
   https: boolean;
+  /** berth's `proxy.workers`. */
+  workers: number | 'auto';
   clients: number;
   deploys: number;
   reloads: number;
@@ -72,6 +75,7 @@ function parseOptions(argv: string[]): Options {
       short: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
       https: { type: 'boolean', default: false },
+      workers: { type: 'string', default: '1' },
       clients: { type: 'string' },
       deploys: { type: 'string' },
       reloads: { type: 'string' },
@@ -95,6 +99,7 @@ function parseOptions(argv: string[]): Options {
     short,
     json: values.json,
     https: values.https,
+    workers: values.workers === 'auto' ? 'auto' : int(values.workers, 1, 'workers', 1, 32),
     clients: int(values.clients, short ? 50 : 200, 'clients', 1, 2000),
     deploys,
     reloads: int(values.reloads, short ? 2 : 10, 'reloads', 0, 1000),
@@ -343,13 +348,14 @@ async function makeTls(dir: string): Promise<RunTls> {
   return { certificate: leaf.certificate, key: leaf.key, ca: ca.pem };
 }
 
-async function startBerth(dir: string, sources: string[], tls: RunTls | null): Promise<{ child: Child; target: LoadTarget; socket: string }> {
+async function startBerth(dir: string, sources: string[], tls: RunTls | null, workers: number | 'auto'): Promise<{ child: Child; target: LoadTarget; socket: string }> {
   const stateDir = join(dir, 'state');
   const config = {
     state_dir: stateDir,
     // The cleartext listener answers the readiness probe; under --https the load goes to the TLS one.
     listen: tls === null ? ['127.0.0.1:0'] : ['127.0.0.1:0', { address: '127.0.0.1:0', tls: true }],
     ...(tls === null ? {} : { tls: { default_certificate: { certificate: tls.certificate, key: tls.key } } }),
+    ...(workers === 1 ? {} : { proxy: { workers } }),
     log_levels: { root: 'warn' },
     // Responses carry X-Berth-Release only with public_details; the bench reads it to see the switch.
     public_details: true,
@@ -417,7 +423,7 @@ async function runBerth(opts: Options, dir: string, tls: RunTls | null): Promise
     await cp(APP_SOURCE, src, { recursive: true });
     await writeFile(join(src, 'VERSION'), `${'ab'[i]}\n`);
   }
-  const berth = await startBerth(dir, sources, tls);
+  const berth = await startBerth(dir, sources, tls, opts.workers);
   const deadline = Date.now() + opts.maxSeconds * 1000;
   const load = new LoadGenerator(berth.target, opts.clients);
   const ops: OpResult[] = [];
@@ -552,6 +558,7 @@ function report(opts: Options, berth: BerthResult, anchor: AnchorResult): { text
   const json = {
     ok,
     https: opts.https,
+    workers: opts.workers,
     clients: opts.clients,
     operations: { deploys: count('deploy'), reloads: count('reload'), rollbacks: count('rollback'), failed: failedOps.map((o) => ({ kind: o.kind, id: o.id, error: o.error })) },
     requests: load.requests,
@@ -568,7 +575,7 @@ function report(opts: Options, berth: BerthResult, anchor: AnchorResult): { text
   };
   const n = (x: number) => x.toLocaleString('en-US');
   const lines = [
-    `deploy-under-load${opts.https ? ' over HTTPS' : ''}: ${json.operations.deploys} deploys, ${json.operations.reloads} reloads, ${json.operations.rollbacks} rollbacks under ${opts.clients} clients (keep-alive and fresh connections, GET / and POST /echo)`,
+    `deploy-under-load${opts.https ? ' over HTTPS' : ''}${opts.workers === 1 ? '' : ` (proxy.workers: ${opts.workers})`}: ${json.operations.deploys} deploys, ${json.operations.reloads} reloads, ${json.operations.rollbacks} rollbacks under ${opts.clients} clients (keep-alive and fresh connections, GET / and POST /echo)`,
     `  requests      ${n(load.requests)} in ${load.durationS}s (${n(json.requestsPerS)}/s)`,
     `  failed        ${n(load.failed)}${load.failed ? `  ${JSON.stringify(load.failures)}` : ''}`,
     ...load.examples.map((e) => `                ${e}`),

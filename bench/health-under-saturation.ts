@@ -16,7 +16,8 @@
  * berth's slots) behind nginx, with a 1s probe of the app's /up through nginx, for comparison.
  *
  * Usage: npx node bench/health-under-saturation.ts [--short] [--json] [--duration S] [--clients N]
- *        [--block-ms MS] [--no-gunicorn]
+ *        [--block-ms MS] [--workers N|auto] [--no-gunicorn]
+ * --workers: berth's `proxy.workers` (default 1).
  * --short: 5s, 12 clients, 1s blocks. Exit status: 0 when the acceptance holds (every probe answered
  * 200 within 1s, p99 under 10ms, no restart, no unhealthy mark, no instance above its concurrency,
  * no client failed, the pool was saturated), 1 when not, 2 on bad usage.
@@ -56,7 +57,7 @@ const START_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 15_000;
 const NGINX_CANDIDATES = ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx'];
 
-const USAGE = 'usage: npx node bench/health-under-saturation.ts [--short] [--json] [--duration S] [--clients N] [--block-ms MS] [--block wait|spin] [--no-gunicorn]';
+const USAGE = 'usage: npx node bench/health-under-saturation.ts [--short] [--json] [--duration S] [--clients N] [--block-ms MS] [--block wait|spin] [--workers N|auto] [--no-gunicorn]';
 
 interface Options {
   short: boolean;
@@ -66,6 +67,8 @@ interface Options {
   blockMs: number;
   /** wait: the app's loop is stuck in a synchronous wait (a database call); spin: it burns the CPU too. */
   block: 'wait' | 'spin';
+  /** berth's `proxy.workers`. */
+  workers: number | 'auto';
   gunicorn: boolean;
 }
 
@@ -79,6 +82,7 @@ function parseOptions(argv: string[]): Options {
       clients: { type: 'string' },
       'block-ms': { type: 'string' },
       block: { type: 'string', default: 'wait' },
+      workers: { type: 'string', default: '1' },
       'no-gunicorn': { type: 'boolean', default: false },
     },
     strict: true,
@@ -92,6 +96,7 @@ function parseOptions(argv: string[]): Options {
     clients: positiveInt(values.clients ?? (short ? '12' : '40'), '--clients', 1000),
     blockMs: positiveInt(values['block-ms'] ?? (short ? '1000' : '5000'), '--block-ms', 60_000),
     block: blockKind(values.block),
+    workers: values.workers === 'auto' ? 'auto' : positiveInt(values.workers, '--workers', 32),
     gunicorn: !values['no-gunicorn'],
   };
 }
@@ -486,6 +491,7 @@ async function runBerth(opts: Options, dir: string): Promise<BerthResult> {
     state_dir: stateDir,
     listen: [`127.0.0.1:${port}`],
     log_levels: { root: 'warn' },
+    ...(opts.workers === 1 ? {} : { proxy: { workers: opts.workers } }),
     apps: {
       [APP_NAME]: {
         ...benchAppUser,

@@ -21,6 +21,8 @@ import type { CertificateRow } from './tls/types.ts';
 import { openStore } from './store/open-store.ts';
 import { Supervisor } from './supervisor/supervisor.ts';
 import type { Generation, InstanceSnapshot, RestartInfo } from './supervisor/supervisor.ts';
+import { SharedCells } from './lib/shared-cells.ts';
+import { ProxyWorkers } from './proxy/proxy-workers.ts';
 import { Proxy } from './proxy/server.ts';
 import type { ModeState, RoutingTable } from './proxy/router.ts';
 import { ApiServer } from './api/server.ts';
@@ -66,6 +68,9 @@ export class Gateway implements DeployHost, Control {
   #state: GatewayState = 'new';
   #store: Store | null = null;
   #proxy: Proxy;
+  /** `proxy.workers` > 1: the worker threads beside the main thread's proxy. */
+  #workers: ProxyWorkers | null = null;
+  #table: RoutingTable | null = null;
   #api: ApiServer;
   #supervisor: Supervisor;
   #deployer: Deployer | null = null;
@@ -90,8 +95,12 @@ export class Gateway implements DeployHost, Control {
     this.#config = opts.config;
     this.#loggers = opts.loggers;
     this.#log = opts.loggers.get('root');
-    this.#proxy = new Proxy({ config: opts.config, logger: opts.loggers.get('proxy') });
+    // One set of counters for instances and pools, which every proxy thread reads and counts into.
+    const cells = new SharedCells();
+    const threads = opts.config.proxy.workers > 1;
+    this.#proxy = new Proxy({ config: opts.config, logger: opts.loggers.get('proxy'), cells, reusePort: threads });
     this.#supervisor = new Supervisor({
+      cells,
       stateDir: opts.config.stateDir,
       logger: opts.loggers.get('supervisor'),
       timing: opts.supervisorTiming,
@@ -109,10 +118,17 @@ export class Gateway implements DeployHost, Control {
       opts.loggers.get('root'),
     );
     this.#proxy.setMetrics(this.metrics);
+    if (threads) {
+      this.#workers = new ProxyWorkers({ main: this.#proxy, config: opts.config, cells, logger: opts.loggers.get('proxy'), logs: opts.loggers, metrics: this.metrics });
+    }
     this.#api = new ApiServer({ gateway: this, config: opts.config, logger: opts.loggers.get('api') });
     this.#healthFile = new HealthFile(this.#log);
     const live = { state: () => this.#state, config: () => this.#config, store: () => this.#store, deployer: () => this.#deployer };
-    const setTable = (table: RoutingTable) => this.#proxy.setTable(table);
+    const setTable = (table: RoutingTable) => {
+      this.#table = table;
+      this.#proxy.setTable(table);
+      this.#workers?.setTable(table);
+    };
     const loggers = opts.loggers;
     const audit = this.audit;
     const supervisor = this.#supervisor;
@@ -136,6 +152,11 @@ export class Gateway implements DeployHost, Control {
 
   get proxy(): Proxy {
     return this.#proxy;
+  }
+
+  /** The proxy's worker threads (`proxy.workers` > 1); null with the main thread alone. */
+  get proxyWorkers(): ProxyWorkers | null {
+    return this.#workers;
   }
 
   get supervisor(): Supervisor {
@@ -192,6 +213,7 @@ export class Gateway implements DeployHost, Control {
       this.#certificates = await GatewayCertificates.open(this.config, store, this.#loggers.get('tls'));
       this.metrics.start();
       await this.#proxy.start(this.#certificates?.frontDoor ?? null);
+      await this.#workers?.start(this.#table ?? this.#proxy.table);
       await this.#api.start();
     } catch (err) {
       await this.#teardown();
@@ -234,6 +256,7 @@ export class Gateway implements DeployHost, Control {
     this.#loggers.setLevels(next.logLevels);
     this.#api.setConfig(next);
     this.#proxy.setConfig(next);
+    this.#workers?.setConfig(next);
     this.#healthFile.start(next.healthFile);
     this.#scheduler?.setConfig(next);
     this.#certificates?.ensure(next);
@@ -244,7 +267,7 @@ export class Gateway implements DeployHost, Control {
   deployable = (app: string): DeployableApp | undefined => this.#apps.get(app);
   switchTo = (app: string, gen: Generation): void => this.#apps.switchTo(app, gen);
   /** The drain deadline passed with WebSockets open on `gen`; they get close 1001. */
-  closeUpgrades = (gen: Generation): number => this.#proxy.closeUpgrades(gen);
+  closeUpgrades = (gen: Generation): number => this.#workers?.closeUpgrades(gen) ?? this.#proxy.closeUpgrades(gen);
   taskTarget = (app: string): TaskTarget | undefined => this.#apps.taskTarget(app);
   /** Resolves when every app has either become ready, failed to boot, or failed to get ready. */
   whenAppsBooted = (): Promise<void> => this.#apps.whenBooted();
@@ -300,7 +323,7 @@ export class Gateway implements DeployHost, Control {
     this.#healthFile.stop();
     this.#apps.stopTriggers();
     await this.#deployer?.stop(0);
-    await this.#proxy.stop(drainMs).catch(fail('proxy stop'));
+    await Promise.all([this.#proxy.stop(drainMs).catch(fail('proxy stop')), this.#workers?.stop(drainMs).catch(fail('proxy workers stop'))]);
     await this.#certificates?.stop().catch(fail('certificates stop'));
     // Boots end quickly once the deployer is stopping (their commands are killed); never wait forever.
     await Promise.race([this.#apps.bootsSettled(), new Promise((r) => setTimeout(r, 10_000).unref())]);
@@ -321,6 +344,7 @@ export class Gateway implements DeployHost, Control {
     this.#scheduler?.destroy(err);
     this.#supervisor.destroy(err);
     this.#proxy.destroy(err);
+    this.#workers?.destroy();
     this.metrics.destroy(err);
   }
 }

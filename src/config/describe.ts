@@ -18,6 +18,7 @@ export function formatCheckReport(config: BerthConfig): string {
     `listen:      ${config.listen.map((a) => (a.tls ? `${a.text} (tls)` : a.text)).join(', ')}`,
     `control:     ${config.control.socket}${config.control.listen ? `, tcp ${config.control.listen.text}` : ''}`,
   ];
+  if (config.proxy.workers > 1) lines.push(`proxy:       ${config.proxy.workers} threads on the cleartext listeners${config.proxy.auto ? ' (auto: one per core)' : ''}`);
   const apps = Object.values(config.apps);
   lines.push('', 'routes:');
   const rows: string[][] = [];

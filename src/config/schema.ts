@@ -310,8 +310,20 @@ export interface BerthConfig {
   /** In config file order. */
   tls: TlsConfig;
   acme: AcmeConfig;
+  proxy: ProxyConfig;
   apps: Record<string, AppConfig>;
 }
+
+/** `proxy`: the front door's threads. */
+export interface ProxyConfig {
+  /** Threads serving the front door, the main thread included (`auto` resolved to the core count). */
+  workers: number;
+  /** Written as `auto`. */
+  auto: boolean;
+}
+
+/** The most proxy threads `proxy.workers` (or `auto`) gives. */
+export const MAX_PROXY_WORKERS = 32;
 
 /** The http process types of an app (those that can be route targets). */
 export function httpProcesses(app: AppConfig): ProcessConfig[] {

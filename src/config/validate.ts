@@ -32,6 +32,7 @@
  * - A Procfile app's DB budget cannot be checked at load time: its process types are only known per
  *   release.
  */
+import { availableParallelism } from 'node:os';
 import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { ConfigError, type ConfigProblem } from '../lib/errors.ts';
@@ -49,8 +50,10 @@ import {
   DEFAULT_STATE_DIR,
   DEFAULT_TRUSTED_PROXY_COUNT,
   APP_NAME_RE,
+  MAX_PROXY_WORKERS,
   ROLES,
   type AppConfig,
+  type ProxyConfig,
   type BerthConfig,
   type ControlConfig,
   type ListenAddress,
@@ -82,6 +85,7 @@ export const TOP_LEVEL_KEYS = [
   'default_user',
   'tls',
   'acme',
+  'proxy',
   'apps',
 ] as const;
 
@@ -143,6 +147,7 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
   const tls = checkTls(c, top.fields('tls'), dir);
   const acme = checkAcme(c, top.fields('acme'), dir);
   checkTlsTogether(c, listen, tls, acme, apps);
+  const proxy = checkProxy(c, top.fields('proxy'), apps);
   top.done();
 
   const config: BerthConfig = {
@@ -167,6 +172,7 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
     defaultUser,
     tls,
     acme,
+    proxy,
     apps,
   };
   return { config, issues: inDocumentOrder(c.issues, raw) };
@@ -263,6 +269,34 @@ function checkListen(c: Checker, top: Fields, stateDir: string): ListenAddress[]
     else out.push(addr.kind === 'tcp' ? { ...addr, tls } : addr);
   });
   return out;
+}
+
+/**
+ * `proxy.workers`: how many threads serve the front door (1, the default, is the main thread alone);
+ * `auto` is one per core, up to MAX_PROXY_WORKERS.
+ */
+function checkProxy(c: Checker, f: Fields, apps: Record<string, AppConfig>): ProxyConfig {
+  const raw = f.raw('workers');
+  let workers = 1;
+  let auto = false;
+  if (raw === 'auto') {
+    auto = true;
+    workers = Math.min(availableParallelism(), MAX_PROXY_WORKERS);
+    f.take('workers');
+  } else if (raw !== undefined) {
+    if (typeof raw !== 'number' || !Number.isInteger(raw) || raw < 1 || raw > MAX_PROXY_WORKERS) {
+      c.problem(f.path('workers'), `expected an integer from 1 to ${MAX_PROXY_WORKERS} or "auto", got ${show(raw)}`);
+    } else workers = raw;
+    f.take('workers');
+  }
+  f.done();
+  if (workers > 1) {
+    // Each thread would keep its own buckets: a client spread over threads would get the limit once per thread.
+    for (const [name, app] of Object.entries(apps)) {
+      if (app.rateLimit !== null) c.problem(f.path('workers'), `apps.${name}.rate_limit is not shared between proxy workers yet: use proxy.workers: 1 with rate limits`);
+    }
+  }
+  return { workers, auto };
 }
 
 function checkControl(c: Checker, f: Fields, stateDir: string): ControlConfig {

@@ -23,6 +23,8 @@ export const RESTART_ONLY_KEYS: readonly { path: string; of: (c: BerthConfig) =>
   { path: 'control.socket', of: (c) => c.control.socket },
   { path: 'control.socket_group', of: (c) => c.control.socketGroup },
   { path: 'control.listen', of: (c) => c.control.listen?.text ?? null },
+  // The proxy's threads are started with the listeners.
+  { path: 'proxy.workers', of: (c) => (c.proxy.auto ? 'auto' : c.proxy.workers) },
 ];
 
 export interface ReloadPlan {

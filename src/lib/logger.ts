@@ -17,16 +17,20 @@ export class LoggerFactory {
   #levels: Partial<Record<string, LogLevel>>;
   #children = new Map<string, Logger>();
   #sonic: ReturnType<typeof pino.destination> | null = null;
+  #destination: DestinationStream;
 
   constructor(levels: Partial<Record<string, LogLevel>> = {}, destination?: DestinationStream) {
     this.#levels = levels;
     const rootLevel = levels.root ?? 'info';
     if (!destination && wantsPretty()) destination = new PrettyStream(process.stdout);
     if (!destination) this.#sonic = pino.destination({ fd: 1, sync: false });
-    this.root = pino(
-      { level: rootLevel, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime },
-      destination ?? this.#sonic!,
-    );
+    this.#destination = destination ?? this.#sonic!;
+    this.root = pino({ level: rootLevel, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, this.#destination);
+  }
+
+  /** Writes lines another thread formatted (proxy worker threads' logs) to this output, as they are. */
+  writeRaw(text: string): void {
+    this.#destination.write(text);
   }
 
   /** The logger for a component; created once and cached. */

@@ -13,6 +13,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { Counter, Gauge, Registry, type Histogram } from 'prom-client';
 import { requestChannel, type CompletedRequest } from '../proxy/access-log.ts';
 import { admissionChannel, type AdmissionEvent } from '../proxy/admission.ts';
+import type { AdmissionRecord, RequestRecord } from '../proxy/worker-protocol.ts';
 import { probeChannel, type ProbeEvent } from '../supervisor/health.ts';
 import { instanceChannel, type InstanceEvent } from '../supervisor/instance.ts';
 import type { InstanceState } from '../supervisor/types.ts';
@@ -188,6 +189,9 @@ export class Metrics implements MetricsExporter {
   #routeSeries = new Map<string, RouteSeries>();
   /** Keyed by the config's route object: a config reload brings new keys and the old ones are collected. */
   #byRoute = new WeakMap<object, RouteSeries>();
+  /** Route and pool keys of worker threads' records, one object each (see #intern). */
+  #remoteRoutes = new Map<string, { path: string }>();
+  #remotePools = new Map<string, { app: string; process: string }>();
   /** Keyed by the proxy's Admission, which lives as long as its pool. */
   #byPool = new WeakMap<object, PoolSeries>();
 
@@ -346,24 +350,50 @@ export class Metrics implements MetricsExporter {
   // Arrow properties: unsubscribing needs the very function that subscribed, and they are made once.
   #onRequest = (message: unknown): void => {
     const req = message as CompletedRequest;
-    const seconds = (performance.now() - req.start) / 1000;
-    const series = this.#route(req.app.name, req.route);
-    const cls = (req.status / 100) | 0;
-    series.classes[cls >= 1 && cls <= 5 ? cls : 0]++;
-    series.duration.observe(seconds);
+    this.#request(this.#route(req.app.name, req.route), req.status, (performance.now() - req.start) / 1000);
   };
 
   #onAdmission = (message: unknown): void => {
     const e = message as AdmissionEvent;
-    const series = this.#pool(e.admission);
-    // A full queue turns a request away on arrival: it never waited.
-    if (e.outcome === 'queue-full') series.full.inc();
-    else if (e.outcome === 'no-healthy-instance') series.unavailable.inc();
-    else {
-      series.wait.observe(e.waitMs / 1000);
-      if (e.outcome === 'queue-timeout') series.timeout.inc();
-    }
+    this.#admission(this.#pool(e.admission), e.outcome, e.waitMs);
   };
+
+  /**
+   * What a proxy worker thread saw (proxy-workers.ts relays it every few hundred ms): its requests and
+   * admission decisions, counted as if this thread had seen them.
+   */
+  recordRemote(requests: readonly RequestRecord[], admissions: readonly AdmissionRecord[]): void {
+    for (const [app, path, status, seconds] of requests) this.#request(this.#route(app, this.#intern(this.#remoteRoutes, `${app}\u0000${path}`, () => ({ path }))), status, seconds);
+    for (const [app, process, outcome, waitMs] of admissions) {
+      this.#admission(this.#pool(this.#intern(this.#remotePools, `${app}/${process}`, () => ({ app, process }))), outcome, waitMs);
+    }
+  }
+
+  #request(series: RouteSeries, status: number, seconds: number): void {
+    const cls = (status / 100) | 0;
+    series.classes[cls >= 1 && cls <= 5 ? cls : 0]++;
+    series.duration.observe(seconds);
+  }
+
+  #admission(series: PoolSeries, outcome: AdmissionEvent['outcome'], waitMs: number): void {
+    // A full queue turns a request away on arrival: it never waited.
+    if (outcome === 'queue-full') series.full.inc();
+    else if (outcome === 'no-healthy-instance') series.unavailable.inc();
+    else {
+      series.wait.observe(waitMs / 1000);
+      if (outcome === 'queue-timeout') series.timeout.inc();
+    }
+  }
+
+  /** One object per key, so the series caches keyed by object find it again. */
+  #intern<T>(map: Map<string, T>, key: string, make: () => T): T {
+    let v = map.get(key);
+    if (v === undefined) {
+      v = make();
+      map.set(key, v);
+    }
+    return v;
+  }
 
   #onProbe = (message: unknown): void => {
     const e = message as ProbeEvent;

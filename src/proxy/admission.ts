@@ -10,8 +10,16 @@
  * allocates nothing and a client that goes away leaves in O(1). There is no timer per request: the proxy
  * calls `sweep()` from one coarse interval timer to expire waiters and to pick up instances that became
  * ready, and `leave()` re-pumps whenever a request of this pool ends.
+ *
+ * With proxy worker threads (`proxy.workers`), the active count and the number of waiters live in the
+ * gateway's shared cells (lib/shared-cells.ts): a request takes its place under the limit with a
+ * compare-and-swap, so the limit holds across threads. Each thread queues its own waiters (FIFO within
+ * the thread; a newcomer waits while any thread has waiters). A thread that frees a slot while other
+ * threads have waiters bumps the pool's wake sequence, and a thread with waiters listens for that
+ * (Atomics.waitAsync), so its queue moves as soon as a slot frees up anywhere.
  */
 import { channel } from 'node:diagnostics_channel';
+import { A_ACTIVE, A_SEQ, A_WAITERS, type SharedCells } from '../lib/shared-cells.ts';
 import type { PoolView, Upstream } from '../supervisor/types.ts';
 
 /**
@@ -32,6 +40,9 @@ export function rejectionRetryAfter(reason: AdmissionRejection, queueTimeoutMs: 
   return Math.max(1, Math.ceil(queueTimeoutMs / 1000));
 }
 
+/** Most a thread with waiters listens for another thread's wake before it looks again (its coarse sweep also pumps). */
+const WAKE_WAIT_MS = 1_000;
+
 /** One `AdmissionEvent` per admission decision; published only while someone subscribes. */
 export const admissionChannel = channel('berth:proxy:admission');
 
@@ -51,7 +62,7 @@ export interface Waiter {
   queued: boolean;
   /** The pool of the generation the request is pinned to. */
   readonly pool: PoolView;
-  /** The request may start on `upstream`; it must call `upstream.begin()` before returning. */
+  /** The request may start on `upstream`, one of whose slots is reserved for it: it must call `upstream.begin(true)` before returning. */
   admit(upstream: Upstream): void;
   /** The request will not be admitted; it is no longer counted here. */
   reject(reason: AdmissionRejection): void;
@@ -71,29 +82,81 @@ export class Admission {
   limit: number;
   queueMax: number;
   queueTimeoutMs: number;
-  #active = 0;
+  /** This thread's waiters. */
   #depth = 0;
   #head: Waiter | null = null;
   #tail: Waiter | null = null;
   #pumping = false;
   #again = false;
+  /** The cells of the count (shared, or this admission's own), and where in them. */
+  #i32: Int32Array;
+  #at: number;
+  /** Where this thread's share of the active count is kept (for a worker thread that dies); -1: none. */
+  #held: number;
+  #cells: SharedCells | null;
+  /** A wait for another thread's wake is pending. */
+  #listening = false;
 
-  constructor(app: string, process: string, limits: AdmissionLimits) {
+  /** `cells`: the gateway's shared cells (the count is then global across proxy threads); null: a count of its own. */
+  constructor(app: string, process: string, limits: AdmissionLimits, cells: SharedCells | null = null) {
     this.app = app;
     this.process = process;
     this.limit = limits.limit;
     this.queueMax = limits.queueMax;
     this.queueTimeoutMs = limits.queueTimeoutMs;
+    const slot = cells === null ? -1 : cells.admissionSlot(`${app}/${process}`);
+    if (slot < 0) {
+      this.#i32 = new Int32Array(4);
+      this.#at = 0;
+      this.#held = -1;
+      this.#cells = null;
+    } else {
+      this.#i32 = cells!.i32;
+      this.#at = cells!.admission(slot);
+      this.#held = cells!.heldAdmission(cells!.thread, slot);
+      this.#cells = cells;
+    }
   }
 
-  /** Requests admitted and not yet finished. */
+  /** Requests admitted and not yet finished, across the proxy's threads. */
   get active(): number {
-    return this.#active;
+    return Atomics.load(this.#i32, this.#at + A_ACTIVE);
   }
 
-  /** Requests waiting in the queue. */
+  /** Requests waiting in the queue, across the proxy's threads. */
   get depth(): number {
+    return Atomics.load(this.#i32, this.#at + A_WAITERS);
+  }
+
+  /** Requests waiting in this thread's queue. */
+  get localDepth(): number {
     return this.#depth;
+  }
+
+  /** One more active request, if the limit allows (compare and swap against the other threads). */
+  #take(): boolean {
+    const i32 = this.#i32;
+    const at = this.#at + A_ACTIVE;
+    let seen = Atomics.load(i32, at);
+    for (;;) {
+      if (seen >= this.limit) return false;
+      const was = Atomics.compareExchange(i32, at, seen, seen + 1);
+      if (was === seen) break;
+      seen = was;
+    }
+    if (this.#held >= 0) Atomics.add(i32, this.#held, 1);
+    return true;
+  }
+
+  /** Gives back a place taken by #take(); wakes other threads' waiters when there are any. */
+  #give(): void {
+    const i32 = this.#i32;
+    if (this.#held >= 0) Atomics.sub(i32, this.#held, 1);
+    Atomics.sub(i32, this.#at + A_ACTIVE, 1);
+    if (this.#cells !== null && Atomics.load(i32, this.#at + A_WAITERS) > this.#depth) {
+      Atomics.add(i32, this.#at + A_SEQ, 1);
+      Atomics.notify(i32, this.#at + A_SEQ);
+    }
   }
 
   /** Applies new limits (config reload, scale); a higher limit may admit waiters at once. */
@@ -109,15 +172,15 @@ export class Admission {
    * else queued; else rejected with `queue-full`.
    */
   enter(w: Waiter, now: number): void {
-    // Only when nobody waits, so a newcomer never overtakes the queue.
-    if (this.#depth === 0 && this.#active < this.limit) {
-      const upstream = w.pool.pick();
+    // Only when nobody waits (in any thread), so a newcomer never overtakes the queue.
+    if (Atomics.load(this.#i32, this.#at + A_WAITERS) === 0 && this.#take()) {
+      const upstream = w.pool.acquire();
       if (upstream !== null) {
-        this.#active++;
         if (admissionChannel.hasSubscribers) admissionChannel.publish({ admission: this, outcome: 'admitted', waitMs: 0 });
         w.admit(upstream);
         return;
       }
+      this.#give();
     }
     // Off the fast path: only a request that found no free instance asks whether any can come back.
     if (!w.pool.serviceable()) {
@@ -138,12 +201,38 @@ export class Admission {
     else this.#tail.next = w;
     this.#tail = w;
     this.#depth++;
+    Atomics.add(this.#i32, this.#at + A_WAITERS, 1);
+    if (this.#cells !== null && this.#cells.threads > 1) this.#listen();
   }
 
   /** An admitted request finished (response done or failed): frees its slot and admits the next. */
   leave(): void {
-    this.#active--;
+    this.#give();
     if (this.#depth > 0) this.pump();
+  }
+
+  /**
+   * While this thread has waiters, wait for another thread to free a slot (its leave() bumps the wake
+   * sequence), then pump. Bounded, so nothing waits on a wake that never comes; the sweep pumps too.
+   */
+  #listen(): void {
+    if (this.#listening) return;
+    const seq = this.#at + A_SEQ;
+    const wait = Atomics.waitAsync(this.#i32, seq, Atomics.load(this.#i32, seq), WAKE_WAIT_MS);
+    if (!wait.async) {
+      queueMicrotask(() => this.#woken());
+      this.#listening = true;
+      return;
+    }
+    this.#listening = true;
+    void wait.value.then(() => this.#woken());
+  }
+
+  #woken(): void {
+    this.#listening = false;
+    if (this.#depth === 0) return;
+    this.pump();
+    if (this.#depth > 0) this.#listen();
   }
 
   /** A queued request went away (client disconnected): it leaves the queue without an answer. */
@@ -207,14 +296,16 @@ export class Admission {
         this.#again = false;
         let exhausted: PoolView | null = null;
         let w = this.#head;
-        while (w !== null && this.#active < this.limit) {
+        while (w !== null) {
           const next = w.next;
           if (w.pool !== exhausted) {
-            const upstream = w.pool.pick();
-            if (upstream === null) exhausted = w.pool;
-            else {
+            if (!this.#take()) break;
+            const upstream = w.pool.acquire();
+            if (upstream === null) {
+              this.#give();
+              exhausted = w.pool;
+            } else {
               this.#unlink(w);
-              this.#active++;
               if (admissionChannel.hasSubscribers) this.#publishQueued('admitted', w, performance.now());
               w.admit(upstream);
               if (this.#again) break;
@@ -246,5 +337,6 @@ export class Admission {
     w.next = null;
     w.queued = false;
     this.#depth--;
+    Atomics.sub(this.#i32, this.#at + A_WAITERS, 1);
   }
 }

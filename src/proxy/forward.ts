@@ -9,7 +9,7 @@
  * `Exchange` (exchange.ts).
  *
  * Accounting rules:
- * - `upstream.begin()` is called when an instance is chosen and `upstream.end(ticket)` exactly once when
+ * - `upstream.begin(true)` is called when an instance is chosen (its slot reserved by `acquire`) and `upstream.end(ticket)` exactly once when
  *   undici reports the attempt over (response end or error, including an abort after the client left).
  * - The admission slot is held from admission until the last attempt is over; a retry keeps it.
  * - The proxy is told `done` once both sides are over: the client response has closed and no upstream
@@ -249,9 +249,9 @@ export class Forward extends Exchange implements Waiter, RequestBufferOwner, Res
     this.#maybeDone();
   }
 
-  /** A request holds one of the instance's request tickets per attempt. */
+  /** A request holds one of the instance's request tickets per attempt; admission (or the retry's acquire) reserved its slot. */
   protected claim(upstream: Upstream): number {
-    return upstream.begin();
+    return upstream.begin(true);
   }
 
   protected release(upstream: Upstream, ticket: number): void {
@@ -369,7 +369,7 @@ export class Forward extends Exchange implements Waiter, RequestBufferOwner, Res
       !this.hasBody &&
       RETRYABLE_METHODS.has(this.req.method ?? '')
     ) {
-      const other = this.pool.pick(failed ?? undefined);
+      const other = this.pool.acquire(failed ?? undefined);
       if (other !== null) {
         this.shared.log.warn(
           { app: this.app.name, instance: instanceName(failed), retry: instanceName(other), code, requestId: this.requestId },

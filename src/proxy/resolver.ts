@@ -18,6 +18,7 @@ import type { IncomingMessage } from 'node:http';
 import type { BerthConfig, RouteConfig } from '../config/schema.ts';
 import type { GenerationView, PoolView } from '../supervisor/types.ts';
 import { Admission, type AdmissionLimits } from './admission.ts';
+import type { SharedCells } from '../lib/shared-cells.ts';
 import { clientIp, socketAddress } from './client-ip.ts';
 import type { ErrorReason } from './error-pages.ts';
 import type { Modes } from './modes.ts';
@@ -104,7 +105,11 @@ export class Resolver {
   /** App entry -> its limiter, rebuilt with each table, so a request finds it without a string key. */
   #rateLimitByApp = new Map<AppEntry, RateLimit>();
 
-  constructor(config: BerthConfig, shared: ResolverShared, modes: Modes) {
+  /** The gateway's shared cells: admission counts are then global across proxy threads. */
+  #cells: SharedCells | null;
+
+  constructor(config: BerthConfig, shared: ResolverShared, modes: Modes, cells: SharedCells | null = null) {
+    this.#cells = cells;
     this.#config = config;
     this.#prefix = config.internalPrefix;
     this.#shared = shared;
@@ -385,7 +390,7 @@ export class Resolver {
       }
       return existing;
     }
-    const created = new Admission(app.name, process, limits);
+    const created = new Admission(app.name, process, limits, this.#cells);
     this.#admissions.set(key, created);
     return created;
   }

@@ -39,6 +39,7 @@ import { Static } from './static.ts';
 import { SWEEP_INTERVAL_MS } from './rate-limit.ts';
 import { WebSockets } from './websocket.ts';
 import type { GenerationView } from '../supervisor/types.ts';
+import type { SharedCells } from '../lib/shared-cells.ts';
 
 export type ProxyState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -77,12 +78,23 @@ export interface ProxyOptions {
   config: BerthConfig;
   /** The 'proxy' logger. */
   logger: Logger;
+  /** The gateway's shared cells (admission counts global across proxy threads); default: counts of its own. */
+  cells?: SharedCells | null;
+  /** Bind TCP listeners with SO_REUSEPORT, so proxy worker threads can bind them too (`proxy.workers`). */
+  reusePort?: boolean;
+  /**
+   * Called before each request and upgrade is resolved: a proxy worker thread applies a table or config
+   * the main thread has posted but it has not read yet, so a change applies from the next request on.
+   */
+  catchUp?: (() => void) | null;
 }
 
 export class Proxy {
   #state: ProxyState = 'new';
   #config: BerthConfig;
   #log: Logger;
+  #reusePort: boolean;
+  #catchUp: (() => void) | null;
   #servers: { listener: FrontListener; address: ListenAddress }[] = [];
   #tls: FrontDoorTls | null = null;
   #clients = new UpstreamClients();
@@ -105,6 +117,8 @@ export class Proxy {
   constructor(opts: ProxyOptions) {
     this.#config = opts.config;
     this.#log = opts.logger;
+    this.#reusePort = opts.reusePort === true;
+    this.#catchUp = opts.catchUp ?? null;
     this.#shared = {
       clients: this.#clients,
       pages: this.#pages,
@@ -117,8 +131,8 @@ export class Proxy {
       table: new RoutingTable([]),
       done: () => this.#requestDone(),
     };
-    this.#resolver = new Resolver(opts.config, this.#shared, this.#modes);
-    this.#websockets = new WebSockets(this.#shared);
+    this.#resolver = new Resolver(opts.config, this.#shared, this.#modes, opts.cells ?? null);
+    this.#websockets = new WebSockets(this.#shared, opts.cells ?? null);
     this.#lane = new HealthLane(this);
   }
 
@@ -309,6 +323,7 @@ export class Proxy {
 
   #handle(req: IncomingMessage, res: ProxyResponse, tls: boolean): void {
     const start = performance.now();
+    if (this.#catchUp !== null) this.#catchUp();
     // A request that asked for an upgrade it does not get (h2c, a non-GET WebSocket): node's parser stops
     // at it and drops the rest of that packet, so a pipelined request behind it would go unanswered.
     // The connection closes after the response instead of hanging.
@@ -368,6 +383,7 @@ export class Proxy {
 
   #upgrade(req: IncomingMessage, socket: Socket, head: Buffer, tls: boolean): void {
     const start = performance.now();
+    if (this.#catchUp !== null) this.#catchUp();
     // The socket is ours now: without a listener, a client reset would be an uncaught error.
     socket.on('error', ignoreError);
     const r = this.#resolver.resolve(req, start, true, tls);
@@ -473,14 +489,14 @@ export class Proxy {
     // without 100 closes the connection (node does that), as the client may still send the body.
     server.on('checkContinue', this.#onRequest);
     try {
-      await listen(server, address, this.#log);
+      await listen(server, address, this.#log, this.#reusePort);
     } catch (err) {
       // A unix socket file left by a process that died is in the way but dead: nobody accepts on it.
       // Anything else at that path (a live socket, a regular file) is left alone and reported.
       if (address.kind === 'unix' && (err as NodeJS.ErrnoException).code === 'EADDRINUSE' && (await isDeadSocket(address.path))) {
         await unlink(address.path).catch(() => {});
         try {
-          await listen(server, address, this.#log);
+          await listen(server, address, this.#log, this.#reusePort);
           return server;
         } catch (again) {
           err = again;
@@ -499,7 +515,7 @@ export class Proxy {
     const handlers: ProxyHandlers = { request: this.#onSecureRequest, upgrade: this.#onSecureUpgrade, shouldUpgrade: isWebSocketUpgrade };
     const secure = new SecureListener(tls, handlers, SERVER_OPTIONS, this.#onDemandFor);
     try {
-      await listen(secure.server, address, this.#log);
+      await listen(secure.server, address, this.#log, this.#reusePort);
     } catch (err) {
       await secure.close();
       throw new BerthError(ErrorCodes.listen, `cannot listen on ${address.text}: ${listenProblem(err)}`, { cause: err });
@@ -518,7 +534,7 @@ export class Proxy {
   }
 }
 
-function listen(server: ProxyServer | SecureServer, address: ListenAddress, log: Logger): Promise<void> {
+function listen(server: ProxyServer | SecureServer, address: ListenAddress, log: Logger, reusePort: boolean): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once('error', onError);
@@ -530,7 +546,7 @@ function listen(server: ProxyServer | SecureServer, address: ListenAddress, log:
       resolve();
     };
     if (address.kind === 'unix') server.listen(address.path, done);
-    else server.listen(address.port, address.host, done);
+    else server.listen({ port: address.port, host: address.host, reusePort }, done);
   });
 }
 

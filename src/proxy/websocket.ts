@@ -28,6 +28,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { GenerationView } from '../supervisor/types.ts';
 import type { ExchangeShared } from './exchange.ts';
+import type { SharedCells } from '../lib/shared-cells.ts';
 import type { Resolution } from './resolver.ts';
 import { Tunnel, type TunnelOwner } from './tunnel.ts';
 
@@ -42,10 +43,13 @@ export class WebSockets implements TunnelOwner {
   #waiting = new Set<Tunnel>();
   /** `app/process` -> tunnels counted against `websockets.max` (waiting and relaying ones included). */
   #perPool = new Map<string, number>();
+  /** The gateway's shared cells: the count is then across proxy threads (a pool's admission slot). */
+  #cells: SharedCells | null;
 
   /** `shared.done` is called once per tunnel, when both of its sockets are closed. */
-  constructor(shared: ExchangeShared) {
+  constructor(shared: ExchangeShared, cells: SharedCells | null = null) {
     this.#shared = shared;
+    this.#cells = cells;
   }
 
   /** Tunnels not yet closed (waiting ones included). */
@@ -66,13 +70,10 @@ export class WebSockets implements TunnelOwner {
     const t = new Tunnel(this.#shared, r, req, socket, head, this);
     this.#tunnels.add(t);
     const key = `${t.app.name}/${t.route.to}`;
-    const n = this.#perPool.get(key) ?? 0;
-    const max = t.app.config.websockets.max;
-    if (n >= max) {
+    if (!this.#take(key, t.app.config.websockets.max)) {
       t.refuse(503, 'websocket-limit', LIMIT_RETRY_AFTER_S);
       return t;
     }
-    this.#perPool.set(key, n + 1);
     t.poolKey = key;
     t.run(t.start);
     return t;
@@ -115,11 +116,30 @@ export class WebSockets implements TunnelOwner {
   ended(t: Tunnel): void {
     this.#waiting.delete(t);
     if (t.poolKey !== null) {
-      const n = (this.#perPool.get(t.poolKey) ?? 1) - 1;
-      if (n > 0) this.#perPool.set(t.poolKey, n);
-      else this.#perPool.delete(t.poolKey);
+      this.#give(t.poolKey);
       t.poolKey = null;
     }
     if (this.#tunnels.delete(t)) this.#shared.done(t);
+  }
+
+  /** One more WebSocket on the pool `key` if it has fewer than `max`, across threads when the cells say so. */
+  #take(key: string, max: number): boolean {
+    const slot = this.#cells === null ? -1 : this.#cells.admissionSlot(key);
+    if (slot >= 0) return this.#cells!.tryOpenWebSocket(slot, max);
+    const n = this.#perPool.get(key) ?? 0;
+    if (n >= max) return false;
+    this.#perPool.set(key, n + 1);
+    return true;
+  }
+
+  #give(key: string): void {
+    const slot = this.#cells === null ? -1 : this.#cells.admissionSlot(key);
+    if (slot >= 0) {
+      this.#cells!.closeWebSocket(slot);
+      return;
+    }
+    const n = (this.#perPool.get(key) ?? 1) - 1;
+    if (n > 0) this.#perPool.set(key, n);
+    else this.#perPool.delete(key);
   }
 }

@@ -126,6 +126,9 @@ export class Generation implements GenerationView, InstanceListener {
    */
   whenIdle(): Promise<void> {
     if (this.inFlight === 0) return Promise.resolve();
+    // Proxy worker threads say when their last request on a watched instance ends.
+    for (const inst of this.#instances) inst.watchIdle();
+    for (const inst of this.#retiring.keys()) inst.watchIdle();
     return new Promise((resolve) => (this.#idleWaiters ??= []).push(resolve));
   }
 
@@ -321,6 +324,7 @@ export class Generation implements GenerationView, InstanceListener {
       this.#retiring.set(old, null);
       this.#retire(old);
     } else {
+      old.watchIdle();
       this.#retiring.set(old, setTimeout(() => this.#retire(old), this.config.timeouts.drainMs));
     }
   }

@@ -15,6 +15,7 @@ import type { LogWriter } from './log-writer.ts';
 import { OutputTail } from './output-tail.ts';
 import type { Ports } from './ports.ts';
 import { probe } from './probe.ts';
+import { I_ADDRESS, I_STATE, I_WATCHED, SlotCounted, STATE_CODES, type SharedCells } from '../lib/shared-cells.ts';
 import type { InstanceState, Upstream, UpstreamAddress } from './types.ts';
 
 /** Lines of output kept in memory per instance, for error messages. */
@@ -98,6 +99,8 @@ export interface InstanceOptions {
   /** Non-http types: the heartbeat file (created empty at each start). */
   heartbeatFile: string | null;
   ports: Ports;
+  /** Where its counters live, shared with the proxy's threads (one per gateway). */
+  cells: SharedCells;
   logWriter: LogWriter;
   timing?: Partial<RestartTiming>;
   logger: Logger;
@@ -118,7 +121,7 @@ export type { ProcessHook };
  * States: stopped (new) -> starting -> ready -> (unhealthy) ; an unexpected exit -> backoff -> starting
  * ... or -> crashed when the failure budget is spent ; stop() -> stopping -> stopped.
  */
-export class Instance implements Upstream {
+export class Instance extends SlotCounted implements Upstream {
   readonly app: string;
   readonly process: string;
   readonly index: number;
@@ -136,12 +139,7 @@ export class Instance implements Upstream {
   #address: UpstreamAddress | null = null;
   /** The socket path the app binds, once `#address` has moved to its pinned link (Ports.pin). */
   #bound: string | null = null;
-  /** In-flight tickets -> start time. A Map keeps insertion order, so its first entry is the oldest. */
-  #tickets = new Map<number, number>();
-  #lastTicket = 0;
-  /** WebSockets open to this instance; they hold no ticket (no request slot). */
-  #tunnels = 0;
-  #served = 0;
+  #freed = false;
 
   #env: Record<string, string>;
   #user: AppUser;
@@ -176,6 +174,9 @@ export class Instance implements Upstream {
   #reading = new Set<Promise<void>>();
 
   constructor(opts: InstanceOptions) {
+    // Its cells (lib/shared-cells.ts): state, requests and WebSockets in flight and requests served, as
+    // every proxy thread sees and counts them; `slot` names them in the snapshots worker threads get.
+    super(opts.cells, opts.cells.allocInstance());
     this.config = opts.app;
     this.processConfig = opts.process;
     this.app = opts.app.name;
@@ -196,6 +197,7 @@ export class Instance implements Upstream {
     this.#onProcess = opts.onProcess ?? null;
     this.#onRestart = opts.onRestart ?? null;
     this.#backoff = new Backoff(opts.timing);
+    opts.cells.owners.set(this.slot, this);
     if (this.http && opts.app.health.path !== null) {
       this.#health = new Health(this, opts.app.health, opts.logger, this.#unhealthy.bind(this));
     }
@@ -217,16 +219,9 @@ export class Instance implements Upstream {
     return this.#address;
   }
 
-  get inFlight(): number {
-    return this.#tickets.size;
-  }
-
-  get served(): number {
-    return this.#served;
-  }
-
-  get tunnels(): number {
-    return this.#tunnels;
+  /** Bumped whenever the address changes: a worker thread whose snapshot has an older one does not use it. */
+  get addressGeneration(): number {
+    return Atomics.load(this.cells.i32, this.cells.instance(this.slot) + I_ADDRESS);
   }
 
   get pid(): number | null {
@@ -241,33 +236,20 @@ export class Instance implements Upstream {
     return this.#lastExit;
   }
 
-  /** In flight, and none of its requests has been running longer than `health.busy_grace`. */
+  /** A request in flight on it (in any proxy thread) started less than `health.busy_grace` ago. */
   get busy(): boolean {
-    if (this.#tickets.size === 0) return false;
-    const oldest = this.#tickets.values().next().value as number;
-    return Date.now() - oldest <= this.config.health.busyGraceMs;
+    const oldest = this.oldestStart();
+    return oldest !== 0 && Date.now() - oldest <= this.config.health.busyGraceMs;
   }
 
-  begin(): number {
-    const ticket = ++this.#lastTicket;
-    this.#tickets.set(ticket, Date.now());
-    return ticket;
+  /** Nothing is in flight on it any more (this thread's last request ended, or a worker thread said so). */
+  idle(): void {
+    if (this.#listener !== null) this.#listener.instanceIdle(this);
   }
 
-  end(ticket: number): void {
-    if (!this.#tickets.delete(ticket)) return;
-    this.#served++;
-    if (this.#tickets.size === 0 && this.#tunnels === 0 && this.#listener !== null) this.#listener.instanceIdle(this);
-  }
-
-  beginTunnel(): void {
-    this.#tunnels++;
-  }
-
-  endTunnel(): void {
-    if (this.#tunnels === 0) return;
-    this.#tunnels--;
-    if (this.#tunnels === 0 && this.#tickets.size === 0 && this.#listener !== null) this.#listener.instanceIdle(this);
+  /** A drain waits for it to go idle: worker threads say when their last request on it ends. */
+  watchIdle(): void {
+    Atomics.store(this.cells.i32, this.cells.instance(this.slot) + I_WATCHED, 1);
   }
 
   /** The last lines of output (stdout and stderr, as written to the log file), oldest first. */
@@ -310,6 +292,7 @@ export class Instance implements Upstream {
     }
     this.#address = null;
     if (this.#state !== 'stopped') this.#transition('stopped');
+    this.#free();
     this.#stopping ??= Promise.resolve();
   }
 
@@ -322,8 +305,8 @@ export class Instance implements Upstream {
       pid: this.pid,
       state: this.#state,
       address: a === null ? null : describe(a),
-      inFlight: this.#tickets.size,
-      served: this.#served,
+      inFlight: this.inFlight,
+      served: this.served,
       busy: this.busy,
       rssBytes: this.#child?.group?.rssBytes() ?? null,
       uptimeMs: this.#startedAt === 0 ? null : Date.now() - this.#startedAt,
@@ -337,6 +320,7 @@ export class Instance implements Upstream {
     const was = this.#state;
     if (was === next) return;
     this.#state = next;
+    Atomics.store(this.cells.i32, this.cells.instance(this.slot) + I_STATE, STATE_CODES.indexOf(next));
     this.#log.info({ state: next, was }, 'instance state');
     this.#listener?.instanceChanged(this);
   }
@@ -410,7 +394,7 @@ export class Instance implements Upstream {
     void child.exited.then((exit) => this.#onExit(child, exit));
     if (child.pid === null) return; // spawn failed; `exited` tells why
     this.#startedAt = Date.now();
-    this.#address = address;
+    this.#setAddress(address);
     this.#log.info({ pid: child.pid, address: address === null ? undefined : describe(address) }, 'instance spawned');
     if (address !== null) {
       this.#startupTimer = setTimeout(() => this.#startupTimedOut(run), this.config.health.startupTimeoutMs);
@@ -455,7 +439,7 @@ export class Instance implements Upstream {
             return;
           }
           this.#bound = address.path;
-          this.#address = { kind: 'unix', path: pinned };
+          this.#setAddress({ kind: 'unix', path: pinned });
           this.#pollReady(run);
         },
         (err) => {
@@ -574,7 +558,21 @@ export class Instance implements Upstream {
       else if (outcome === 'stuck') this.#log.error({ pid: child.pid, pgid: child.pid }, 'process group still running after SIGKILL');
     }
     this.#transition('stopped');
+    this.#free();
     if (this.heartbeatFile !== null) await rm(this.heartbeatFile, { force: true }).catch(() => {});
+  }
+
+  #setAddress(address: UpstreamAddress | null): void {
+    this.#address = address;
+    Atomics.add(this.cells.i32, this.cells.instance(this.slot) + I_ADDRESS, 1);
+  }
+
+  /** Its cells go back to rest (requests cut by the stop may still end: they count into the resting slot). */
+  #free(): void {
+    if (this.#freed) return;
+    this.#freed = true;
+    this.cells.owners.delete(this.slot);
+    this.cells.freeInstance(this.slot);
   }
 
   #clearProcessTimers(): void {

@@ -24,6 +24,16 @@ export class Pool implements PoolView {
     return this.#least(exclude, false);
   }
 
+  acquire(exclude?: Upstream): Upstream | null {
+    // Losing the race for an instance's last slot to another thread makes it full: the next scan skips it.
+    for (let tries = this.instances.length; tries > 0; tries--) {
+      const inst = this.#least(exclude, false);
+      if (inst === null) return null;
+      if (inst.tryReserve()) return inst;
+    }
+    return null;
+  }
+
   pickTunnel(exclude?: Upstream): Upstream | null {
     return this.#least(exclude, true);
   }

@@ -11,6 +11,7 @@ import { LogWriter } from './log-writer.ts';
 import { appEnv, instanceVars } from './app-env.ts';
 import { gatewayUser, type AppUser } from './app-user.ts';
 import { Ports } from './ports.ts';
+import { SharedCells } from '../lib/shared-cells.ts';
 
 export { Generation, Instance };
 export type { GenerationSnapshot } from './generation.ts';
@@ -34,6 +35,8 @@ export interface SupervisorOptions {
   onProcess?: ProcessHook;
   /** Told when an instance's process ended without a stop() and why (exit, heartbeat, startup timeout). */
   onRestart?: RestartHook;
+  /** Where instances keep their counters, shared with the proxy's threads; default: cells of its own. */
+  cells?: SharedCells;
 }
 
 type SupervisorState = 'running' | 'stopping' | 'stopped';
@@ -51,6 +54,7 @@ export class Supervisor implements InstanceFactory {
   #timing: Partial<RestartTiming>;
   #logOptions: { maxBytes?: number; keepFiles?: number };
   #ports: Ports;
+  readonly cells: SharedCells;
   #state: SupervisorState = 'running';
   /** Live generations, oldest first. */
   #generations: Generation[] = [];
@@ -67,6 +71,7 @@ export class Supervisor implements InstanceFactory {
     this.stateDir = opts.stateDir;
     this.#log = opts.logger;
     this.#baseEnv = opts.baseEnv ?? process.env;
+    this.cells = opts.cells ?? new SharedCells();
     this.#appUser = opts.appUser ?? gatewayUser;
     this.#timing = opts.timing ?? {};
     this.#logOptions = opts.logs ?? {};
@@ -161,6 +166,7 @@ export class Supervisor implements InstanceFactory {
       user,
       heartbeatFile,
       ports: this.#ports,
+      cells: this.cells,
       logWriter: this.#writer(join(appDir, 'logs', `${proc.name}.log`)),
       timing: this.#timing,
       logger: this.#log.child({ app: app.name, generation: gen.id, instance: `${proc.name}.${index}` }),

@@ -1,7 +1,7 @@
 /**
  * The contract between the supervisor (which owns processes) and the proxy (which sends them requests).
  * The proxy sees instances only through `Upstream` and generations only through `GenerationView`, and
- * never calls into the supervisor on the hot path: it reads fields and calls begin()/end().
+ * never calls into the supervisor on the hot path: it reads fields and calls acquire(), begin() and end().
  */
 
 /** starting: spawned, not yet ready. ready: takes requests. unhealthy: failed its probes, gets no new
@@ -32,8 +32,16 @@ export interface Upstream {
   readonly concurrency: number;
   /** Total requests it has finished. */
   readonly served: number;
-  /** Marks a request as started on this instance; returns a ticket to pass to end(). */
-  begin(): number;
+  /**
+   * Takes one request slot if fewer than `concurrency` requests are in flight, atomically across the
+   * proxy's threads; the caller then calls `begin(true)`. False: full.
+   */
+  tryReserve(): boolean;
+  /**
+   * Marks a request as started on this instance; returns a ticket to pass to end(). `reserved`: its slot
+   * was taken by tryReserve() (else begin takes one whatever the count).
+   */
+  begin(reserved?: boolean): number;
   /** Marks the request with this ticket as finished. */
   end(ticket: number): void;
   /** A WebSocket to it has been opened (its upgrade request is about to be sent). */
@@ -66,6 +74,11 @@ export interface PoolView {
   readonly instances: readonly Upstream[];
   /** The least-busy ready instance with a free slot, skipping `exclude`; null when none. */
   pick(exclude?: Upstream): Upstream | null;
+  /**
+   * As pick(), and takes one of that instance's request slots (tryReserve), trying the next best when
+   * another thread took the last one first; the caller then calls `begin(true)` on it. Null when none.
+   */
+  acquire(exclude?: Upstream): Upstream | null;
   /**
    * Whether any instance is `ready` or `starting`: false when every one is in backoff, crashed or
    * stopping, so a request would only wait out the queue timeout.

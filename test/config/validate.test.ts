@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { availableParallelism } from 'node:os';
 import assert from 'node:assert/strict';
 import { normaliseConfig, checkConfig, parseListenAddress, TOP_LEVEL_KEYS } from '../../src/config/validate.ts';
 import { ConfigError } from '../../src/lib/errors.ts';
@@ -594,4 +595,23 @@ test('permissions: one entry per user, whatever the case', () => {
   assert.deepEqual(problems({ control: { permissions: { production: { alice: ['shop'], Alice: ['blog'] } } } }), [
     'control.permissions.production.Alice: names the same user as "alice" (user names match in any case): keep one entry',
   ]);
+});
+
+test('proxy.workers: 1 by default, an integer up to 32, or auto (one per core); anything else names the key', () => {
+  assert.deepEqual(normaliseConfig({}, CTX).proxy, { workers: 1, auto: false });
+  assert.deepEqual(normaliseConfig({ proxy: { workers: 4 } }, CTX).proxy, { workers: 4, auto: false });
+  const auto = normaliseConfig({ proxy: { workers: 'auto' } }, CTX).proxy;
+  assert.equal(auto.auto, true);
+  assert.equal(auto.workers, Math.min(availableParallelism(), 32));
+  for (const bad of [0, 33, 1.5, 'many', true]) {
+    assert.deepEqual(problems({ proxy: { workers: bad } }), [`proxy.workers: expected an integer from 1 to 32 or "auto", got ${JSON.stringify(bad)}`]);
+  }
+  assert.deepEqual(problems({ proxy: { threads: 2 } }), ['proxy.threads: unknown key']);
+});
+
+test('proxy.workers above 1 with a rate-limited app is refused: the buckets are not shared between threads yet', () => {
+  assert.deepEqual(problems(withApp({ rate_limit: { per_ip: '10/s', burst: 5 } }, { proxy: { workers: 2 } })), [
+    'proxy.workers: apps.shop.rate_limit is not shared between proxy workers yet: use proxy.workers: 1 with rate limits',
+  ]);
+  assert.equal(normaliseConfig(withApp({ rate_limit: { per_ip: '10/s', burst: 5 } }, { proxy: { workers: 1 } }), CTX).proxy.workers, 1);
 });

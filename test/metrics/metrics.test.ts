@@ -84,7 +84,7 @@ test('admission publishes admissions with their queue wait and rejections with t
   const m = metrics(t);
   let free = 1;
   const upstream = { begin: () => 1 } as unknown as Upstream;
-  const pool: PoolView = { process: 'web', concurrency: 1, instances: [], pick: () => (free > 0 ? (free--, upstream) : null), pickTunnel: () => null, serviceable: () => true };
+  const pool: PoolView = { process: 'web', concurrency: 1, instances: [], pick: () => (free > 0 ? upstream : null), acquire: () => (free > 0 ? (free--, upstream) : null), pickTunnel: () => null, serviceable: () => true };
   const adm = new Admission('shop', 'web', { limit: 1, queueMax: 1, queueTimeoutMs: 1_000 });
   const outcomes: string[] = [];
   const waiter = (name: string): Waiter => ({

@@ -39,7 +39,7 @@ class TestWaiter implements Waiter {
 
   admit(upstream: Upstream): void {
     this.upstream = upstream;
-    this.ticket = upstream.begin();
+    this.ticket = upstream.begin(true);
     this.log.push(`admit ${this.name}`);
   }
 

@@ -92,6 +92,7 @@ export function berthConfig(apps: AppConfig[], over: Partial<BerthConfig> = {}):
     defaultUser: 'nobody',
     tls: { directory: null, defaultCertificate: null },
     acme: { directory: 'https://acme-v02.api.letsencrypt.org/directory', email: null, caRoot: null, challenge: 'http-01', ask: null, onDemand: { perMinute: 10, inFlight: 4 } },
+    proxy: { workers: 1, auto: false },
     apps: Object.fromEntries(apps.map((a) => [a.name, a])),
     ...over,
   };
@@ -128,11 +129,20 @@ export class TestUpstream implements Upstream {
     this.concurrency = opts.concurrency;
   }
 
-  begin(): number {
-    const ticket = ++this.#next;
-    this.#open.add(ticket);
+  tryReserve(): boolean {
+    if (this.inFlight >= this.concurrency) return false;
     this.inFlight++;
     this.peak = Math.max(this.peak, this.inFlight);
+    return true;
+  }
+
+  begin(reserved = false): number {
+    const ticket = ++this.#next;
+    this.#open.add(ticket);
+    if (!reserved) {
+      this.inFlight++;
+      this.peak = Math.max(this.peak, this.inFlight);
+    }
     return ticket;
   }
 

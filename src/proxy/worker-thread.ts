@@ -1,0 +1,166 @@
+/**
+ * A proxy worker thread (`proxy.workers`, started by proxy-workers.ts): the same Proxy as the main
+ * thread's, on the same cleartext TCP listeners (SO_REUSEPORT), over a mirror of the main thread's
+ * routing table (mirror.ts) and the gateway's shared counts. Its logs, metrics and drain notices go to
+ * the main thread as messages (worker-protocol.ts).
+ */
+import { subscribe } from 'node:diagnostics_channel';
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
+import type { DestinationStream } from 'pino';
+import { LoggerFactory } from '../lib/logger.ts';
+import { G_STATE_VERSION, SharedCells } from '../lib/shared-cells.ts';
+import type { MetricsExporter } from '../metrics/metrics.ts';
+import { requestChannel, type CompletedRequest } from './access-log.ts';
+import { admissionChannel, type AdmissionEvent } from './admission.ts';
+import { Mirror } from './mirror.ts';
+import { Proxy } from './server.ts';
+import type { AdmissionRecord, FromWorker, RequestRecord, StateMessage, ToWorker, WorkerData } from './worker-protocol.ts';
+
+/** A thread with no requests still reads new tables this often (its health lane and drains use them). */
+const STATE_POLL_MS = 50;
+/** Metrics records are sent at most this often (and at the end). */
+const STATS_MS = 250;
+/** Log lines are sent this often, or sooner once this many bytes wait. */
+const LOG_FLUSH_MS = 20;
+const LOG_FLUSH_BYTES = 64 * 1024;
+
+const port = parentPort!;
+const data = workerData as WorkerData;
+const post = (msg: FromWorker): void => port.postMessage(msg);
+
+/** Log lines go to the main thread, which writes them with its own: one writer, no torn lines. */
+class PostedLines implements DestinationStream {
+  #buffer = '';
+  #timer: NodeJS.Timeout | null = null;
+
+  write(line: string): void {
+    this.#buffer += line;
+    if (this.#buffer.length >= LOG_FLUSH_BYTES) this.flush();
+    else this.#timer ??= setTimeout(() => this.flush(), LOG_FLUSH_MS);
+  }
+
+  flush(): void {
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#timer = null;
+    if (this.#buffer === '') return;
+    post({ type: 'log', text: this.#buffer });
+    this.#buffer = '';
+  }
+}
+
+/** `metrics_public`: the main thread renders the metrics (it holds them all). */
+class RemoteMetrics implements MetricsExporter {
+  contentType = 'text/plain; version=0.0.4; charset=utf-8';
+  #next = 0;
+  #waiting = new Map<number, (text: string | null) => void>();
+
+  text(): Promise<string> {
+    const id = ++this.#next;
+    return new Promise((resolve, reject) => {
+      this.#waiting.set(id, (text) => (text === null ? reject(new Error('metrics unavailable')) : resolve(text)));
+      post({ type: 'metrics', id });
+    });
+  }
+
+  answer(id: number, text: string | null, contentType: string): void {
+    this.contentType = contentType;
+    const done = this.#waiting.get(id);
+    this.#waiting.delete(id);
+    done?.(text);
+  }
+}
+
+/** What this thread's requests and admissions were, for the main thread's metrics. */
+class Stats {
+  #requests: RequestRecord[] = [];
+  #admissions: AdmissionRecord[] = [];
+  #timer: NodeJS.Timeout;
+
+  constructor() {
+    subscribe(requestChannel.name, (message) => {
+      const r = message as CompletedRequest;
+      this.#requests.push([r.app.name, r.route.path, r.status, (performance.now() - r.start) / 1000]);
+    });
+    subscribe(admissionChannel.name, (message) => {
+      const e = message as AdmissionEvent;
+      this.#admissions.push([e.admission.app, e.admission.process, e.outcome, e.waitMs]);
+    });
+    this.#timer = setInterval(() => this.flush(), STATS_MS);
+    this.#timer.unref();
+  }
+
+  flush(): void {
+    if (this.#requests.length === 0 && this.#admissions.length === 0) return;
+    post({ type: 'stats', requests: this.#requests, admissions: this.#admissions });
+    this.#requests = [];
+    this.#admissions = [];
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+    this.flush();
+  }
+}
+
+const cells = new SharedCells(data.cells);
+cells.thread = data.thread;
+cells.threads = data.threads;
+const lines = new PostedLines();
+const logs = new LoggerFactory(data.config.logLevels, lines);
+// Its lines say which thread wrote them.
+const log = logs.get('proxy').child({ thread: data.thread });
+const metrics = new RemoteMetrics();
+const stats = new Stats();
+const mirror = new Mirror(cells, (slot) => post({ type: 'idle', slot }));
+let applied = data.version;
+
+/** Applies what the main thread posted since the last time, if the version cell says there is any. */
+function catchUp(): void {
+  if (Atomics.load(cells.i32, G_STATE_VERSION) === applied) return;
+  for (let m = receiveMessageOnPort(data.state); m !== undefined; m = receiveMessageOnPort(data.state)) {
+    const msg = m.message as StateMessage;
+    if (msg.type === 'table') proxy.setTable(mirror.table(msg.table));
+    else {
+      proxy.setConfig({ ...msg.config, listen: data.listen });
+      logs.setLevels(msg.config.logLevels);
+    }
+    applied = msg.version;
+  }
+}
+
+const proxy = new Proxy({ config: { ...data.config, listen: data.listen }, logger: log, cells, reusePort: true, catchUp });
+proxy.setMetrics(metrics);
+proxy.setTable(mirror.table(data.table));
+setInterval(catchUp, STATE_POLL_MS).unref();
+
+port.on('message', (msg: ToWorker) => {
+  catchUp();
+  switch (msg.type) {
+    case 'close-upgrades': {
+      const gen = mirror.generation(msg.generation);
+      if (gen !== null) proxy.closeUpgrades(gen);
+      break;
+    }
+    case 'metrics-text':
+      metrics.answer(msg.id, msg.text, msg.contentType);
+      break;
+    case 'stop':
+      void proxy.stop(msg.deadlineMs).finally(() => {
+        stats.stop();
+        lines.flush();
+        post({ type: 'stopped' });
+        port.close();
+      });
+      break;
+  }
+});
+
+try {
+  await proxy.start(null);
+  log.info({ thread: data.thread, listen: data.listen.map((a) => a.text) }, 'proxy worker listening');
+  post({ type: 'ready' });
+} catch (err) {
+  log.error({ thread: data.thread, err: (err as Error).message }, 'proxy worker could not listen');
+  lines.flush();
+  throw err;
+}
