@@ -147,7 +147,7 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
   const tls = checkTls(c, top.fields('tls'), dir);
   const acme = checkAcme(c, top.fields('acme'), dir);
   checkTlsTogether(c, listen, tls, acme, apps);
-  const proxy = checkProxy(c, top.fields('proxy'), apps);
+  const proxy = checkProxy(c, top.fields('proxy'));
   top.done();
 
   const config: BerthConfig = {
@@ -275,7 +275,7 @@ function checkListen(c: Checker, top: Fields, stateDir: string): ListenAddress[]
  * `proxy.workers`: how many threads serve the front door (1, the default, is the main thread alone);
  * `auto` is one per core, up to MAX_PROXY_WORKERS.
  */
-function checkProxy(c: Checker, f: Fields, apps: Record<string, AppConfig>): ProxyConfig {
+function checkProxy(c: Checker, f: Fields): ProxyConfig {
   const raw = f.raw('workers');
   let workers = 1;
   let auto = false;
@@ -290,12 +290,6 @@ function checkProxy(c: Checker, f: Fields, apps: Record<string, AppConfig>): Pro
     f.take('workers');
   }
   f.done();
-  if (workers > 1) {
-    // Each thread would keep its own buckets: a client spread over threads would get the limit once per thread.
-    for (const [name, app] of Object.entries(apps)) {
-      if (app.rateLimit !== null) c.problem(f.path('workers'), `apps.${name}.rate_limit is not shared between proxy workers yet: use proxy.workers: 1 with rate limits`);
-    }
-  }
   return { workers, auto };
 }
 

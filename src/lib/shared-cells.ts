@@ -90,6 +90,8 @@ export class SharedCells {
   #nextInstance = 0;
   #freeInstances: { slot: number; at: number }[] = [];
   #admissions = new Map<string, number>();
+  /** App -> its rate-limit table (proxy/shared-buckets.ts), made by the main thread. */
+  #buckets = new Map<string, SharedArrayBuffer>();
 
   constructor(handle?: SharedCellsHandle) {
     this.buffer = handle?.buffer ?? new SharedArrayBuffer(TOTAL_CELLS * 4);
@@ -266,6 +268,27 @@ export class SharedCells {
   /** A worker thread learns the main thread's pool slots. */
   learnAdmissionSlots(slots: [string, number][]): void {
     for (const [key, slot] of slots) this.#admissions.set(key, slot);
+  }
+
+  /**
+   * The rate-limit table of `app`: the main thread makes one on first use (`make` gives its buffer); a
+   * worker thread knows the ones its snapshots named, and gets null for others.
+   */
+  rateBuckets(app: string, make: () => SharedArrayBuffer): SharedArrayBuffer | null {
+    const known = this.#buckets.get(app);
+    if (known !== undefined || this.thread !== 0) return known ?? null;
+    const made = make();
+    this.#buckets.set(app, made);
+    return made;
+  }
+
+  /** Every app's rate-limit table (the main thread sends them to its workers: shared, not copied). */
+  rateBucketTables(): [string, SharedArrayBuffer][] {
+    return [...this.#buckets];
+  }
+
+  learnRateBuckets(tables: [string, SharedArrayBuffer][]): void {
+    for (const [app, buffer] of tables) this.#buckets.set(app, buffer);
   }
 
   /** One more active request on the pool if it has fewer than `limit` (compare and swap). */

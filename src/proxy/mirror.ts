@@ -18,6 +18,12 @@ import { Pool } from '../supervisor/pool.ts';
 import type { GenerationState, GenerationView, InstanceState, Upstream, UpstreamAddress } from '../supervisor/types.ts';
 import { RoutingTable, type AppEntry, type ModeState, type NoGenerationReason } from './router.ts';
 
+/** A worker thread learns where the main thread keeps shared counts (before it makes limiters for them). */
+export function learnTables(cells: SharedCells, tables: SharedTables): void {
+  cells.learnAdmissionSlots(tables.admissionSlots);
+  cells.learnRateBuckets(tables.rateBuckets);
+}
+
 /** One instance in a snapshot. */
 export interface InstanceSnapshot {
   slot: number;
@@ -51,10 +57,16 @@ export interface AppSnapshot {
 }
 
 /** What a worker thread gets on every change. */
-export interface TableSnapshot {
+export interface TableSnapshot extends SharedTables {
+  apps: AppSnapshot[];
+}
+
+/** Where the shared counts of pools and rate limits are, as the main thread allocated them. */
+export interface SharedTables {
   /** Pool (`app/process`) -> its admission slot in the shared cells. */
   admissionSlots: [string, number][];
-  apps: AppSnapshot[];
+  /** App -> its rate-limit buckets (shared-buckets.ts). */
+  rateBuckets: [string, SharedArrayBuffer][];
 }
 
 /** An instance as a worker thread sees it: fields from the snapshot, state and counts from the cells. */
@@ -141,7 +153,7 @@ export class Mirror {
   }
 
   table(snapshot: TableSnapshot): RoutingTable {
-    this.#cells.learnAdmissionSlots(snapshot.admissionSlots);
+    learnTables(this.#cells, snapshot);
     const generations = new Map<string, MirrorGeneration>();
     const instances = new Map<string, MirrorUpstream>();
     const entries: AppEntry[] = snapshot.apps.map((a) => {

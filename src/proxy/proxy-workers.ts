@@ -141,7 +141,7 @@ export class ProxyWorkers {
   setConfig(config: BerthConfig): void {
     this.#config = config;
     if (this.#slots.length === 0) return;
-    this.#publish({ version: ++this.#version, type: 'config', config });
+    this.#publish({ version: ++this.#version, type: 'config', config, tables: { admissionSlots: this.#cells.admissionSlots(), rateBuckets: this.#cells.rateBucketTables() } });
   }
 
   /** To every worker's state port, then the version cell: a worker that sees the cell finds the message. */
@@ -326,6 +326,7 @@ export class ProxyWorkers {
     this.#fingerprint = fingerprint(table);
     return {
       admissionSlots: this.#cells.admissionSlots(),
+      rateBuckets: this.#cells.rateBucketTables(),
       apps: table.apps.map((a) => ({
         name: a.name,
         config: a.config,

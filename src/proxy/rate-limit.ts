@@ -25,6 +25,7 @@ import type { RateLimitConfig } from '../config/schema.ts';
 import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import { prefixMatches } from './router.ts';
 import { UNIX_PEER } from './client-ip.ts';
+import { SharedBuckets } from './shared-buckets.ts';
 
 /** Most buckets one app's limiter keeps (see the bound above). */
 export const MAX_BUCKETS = 50_000;
@@ -39,6 +40,11 @@ const INITIAL_CAPACITY = 1024;
 export interface RateLimitOptions {
   /** The hard cap on buckets (default MAX_BUCKETS). */
   maxBuckets?: number;
+  /**
+   * A table shared by every proxy thread (`proxy.workers` above 1; shared-buckets.ts): the buckets live
+   * there, so a client is counted once whichever thread it reaches. Default: buckets of its own.
+   */
+  shared?: SharedArrayBuffer | null;
 }
 
 export class RateLimit {
@@ -58,9 +64,11 @@ export class RateLimit {
   #free: number[] = [];
   /** Slots handed out so far (the high-water mark of #tat). */
   #used = 0;
+  #shared: SharedBuckets | null;
 
   constructor(app: string, config: RateLimitConfig, opts: RateLimitOptions = {}) {
     this.app = app;
+    this.#shared = opts.shared ? new SharedBuckets(opts.shared) : null;
     this.maxBuckets = opts.maxBuckets ?? MAX_BUCKETS;
     if (!(this.maxBuckets >= 1)) throw new BerthError(ErrorCodes.internal, `maxBuckets must be at least 1, got ${this.maxBuckets}`);
     this.configure(config);
@@ -100,6 +108,8 @@ export class RateLimit {
    */
   take(ip: string, now: number): number {
     const key = clientKey(ip);
+    // Shared between threads, whose performance.now() clocks start apart: on the epoch instead.
+    if (this.#shared !== null) return this.#shared.take(key, performance.timeOrigin + now, this.#interval, this.#tolerance, EPSILON_MS);
     let slot = this.#slots.get(key);
     if (slot === undefined) {
       slot = this.#alloc(now);

@@ -23,6 +23,7 @@ import { clientIp, socketAddress } from './client-ip.ts';
 import type { ErrorReason } from './error-pages.ts';
 import type { Modes } from './modes.ts';
 import { RateLimit } from './rate-limit.ts';
+import { newBucketTable } from './shared-buckets.ts';
 import { ACME_CHALLENGE_PATH, redirectTarget, type HttpChallengeAnswerer } from './https-policy.ts';
 import { hasDuplicateHost, isValidHost } from './request-headers.ts';
 import { requestId } from './request-id.ts';
@@ -359,7 +360,9 @@ export class Resolver {
       if (config === null) continue;
       let limiter = this.#rateLimits.get(app.name);
       if (limiter === undefined) {
-        limiter = new RateLimit(app.name, config);
+        // With proxy worker threads, the buckets are in memory they all share.
+        const shared = this.#cells !== null && this.#config.proxy.workers > 1 ? this.#cells.rateBuckets(app.name, newBucketTable) : null;
+        limiter = new RateLimit(app.name, config, { shared });
         this.#rateLimits.set(app.name, limiter);
       } else if (!limiter.matches(config)) limiter.configure(config);
       byApp.set(app, limiter);

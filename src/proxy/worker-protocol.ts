@@ -6,7 +6,7 @@ import type { MessagePort } from 'node:worker_threads';
 import type { BerthConfig, ListenAddress } from '../config/schema.ts';
 import type { SharedCellsHandle } from '../lib/shared-cells.ts';
 import type { AdmissionRejection } from './admission.ts';
-import type { TableSnapshot } from './mirror.ts';
+import type { SharedTables, TableSnapshot } from './mirror.ts';
 
 /** What a worker thread starts with. */
 export interface WorkerData {
@@ -29,7 +29,7 @@ export interface WorkerData {
  * A new table or config. The main thread posts it, then sets G_STATE_VERSION to `version`; a worker
  * that sees the cell ahead of what it applied reads its state port before the request it is handling.
  */
-export type StateMessage = { version: number } & ({ type: 'table'; table: TableSnapshot } | { type: 'config'; config: BerthConfig });
+export type StateMessage = { version: number } & ({ type: 'table'; table: TableSnapshot } | { type: 'config'; config: BerthConfig; tables: SharedTables });
 
 /** A finished request as the metrics count it: app, route path, status, seconds. */
 export type RequestRecord = [app: string, route: string, status: number, seconds: number];

@@ -12,7 +12,7 @@ import { G_STATE_VERSION, SharedCells } from '../lib/shared-cells.ts';
 import type { MetricsExporter } from '../metrics/metrics.ts';
 import { requestChannel, type CompletedRequest } from './access-log.ts';
 import { admissionChannel, type AdmissionEvent } from './admission.ts';
-import { Mirror } from './mirror.ts';
+import { Mirror, learnTables } from './mirror.ts';
 import { Proxy } from './server.ts';
 import type { AdmissionRecord, FromWorker, RequestRecord, StateMessage, ToWorker, WorkerData } from './worker-protocol.ts';
 
@@ -121,6 +121,7 @@ function catchUp(): void {
     const msg = m.message as StateMessage;
     if (msg.type === 'table') proxy.setTable(mirror.table(msg.table));
     else {
+      learnTables(cells, msg.tables);
       proxy.setConfig({ ...msg.config, listen: data.listen });
       logs.setLevels(msg.config.logLevels);
     }

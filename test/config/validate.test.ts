@@ -608,10 +608,3 @@ test('proxy.workers: 1 by default, an integer up to 32, or auto (one per core); 
   }
   assert.deepEqual(problems({ proxy: { threads: 2 } }), ['proxy.threads: unknown key']);
 });
-
-test('proxy.workers above 1 with a rate-limited app is refused: the buckets are not shared between threads yet', () => {
-  assert.deepEqual(problems(withApp({ rate_limit: { per_ip: '10/s', burst: 5 } }, { proxy: { workers: 2 } })), [
-    'proxy.workers: apps.shop.rate_limit is not shared between proxy workers yet: use proxy.workers: 1 with rate limits',
-  ]);
-  assert.equal(normaliseConfig(withApp({ rate_limit: { per_ip: '10/s', burst: 5 } }, { proxy: { workers: 1 } }), CTX).proxy.workers, 1);
-});

@@ -172,6 +172,21 @@ test('WebSockets on every thread get 1001 at the drain deadline, and the drain w
   assert.ok(new Set(sink.lines.filter((l) => l.path === '/ws').map((l) => l.thread ?? 0)).size >= 2, 'the sockets were spread over the threads');
 });
 
+test('a per-IP rate limit counts a client once, whichever thread its connections reach', async (t) => {
+  const dir = await tempDir(t);
+  const src = await fixtureApp(dir);
+  const { port, sink } = await gatewayWith(t, dir, {
+    shop: { source: src, processes: { web: { command: WEB, instances: 1, concurrency: 16 } }, health: { path: '/up' }, rate_limit: { per_ip: '1/m', burst: 5 } },
+  });
+  const statuses: number[] = [];
+  for (let i = 0; i < 24; i++) statuses.push((await http({ port }, { path: `/limited/${i}` })).status);
+  assert.equal(statuses.filter((s) => s === 200).length, 5, `one burst for the client across threads: ${statuses.join(',')}`);
+  assert.equal(statuses.filter((s) => s === 429).length, 19);
+  await waitFor(() => sink.lines.filter((l) => typeof l.path === 'string' && l.path.startsWith('/limited/')).length >= 24, { message: 'every line' });
+  const threads = new Set(sink.lines.filter((l) => typeof l.path === 'string' && l.path.startsWith('/limited/')).map((l) => l.thread ?? 0));
+  assert.ok(threads.size >= 2, 'the requests reached more than one thread');
+});
+
 test('the health lane answers on every thread while every slot of the app is taken', async (t) => {
   const dir = await tempDir(t);
   const src = await blockingApp(dir);
