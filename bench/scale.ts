@@ -11,7 +11,8 @@
  *                request each, and how many of them were still open when it was read.
  *
  * Usage: npx node bench/scale.ts [--duration 5] [--rounds 3] [--hosts 10000] [--apps 200] [--connections 10000]
- *          [--only hosts|rss] [--json]
+ *          [--workers N|auto] [--only hosts|rss] [--json]
+ * --workers: every gateway's `proxy.workers` (default 1); the RSS figures then include the worker threads.
  */
 import { connect, type Socket } from 'node:net';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -25,7 +26,7 @@ import { BERTH_READY_TIMEOUT_MS, UPSTREAM, parseWrk } from './proxy-targets.ts';
 
 const MAIN = join(ROOT, 'src/main.ts');
 const GOAL = { hostsRatio: 0.95, rssIdleMb: 60, rssAppsMb: 150 };
-const USAGE = 'usage: npx node bench/scale.ts [--duration SECONDS] [--rounds N] [--hosts N] [--apps N] [--connections N] [--only hosts|rss] [--json]';
+const USAGE = 'usage: npx node bench/scale.ts [--duration SECONDS] [--rounds N] [--hosts N] [--apps N] [--connections N] [--workers N|auto] [--only hosts|rss] [--json]';
 /** Starting 200 apps (a release each, a process each, a health check each) takes a while on 2 cores. */
 const MANY_APPS_READY_TIMEOUT_MS = 300_000;
 /** The tiny app of the 200-app gateway: answers 200 to anything on 127.0.0.1:$PORT. */
@@ -44,6 +45,7 @@ interface Options {
   hosts: number;
   apps: number;
   connections: number;
+  workers: number | 'auto';
   only: 'hosts' | 'rss' | null;
   json: boolean;
 }
@@ -57,6 +59,7 @@ function parseOptions(argv: string[]): Options {
       hosts: { type: 'string', default: '10000' },
       apps: { type: 'string', default: '200' },
       connections: { type: 'string', default: '10000' },
+      workers: { type: 'string', default: '1' },
       only: { type: 'string' },
       json: { type: 'boolean', default: false },
     },
@@ -70,6 +73,7 @@ function parseOptions(argv: string[]): Options {
     hosts: positiveInt(values.hosts, '--hosts', 100_000),
     apps: positiveInt(values.apps, '--apps', 1000),
     connections: positiveInt(values.connections, '--connections', 60_000),
+    workers: values.workers === 'auto' ? 'auto' : positiveInt(values.workers, '--workers', 32),
     only: (values.only as Options['only']) ?? null,
     json: values.json,
   };
@@ -83,10 +87,10 @@ interface Gateway {
 }
 
 /** A gateway from `apps` (name -> app config) in `dir`, ready once GET /_berth/ready answers 200. */
-async function startGateway(dir: string, apps: Record<string, unknown>, readyTimeoutMs = BERTH_READY_TIMEOUT_MS): Promise<Gateway> {
+async function startGateway(dir: string, apps: Record<string, unknown>, workers: number | 'auto', readyTimeoutMs = BERTH_READY_TIMEOUT_MS): Promise<Gateway> {
   await mkdir(dir, { recursive: true });
   const port = await freePort();
-  const config = { state_dir: join(dir, 'state'), listen: [`127.0.0.1:${port}`], log_levels: { root: 'warn' }, apps };
+  const config = { state_dir: join(dir, 'state'), listen: [`127.0.0.1:${port}`], log_levels: { root: 'warn' }, ...(workers === 1 ? {} : { proxy: { workers } }), apps };
   const file = join(dir, 'berth.yaml');
   await writeFile(file, YAML.stringify(config));
   const child = spawnChild('berth', process.execPath, [MAIN, 'start', '--config', file], { env: cleanEnv(), log: join(dir, 'berth.log'), stopSignal: 'SIGTERM' });
@@ -141,11 +145,11 @@ async function measureHosts(opts: Options, dir: string): Promise<HostsResult> {
   const hosts = Array.from({ length: opts.hosts }, (_, i) => `h${i}.scale.test`);
   note('starting a gateway with 1 host');
   let t0 = performance.now();
-  const one = await startGateway(join(dir, 'one'), await upstreamApp(join(dir, 'one'), [hosts[hosts.length - 1]]));
+  const one = await startGateway(join(dir, 'one'), await upstreamApp(join(dir, 'one'), [hosts[hosts.length - 1]]), opts.workers);
   const oneStart = (performance.now() - t0) / 1000;
   note(`starting a gateway with ${opts.hosts} hosts`);
   t0 = performance.now();
-  const many = await startGateway(join(dir, 'many'), await upstreamApp(join(dir, 'many'), hosts));
+  const many = await startGateway(join(dir, 'many'), await upstreamApp(join(dir, 'many'), hosts), opts.workers);
   const manyStart = (performance.now() - t0) / 1000;
   const last = hosts[hosts.length - 1];
   const oneHost: number[] = [];
@@ -208,7 +212,7 @@ async function openIdle(port: number, n: number): Promise<Socket[]> {
 
 async function measureRss(opts: Options, dir: string): Promise<RssResult> {
   note('starting a gateway with 1 app and reading its memory after 3s idle');
-  const one = await startGateway(join(dir, 'rss-one'), await upstreamApp(join(dir, 'rss-one'), []));
+  const one = await startGateway(join(dir, 'rss-one'), await upstreamApp(join(dir, 'rss-one'), []), opts.workers);
   let idleMb: number;
   let connections: RssResult['connections'];
   try {
@@ -239,7 +243,7 @@ async function measureRss(opts: Options, dir: string): Promise<RssResult> {
     };
   }
   const t0 = performance.now();
-  const many = await startGateway(join(dir, 'rss-many'), apps, MANY_APPS_READY_TIMEOUT_MS);
+  const many = await startGateway(join(dir, 'rss-many'), apps, opts.workers, MANY_APPS_READY_TIMEOUT_MS);
   const appsStartSeconds = Math.round((performance.now() - t0) / 100) / 10;
   let appsMb: number;
   try {
@@ -254,7 +258,7 @@ async function measureRss(opts: Options, dir: string): Promise<RssResult> {
 // ---- report ----------------------------------------------------------------------------------------
 
 function report(opts: Options, hosts: HostsResult | null, rss: RssResult | null): string {
-  const lines = [`scale: node ${process.version}`];
+  const lines = [`scale: node ${process.version}, proxy.workers ${opts.workers}`];
   const rows = [['figure', 'value', 'goal', '']];
   const met = (ok: boolean) => (ok ? 'met' : 'not met');
   if (hosts) {
