@@ -210,7 +210,9 @@ export class Gateway implements DeployHost, Control {
       await finishInterruptedAudit(store, this.#loggers.get('api'));
       await reapOrphans(store, this.#log);
       this.#apps.rebuildTable();
-      this.#certificates = await GatewayCertificates.open(this.config, store, this.#loggers.get('tls'));
+      // Proxy worker threads answer HTTP-01 on the cleartext listeners too: they get every change.
+      const onHttpTokens = (tokens: [string, string][]) => this.#workers?.setChallenges(tokens);
+      this.#certificates = await GatewayCertificates.open(this.config, store, this.#loggers.get('tls'), onHttpTokens);
       this.metrics.start();
       await this.#proxy.start(this.#certificates?.frontDoor ?? null);
       await this.#workers?.start(this.#table ?? this.#proxy.table);

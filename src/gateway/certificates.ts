@@ -50,7 +50,7 @@ export class GatewayCertificates {
    * The certificates for a config with a TLS listener, loaded and checked; null without one. Throws
    * ConfigError naming each bad file (its key in config and its path, never a key's content).
    */
-  static async open(config: BerthConfig, store: Store, log: Logger): Promise<GatewayCertificates | null> {
+  static async open(config: BerthConfig, store: Store, log: Logger, onHttpTokens?: (tokens: [string, string][]) => void): Promise<GatewayCertificates | null> {
     if (!config.listen.some((a) => a.tls)) return null;
     const certificates = new CertificateStore(certificateInput(config), { logger: log });
     await certificates.start();
@@ -60,7 +60,7 @@ export class GatewayCertificates {
       const caRoot = a.caRoot === null ? null : await readFile(a.caRoot, 'utf8').catch((err: unknown) => {
         throw new ConfigError([{ path: 'acme.ca_root', message: `cannot read ${a.caRoot}: ${errorMessage(err)}` }]);
       });
-      acme = new AcmeManager({ directoryUrl: a.directory, email: a.email, caRoot, challenge: a.challenge, ask: a.ask, onDemand: a.onDemand, store, certificates, logger: log });
+      acme = new AcmeManager({ directoryUrl: a.directory, email: a.email, caRoot, challenge: a.challenge, ask: a.ask, onDemand: a.onDemand, store, certificates, logger: log, onHttpTokens });
       await acme.start();
     } catch (err) {
       await certificates.stop();

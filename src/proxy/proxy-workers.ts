@@ -82,6 +82,8 @@ export class ProxyWorkers {
   #metrics: Metrics;
   #slots: WorkerSlot[] = [];
   #listen: ListenAddress[] = [];
+  /** The main thread's TLS port, for the workers' `https_redirect`. */
+  #httpsPort: number | null = null;
   #table: RoutingTable | null = null;
   /** What the last snapshot was made of: pool member lists and instance address generations. */
   #fingerprint = '';
@@ -90,6 +92,8 @@ export class ProxyWorkers {
   /** The latest table snapshot sent, and the state version it went out with. */
   #snapshotSent: TableSnapshot | null = null;
   #version = 0;
+  /** The pending ACME HTTP-01 answers, as last sent. */
+  #challenges: [string, string][] = [];
 
   constructor(opts: ProxyWorkersOptions) {
     this.#main = opts.main;
@@ -116,7 +120,10 @@ export class ProxyWorkers {
    */
   async start(table: RoutingTable): Promise<void> {
     this.#table = table;
-    this.#listen = this.#main.addresses().filter((a) => a.kind === 'tcp' && !a.tls);
+    const addresses = this.#main.addresses();
+    this.#listen = addresses.filter((a) => a.kind === 'tcp' && !a.tls);
+    const tlsListener = addresses.find((a) => a.tls);
+    this.#httpsPort = tlsListener?.kind === 'tcp' ? tlsListener.port : null;
     const threads = this.#config.proxy.workers;
     this.#cells.threads = threads;
     if (this.#listen.length === 0) {
@@ -142,6 +149,13 @@ export class ProxyWorkers {
     this.#config = config;
     if (this.#slots.length === 0) return;
     this.#publish({ version: ++this.#version, type: 'config', config, tables: { admissionSlots: this.#cells.admissionSlots(), rateBuckets: this.#cells.rateBucketTables() } });
+  }
+
+  /** The ACME manager's pending HTTP-01 answers changed: every thread answers the CA from the next request on. */
+  setChallenges(tokens: [string, string][]): void {
+    this.#challenges = tokens;
+    if (this.#slots.length === 0) return;
+    this.#publish({ version: ++this.#version, type: 'challenges', tokens });
   }
 
   /** To every worker's state port, then the version cell: a worker that sees the cell finds the message. */
@@ -211,6 +225,8 @@ export class ProxyWorkers {
       table,
       version: this.#version,
       state: channel.port2,
+      httpsPort: this.#httpsPort,
+      challenges: this.#challenges,
     };
     const worker = new Worker(ENTRY, { workerData: data, transferList: [channel.port2], name: `berth-proxy-${slot.thread}` });
     slot.worker = worker;

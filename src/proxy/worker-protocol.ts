@@ -23,13 +23,21 @@ export interface WorkerData {
   version: number;
   /** Where StateMessages come, read synchronously (receiveMessageOnPort) when the version cell moves. */
   state: MessagePort;
+  /** The main thread's first TLS listener's port, for `https_redirect`; null: none. */
+  httpsPort: number | null;
+  /** Pending ACME HTTP-01 answers (token, key authorization). */
+  challenges: [string, string][];
 }
 
 /**
  * A new table or config. The main thread posts it, then sets G_STATE_VERSION to `version`; a worker
  * that sees the cell ahead of what it applied reads its state port before the request it is handling.
  */
-export type StateMessage = { version: number } & ({ type: 'table'; table: TableSnapshot } | { type: 'config'; config: BerthConfig; tables: SharedTables });
+export type StateMessage = { version: number } & (
+  | { type: 'table'; table: TableSnapshot }
+  | { type: 'config'; config: BerthConfig; tables: SharedTables }
+  | { type: 'challenges'; tokens: [string, string][] }
+);
 
 /** A finished request as the metrics count it: app, route path, status, seconds. */
 export type RequestRecord = [app: string, route: string, status: number, seconds: number];

@@ -12,6 +12,7 @@ import { G_STATE_VERSION, SharedCells } from '../lib/shared-cells.ts';
 import type { MetricsExporter } from '../metrics/metrics.ts';
 import { requestChannel, type CompletedRequest } from './access-log.ts';
 import { admissionChannel, type AdmissionEvent } from './admission.ts';
+import { ChallengeAnswers } from './https-policy.ts';
 import { Mirror, learnTables } from './mirror.ts';
 import { Proxy } from './server.ts';
 import type { AdmissionRecord, FromWorker, RequestRecord, StateMessage, ToWorker, WorkerData } from './worker-protocol.ts';
@@ -120,6 +121,7 @@ function catchUp(): void {
   for (let m = receiveMessageOnPort(data.state); m !== undefined; m = receiveMessageOnPort(data.state)) {
     const msg = m.message as StateMessage;
     if (msg.type === 'table') proxy.setTable(mirror.table(msg.table));
+    else if (msg.type === 'challenges') challenges.set(msg.tokens);
     else {
       learnTables(cells, msg.tables);
       proxy.setConfig({ ...msg.config, listen: data.listen });
@@ -129,7 +131,10 @@ function catchUp(): void {
   }
 }
 
-const proxy = new Proxy({ config: { ...data.config, listen: data.listen }, logger: log, cells, reusePort: true, catchUp });
+const challenges = new ChallengeAnswers();
+challenges.set(data.challenges);
+const https = { challenges, port: data.httpsPort };
+const proxy = new Proxy({ config: { ...data.config, listen: data.listen }, logger: log, cells, reusePort: true, catchUp, https });
 proxy.setMetrics(metrics);
 proxy.setTable(mirror.table(data.table));
 setInterval(catchUp, STATE_POLL_MS).unref();

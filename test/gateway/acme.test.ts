@@ -56,7 +56,7 @@ interface AcmeGateway {
  * Ports first (pebble must know where to validate), then pebble, then the gateway. Pebble validates
  * HTTP-01 on the gateway's cleartext port, or with `closedHttp` on a port nothing answers on.
  */
-async function acmeGateway(t: TestContext, opts: { challenge: 'http-01' | 'tls-alpn-01'; apps: Record<string, unknown>; ask?: string; validitySeconds?: number; closedHttp?: boolean }): Promise<AcmeGateway> {
+async function acmeGateway(t: TestContext, opts: { challenge: 'http-01' | 'tls-alpn-01'; apps: Record<string, unknown>; ask?: string; validitySeconds?: number; closedHttp?: boolean; workers?: number }): Promise<AcmeGateway> {
   const dir = await tempDir(t, 'berth-acme-gw-');
   const [httpPort, tlsPort, unused] = [await freePort(), await freePort(), await freePort()];
   const pebble = await startPebble(t, { dir, httpPort: opts.closedHttp ? unused : httpPort, tlsPort, validitySeconds: opts.validitySeconds });
@@ -71,6 +71,7 @@ async function acmeGateway(t: TestContext, opts: { challenge: 'http-01' | 'tls-a
       listen: [`127.0.0.1:${httpPort}`, { address: `127.0.0.1:${tlsPort}`, tls: true }],
       log_levels: { root: 'info' },
       acme: { directory: pebble.directoryUrl, email: 'ops@berth.test', ca_root: caRoot, challenge: opts.challenge, ...(opts.ask ? { ask: opts.ask } : {}) },
+      ...(opts.workers ? { proxy: { workers: opts.workers } } : {}),
       apps,
     };
   };
@@ -102,6 +103,19 @@ function issued(gw: ChildGateway, host: string): Promise<any> {
     { timeoutMs: 60_000, intervalMs: 250, message: `the certificate for ${host} issued at start` },
   );
 }
+
+test('HTTP-01 with proxy.workers 2: the CA\'s validations are answered whichever thread their connection reaches', { skip }, async (t) => {
+  // Six orders, so that (with the kernel spreading connections over the threads) worker threads get some.
+  const hosts = ['a', 'b', 'c', 'd', 'e', 'f'].map((h) => `${h}.workers.acme.test`);
+  const apps = Object.fromEntries(hosts.map((host, i) => [`site${i}`, { hosts: [host] }]));
+  const a = await acmeGateway(t, { challenge: 'http-01', apps, workers: 2 });
+  for (const host of hosts) {
+    const row = await issued(a.gw, host);
+    assert.equal(row.error, null, `${host}: ${row.error}`);
+    const h1 = await h1Tls(a.tlsPort, { servername: host, ca: a.root, path: '/' });
+    assert.equal(h1.status, 200);
+  }
+});
 
 test('HTTP-01 through the gateway: a certificate is issued at start, served by SNI over h1 and h2, chaining to pebble\'s root; berth certs shows source acme and the next renewal; renewal replaces it', { skip }, async (t) => {
   // https_redirect is on: HTTP-01 answers come before redirects (and routing and modes), or no order could pass.

@@ -16,6 +16,8 @@ import { copyFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { ROOT, fixtureApp, http, startGateway, tempDir, waitFor, writeConfig, type LogSink } from '../helpers/gateway.ts';
+import { createCa, issueCertificate } from '../helpers/certificates.ts';
+import { freePort } from '../tls/pebble.ts';
 import { parseMetrics } from '../helpers/prometheus.ts';
 
 const WEB = `"${process.execPath}" server.mjs`;
@@ -257,4 +259,29 @@ test('a worker thread that dies is replaced; the other threads\' requests are un
   assert.ok(sink.lines.some((l) => l.msg === 'proxy worker exited; restarting it'));
   const after = await Promise.all(Array.from({ length: 16 }, () => http({ port }, { path: '/' })));
   for (const r of after) assert.equal(r.status, 200);
+});
+
+test('with a TLS listener (served by the main thread), every thread redirects cleartext requests to its port', async (t) => {
+  const dir = await tempDir(t);
+  const src = await fixtureApp(dir);
+  const ca = await createCa(join(dir, 'ca'));
+  const cert = await issueCertificate(ca, ['shop.test']);
+  const [httpPort, tlsPort] = [await freePort(), await freePort()];
+  const file = await writeConfig(dir, {
+    state_dir: 'state',
+    listen: [`127.0.0.1:${httpPort}`, { address: `127.0.0.1:${tlsPort}`, tls: true }],
+    log_levels: { root: 'warn', proxy: 'info' },
+    proxy: { workers: WORKERS },
+    apps: { shop: { hosts: ['shop.test'], source: src, processes: { web: { command: WEB, instances: 1, concurrency: 8 } }, health: { path: '/up' }, tls: { certificate: cert.certificate, key: cert.key }, https_redirect: true } },
+  });
+  const { gateway, sink } = await startGateway(t, file);
+  await waitFor(() => gateway.proxyWorkers?.running === WORKERS, { message: 'every proxy thread running' });
+  const redirects = await Promise.all(Array.from({ length: 16 }, (_, i) => http({ port: httpPort }, { path: `/r/${i}`, host: 'shop.test' })));
+  for (const [i, r] of redirects.entries()) {
+    assert.equal(r.status, 308);
+    assert.equal(r.headers.location, `https://shop.test:${tlsPort}/r/${i}`);
+  }
+  // ACME HTTP-01 answers on worker threads: test/gateway/acme.test.ts, against pebble.
+  await waitFor(() => sink.lines.filter((l) => typeof l.path === 'string' && l.path.startsWith('/r/')).length >= 16, { message: 'every line' });
+  assert.ok(new Set(sink.lines.filter((l) => typeof l.path === 'string' && l.path.startsWith('/r/')).map((l) => l.thread ?? 0)).size >= 2, 'both threads redirected');
 });

@@ -43,6 +43,8 @@ export interface AcmeIssuerOptions {
   now: () => number;
   pollMinMs?: number;
   requestTimeoutMs?: number;
+  /** Told whenever the pending HTTP-01 answers change. */
+  onHttpTokens?: (tokens: [string, string][]) => void;
 }
 
 /** A certificate as the CA issued it, with the key made for it. */
@@ -129,6 +131,16 @@ export class AcmeIssuer {
     this.#agent = null;
     this.#tokens.clear();
     this.#alpn.clear();
+    this.#tokensChanged();
+  }
+
+  /** Every pending HTTP-01 answer: token, key authorization. */
+  httpTokens(): [string, string][] {
+    return [...this.#tokens];
+  }
+
+  #tokensChanged(): void {
+    this.#opts.onHttpTokens?.(this.httpTokens());
   }
 
   /** The key authorization to answer `GET /.well-known/acme-challenge/<token>` with, or null (404). */
@@ -182,6 +194,7 @@ export class AcmeIssuer {
   async #answer(host: string, type: string, token: string, keyAuthorization: string): Promise<void> {
     if (type === 'http-01') {
       this.#tokens.set(token, keyAuthorization);
+      this.#tokensChanged();
     } else if (type === 'tls-alpn-01') {
       const acmeCrypto = (await this.#module()).crypto;
       const alpnKey = await acmeCrypto.createPrivateEcdsaKey('P-256');
@@ -195,8 +208,10 @@ export class AcmeIssuer {
   }
 
   #forget(host: string, type: string, token: string): void {
-    if (type === 'http-01') this.#tokens.delete(token);
-    else this.#alpn.delete(host);
+    if (type === 'http-01') {
+      this.#tokens.delete(token);
+      this.#tokensChanged();
+    } else this.#alpn.delete(host);
   }
 
   /**

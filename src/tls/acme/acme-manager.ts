@@ -12,6 +12,7 @@
  * (without awaiting it: HTTP-01 needs the listeners up), `status`/`expirySeconds` for status and
  * metrics, and `stop`.
  */
+import { challengeToken } from './challenge-path.ts';
 import type { SecureContext } from 'node:tls';
 import { errorMessage } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/logger.ts';
@@ -30,9 +31,6 @@ export const ACME_CONCURRENT_ORDERS = 2;
 /** Timers longer than this overflow node's 32-bit delay: a far renewal is re-armed in steps. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const SOURCE = 'acme';
-/** Where HTTP-01 answers live (RFC 8555 §8.3); tokens are base64url. */
-export const ACME_CHALLENGE_PREFIX = '/.well-known/acme-challenge/';
-const TOKEN_RE = /^[A-Za-z0-9_-]{1,256}$/;
 const SOURCE_ON_DEMAND = 'acme on-demand';
 
 /** Time as the manager sees it; tests drive renewals through it. */
@@ -60,6 +58,8 @@ export interface AcmeManagerOptions {
   ask?: string | null;
   onDemand?: Partial<OnDemandLimits>;
   retry?: Partial<RetryPolicy>;
+  /** Told whenever the pending HTTP-01 answers change (proxy worker threads answer them too). */
+  onHttpTokens?: (tokens: [string, string][]) => void;
   store: AcmeStore;
   certificates: CertificateStore;
   logger: Logger;
@@ -137,6 +137,7 @@ export class AcmeManager {
       logger: opts.logger,
       now,
       pollMinMs: opts.pollMinMs,
+      onHttpTokens: opts.onHttpTokens,
     });
     this.#gate = new OnDemandGate(opts.ask ?? null, opts.onDemand ?? {}, now);
   }
@@ -194,10 +195,13 @@ export class AcmeManager {
    * URL, else null, and the request is routed as usual (an app may run its own ACME client).
    */
   answerHttp(path: string): string | null {
-    if (!path.startsWith(ACME_CHALLENGE_PREFIX)) return null;
-    const end = path.indexOf('?');
-    const token = path.slice(ACME_CHALLENGE_PREFIX.length, end === -1 ? undefined : end);
-    return TOKEN_RE.test(token) ? this.#issuer.httpChallenge(token) : null;
+    const token = challengeToken(path);
+    return token === null ? null : this.#issuer.httpChallenge(token);
+  }
+
+  /** Every pending HTTP-01 answer (token, key authorization): what proxy worker threads answer with. */
+  httpTokens(): [string, string][] {
+    return this.#issuer.httpTokens();
   }
 
   /** The TLS-ALPN-01 challenge certificate for a handshake offering `acme-tls/1` for `servername`, or null. */
