@@ -135,7 +135,8 @@ export class Gateway implements DeployHost, Control {
     this.#apps = new Apps({ live, loggers, supervisor, setTable, audit, appUser: this.#appUser });
     const controlListen = () => this.#api.tcpAddress()?.text ?? null;
     const certificates = () => this.certificates();
-    this.#report = new StatusReport({ live, apps: this.#apps, supervisor, proxy: this.#proxy, audit, controlListen, certificates });
+    const proxyThreads = () => this.#workers?.running ?? 1;
+    this.#report = new StatusReport({ live, apps: this.#apps, supervisor, proxy: this.#proxy, audit, controlListen, certificates, proxyThreads });
     const loadOptions = opts.loadOptions ?? { configPath: opts.config.file, env: opts.config.environment ?? undefined };
     const prepare = async (next: BerthConfig) => this.#certificates?.configure(next);
     this.#reload = new ConfigReload({ live, loadOptions, apps: this.#apps, supervisor, audit, loggers, prepare, useConfig: (next) => this.#useConfig(next) });

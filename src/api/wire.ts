@@ -76,6 +76,8 @@ export interface GatewayStatus {
   controlListen: string | null;
   /** Certificates that failed to load, renew or be obtained (the previous one, if any, is served). */
   certificateProblems: { host: string; source: string; error: string }[];
+  /** The front door's threads (`proxy.workers`): how many the config asks for, and how many serve now. */
+  proxyThreads: { configured: number; running: number };
   apps: AppStatus[];
 }
 

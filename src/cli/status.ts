@@ -23,7 +23,8 @@ export async function status(args: string[]): Promise<number> {
     process.stdout.write(JSON.stringify(s, null, 2) + '\n');
     return values.check ? checkHealth(s.apps) : 0;
   }
-  const head = `berth ${s.version}  pid ${s.pid}  ${s.state}  up ${formatUptime(s.uptimeMs)}  listen ${s.listen.join(', ')}${s.environment ? `  env ${s.environment}` : ''}`;
+  const threads = s.proxyThreads && s.proxyThreads.configured > 1 ? `  proxy threads ${s.proxyThreads.running}/${s.proxyThreads.configured}` : '';
+  const head = `berth ${s.version}  pid ${s.pid}  ${s.state}  up ${formatUptime(s.uptimeMs)}  listen ${s.listen.join(', ')}${threads}${s.environment ? `  env ${s.environment}` : ''}`;
   const lines = [head, ''];
   for (const p of s.certificateProblems ?? []) lines.push(`! certificate for ${p.host} (${p.source}): ${p.error}`);
   if (s.certificateProblems?.length) lines.push('');

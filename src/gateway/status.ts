@@ -28,6 +28,8 @@ export interface StatusSources {
   /** The bound `control.listen` address, or null. */
   controlListen(): string | null;
   certificates(): CertificateRow[];
+  /** Proxy threads serving now, the main thread's included. */
+  proxyThreads(): number;
 }
 
 export class StatusReport {
@@ -56,6 +58,7 @@ export class StatusReport {
       control: c.control.socket,
       controlListen: this.#src.controlListen(),
       certificateProblems: this.#src.certificates().flatMap((r) => (r.error === null ? [] : [{ host: r.host, source: r.source, error: r.error }])),
+      proxyThreads: { configured: c.proxy.workers, running: s === 'running' ? this.#src.proxyThreads() : 0 },
       apps: apps.names().map((name) => this.appStatus(name)!),
     };
   }

@@ -15,7 +15,7 @@ import assert from 'node:assert/strict';
 import { copyFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import WebSocket from 'ws';
-import { ROOT, fixtureApp, http, startGateway, tempDir, waitFor, writeConfig, type LogSink } from '../helpers/gateway.ts';
+import { ROOT, fixtureApp, http, runCli, startGateway, tempDir, waitFor, writeConfig, type LogSink } from '../helpers/gateway.ts';
 import { createCa, issueCertificate } from '../helpers/certificates.ts';
 import { freePort } from '../tls/pebble.ts';
 import { parseMetrics } from '../helpers/prometheus.ts';
@@ -259,6 +259,10 @@ test('a worker thread that dies is replaced; the other threads\' requests are un
   assert.ok(sink.lines.some((l) => l.msg === 'proxy worker exited; restarting it'));
   const after = await Promise.all(Array.from({ length: 16 }, () => http({ port }, { path: '/' })));
   for (const r of after) assert.equal(r.status, 200);
+  assert.deepEqual(gateway.status().proxyThreads, { configured: WORKERS, running: WORKERS });
+  const status = await runCli(['status', '--socket', join(dir, 'state', 'control.sock')]);
+  assert.equal(status.code, 0, status.stderr);
+  assert.match(status.stdout, /proxy threads 2\/2/);
 });
 
 test('with a TLS listener (served by the main thread), every thread redirects cleartext requests to its port', async (t) => {
