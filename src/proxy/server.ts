@@ -15,8 +15,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { acceptsConnections } from '../lib/unix-socket.ts';
-import { lstat, unlink } from 'node:fs/promises';
+import { unlink } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { BerthConfig, ListenAddress } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
@@ -27,6 +26,7 @@ import { accessLog, elapsedMs, requestChannel, type CompletedRequest } from './a
 import { ErrorPages, errorPage, type ErrorResponse } from './error-pages.ts';
 import type { ExchangeShared } from './exchange.ts';
 import { Forward, ProxyResponse } from './forward.ts';
+import { isDeadSocket, listen, listenProblem } from './bind.ts';
 import { hstsHeader, sendChallengeAnswer, sendRedirect, sendRedirectRaw, type HttpChallengeAnswerer } from './https-policy.ts';
 import { closeListening, onDemandFor, SecureListener, type ProxyHandlers, type SecureServer } from './secure-listener.ts';
 import type { FrontDoorTls } from '../tls/front-door.ts';
@@ -543,22 +543,6 @@ export class Proxy {
   }
 }
 
-function listen(server: ProxyServer | SecureServer, address: ListenAddress, log: Logger, reusePort: boolean): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onError = (err: Error) => reject(err);
-    server.once('error', onError);
-    const done = () => {
-      server.off('error', onError);
-      // Once bound, an accept error (EMFILE...) must not crash the gateway: it is reported, and Node
-      // keeps accepting when it can.
-      server.on('error', (err: Error) => log.error({ listen: address.text, err: err.message }, 'listener error'));
-      resolve();
-    };
-    if (address.kind === 'unix') server.listen(address.path, done);
-    else server.listen({ port: address.port, host: address.host, reusePort }, done);
-  });
-}
-
 /** What the proxy does with each of its listeners, cleartext (PlainListener) or TLS (SecureListener). */
 interface FrontListener {
   readonly server: ProxyServer | SecureServer;
@@ -586,30 +570,6 @@ class PlainListener implements FrontListener {
 
   closeAllConnections(): void {
     this.server.closeAllConnections();
-  }
-}
-
-async function isDeadSocket(path: string): Promise<boolean> {
-  const st = await lstat(path).catch(() => null);
-  return st !== null && st.isSocket() && !(await acceptsConnections(path));
-}
-
-function listenProblem(err: unknown): string {
-  switch ((err as NodeJS.ErrnoException).code) {
-    case 'EADDRINUSE':
-      return 'address in use';
-    case 'EACCES':
-    case 'EPERM':
-      return 'permission denied';
-    case 'EADDRNOTAVAIL':
-      return 'address not available';
-    case 'ENOTFOUND':
-    case 'EAI_AGAIN':
-      return 'unknown host';
-    case 'ENOENT':
-      return 'no such directory';
-    default:
-      return err instanceof Error ? err.message : String(err);
   }
 }
 
