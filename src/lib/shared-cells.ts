@@ -70,6 +70,20 @@ const SLOT_REST_MS = 60_000;
 /** Instance states as cell values (index in this list). */
 export const STATE_CODES = ['stopped', 'starting', 'ready', 'unhealthy', 'backoff', 'crashed', 'stopping'] as const;
 
+/**
+ * Adds one to the cell at `index` if it is below `limit`, atomically against every other thread (a
+ * compare-and-swap loop); false when it is not below.
+ */
+export function addBelow(i32: Int32Array, index: number, limit: number): boolean {
+  let seen = Atomics.load(i32, index);
+  for (;;) {
+    if (seen >= limit) return false;
+    const was = Atomics.compareExchange(i32, index, seen, seen + 1);
+    if (was === seen) return true;
+    seen = was;
+  }
+}
+
 /** What a worker thread needs to adopt the cells. */
 export interface SharedCellsHandle {
   buffer: SharedArrayBuffer;
@@ -157,16 +171,8 @@ export class SharedCells {
    * swap, so two threads cannot both take the last one). Counts it as this thread's.
    */
   tryReserve(slot: number, concurrency: number): boolean {
-    const i32 = this.i32;
-    const at = this.instance(slot) + I_IN_FLIGHT;
-    let seen = Atomics.load(i32, at);
-    for (;;) {
-      if (seen >= concurrency) return false;
-      const was = Atomics.compareExchange(i32, at, seen, seen + 1);
-      if (was === seen) break;
-      seen = was;
-    }
-    Atomics.add(i32, this.heldInstance(this.thread, slot) + H_REQUESTS, 1);
+    if (!addBelow(this.i32, this.instance(slot) + I_IN_FLIGHT, concurrency)) return false;
+    Atomics.add(this.i32, this.heldInstance(this.thread, slot) + H_REQUESTS, 1);
     return true;
   }
 
@@ -229,16 +235,8 @@ export class SharedCells {
 
   /** One more WebSocket on pool `slot` if fewer than `max` are open (compare and swap). */
   tryOpenWebSocket(slot: number, max: number): boolean {
-    const i32 = this.i32;
-    const at = this.admission(slot) + A_WEBSOCKETS;
-    let seen = Atomics.load(i32, at);
-    for (;;) {
-      if (seen >= max) return false;
-      const was = Atomics.compareExchange(i32, at, seen, seen + 1);
-      if (was === seen) break;
-      seen = was;
-    }
-    Atomics.add(i32, this.heldAdmission(this.thread, slot) + 1, 1);
+    if (!addBelow(this.i32, this.admission(slot) + A_WEBSOCKETS, max)) return false;
+    Atomics.add(this.i32, this.heldAdmission(this.thread, slot) + 1, 1);
     return true;
   }
 
@@ -289,33 +287,6 @@ export class SharedCells {
 
   learnRateBuckets(tables: [string, SharedArrayBuffer][]): void {
     for (const [app, buffer] of tables) this.#buckets.set(app, buffer);
-  }
-
-  /** One more active request on the pool if it has fewer than `limit` (compare and swap). */
-  tryEnter(slot: number, limit: number): boolean {
-    const i32 = this.i32;
-    const at = this.admission(slot) + A_ACTIVE;
-    let seen = Atomics.load(i32, at);
-    for (;;) {
-      if (seen >= limit) return false;
-      const was = Atomics.compareExchange(i32, at, seen, seen + 1);
-      if (was === seen) break;
-      seen = was;
-    }
-    Atomics.add(i32, this.heldAdmission(this.thread, slot), 1);
-    return true;
-  }
-
-  /** One active request fewer; wakes other threads' waiters when some wait beyond this thread's own. */
-  leave(slot: number, localWaiters: number): void {
-    const i32 = this.i32;
-    const at = this.admission(slot);
-    Atomics.add(i32, this.heldAdmission(this.thread, slot), -1);
-    Atomics.sub(i32, at + A_ACTIVE, 1);
-    if (Atomics.load(i32, at + A_WAITERS) > localWaiters) {
-      Atomics.add(i32, at + A_SEQ, 1);
-      Atomics.notify(i32, at + A_SEQ);
-    }
   }
 
   // ---- a worker thread that died ----------------------------------------------------------------

@@ -19,7 +19,7 @@
  * (Atomics.waitAsync), so its queue moves as soon as a slot frees up anywhere.
  */
 import { channel } from 'node:diagnostics_channel';
-import { A_ACTIVE, A_SEQ, A_WAITERS, type SharedCells } from '../lib/shared-cells.ts';
+import { A_ACTIVE, A_SEQ, A_WAITERS, addBelow, type SharedCells } from '../lib/shared-cells.ts';
 import type { PoolView, Upstream } from '../supervisor/types.ts';
 
 /**
@@ -135,16 +135,8 @@ export class Admission {
 
   /** One more active request, if the limit allows (compare and swap against the other threads). */
   #take(): boolean {
-    const i32 = this.#i32;
-    const at = this.#at + A_ACTIVE;
-    let seen = Atomics.load(i32, at);
-    for (;;) {
-      if (seen >= this.limit) return false;
-      const was = Atomics.compareExchange(i32, at, seen, seen + 1);
-      if (was === seen) break;
-      seen = was;
-    }
-    if (this.#held >= 0) Atomics.add(i32, this.#held, 1);
+    if (!addBelow(this.#i32, this.#at + A_ACTIVE, this.limit)) return false;
+    if (this.#held >= 0) Atomics.add(this.#i32, this.#held, 1);
     return true;
   }
 
