@@ -52,8 +52,11 @@ const HELD_INSTANCE_STRIDE = 3;
 export const H_REQUESTS = 0;
 export const H_TUNNELS = 1;
 export const H_OLDEST = 2;
-/** Per thread and pool: active requests, open WebSockets. */
-const HELD_ADMISSION_STRIDE = 2;
+/** Per thread and pool: active requests, open WebSockets, queued requests. */
+const HELD_ADMISSION_STRIDE = 3;
+export const HA_ACTIVE = 0;
+export const HA_WEBSOCKETS = 1;
+export const HA_WAITERS = 2;
 const HELD_THREAD_CELLS = INSTANCE_SLOTS * HELD_INSTANCE_STRIDE + ADMISSION_SLOTS * HELD_ADMISSION_STRIDE;
 
 const ADMISSION_BASE = INSTANCE_SLOTS * INSTANCE_STRIDE;
@@ -228,7 +231,7 @@ export class SharedCells {
     return ADMISSION_BASE + slot * ADMISSION_STRIDE;
   }
 
-  /** `thread`'s active requests on pool `slot`; the next cell is its open WebSockets there. */
+  /** The first of `thread`'s cells for pool `slot` (HA_ACTIVE, HA_WEBSOCKETS, HA_WAITERS). */
   heldAdmission(thread: number, slot: number): number {
     return HELD_BASE + thread * HELD_THREAD_CELLS + INSTANCE_SLOTS * HELD_INSTANCE_STRIDE + slot * HELD_ADMISSION_STRIDE;
   }
@@ -236,12 +239,12 @@ export class SharedCells {
   /** One more WebSocket on pool `slot` if fewer than `max` are open (compare and swap). */
   tryOpenWebSocket(slot: number, max: number): boolean {
     if (!addBelow(this.i32, this.admission(slot) + A_WEBSOCKETS, max)) return false;
-    Atomics.add(this.i32, this.heldAdmission(this.thread, slot) + 1, 1);
+    Atomics.add(this.i32, this.heldAdmission(this.thread, slot) + HA_WEBSOCKETS, 1);
     return true;
   }
 
   closeWebSocket(slot: number): void {
-    Atomics.sub(this.i32, this.heldAdmission(this.thread, slot) + 1, 1);
+    Atomics.sub(this.i32, this.heldAdmission(this.thread, slot) + HA_WEBSOCKETS, 1);
     Atomics.sub(this.i32, this.admission(slot) + A_WEBSOCKETS, 1);
   }
 
@@ -308,9 +311,11 @@ export class SharedCells {
       if (requests !== 0 || tunnels !== 0) changed.push(slot);
     }
     for (const slot of this.#admissions.values()) {
-      const sockets = Atomics.exchange(i32, this.heldAdmission(thread, slot) + 1, 0);
+      const sockets = Atomics.exchange(i32, this.heldAdmission(thread, slot) + HA_WEBSOCKETS, 0);
       if (sockets !== 0) Atomics.sub(i32, this.admission(slot) + A_WEBSOCKETS, sockets);
-      const active = Atomics.exchange(i32, this.heldAdmission(thread, slot), 0);
+      const waiters = Atomics.exchange(i32, this.heldAdmission(thread, slot) + HA_WAITERS, 0);
+      if (waiters !== 0) Atomics.sub(i32, this.admission(slot) + A_WAITERS, waiters);
+      const active = Atomics.exchange(i32, this.heldAdmission(thread, slot) + HA_ACTIVE, 0);
       if (active !== 0) {
         Atomics.sub(i32, this.admission(slot) + A_ACTIVE, active);
         Atomics.add(i32, this.admission(slot) + A_SEQ, 1);

@@ -19,7 +19,7 @@
  * (Atomics.waitAsync), so its queue moves as soon as a slot frees up anywhere.
  */
 import { channel } from 'node:diagnostics_channel';
-import { A_ACTIVE, A_SEQ, A_WAITERS, addBelow, type SharedCells } from '../lib/shared-cells.ts';
+import { A_ACTIVE, A_SEQ, A_WAITERS, HA_ACTIVE, HA_WAITERS, addBelow, type SharedCells } from '../lib/shared-cells.ts';
 import type { PoolView, Upstream } from '../supervisor/types.ts';
 
 /**
@@ -91,7 +91,7 @@ export class Admission {
   /** The cells of the count (shared, or this admission's own), and where in them. */
   #i32: Int32Array;
   #at: number;
-  /** Where this thread's share of the active count is kept (for a worker thread that dies); -1: none. */
+  /** Where this thread's shares of the counts are kept (for a worker thread that dies); -1: none. */
   #held: number;
   #cells: SharedCells | null;
   /** A wait for another thread's wake is pending. */
@@ -135,16 +135,25 @@ export class Admission {
 
   /** One more active request, if the limit allows (compare and swap against the other threads). */
   #take(): boolean {
-    if (!addBelow(this.#i32, this.#at + A_ACTIVE, this.limit)) return false;
-    if (this.#held >= 0) Atomics.add(this.#i32, this.#held, 1);
+    return this.#hold(A_ACTIVE, HA_ACTIVE, this.limit);
+  }
+
+  /** One more in the pool's count `cell` if below `limit`, and in this thread's share of it (`held`). */
+  #hold(cell: number, held: number, limit: number): boolean {
+    if (!addBelow(this.#i32, this.#at + cell, limit)) return false;
+    if (this.#held >= 0) Atomics.add(this.#i32, this.#held + held, 1);
     return true;
+  }
+
+  #unhold(cell: number, held: number): void {
+    if (this.#held >= 0) Atomics.sub(this.#i32, this.#held + held, 1);
+    Atomics.sub(this.#i32, this.#at + cell, 1);
   }
 
   /** Gives back a place taken by #take(); wakes other threads' waiters when there are any. */
   #give(): void {
     const i32 = this.#i32;
-    if (this.#held >= 0) Atomics.sub(i32, this.#held, 1);
-    Atomics.sub(i32, this.#at + A_ACTIVE, 1);
+    this.#unhold(A_ACTIVE, HA_ACTIVE);
     if (this.#cells !== null && Atomics.load(i32, this.#at + A_WAITERS) > this.#depth) {
       Atomics.add(i32, this.#at + A_SEQ, 1);
       Atomics.notify(i32, this.#at + A_SEQ);
@@ -180,7 +189,8 @@ export class Admission {
       w.reject('no-healthy-instance');
       return;
     }
-    if (this.#depth >= this.queueMax) {
+    // A place in the queue, counted across threads: `queue.max` bounds the pool's waiters, not each thread's.
+    if (!this.#hold(A_WAITERS, HA_WAITERS, this.queueMax)) {
       if (admissionChannel.hasSubscribers) admissionChannel.publish({ admission: this, outcome: 'queue-full', waitMs: 0 });
       w.reject('queue-full');
       return;
@@ -193,7 +203,6 @@ export class Admission {
     else this.#tail.next = w;
     this.#tail = w;
     this.#depth++;
-    Atomics.add(this.#i32, this.#at + A_WAITERS, 1);
     if (this.#cells !== null && this.#cells.threads > 1) this.#listen();
   }
 
@@ -329,6 +338,6 @@ export class Admission {
     w.next = null;
     w.queued = false;
     this.#depth--;
-    Atomics.sub(this.#i32, this.#at + A_WAITERS, 1);
+    this.#unhold(A_WAITERS, HA_WAITERS);
   }
 }

@@ -84,6 +84,21 @@ test('admission holds across threads: the app never holds more than concurrency 
   assert.equal(gateway.appStatus('shop')!.queue, 0);
 });
 
+test('queue.max bounds the pool\'s waiters across threads, not each thread\'s', async (t) => {
+  const dir = await tempDir(t);
+  const src = await fixtureApp(dir);
+  const { gateway, port, sink } = await gatewayWith(t, dir, {
+    shop: { source: src, processes: { web: { command: WEB, instances: 1, concurrency: 1 } }, health: { path: '/up' }, queue: { max: 4, timeout: '30s' } },
+  });
+  const all = Array.from({ length: 20 }, (_, i) => http({ port }, { path: `/slow?ms=1000&n=${i}` }));
+  const statuses = (await Promise.all(all)).map((r) => r.status);
+  assert.equal(statuses.filter((s) => s === 200).length, 5, `1 in flight + 4 queued are served: ${statuses.join(',')}`);
+  assert.equal(statuses.filter((s) => s === 503).length, 15);
+  assert.equal(gateway.appStatus('shop')!.queue, 0);
+  await waitFor(() => sink.lines.filter((l) => typeof l.path === 'string' && l.path.startsWith('/slow')).length >= 20, { message: 'every line' });
+  assert.ok(new Set(sink.lines.filter((l) => typeof l.path === 'string' && l.path.startsWith('/slow')).map((l) => l.thread ?? 0)).size >= 2);
+});
+
 test('a mode switch applies to the very next request on every thread', async (t) => {
   const dir = await tempDir(t);
   const src = await fixtureApp(dir);
@@ -246,15 +261,17 @@ test('a graceful stop lets the requests in flight on every thread finish', async
 test('a worker thread that dies is replaced; the other threads\' requests are untouched and what it held is given back', async (t) => {
   const dir = await tempDir(t);
   const src = await fixtureApp(dir);
-  const { gateway, port, sink } = await gatewayWith(t, dir, { shop: { source: src, processes: { web: { command: WEB, instances: 1, concurrency: 32 } }, health: { path: '/up' } } });
-  const slow = Array.from({ length: 16 }, () => http({ port }, { path: '/slow?ms=1500' }).then((r) => r.status, () => 0));
-  await waitFor(() => gateway.appStatus('shop')!.db.inUse >= 16, { message: 'in flight' });
+  // Concurrency 4 for 24 requests: both threads hold slots and queue the rest when one dies.
+  const { gateway, port, sink } = await gatewayWith(t, dir, { shop: { source: src, processes: { web: { command: WEB, instances: 1, concurrency: 4 } }, health: { path: '/up' }, queue: { max: 100, timeout: '30s' } } });
+  const slow = Array.from({ length: 24 }, () => http({ port }, { path: '/slow?ms=400' }).then((r) => r.status, () => 0));
+  await waitFor(() => gateway.appStatus('shop')!.db.inUse === 4 && gateway.appStatus('shop')!.queue === 20, { message: 'slots taken and 20 queued' });
   await gateway.proxyWorkers!.kill(1);
   const statuses = await Promise.all(slow);
-  // The main thread's requests finish; the dead thread's connections went with it.
+  // The main thread's requests finish (queued ones too); the dead thread's connections went with it.
   assert.ok(statuses.includes(200), `statuses ${statuses.join(',')}`);
   assert.ok(statuses.every((s) => s === 200 || s === 0));
-  await waitFor(() => gateway.appStatus('shop')!.db.inUse === 0, { message: 'what the dead thread held given back' });
+  // Its slots and its places in the queue are given back: nothing stays counted.
+  await waitFor(() => gateway.appStatus('shop')!.db.inUse === 0 && gateway.appStatus('shop')!.queue === 0, { message: 'what the dead thread held given back' });
   await waitFor(() => gateway.proxyWorkers!.running === WORKERS, { timeoutMs: 10_000, message: 'the thread started again' });
   assert.ok(sink.lines.some((l) => l.msg === 'proxy worker exited; restarting it'));
   const after = await Promise.all(Array.from({ length: 16 }, () => http({ port }, { path: '/' })));
