@@ -19,13 +19,14 @@ export class LoggerFactory {
   #sonic: ReturnType<typeof pino.destination> | null = null;
   #destination: DestinationStream;
 
-  constructor(levels: Partial<Record<string, LogLevel>> = {}, destination?: DestinationStream) {
+  /** `bindings`: fields on every line (a proxy worker thread's `thread`). */
+  constructor(levels: Partial<Record<string, LogLevel>> = {}, destination?: DestinationStream, bindings: Record<string, unknown> = {}) {
     this.#levels = levels;
     const rootLevel = levels.root ?? 'info';
     if (!destination && wantsPretty()) destination = new PrettyStream(process.stdout);
     if (!destination) this.#sonic = pino.destination({ fd: 1, sync: false });
     this.#destination = destination ?? this.#sonic!;
-    this.root = pino({ level: rootLevel, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, this.#destination);
+    this.root = pino({ level: rootLevel, base: { pid: process.pid, ...bindings }, timestamp: pino.stdTimeFunctions.isoTime }, this.#destination);
   }
 
   /** Writes lines another thread formatted (proxy worker threads' logs) to this output, as they are. */

@@ -107,9 +107,9 @@ const cells = new SharedCells(data.cells);
 cells.thread = data.thread;
 cells.threads = data.threads;
 const lines = new PostedLines();
-const logs = new LoggerFactory(data.config.logLevels, lines);
-// Its lines say which thread wrote them.
-const log = logs.get('proxy').child({ thread: data.thread });
+// Its lines say which thread wrote them; a config reload's log levels apply to them too.
+const logs = new LoggerFactory(data.config.logLevels, lines, { thread: data.thread });
+const log = logs.get('proxy');
 const metrics = new RemoteMetrics();
 const stats = new Stats();
 const mirror = new Mirror(cells, (slot) => post({ type: 'idle', slot }));

@@ -247,6 +247,23 @@ test('metrics sum the requests of every thread, and each request has one intact 
   assert.ok(new Set(lines.map((l) => l.thread ?? 0)).size >= 2, 'lines from more than one thread');
 });
 
+test('a config reload reaches every thread: new log levels silence the access log of workers too', async (t) => {
+  const dir = await tempDir(t);
+  const src = await fixtureApp(dir);
+  const apps = { shop: { source: src, processes: { web: { command: WEB, instances: 1, concurrency: 16 } }, health: { path: '/up' } } };
+  const { gateway, port, sink } = await gatewayWith(t, dir, apps);
+  const lines = (prefix: string) => sink.lines.filter((l) => typeof l.path === 'string' && l.path.startsWith(prefix));
+  await Promise.all(Array.from({ length: 16 }, (_, i) => http({ port }, { path: `/before/${i}` })));
+  await waitFor(() => lines('/before/').length >= 16, { message: 'lines before the reload' });
+  assert.ok(new Set(lines('/before/').map((l) => l.thread ?? 0)).size >= 2);
+  await writeConfig(dir, { state_dir: 'state', listen: ['127.0.0.1:0'], log_levels: { root: 'warn', proxy: 'warn' }, proxy: { workers: WORKERS }, apps });
+  const result = await gateway.reloadConfig({ user: 'tester', channel: 'socket' });
+  assert.deepEqual(result.removed, [], JSON.stringify(result));
+  await Promise.all(Array.from({ length: 16 }, (_, i) => http({ port }, { path: `/after/${i}` })));
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(lines('/after/'), [], 'no access-log line from any thread at proxy: warn');
+});
+
 test('a graceful stop lets the requests in flight on every thread finish', async (t) => {
   const dir = await tempDir(t);
   const src = await fixtureApp(dir);
