@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { createHash, createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { createSecureContext, type SecureContext } from 'node:tls';
@@ -144,9 +145,14 @@ export class Certificate {
     }
   }
 
-  /** Whether a client would accept this certificate for `host` (`*.suffix` needs that very wildcard in it). */
+  /**
+   * Whether a client would accept this certificate for `host` (`*.suffix` needs that very wildcard in
+   * it; an IP address needs an IP entry, as clients check it).
+   */
   covers(host: string): boolean {
     if (host.startsWith('*.')) return this.names.includes(host);
+    const ip = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+    if (isIP(ip) !== 0) return this.#x509.checkIP(ip) !== undefined;
     return this.#x509.checkHost(host, { wildcards: true, multiLabelWildcards: false }) !== undefined;
   }
 }

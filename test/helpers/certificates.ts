@@ -6,6 +6,7 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
@@ -60,7 +61,7 @@ export async function createCa(dir: string, name = 'berth test CA'): Promise<Tes
   return { pem: await readFile(certificate, 'utf8'), certificate, key, dir };
 }
 
-/** Issues a leaf certificate for `names` (the first is also the subject CN), signed by `ca`. */
+/** Issues a leaf certificate for `names` (IP literals go in as IP entries; the first is also the subject CN), signed by `ca`. */
 export async function issueCertificate(ca: TestCa, names: string[], options: IssueOptions = {}): Promise<TestCertificate> {
   const signer = options.ca ?? ca;
   const base = join(ca.dir, `${names[0].replace('*', '_wildcard')}-${randomBytes(4).toString('hex')}`);
@@ -71,7 +72,7 @@ export async function issueCertificate(ca: TestCa, names: string[], options: Iss
   await writeFile(
     ext,
     [
-      `subjectAltName=${names.map((n) => `DNS:${n}`).join(',')}`,
+      `subjectAltName=${names.map((n) => (isIP(n) ? `IP:${n}` : `DNS:${n}`)).join(',')}`,
       'basicConstraints=critical,CA:FALSE',
       'keyUsage=critical,digitalSignature',
       'extendedKeyUsage=serverAuth',

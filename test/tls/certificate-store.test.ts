@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { ConfigError } from '../../src/lib/errors.ts';
 import { CertificateStore } from '../../src/tls/certificate-store.ts';
+import { Certificate } from '../../src/tls/certificate.ts';
 import { TicketKeys } from '../../src/tls/ticket-keys.ts';
 import type { CertificateInput, CertificateReload } from '../../src/tls/types.ts';
 import { LogSink, tempDir } from '../helpers/gateway.ts';
@@ -456,4 +457,19 @@ test('the certificate directory: the later expiry wins a name, a pair without a 
   await rename(`${certs}.gone`, certs);
   assert.deepEqual((await store.reload()).problems, []);
   assert.deepEqual(store.errors(), []);
+});
+
+test('a host that is an IP address is covered by an IP entry of the certificate, not by a DNS name that reads the same', async (t) => {
+  const dir = await tempDir(t);
+  const ca = await createCa(join(dir, 'ca'));
+  const withIp = await issueCertificate(ca, ['shop.test', '127.0.0.1', '::1']);
+  const dnsOnly = await issueCertificate(ca, ['shop.test']);
+  const a = await Certificate.load({ certificate: withIp.certificate, key: withIp.key });
+  const b = await Certificate.load({ certificate: dnsOnly.certificate, key: dnsOnly.key });
+  assert.equal(a.covers('127.0.0.1'), true);
+  assert.equal(a.covers('::1'), true);
+  assert.equal(a.covers('[::1]'), true);
+  assert.equal(a.covers('127.0.0.2'), false);
+  assert.equal(a.covers('shop.test'), true);
+  assert.equal(b.covers('127.0.0.1'), false);
 });
