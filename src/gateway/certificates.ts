@@ -13,19 +13,13 @@ import type { Store } from '../store/store.ts';
 import { AcmeManager } from '../tls/acme/acme-manager.ts';
 import { CertificateStore } from '../tls/certificate-store.ts';
 import type { FrontDoorTls } from '../tls/front-door.ts';
-import type { CertificateInput, CertificateRow } from '../tls/types.ts';
+import type { CertificateRow } from '../tls/types.ts';
+import { certificateInput } from '../tls/certificate-input.ts';
+
+export { certificateInput };
 
 /** How long a stop waits for an ACME order in flight before leaving it. */
 const ACME_STOP_MS = 5_000;
-
-/** What the certificate store serves, as config gives it: per-host entries first, then whole apps. */
-export function certificateInput(config: BerthConfig): CertificateInput {
-  const apps = Object.values(config.apps);
-  const entries = apps.flatMap((app) => app.tls.map((c) => ({ from: c.from, hosts: c.hosts.length > 0 ? c.hosts : app.hosts, files: c.files, perHost: c.hosts.length > 0 })));
-  const sources = [...entries.filter((e) => e.perHost), ...entries.filter((e) => !e.perHost)].map(({ from, hosts, files }) => ({ from, hosts, files }));
-  const d = config.tls.defaultCertificate;
-  return { sources, directory: config.tls.directory, defaultCertificate: d === null ? null : { from: 'tls.default_certificate', hosts: [], files: d } };
-}
 
 /** The exact hosts of apps with `tls: { acme: true }`: ordered ahead of time (wildcards wait for a handshake). */
 export function acmeHosts(config: BerthConfig): string[] {
