@@ -14,6 +14,7 @@ import { Counter, Gauge, Registry, type Histogram } from 'prom-client';
 import { requestChannel, type CompletedRequest } from '../proxy/access-log.ts';
 import { admissionChannel, type AdmissionEvent } from '../proxy/admission.ts';
 import type { AdmissionRecord, RequestRecord } from '../proxy/worker-protocol.ts';
+import { HANDSHAKE_FAILURE_REASONS, handshakeFailureChannel, type HandshakeFailureReason } from '../tls/handshake-failure.ts';
 import { probeChannel, type ProbeEvent } from '../supervisor/health.ts';
 import { instanceChannel, type InstanceEvent } from '../supervisor/instance.ts';
 import type { InstanceState } from '../supervisor/types.ts';
@@ -184,6 +185,7 @@ export class Metrics implements MetricsExporter {
   #probes: Counter<'app' | 'process' | 'result'>;
   #restarts: Counter<'app' | 'process'>;
   #unhealthy: Counter<'app' | 'process'>;
+  #handshakeFailures: Counter<'reason'>;
 
   /** `app NUL path` -> series: two route objects with the same labels share one series. */
   #routeSeries = new Map<string, RouteSeries>();
@@ -242,6 +244,13 @@ export class Metrics implements MetricsExporter {
       labelNames: ['app', 'process'],
       registers,
     });
+    this.#handshakeFailures = new Counter({
+      name: 'berth_tls_handshake_failures_total',
+      help: 'TLS handshakes that failed on the front door, by reason (protocol-version, unknown-name, no-application-protocol, no-shared-cipher, timeout, reset, other).',
+      labelNames: ['reason'],
+      registers,
+    });
+    for (const reason of HANDSHAKE_FAILURE_REASONS) this.#handshakeFailures.labels(reason).inc(0);
     const pools = () => this.#source.pools();
     // One gauge per pool figure: [name, help, the figure].
     const poolGauges: [string, string, (p: PoolLevels) => number][] = [
@@ -312,6 +321,7 @@ export class Metrics implements MetricsExporter {
     subscribe(admissionChannel.name, this.#onAdmission);
     subscribe(probeChannel.name, this.#onProbe);
     subscribe(instanceChannel.name, this.#onInstance);
+    subscribe(handshakeFailureChannel.name, this.#onHandshakeFailure);
     this.#transition('running');
   }
 
@@ -328,6 +338,7 @@ export class Metrics implements MetricsExporter {
     unsubscribe(admissionChannel.name, this.#onAdmission);
     unsubscribe(probeChannel.name, this.#onProbe);
     unsubscribe(instanceChannel.name, this.#onInstance);
+    unsubscribe(handshakeFailureChannel.name, this.#onHandshakeFailure);
     this.#transition('stopped');
   }
 
@@ -398,6 +409,10 @@ export class Metrics implements MetricsExporter {
   #onProbe = (message: unknown): void => {
     const e = message as ProbeEvent;
     this.#probes.inc({ app: e.target.app ?? '', process: e.target.process ?? '', result: e.result });
+  };
+
+  #onHandshakeFailure = (message: unknown): void => {
+    this.#handshakeFailures.labels((message as { reason: HandshakeFailureReason }).reason).inc();
   };
 
   #onInstance = (message: unknown): void => {

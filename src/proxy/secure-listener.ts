@@ -13,6 +13,8 @@ import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, ty
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { HandshakeRouter } from '../tls/handshake-router.ts';
+import { NO_CERTIFICATE, handshakeFailureChannel, handshakeFailureReason } from '../tls/handshake-failure.ts';
+import type { Logger } from '../lib/logger.ts';
 import type { FrontDoorTls } from '../tls/front-door.ts';
 import { H2ProxyResponse, ProxyResponse } from './forward.ts';
 import type { AppEntry, RoutingTable } from './router.ts';
@@ -64,7 +66,7 @@ export class SecureListener {
   #sessions = new Set<ServerHttp2Session>();
   #detach: () => void;
 
-  constructor(tls: FrontDoorTls, handlers: ProxyHandlers, limits: Http1Limits, onDemandFor: (servername: string) => boolean) {
+  constructor(tls: FrontDoorTls, handlers: ProxyHandlers, limits: Http1Limits, onDemandFor: (servername: string) => boolean, log: Logger) {
     const router = new HandshakeRouter(tls.certificates, { protocols: ['h2', 'http/1.1'], acme: tls.acme, onDemandFor });
     const server = createSecureServer(
       {
@@ -89,6 +91,12 @@ export class SecureListener {
     server.on('checkContinue', handlers.request as unknown as H2Handler);
     // A TLS-ALPN-01 validation (acme-tls/1) ends after its handshake; http2 calls it an unknown protocol.
     server.on('unknownProtocol', (socket: TLSSocket) => socket.destroy());
+    // Node destroys the socket; what is left to do is to count it by reason, and say so at debug.
+    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
+      const reason = handshakeFailureReason(err, (socket as TLSSocket & { [NO_CERTIFICATE]?: true })[NO_CERTIFICATE] === true);
+      if (handshakeFailureChannel.hasSubscribers) handshakeFailureChannel.publish({ reason });
+      if (log.isLevelEnabled('debug')) log.debug({ reason, code: err.code, err: err.message, servername: (socket as { servername?: string | false }).servername || null, client: socket.remoteAddress ?? null }, 'TLS handshake failed');
+    });
     server.on('secureConnection', (socket: TLSSocket) => {
       this.#sockets.add(socket);
       socket.once('close', () => this.#sockets.delete(socket));

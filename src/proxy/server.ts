@@ -522,7 +522,7 @@ export class Proxy {
     if (tls === null) throw new BerthError(ErrorCodes.listen, `cannot listen on ${address.text}: a TLS listener needs certificates, and none were given`);
     if (address.kind !== 'tcp') throw new BerthError(ErrorCodes.listen, `cannot listen on ${address.text}: TLS listeners are TCP only`);
     const handlers: ProxyHandlers = { request: this.#onSecureRequest, upgrade: this.#onSecureUpgrade, shouldUpgrade: isWebSocketUpgrade };
-    const secure = new SecureListener(tls, handlers, SERVER_OPTIONS, this.#onDemandFor);
+    const secure = new SecureListener(tls, handlers, SERVER_OPTIONS, this.#onDemandFor, this.#log);
     try {
       await listen(secure.server, address, this.#log, this.#reusePort);
     } catch (err) {

@@ -12,6 +12,7 @@
 import type { SecureContext, TLSSocket } from 'node:tls';
 import type { CertificateStore } from './certificate-store.ts';
 import { ACME_TLS_ALPN_PROTOCOL } from './acme/acme-issuer.ts';
+import { NO_CERTIFICATE } from './handshake-failure.ts';
 
 /** What the router needs of the ACME manager (acme/acme-manager.ts). */
 export interface HandshakeAcme {
@@ -29,7 +30,7 @@ export interface HandshakeRouterOptions {
 
 const ACME_HANDSHAKE = Symbol('berth.acmeHandshake');
 
-type MarkedSocket = TLSSocket & { [ACME_HANDSHAKE]?: true };
+type MarkedSocket = TLSSocket & { [ACME_HANDSHAKE]?: true; [NO_CERTIFICATE]?: true };
 export type AlpnCallback = (this: TLSSocket, arg: { servername: string; protocols: string[] }) => string | undefined;
 export type RoutedSniCallback = (this: TLSSocket, servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void;
 
@@ -55,14 +56,17 @@ export class HandshakeRouter {
         cb(null, acme?.alpnChallengeContext(servername) ?? undefined);
         return;
       }
+      const answer = (): void => {
+        const context = certificates.select(servername);
+        // No certificate: the handshake fails; its failure is counted as `unknown-name`.
+        if (context === null) (this as MarkedSocket)[NO_CERTIFICATE] = true;
+        cb(null, context ?? undefined);
+      };
       if (acme === null || !servername || certificates.serves(servername) || !onDemandFor(servername)) {
-        cb(null, certificates.select(servername) ?? undefined);
+        answer();
         return;
       }
-      acme.onDemand(servername).then(
-        () => cb(null, certificates.select(servername) ?? undefined),
-        () => cb(null, certificates.select(servername) ?? undefined),
-      );
+      acme.onDemand(servername).then(answer, answer);
     };
   }
 }

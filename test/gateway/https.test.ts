@@ -17,6 +17,7 @@ import { h1Tls, h2Request, h2Session, HttpsAgent, sameFingerprint, servedFingerp
 import { checkServerIdentity } from 'node:tls';
 import { connectTls, refusedTls } from '../tls/tls-client.ts';
 import { freePort } from '../tls/pebble.ts';
+import { parseMetrics } from '../helpers/prometheus.ts';
 
 const NGHTTP = '/usr/bin/nghttp';
 const hasNghttp = spawnSync(NGHTTP, ['--version']).status === 0;
@@ -123,6 +124,10 @@ describe('HTTPS front door: certificates by SNI, h2 and h1 over TLS, redirects, 
       const err = await refusedTls(t, fd.tlsPort, { servername: 'shop.test', ca: fd.ca.pem, minVersion: version, maxVersion: version, ...old });
       assert.match(String(err.code), /PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL/, `${version}: ${err.code} ${err.message}`);
     }
+    // Counted by reason on the control API's metrics.
+    const refused = async () =>
+      parseMetrics((await http({ socketPath: fd.gw.socket }, { path: '/metrics' })).body).find((m) => m.name === 'berth_tls_handshake_failures_total' && m.labels.reason === 'protocol-version')?.value ?? 0;
+    await waitFor(async () => (await refused()) >= 2, { message: 'two protocol-version failures counted' });
     for (const version of ['TLSv1.2', 'TLSv1.3'] as const) {
       const opts = { servername: 'shop.test', ca: fd.ca.pem, minVersion: version, maxVersion: version, ALPNProtocols: ['http/1.1'] };
       const c = await connectTls(t, fd.tlsPort, opts);

@@ -4,6 +4,8 @@
  * WebSockets over HTTP/1.1 on the TLS port, an h2 stream reset freeing its admission slot, and `nghttp`
  * (Debian's nghttp2-client) as a second, independent h2 client.
  */
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { handshakeFailureChannel } from '../../src/tls/handshake-failure.ts';
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -153,8 +155,12 @@ function h1get(f: Front, host: string, path: string, headers: Record<string, str
   });
 }
 
-test('SNI picks each app certificate (a wildcard too) through the proxy; an unknown name is refused; TLS 1.1 is refused', async (t) => {
+test('SNI picks each app certificate (a wildcard too) through the proxy; an unknown name is refused; TLS 1.1 is refused; each refusal is counted by reason', async (t) => {
   const { f } = await shopAndBlog(t);
+  const failures: string[] = [];
+  const onFailure = (m: unknown) => failures.push((m as { reason: string }).reason);
+  subscribe(handshakeFailureChannel.name, onFailure);
+  t.after(() => unsubscribe(handshakeFailureChannel.name, onFailure));
   const shop = await h1get(f, 'shop.test', '/');
   assert.equal(shop.status, 200);
   assert.equal(shop.fingerprint, f.fingerprints['shop.test']);
@@ -166,11 +172,14 @@ test('SNI picks each app certificate (a wildcard too) through the proxy; an unkn
   await assert.rejects(h1get(f, 'other.test', '/'), /alert|handshake|ECONNRESET|socket/i);
   await assert.rejects(
     new Promise((resolve, reject) => {
-      const s = tlsConnect({ host: '127.0.0.1', port: f.tlsPort, servername: 'shop.test', ca: f.ca.pem, minVersion: 'TLSv1', maxVersion: 'TLSv1.1' }, () => resolve(s.getProtocol()));
+      // OpenSSL speaks TLS 1.0/1.1 only at security level 0: so the client really offers it, and the server says no.
+      const s = tlsConnect({ host: '127.0.0.1', port: f.tlsPort, servername: 'shop.test', ca: f.ca.pem, minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT@SECLEVEL=0' }, () => resolve(s.getProtocol()));
       s.on('error', reject);
     }),
     /version|protocol|alert/i,
   );
+  await waitFor(() => failures.length >= 2, 'both failures counted');
+  assert.deepEqual(failures, ['unknown-name', 'protocol-version']);
 });
 
 test('h2: requests to two apps multiplexed over one connection; pseudo-headers never reach the app; X-Forwarded-Proto https; HSTS only over TLS', async (t) => {
