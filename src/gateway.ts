@@ -216,7 +216,7 @@ export class Gateway implements DeployHost, Control {
       this.#certificates = await GatewayCertificates.open(this.config, store, this.#loggers.get('tls'), onHttpTokens);
       this.metrics.start();
       await this.#proxy.start(this.#certificates?.frontDoor ?? null);
-      await this.#workers?.start(this.#table ?? this.#proxy.table);
+      await this.#workers?.start(this.#table ?? this.#proxy.table, this.#certificates?.frontDoor ?? null);
       await this.#api.start();
     } catch (err) {
       await this.#teardown();

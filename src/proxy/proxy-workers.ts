@@ -21,11 +21,16 @@
  * - A worker that dies is started again (with backoff); what it held in the cells is given back, and the
  *   requests in flight on the other threads are untouched (its own connections are lost with it).
  *
- * TLS and unix-socket listeners stay on the main thread alone.
+ * TLS listeners are shared too while no app uses ACME: each worker loads the certificate files itself
+ * (from the config, as the main thread does, and again on every config reload and change on disk) and
+ * uses the main thread's session ticket keys, so a session resumes on whichever thread a client reaches.
+ * With ACME in use (its certificates, challenges and on-demand orders live in the main thread), TLS
+ * listeners stay on the main thread alone; so do unix-socket listeners.
  */
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import type { BerthConfig, ListenAddress } from '../config/schema.ts';
 import type { Logger, LoggerFactory } from '../lib/logger.ts';
+import type { FrontDoorTls } from '../tls/front-door.ts';
 import { G_STATE_VERSION, type SharedCells } from '../lib/shared-cells.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import { everyInstance } from '../supervisor/app-health.ts';
@@ -94,6 +99,9 @@ export class ProxyWorkers {
   #version = 0;
   /** The pending ACME HTTP-01 answers, as last sent. */
   #challenges: [string, string][] = [];
+  /** The main thread's TLS, when the workers share its TLS listeners (no ACME). */
+  #tls: FrontDoorTls | null = null;
+  #stopTicketKeys: (() => void) | null = null;
 
   constructor(opts: ProxyWorkersOptions) {
     this.#main = opts.main;
@@ -118,10 +126,16 @@ export class ProxyWorkers {
    * Starts the worker threads once the main thread's proxy listens (its ports, 0 resolved, are the ones
    * they bind). Resolves when every one listens; one that fails is retried in the background.
    */
-  async start(table: RoutingTable): Promise<void> {
+  async start(table: RoutingTable, tls: FrontDoorTls | null): Promise<void> {
     this.#table = table;
     const addresses = this.#main.addresses();
-    this.#listen = addresses.filter((a) => a.kind === 'tcp' && !a.tls);
+    this.#tls = tls !== null && tlsShareable(this.#config) ? tls : null;
+    this.#listen = addresses.filter((a) => a.kind === 'tcp' && (!a.tls || this.#tls !== null));
+    if (this.#tls !== null) {
+      this.#stopTicketKeys = this.#tls.certificates.ticketKeys.onRotate((key) => {
+        if (this.#slots.length > 0) this.#publish({ version: ++this.#version, type: 'ticket-key', key });
+      });
+    }
     const tlsListener = addresses.find((a) => a.tls);
     this.#httpsPort = tlsListener?.kind === 'tcp' ? tlsListener.port : null;
     const threads = this.#config.proxy.workers;
@@ -186,6 +200,7 @@ export class ProxyWorkers {
   async stop(deadlineMs: number): Promise<void> {
     this.#stopping = true;
     this.#clearCheck();
+    this.#stopTicketKeys?.();
     await Promise.all(this.#slots.map((slot) => this.#stopSlot(slot, deadlineMs)));
   }
 
@@ -227,6 +242,7 @@ export class ProxyWorkers {
       state: channel.port2,
       httpsPort: this.#httpsPort,
       challenges: this.#challenges,
+      ticketKey: this.#tls?.certificates.ticketKeys.current ?? null,
     };
     const worker = new Worker(ENTRY, { workerData: data, transferList: [channel.port2], name: `berth-proxy-${slot.thread}` });
     slot.worker = worker;
@@ -357,6 +373,14 @@ export class ProxyWorkers {
     if (this.#check !== null) clearInterval(this.#check);
     this.#check = null;
   }
+}
+
+/**
+ * Whether worker threads can serve the TLS listeners: when no app uses ACME, whose certificates,
+ * challenges and on-demand orders live in the main thread's ACME manager.
+ */
+export function tlsShareable(config: BerthConfig): boolean {
+  return !Object.values(config.apps).some((app) => app.acme);
 }
 
 function generationSnapshot(gen: GenerationView): GenerationSnapshot {

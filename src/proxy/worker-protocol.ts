@@ -27,6 +27,11 @@ export interface WorkerData {
   httpsPort: number | null;
   /** Pending ACME HTTP-01 answers (token, key authorization). */
   challenges: [string, string][];
+  /**
+   * When the TLS listeners are shared (no app uses ACME): the session ticket key now. The thread loads
+   * the certificate files itself, from the config, as the main thread does.
+   */
+  ticketKey: Buffer | null;
 }
 
 /**
@@ -37,6 +42,7 @@ export type StateMessage = { version: number } & (
   | { type: 'table'; table: TableSnapshot }
   | { type: 'config'; config: BerthConfig; tables: SharedTables }
   | { type: 'challenges'; tokens: [string, string][] }
+  | { type: 'ticket-key'; key: Buffer }
 );
 
 /** A finished request as the metrics count it: app, route path, status, seconds. */

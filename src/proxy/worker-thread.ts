@@ -15,6 +15,9 @@ import { admissionChannel, type AdmissionEvent } from './admission.ts';
 import { ChallengeAnswers } from './https-policy.ts';
 import { Mirror, learnTables } from './mirror.ts';
 import { Proxy } from './server.ts';
+import { certificateInput } from '../tls/certificate-input.ts';
+import { CertificateStore } from '../tls/certificate-store.ts';
+import { TicketKeys } from '../tls/ticket-keys.ts';
 import type { AdmissionRecord, FromWorker, RequestRecord, StateMessage, ToWorker, WorkerData } from './worker-protocol.ts';
 
 /** A thread with no requests still reads new tables this often (its health lane and drains use them). */
@@ -122,10 +125,12 @@ function catchUp(): void {
     const msg = m.message as StateMessage;
     if (msg.type === 'table') proxy.setTable(mirror.table(msg.table));
     else if (msg.type === 'challenges') challenges.set(msg.tokens);
+    else if (msg.type === 'ticket-key') ticketKeys?.rotate(Buffer.from(msg.key));
     else {
       learnTables(cells, msg.tables);
       proxy.setConfig({ ...msg.config, listen: data.listen });
       logs.setLevels(msg.config.logLevels);
+      if (certificates !== null) void rereadCertificates(certificates, msg.config);
     }
     applied = msg.version;
   }
@@ -133,6 +138,28 @@ function catchUp(): void {
 
 const challenges = new ChallengeAnswers();
 challenges.set(data.challenges);
+
+// Shared TLS listeners (no ACME): this thread's own certificate store over the same files, with the
+// main thread's ticket keys (it rotates them and sends each new one).
+let ticketKeys: TicketKeys | null = null;
+let certificates: CertificateStore | null = null;
+if (data.ticketKey !== null) {
+  ticketKeys = new TicketKeys();
+  ticketKeys.rotate(Buffer.from(data.ticketKey));
+  certificates = new CertificateStore(certificateInput(data.config), { logger: logs.get('tls'), ticketKeys });
+  await certificates.start();
+}
+
+/** A config reload (or SIGHUP): the files as the new config names them, then every file read again, as the main thread does. */
+async function rereadCertificates(store: CertificateStore, config: WorkerData['config']): Promise<void> {
+  try {
+    await store.configure(certificateInput(config));
+    await store.reload();
+  } catch (err) {
+    // The main thread checked the same files first; one that changed in between keeps its old certificate here.
+    log.warn({ err: (err as Error).message }, 'proxy worker: certificates not reconfigured');
+  }
+}
 const https = { challenges, port: data.httpsPort };
 const proxy = new Proxy({ config: { ...data.config, listen: data.listen }, logger: log, cells, reusePort: true, catchUp, https });
 proxy.setMetrics(metrics);
@@ -151,7 +178,8 @@ port.on('message', (msg: ToWorker) => {
       metrics.answer(msg.id, msg.text, msg.contentType);
       break;
     case 'stop':
-      void proxy.stop(msg.deadlineMs).finally(() => {
+      void proxy.stop(msg.deadlineMs).finally(async () => {
+        await certificates?.stop();
         stats.stop();
         lines.flush();
         post({ type: 'stopped' });
@@ -162,7 +190,7 @@ port.on('message', (msg: ToWorker) => {
 });
 
 try {
-  await proxy.start(null);
+  await proxy.start(certificates === null ? null : { certificates, acme: null });
   log.info({ thread: data.thread, listen: data.listen.map((a) => a.text) }, 'proxy worker listening');
   post({ type: 'ready' });
 } catch (err) {

@@ -221,6 +221,11 @@ export class CertificateStore extends EventEmitter<{ reload: [CertificateReload]
     return dot > 0 && t.wildcards.has(name.slice(dot + 1));
   }
 
+  /** The session ticket keys its listeners use (proxy worker threads are given the same ones). */
+  get ticketKeys(): TicketKeys {
+    return this.#ticketKeys;
+  }
+
   /** Options for `tls.createServer` / `https.createServer` / `http2.createSecureServer`; the caller adds ALPN. */
   serverOptions(): TlsOptions {
     return tlsServerOptions(this.SNICallback, this.#ticketKeys.current);

@@ -12,11 +12,13 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir } from 'node:fs/promises';
+import { copyFile, mkdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { ROOT, fixtureApp, http, runCli, startGateway, tempDir, waitFor, writeConfig, type LogSink } from '../helpers/gateway.ts';
 import { createCa, issueCertificate } from '../helpers/certificates.ts';
+import { h1Tls, h2Request, h2Session, sameFingerprint } from '../helpers/https.ts';
+import { connectTls } from '../tls/tls-client.ts';
 import { freePort } from '../tls/pebble.ts';
 import { parseMetrics } from '../helpers/prometheus.ts';
 
@@ -299,27 +301,75 @@ test('a worker thread that dies is replaced; the other threads\' requests are un
   assert.match(status.stdout, /proxy threads 2\/2/);
 });
 
-test('with a TLS listener (served by the main thread), every thread redirects cleartext requests to its port', async (t) => {
+test('TLS listeners on every thread (no ACME): SNI, h2, sessions that resume on any thread, certificate files re-read everywhere, redirects to the TLS port', async (t) => {
   const dir = await tempDir(t);
   const src = await fixtureApp(dir);
   const ca = await createCa(join(dir, 'ca'));
-  const cert = await issueCertificate(ca, ['shop.test']);
+  const first = await issueCertificate(ca, ['shop.test']);
+  const files = { certificate: join(dir, 'shop.crt'), key: join(dir, 'shop.key') };
+  await copyFile(first.certificate, files.certificate);
+  await copyFile(first.key, files.key);
   const [httpPort, tlsPort] = [await freePort(), await freePort()];
-  const file = await writeConfig(dir, {
+  const config = (apps: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
     state_dir: 'state',
     listen: [`127.0.0.1:${httpPort}`, { address: `127.0.0.1:${tlsPort}`, tls: true }],
     log_levels: { root: 'warn', proxy: 'info' },
     proxy: { workers: WORKERS },
-    apps: { shop: { hosts: ['shop.test'], source: src, processes: { web: { command: WEB, instances: 1, concurrency: 8 } }, health: { path: '/up' }, tls: { certificate: cert.certificate, key: cert.key }, https_redirect: true } },
+    apps,
+    ...extra,
   });
-  const { gateway, sink } = await startGateway(t, file);
+  const shop = { hosts: ['shop.test'], source: src, processes: { web: { command: WEB, instances: 1, concurrency: 8 } }, health: { path: '/up' }, tls: files, https_redirect: true };
+  const { gateway, sink } = await startGateway(t, await writeConfig(dir, config({ shop })));
   await waitFor(() => gateway.proxyWorkers?.running === WORKERS, { message: 'every proxy thread running' });
+  await ready(httpPort);
+  const lines = (prefix: string) => sink.lines.filter((l) => typeof l.path === 'string' && l.path.startsWith(prefix));
+
+  // Each request on a new TLS connection: both threads handshake with the app's certificate.
+  for (const r of await Promise.all(Array.from({ length: 16 }, (_, i) => h1Tls(tlsPort, { servername: 'shop.test', ca: ca.pem, path: `/tls/${i}` })))) {
+    assert.equal(r.status, 200);
+    assert.ok(sameFingerprint(r.fingerprint, first.fingerprint256));
+    assert.equal(r.json().app, 'shop');
+  }
+  await waitFor(() => lines('/tls/').length >= 16, { message: 'a line per TLS request' });
+  assert.ok(new Set(lines('/tls/').map((l) => l.thread ?? 0)).size >= 2, 'TLS requests were served by more than one thread');
+  const session = await h2Session(t, tlsPort, 'shop.test', ca.pem);
+  assert.equal((await h2Request(session, { path: '/' })).status, 200);
+
+  // One ticket key for every thread: a session from one connection resumes on new ones, wherever they land.
+  const opts = { servername: 'shop.test', ca: ca.pem, minVersion: 'TLSv1.3' as const, maxVersion: 'TLSv1.3' as const, ALPNProtocols: ['http/1.1'] };
+  const c = await connectTls(t, tlsPort, opts);
+  const closed = new Promise((resolve) => c.socket.once('close', resolve));
+  c.socket.write('GET /up HTTP/1.1\r\nhost: shop.test\r\nconnection: close\r\n\r\n');
+  c.socket.resume();
+  await closed;
+  const ticket = await c.session();
+  for (let i = 0; i < 12; i++) {
+    const again = await connectTls(t, tlsPort, { ...opts, session: ticket });
+    assert.equal(again.reused, true, `connection ${i} resumed the session`);
+    again.close();
+  }
+
+  // New files on disk: every thread serves them to new handshakes.
+  const second = await issueCertificate(ca, ['shop.test']);
+  await copyFile(second.certificate, `${files.certificate}.new`);
+  await copyFile(second.key, `${files.key}.new`);
+  await rename(`${files.key}.new`, files.key);
+  await rename(`${files.certificate}.new`, files.certificate);
+  await waitFor(async () => {
+    const all = await Promise.all(Array.from({ length: 16 }, () => h1Tls(tlsPort, { servername: 'shop.test', ca: ca.pem, path: '/up' })));
+    return all.every((r) => sameFingerprint(r.fingerprint, second.fingerprint256));
+  }, { timeoutMs: 10_000, message: 'the new certificate on every thread' });
+
+  // Cleartext: every thread redirects to the TLS port.
   const redirects = await Promise.all(Array.from({ length: 16 }, (_, i) => http({ port: httpPort }, { path: `/r/${i}`, host: 'shop.test' })));
   for (const [i, r] of redirects.entries()) {
     assert.equal(r.status, 308);
     assert.equal(r.headers.location, `https://shop.test:${tlsPort}/r/${i}`);
   }
-  // ACME HTTP-01 answers on worker threads: test/gateway/acme.test.ts, against pebble.
-  await waitFor(() => sink.lines.filter((l) => typeof l.path === 'string' && l.path.startsWith('/r/')).length >= 16, { message: 'every line' });
-  assert.ok(new Set(sink.lines.filter((l) => typeof l.path === 'string' && l.path.startsWith('/r/')).map((l) => l.thread ?? 0)).size >= 2, 'both threads redirected');
+  await waitFor(() => lines('/r/').length >= 16, { message: 'every line' });
+  assert.ok(new Set(lines('/r/').map((l) => l.thread ?? 0)).size >= 2, 'both threads redirected');
+
+  // ACME certificates live in the main thread: an app that starts using them needs a restart.
+  await writeConfig(dir, config({ shop, blog: { hosts: ['blog.test'], source: src, processes: { web: { command: WEB } }, tls: { acme: true } } }, { acme: { directory: 'https://127.0.0.1:9/dir' } }));
+  await assert.rejects(gateway.reloadConfig({ user: 'tester', channel: 'socket' }), /apps\.<app>\.tls\.acme: changing it needs a restart/);
 });
