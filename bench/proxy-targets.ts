@@ -272,14 +272,14 @@ export interface StartedTargets {
  * Starts berth with the bench app, then nginx in front of berth's instance of it. When berth does not
  * start, the upstream runs alone so nginx (and the upstream itself) can still be measured.
  */
-export async function startTargets(dir: string, opts: { nginx: boolean; tls: BenchCertificate | null; berthEnv?: Record<string, string> }): Promise<StartedTargets> {
+export async function startTargets(dir: string, opts: { nginx: boolean; tls: BenchCertificate | null; berthEnv?: Record<string, string>; workers?: number | 'auto' }): Promise<StartedTargets> {
   const portFile = join(dir, 'upstream.port');
   const skipped: Record<string, string> = {};
   let berth: ProxyTarget | null = null;
   let upstream: Child;
   note(`starting berth with the bench app${opts.tls ? ' and a TLS listener' : ''}`);
   try {
-    berth = await startBerth(dir, portFile, opts.tls, opts.berthEnv);
+    berth = await startBerth(dir, portFile, opts.tls, opts.berthEnv, opts.workers ?? 1);
     upstream = berth.child;
   } catch (err) {
     note(`berth did not start, measuring without it: ${(err as Error).message}`);
@@ -296,7 +296,7 @@ export async function startTargets(dir: string, opts: { nginx: boolean; tls: Ben
   else {
     note(`starting ${binary}`);
     try {
-      nginx = await startNginx(binary, dir, upstreamPort, opts.tls);
+      nginx = await startNginx(binary, dir, upstreamPort, opts.tls, opts.workers ?? 1);
     } catch (err) {
       note(`nginx did not start: ${(err as Error).message}`);
       skipped.nginx = 'did not start (see above)';

@@ -15,7 +15,8 @@
  *
  * Usage: npx node bench/proxy-tls.ts [--duration 10] [--connections 32] [--handshake-connections 16]
  *        [--streams 4] [--rounds 1] [--short] [--no-nginx] [--no-wrk] [--only handshakes|h1|h2]
- *        [--node-floor] [--cpu-prof DIR] [--json]
+ *        [--node-floor] [--workers N|auto] [--cpu-prof DIR] [--json]
+ * --workers: berth's proxy.workers and nginx's worker_processes alike (default 1).
  *
  * Everything listens on 127.0.0.1, every run has a deadline, and children are stopped on exit or Ctrl-C.
  */
@@ -32,7 +33,7 @@ import { BERTH_READY_TIMEOUT_MS, START_TIMEOUT_MS, parseWrk, readPortFile, start
 const FLOOR = join(ROOT, 'bench/tls-floor.mjs');
 
 const USAGE =
-  'usage: npx node bench/proxy-tls.ts [--duration SECONDS] [--connections N] [--handshake-connections N] [--streams N] [--rounds N] [--short] [--no-nginx] [--no-wrk] [--only handshakes|h1|h2] [--node-floor] [--cpu-prof DIR] [--json]';
+  'usage: npx node bench/proxy-tls.ts [--duration SECONDS] [--connections N] [--handshake-connections N] [--streams N] [--rounds N] [--short] [--no-nginx] [--no-wrk] [--only handshakes|h1|h2] [--node-floor] [--workers N|auto] [--cpu-prof DIR] [--json]';
 /** Per run, on top of warmup + duration: tool start-up and reporting. */
 const RUN_SLACK_MS = 20_000;
 /** The goal of issue 12 for each figure. */
@@ -52,6 +53,8 @@ interface Options {
   only: MeasureName | null;
   /** Also measure bench/tls-floor.mjs: Node's TLS answering by itself, the most berth could reach. */
   nodeFloor: boolean;
+  /** berth's `proxy.workers` and nginx's `worker_processes`, the same for both. */
+  workers: number | 'auto';
   /** A directory where berth writes a V8 CPU profile (node --cpu-prof) when it stops. */
   cpuProf: string | null;
   json: boolean;
@@ -108,6 +111,7 @@ function parseOptions(argv: string[]): Options {
       'no-wrk': { type: 'boolean', default: false },
       only: { type: 'string' },
       'node-floor': { type: 'boolean', default: false },
+      workers: { type: 'string', default: '1' },
       'cpu-prof': { type: 'string' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -133,6 +137,7 @@ function parseOptions(argv: string[]): Options {
     wrk: !values['no-wrk'] && onPath('wrk') !== null,
     only: (only ?? null) as MeasureName | null,
     nodeFloor: values['node-floor'],
+    workers: values.workers === 'auto' ? 'auto' : positiveInt(values.workers, '--workers', 32),
     cpuProf: values['cpu-prof'] === undefined ? null : resolve(values['cpu-prof']),
     json: values.json,
   };
@@ -311,7 +316,7 @@ function report(opts: Options, rows: Row[], negotiated: Partial<Record<TargetNam
   const tls = (Object.entries(negotiated) as [TargetName, Negotiated][]).map(([name, n]) => `${name} ${n.protocol} ${n.cipher} ALPN ${n.alpn || 'none'}`);
   const same = negotiated.berth && negotiated.nginx ? (negotiated.berth.fingerprint256 === negotiated.nginx.fingerprint256 ? 'same certificate' : 'DIFFERENT certificates') : '';
   const header = [
-    `HTTPS, EC P-256 certificate, ${opts.durationS}s per figure${opts.rounds > 1 ? `, median of ${opts.rounds} rounds` : ''}, nginx 1 worker, node ${process.version}, ${availableParallelism()} cpus`,
+    `HTTPS, EC P-256 certificate, ${opts.durationS}s per figure${opts.rounds > 1 ? `, median of ${opts.rounds} rounds` : ''}, ${opts.workers} worker(s) each, node ${process.version}, ${availableParallelism()} cpus`,
     `negotiated: ${tls.join('; ')}${same ? ` (${same})` : ''}`,
   ];
   const summary = rows
@@ -332,7 +337,7 @@ async function run(opts: Options, dir: string): Promise<void> {
 
   // The apps berth runs get a clean environment, so the profile is of the gateway alone.
   const berthEnv: Record<string, string> = opts.cpuProf === null ? {} : { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${opts.cpuProf}` };
-  const started = await startTargets(dir, { nginx: opts.nginx, tls: certificate, berthEnv });
+  const started = await startTargets(dir, { nginx: opts.nginx, tls: certificate, berthEnv, workers: opts.workers });
   const skipped = started.skipped;
   const targets: { name: TargetName; port: number; pids: () => number[] }[] = [];
   if (started.berth?.tlsPort) targets.push({ name: 'berth', port: started.berth.tlsPort, pids: started.berth.proxyPids });
