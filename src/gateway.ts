@@ -211,9 +211,10 @@ export class Gateway implements DeployHost, Control {
       await finishInterruptedAudit(store, this.#loggers.get('api'));
       await reapOrphans(store, this.#log);
       this.#apps.rebuildTable();
-      // Proxy worker threads answer HTTP-01 on the cleartext listeners too: they get every change.
-      const onHttpTokens = (tokens: [string, string][]) => this.#workers?.setChallenges(tokens);
-      this.#certificates = await GatewayCertificates.open(this.config, store, this.#loggers.get('tls'), onHttpTokens);
+      // Proxy worker threads serve ACME certificates and answer its challenges too: they get every change.
+      const workers = this.#workers;
+      const hooks = workers === null ? {} : { onHttpTokens: workers.setChallenges, onManaged: workers.setManaged, onAlpnChallenge: workers.setAlpnChallenge };
+      this.#certificates = await GatewayCertificates.open(this.config, store, this.#loggers.get('tls'), hooks);
       this.metrics.start();
       await this.#proxy.start(this.#certificates?.frontDoor ?? null);
       await this.#workers?.start(this.#table ?? this.#proxy.table, this.#certificates?.frontDoor ?? null);

@@ -10,7 +10,10 @@ import type { BerthConfig } from '../config/schema.ts';
 import { ConfigError, errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { Store } from '../store/store.ts';
-import { AcmeManager } from '../tls/acme/acme-manager.ts';
+import { AcmeManager, type AcmeManagerOptions } from '../tls/acme/acme-manager.ts';
+
+/** What the ACME manager tells besides its own work: what proxy worker threads must also serve and answer. */
+export type AcmeHooks = Pick<AcmeManagerOptions, 'onHttpTokens' | 'onManaged' | 'onAlpnChallenge'>;
 import { CertificateStore } from '../tls/certificate-store.ts';
 import type { FrontDoorTls } from '../tls/front-door.ts';
 import type { CertificateRow } from '../tls/types.ts';
@@ -32,10 +35,10 @@ export function acmeHosts(config: BerthConfig): string[] {
 }
 
 export class GatewayCertificates {
-  readonly frontDoor: FrontDoorTls;
+  readonly frontDoor: FrontDoorTls<AcmeManager>;
   #log: Logger;
 
-  private constructor(frontDoor: FrontDoorTls, log: Logger) {
+  private constructor(frontDoor: FrontDoorTls<AcmeManager>, log: Logger) {
     this.frontDoor = frontDoor;
     this.#log = log;
   }
@@ -44,7 +47,7 @@ export class GatewayCertificates {
    * The certificates for a config with a TLS listener, loaded and checked; null without one. Throws
    * ConfigError naming each bad file (its key in config and its path, never a key's content).
    */
-  static async open(config: BerthConfig, store: Store, log: Logger, onHttpTokens?: (tokens: [string, string][]) => void): Promise<GatewayCertificates | null> {
+  static async open(config: BerthConfig, store: Store, log: Logger, hooks: AcmeHooks = {}): Promise<GatewayCertificates | null> {
     if (!config.listen.some((a) => a.tls)) return null;
     const certificates = new CertificateStore(certificateInput(config), { logger: log });
     await certificates.start();
@@ -54,7 +57,7 @@ export class GatewayCertificates {
       const caRoot = a.caRoot === null ? null : await readFile(a.caRoot, 'utf8').catch((err: unknown) => {
         throw new ConfigError([{ path: 'acme.ca_root', message: `cannot read ${a.caRoot}: ${errorMessage(err)}` }]);
       });
-      acme = new AcmeManager({ directoryUrl: a.directory, email: a.email, caRoot, challenge: a.challenge, ask: a.ask, onDemand: a.onDemand, store, certificates, logger: log, onHttpTokens });
+      acme = new AcmeManager({ directoryUrl: a.directory, email: a.email, caRoot, challenge: a.challenge, ask: a.ask, onDemand: a.onDemand, store, certificates, logger: log, ...hooks });
       await acme.start();
     } catch (err) {
       await certificates.stop();

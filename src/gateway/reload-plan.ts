@@ -4,7 +4,6 @@
  * action for every app. Pure: no processes, no I/O, so the whole decision is unit-tested on its own
  * (test/gateway/reload-plan.test.ts), and the gateway applies a plan only once it has no problems.
  */
-import { tlsShareable } from '../proxy/proxy-workers.ts';
 import type { AppConfig, BerthConfig } from '../config/schema.ts';
 import type { ConfigProblem } from '../lib/errors.ts';
 
@@ -26,11 +25,6 @@ export const RESTART_ONLY_KEYS: readonly { path: string; of: (c: BerthConfig) =>
   { path: 'control.listen', of: (c) => c.control.listen?.text ?? null },
   // The proxy's threads are started with the listeners.
   { path: 'proxy.workers', of: (c) => (c.proxy.auto ? 'auto' : c.proxy.workers) },
-  // Whether worker threads serve the TLS listeners too: only while no app uses ACME (proxy-workers.ts).
-  {
-    path: 'apps.<app>.tls.acme',
-    of: (c) => (c.proxy.workers > 1 && c.listen.some((a) => a.tls) ? (tlsShareable(c) ? 'no app uses ACME (TLS on every proxy thread)' : 'an app uses ACME (TLS on the main thread)') : null),
-  },
 ];
 
 export interface ReloadPlan {

@@ -21,15 +21,16 @@
  * - A worker that dies is started again (with backoff); what it held in the cells is given back, and the
  *   requests in flight on the other threads are untouched (its own connections are lost with it).
  *
- * TLS listeners are shared too while no app uses ACME: each worker loads the certificate files itself
- * (from the config, as the main thread does, and again on every config reload and change on disk) and
- * uses the main thread's session ticket keys, so a session resumes on whichever thread a client reaches.
- * With ACME in use (its certificates, challenges and on-demand orders live in the main thread), TLS
- * listeners stay on the main thread alone; so do unix-socket listeners.
+ * TLS listeners are shared too. Each worker loads the certificate files itself (from the config, as the
+ * main thread does, and again on every config reload and change on disk), gets every ACME certificate
+ * the main thread serves and every TLS-ALPN-01 challenge it answers (as PEM, over the state port), asks
+ * the main thread to decide on-demand names, and uses the main thread's session ticket keys, so a
+ * session resumes on whichever thread a client reaches. Unix-socket listeners stay on the main thread.
  */
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import type { BerthConfig, ListenAddress } from '../config/schema.ts';
 import type { Logger, LoggerFactory } from '../lib/logger.ts';
+import type { AcmeManager } from '../tls/acme/acme-manager.ts';
 import type { FrontDoorTls } from '../tls/front-door.ts';
 import { G_STATE_VERSION, type SharedCells } from '../lib/shared-cells.ts';
 import type { Metrics } from '../metrics/metrics.ts';
@@ -38,7 +39,7 @@ import type { GenerationView, Upstream } from '../supervisor/types.ts';
 import type { GenerationSnapshot, InstanceSnapshot, TableSnapshot } from './mirror.ts';
 import type { RoutingTable } from './router.ts';
 import type { Proxy } from './server.ts';
-import type { FromWorker, StateMessage, ToWorker, WorkerData } from './worker-protocol.ts';
+import type { FromWorker, PemPair, StateMessage, ToWorker, WorkerData } from './worker-protocol.ts';
 
 const ENTRY = new URL('./worker-thread.ts', import.meta.url);
 /** How often pools and addresses are compared with the last snapshot (instance restarts, replacements). */
@@ -99,9 +100,12 @@ export class ProxyWorkers {
   #version = 0;
   /** The pending ACME HTTP-01 answers, as last sent. */
   #challenges: [string, string][] = [];
-  /** The main thread's TLS, when the workers share its TLS listeners (no ACME). */
-  #tls: FrontDoorTls | null = null;
+  /** The main thread's TLS, whose listeners the workers share. */
+  #tls: FrontDoorTls<AcmeManager> | null = null;
   #stopTicketKeys: (() => void) | null = null;
+  /** ACME certificates served and TLS-ALPN-01 challenges pending, as last sent (a restarted worker starts with them). */
+  #managed = new Map<string, PemPair>();
+  #alpn = new Map<string, PemPair>();
 
   constructor(opts: ProxyWorkersOptions) {
     this.#main = opts.main;
@@ -126,10 +130,10 @@ export class ProxyWorkers {
    * Starts the worker threads once the main thread's proxy listens (its ports, 0 resolved, are the ones
    * they bind). Resolves when every one listens; one that fails is retried in the background.
    */
-  async start(table: RoutingTable, tls: FrontDoorTls | null): Promise<void> {
+  async start(table: RoutingTable, tls: FrontDoorTls<AcmeManager> | null): Promise<void> {
     this.#table = table;
     const addresses = this.#main.addresses();
-    this.#tls = tls !== null && tlsShareable(this.#config) ? tls : null;
+    this.#tls = tls;
     this.#listen = addresses.filter((a) => a.kind === 'tcp' && (!a.tls || this.#tls !== null));
     if (this.#tls !== null) {
       this.#stopTicketKeys = this.#tls.certificates.ticketKeys.onRotate((key) => {
@@ -166,11 +170,27 @@ export class ProxyWorkers {
   }
 
   /** The ACME manager's pending HTTP-01 answers changed: every thread answers the CA from the next request on. */
-  setChallenges(tokens: [string, string][]): void {
+  setChallenges = (tokens: [string, string][]): void => {
     this.#challenges = tokens;
     if (this.#slots.length === 0) return;
     this.#publish({ version: ++this.#version, type: 'challenges', tokens });
-  }
+  };
+
+  /** The ACME manager serves a new certificate for `host` (null: none any more): every thread serves it. */
+  setManaged = (host: string, pem: PemPair | null): void => {
+    if (pem === null) this.#managed.delete(host);
+    else this.#managed.set(host, pem);
+    if (this.#slots.length === 0) return;
+    this.#publish({ version: ++this.#version, type: 'managed', host, pem });
+  };
+
+  /** A TLS-ALPN-01 challenge certificate for `host` (null: its validation is over): every thread answers it. */
+  setAlpnChallenge = (host: string, pem: PemPair | null): void => {
+    if (pem === null) this.#alpn.delete(host);
+    else this.#alpn.set(host, pem);
+    if (this.#slots.length === 0) return;
+    this.#publish({ version: ++this.#version, type: 'alpn', host, pem });
+  };
 
   /** To every worker's state port, then the version cell: a worker that sees the cell finds the message. */
   #publish(msg: StateMessage): void {
@@ -243,6 +263,8 @@ export class ProxyWorkers {
       httpsPort: this.#httpsPort,
       challenges: this.#challenges,
       ticketKey: this.#tls?.certificates.ticketKeys.current ?? null,
+      managed: [...this.#managed],
+      alpn: [...this.#alpn],
     };
     const worker = new Worker(ENTRY, { workerData: data, transferList: [channel.port2], name: `berth-proxy-${slot.thread}` });
     slot.worker = worker;
@@ -292,6 +314,15 @@ export class ProxyWorkers {
           () => this.#post(slot, { type: 'metrics-text', id: msg.id, text: null, contentType: this.#metrics.contentType }),
         );
         break;
+      case 'on-demand': {
+        // The manager rate-limits, asks the `ask` URL and orders; the certificate reaches the worker
+        // through the state port (setManaged) before this answer does.
+        const acme = this.#tls?.acme ?? null;
+        const done = (ok: boolean) => this.#post(slot, { type: 'on-demand-done', id: msg.id, ok });
+        if (acme === null) done(false);
+        else acme.onDemand(msg.name).then(done, () => done(false));
+        break;
+      }
       case 'stopped':
       case 'ready':
         break;
@@ -373,14 +404,6 @@ export class ProxyWorkers {
     if (this.#check !== null) clearInterval(this.#check);
     this.#check = null;
   }
-}
-
-/**
- * Whether worker threads can serve the TLS listeners: when no app uses ACME, whose certificates,
- * challenges and on-demand orders live in the main thread's ACME manager.
- */
-export function tlsShareable(config: BerthConfig): boolean {
-  return !Object.values(config.apps).some((app) => app.acme);
 }
 
 function generationSnapshot(gen: GenerationView): GenerationSnapshot {

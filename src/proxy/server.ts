@@ -83,8 +83,9 @@ export interface ProxyOptions {
   /** Bind TCP listeners with SO_REUSEPORT, so proxy worker threads can bind them too (`proxy.workers`). */
   reusePort?: boolean;
   /**
-   * Called before each request and upgrade is resolved: a proxy worker thread applies a table or config
-   * the main thread has posted but it has not read yet, so a change applies from the next request on.
+   * Called before each request and upgrade is resolved, and as each TLS connection arrives: a proxy worker
+   * thread applies a table, config or certificate the main thread has posted but it has not read yet, so
+   * a change applies from the next request (or handshake) on.
    */
   catchUp?: (() => void) | null;
   /**
@@ -523,6 +524,8 @@ export class Proxy {
     if (address.kind !== 'tcp') throw new BerthError(ErrorCodes.listen, `cannot listen on ${address.text}: TLS listeners are TCP only`);
     const handlers: ProxyHandlers = { request: this.#onSecureRequest, upgrade: this.#onSecureUpgrade, shouldUpgrade: isWebSocketUpgrade };
     const secure = new SecureListener(tls, handlers, SERVER_OPTIONS, this.#onDemandFor, this.#log);
+    // A worker thread brings its certificates and challenge answers up to date before each handshake.
+    if (this.#catchUp !== null) secure.server.on('connection', this.#catchUp);
     try {
       await listen(secure.server, address, this.#log, this.#reusePort);
     } catch (err) {

@@ -32,6 +32,16 @@ export interface WorkerData {
    * the certificate files itself, from the config, as the main thread does.
    */
   ticketKey: Buffer | null;
+  /** ACME certificates served now, by host (the worker's own store serves them too). */
+  managed: [string, PemPair][];
+  /** TLS-ALPN-01 challenge certificates pending, by host. */
+  alpn: [string, PemPair][];
+}
+
+/** A certificate chain and its key, PEM text. */
+export interface PemPair {
+  certificate: string;
+  key: string;
 }
 
 /**
@@ -43,6 +53,8 @@ export type StateMessage = { version: number } & (
   | { type: 'config'; config: BerthConfig; tables: SharedTables }
   | { type: 'challenges'; tokens: [string, string][] }
   | { type: 'ticket-key'; key: Buffer }
+  | { type: 'managed'; host: string; pem: PemPair | null }
+  | { type: 'alpn'; host: string; pem: PemPair | null }
 );
 
 /** A finished request as the metrics count it: app, route path, status, seconds. */
@@ -53,7 +65,9 @@ export type AdmissionRecord = [app: string, process: string, outcome: 'admitted'
 export type ToWorker =
   | { type: 'close-upgrades'; generation: string }
   | { type: 'stop'; deadlineMs: number }
-  | { type: 'metrics-text'; id: number; text: string | null; contentType: string };
+  | { type: 'metrics-text'; id: number; text: string | null; contentType: string }
+  /** The main thread's answer to an `on-demand` question (the certificate, if any, came by the state port first). */
+  | { type: 'on-demand-done'; id: number; ok: boolean };
 
 export type FromWorker =
   | { type: 'ready' }
@@ -64,4 +78,6 @@ export type FromWorker =
   | { type: 'log'; text: string }
   /** `metrics_public`: a client asked the front door for /metrics. */
   | { type: 'metrics'; id: number }
+  /** A handshake for a name that may be ordered on demand (the main thread's ACME manager decides and orders). */
+  | { type: 'on-demand'; id: number; name: string }
   | { type: 'stopped' };

@@ -18,7 +18,11 @@ import { Proxy } from './server.ts';
 import { certificateInput } from '../tls/certificate-input.ts';
 import { CertificateStore } from '../tls/certificate-store.ts';
 import { TicketKeys } from '../tls/ticket-keys.ts';
-import type { AdmissionRecord, FromWorker, RequestRecord, StateMessage, ToWorker, WorkerData } from './worker-protocol.ts';
+import { Certificate } from '../tls/certificate.ts';
+import type { FrontDoorAcme } from '../tls/front-door.ts';
+import { tlsContextOptions } from '../tls/server-options.ts';
+import { createSecureContext, type SecureContext } from 'node:tls';
+import type { AdmissionRecord, FromWorker, PemPair, RequestRecord, StateMessage, ToWorker, WorkerData } from './worker-protocol.ts';
 
 /** A thread with no requests still reads new tables this often (its health lane and drains use them). */
 const STATE_POLL_MS = 50;
@@ -126,6 +130,8 @@ function catchUp(): void {
     if (msg.type === 'table') proxy.setTable(mirror.table(msg.table));
     else if (msg.type === 'challenges') challenges.set(msg.tokens);
     else if (msg.type === 'ticket-key') ticketKeys?.rotate(Buffer.from(msg.key));
+    else if (msg.type === 'managed') serveManaged(msg.host, msg.pem);
+    else if (msg.type === 'alpn') acme.setAlpn(msg.host, msg.pem);
     else {
       learnTables(cells, msg.tables);
       proxy.setConfig({ ...msg.config, listen: data.listen });
@@ -139,8 +145,50 @@ function catchUp(): void {
 const challenges = new ChallengeAnswers();
 challenges.set(data.challenges);
 
-// Shared TLS listeners (no ACME): this thread's own certificate store over the same files, with the
-// main thread's ticket keys (it rotates them and sends each new one).
+/**
+ * ACME as this thread sees it: HTTP-01 answers and TLS-ALPN-01 certificates copied from the main thread,
+ * and on-demand names decided there (the certificate, when one is issued, comes by the state port).
+ */
+class WorkerAcme implements FrontDoorAcme {
+  #alpn = new Map<string, SecureContext>();
+  #next = 0;
+  #waiting = new Map<number, (ok: boolean) => void>();
+
+  answerHttp(path: string): string | null {
+    return challenges.answerHttp(path);
+  }
+
+  setAlpn(host: string, pem: PemPair | null): void {
+    if (pem === null) this.#alpn.delete(host);
+    else this.#alpn.set(host, createSecureContext({ ...tlsContextOptions(), cert: pem.certificate, key: pem.key }));
+  }
+
+  alpnChallengeContext(servername: string): SecureContext | null {
+    return this.#alpn.get(servername.toLowerCase().replace(/\.$/, '')) ?? null;
+  }
+
+  onDemand(servername: string): Promise<boolean> {
+    const id = ++this.#next;
+    return new Promise((resolve) => {
+      this.#waiting.set(id, resolve);
+      post({ type: 'on-demand', id, name: servername });
+    });
+  }
+
+  answered(id: number, ok: boolean): void {
+    const done = this.#waiting.get(id);
+    this.#waiting.delete(id);
+    // What the main thread sent before its answer (the new certificate) is applied first.
+    catchUp();
+    done?.(ok);
+  }
+}
+
+const acme = new WorkerAcme();
+for (const [host, pem] of data.alpn) acme.setAlpn(host, pem);
+
+// Shared TLS listeners: this thread's own certificate store over the same files, the ACME certificates
+// the main thread serves, and the main thread's ticket keys (it rotates them and sends each new one).
 let ticketKeys: TicketKeys | null = null;
 let certificates: CertificateStore | null = null;
 if (data.ticketKey !== null) {
@@ -148,6 +196,21 @@ if (data.ticketKey !== null) {
   ticketKeys.rotate(Buffer.from(data.ticketKey));
   certificates = new CertificateStore(certificateInput(data.config), { logger: logs.get('tls'), ticketKeys });
   await certificates.start();
+  for (const [host, pem] of data.managed) serveManaged(host, pem);
+}
+
+/** An ACME certificate the main thread serves for `host` (null: not any more), served here too. */
+function serveManaged(host: string, pem: PemPair | null): void {
+  if (certificates === null) return;
+  if (pem === null) {
+    certificates.setManaged(host, null);
+    return;
+  }
+  try {
+    certificates.setManaged(host, Certificate.fromPem(`acme:${host}`, Buffer.from(pem.certificate), Buffer.from(pem.key)));
+  } catch (err) {
+    log.error({ host, err: (err as Error).message }, 'proxy worker: ACME certificate not usable');
+  }
 }
 
 /** A config reload (or SIGHUP): the files as the new config names them, then every file read again, as the main thread does. */
@@ -160,7 +223,7 @@ async function rereadCertificates(store: CertificateStore, config: WorkerData['c
     log.warn({ err: (err as Error).message }, 'proxy worker: certificates not reconfigured');
   }
 }
-const https = { challenges, port: data.httpsPort };
+const https = { challenges: acme, port: data.httpsPort };
 const proxy = new Proxy({ config: { ...data.config, listen: data.listen }, logger: log, cells, reusePort: true, catchUp, https });
 proxy.setMetrics(metrics);
 proxy.setTable(mirror.table(data.table));
@@ -177,6 +240,9 @@ port.on('message', (msg: ToWorker) => {
     case 'metrics-text':
       metrics.answer(msg.id, msg.text, msg.contentType);
       break;
+    case 'on-demand-done':
+      acme.answered(msg.id, msg.ok);
+      break;
     case 'stop':
       void proxy.stop(msg.deadlineMs).finally(async () => {
         await certificates?.stop();
@@ -190,7 +256,7 @@ port.on('message', (msg: ToWorker) => {
 });
 
 try {
-  await proxy.start(certificates === null ? null : { certificates, acme: null });
+  await proxy.start(certificates === null ? null : { certificates, acme });
   log.info({ thread: data.thread, listen: data.listen.map((a) => a.text) }, 'proxy worker listening');
   post({ type: 'ready' });
 } catch (err) {

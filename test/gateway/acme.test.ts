@@ -104,17 +104,48 @@ function issued(gw: ChildGateway, host: string): Promise<any> {
   );
 }
 
-test('HTTP-01 with proxy.workers 2: the CA\'s validations are answered whichever thread their connection reaches', { skip }, async (t) => {
-  // Six orders, so that (with the kernel spreading connections over the threads) worker threads get some.
-  const hosts = ['a', 'b', 'c', 'd', 'e', 'f'].map((h) => `${h}.workers.acme.test`);
-  const apps = Object.fromEntries(hosts.map((host, i) => [`site${i}`, { hosts: [host] }]));
-  const a = await acmeGateway(t, { challenge: 'http-01', apps, workers: 2 });
-  for (const host of hosts) {
+test('with proxy.workers 2: HTTP-01 and TLS-ALPN-01 validations are answered whichever thread the CA reaches, ACME certificates are served by every thread, and on-demand names are ordered from any thread', { skip }, async (t) => {
+  // Six orders per challenge, so that (with the kernel spreading connections over the threads) worker
+  // threads answer some of the CA's validations.
+  const hosts = (prefix: string) => ['a', 'b', 'c', 'd', 'e', 'f'].map((h) => `${h}.${prefix}.acme.test`);
+  const sites = (list: string[]) => Object.fromEntries(list.map((host, i) => [`site${i}`, { hosts: [host] }]));
+  /** Every one of `n` new connections for `host` gets `fingerprint` (so every thread serves it). */
+  const servedEverywhere = async (port: number, host: string, root: string, fingerprint: string) => {
+    const all = await Promise.all(Array.from({ length: 12 }, () => h1Tls(port, { servername: host, ca: root, path: '/' })));
+    for (const r of all) {
+      assert.equal(r.status, 200);
+      assert.ok(sameFingerprint(r.fingerprint, fingerprint), `${host}: a thread served another certificate`);
+    }
+  };
+
+  const http01 = hosts('h1');
+  const a = await acmeGateway(t, { challenge: 'http-01', apps: sites(http01), workers: 2 });
+  for (const host of http01) {
     const row = await issued(a.gw, host);
     assert.equal(row.error, null, `${host}: ${row.error}`);
-    const h1 = await h1Tls(a.tlsPort, { servername: host, ca: a.root, path: '/' });
-    assert.equal(h1.status, 200);
+    await servedEverywhere(a.tlsPort, host, a.root, row.fingerprint);
   }
+
+  const alpn = hosts('alpn');
+  const b = await acmeGateway(t, { challenge: 'tls-alpn-01', apps: sites(alpn), closedHttp: true, workers: 2 });
+  for (const host of alpn) {
+    const row = await issued(b.gw, host);
+    assert.equal(row.error, null, `${host}: ${row.error}`);
+    await servedEverywhere(b.tlsPort, host, b.root, row.fingerprint);
+  }
+
+  // On demand: each name's first handshake, on a new connection, may reach either thread.
+  const names = ['one', 'two', 'three', 'four'].map((n) => `${n}.wild.acme.test`);
+  const ask = await askServer(t, names);
+  const c = await acmeGateway(t, { challenge: 'http-01', apps: { wild: { hosts: ['*.wild.acme.test'] } }, ask: ask.url, workers: 2 });
+  for (const name of names) {
+    const first = await h1Tls(c.tlsPort, { servername: name, ca: c.root, path: '/', timeoutMs: 60_000 });
+    assert.equal(first.status, 200);
+    const row = await certRow(c.gw, name);
+    assert.ok(row && sameFingerprint(first.fingerprint, row.fingerprint), `${name} served with its on-demand certificate`);
+    await servedEverywhere(c.tlsPort, name, c.root, row.fingerprint);
+  }
+  await refusedTls(t, c.tlsPort, { servername: 'refused.wild.acme.test', ca: c.root });
 });
 
 test('HTTP-01 through the gateway: a certificate is issued at start, served by SNI over h1 and h2, chaining to pebble\'s root; berth certs shows source acme and the next renewal; renewal replaces it', { skip }, async (t) => {

@@ -301,7 +301,7 @@ test('a worker thread that dies is replaced; the other threads\' requests are un
   assert.match(status.stdout, /proxy threads 2\/2/);
 });
 
-test('TLS listeners on every thread (no ACME): SNI, h2, sessions that resume on any thread, certificate files re-read everywhere, redirects to the TLS port', async (t) => {
+test('TLS listeners on every thread: SNI, h2, sessions that resume on any thread, certificate files re-read everywhere, redirects to the TLS port', async (t) => {
   const dir = await tempDir(t);
   const src = await fixtureApp(dir);
   const ca = await createCa(join(dir, 'ca'));
@@ -369,7 +369,4 @@ test('TLS listeners on every thread (no ACME): SNI, h2, sessions that resume on 
   await waitFor(() => lines('/r/').length >= 16, { message: 'every line' });
   assert.ok(new Set(lines('/r/').map((l) => l.thread ?? 0)).size >= 2, 'both threads redirected');
 
-  // ACME certificates live in the main thread: an app that starts using them needs a restart.
-  await writeConfig(dir, config({ shop, blog: { hosts: ['blog.test'], source: src, processes: { web: { command: WEB } }, tls: { acme: true } } }, { acme: { directory: 'https://127.0.0.1:9/dir' } }));
-  await assert.rejects(gateway.reloadConfig({ user: 'tester', channel: 'socket' }), /apps\.<app>\.tls\.acme: changing it needs a restart/);
 });

@@ -45,6 +45,8 @@ export interface AcmeIssuerOptions {
   requestTimeoutMs?: number;
   /** Told whenever the pending HTTP-01 answers change. */
   onHttpTokens?: (tokens: [string, string][]) => void;
+  /** Told when a TLS-ALPN-01 challenge certificate is made for a host (null: its challenge is over). */
+  onAlpnChallenge?: (host: string, pem: { certificate: string; key: string } | null) => void;
 }
 
 /** A certificate as the CA issued it, with the key made for it. */
@@ -200,6 +202,8 @@ export class AcmeIssuer {
       const alpnKey = await acmeCrypto.createPrivateEcdsaKey('P-256');
       const [, cert] = await acmeCrypto.createAlpnCertificate({ identifier: { type: 'dns', value: host } } as Parameters<AcmeModule['crypto']['createAlpnCertificate']>[0], keyAuthorization, alpnKey);
       this.#alpn.set(host, createSecureContext({ ...tlsContextOptions(), key: alpnKey, cert }));
+      // A throwaway key made for this one validation: proxy worker threads answer it too.
+      this.#opts.onAlpnChallenge?.(host, { certificate: cert.toString('utf8'), key: alpnKey.toString('utf8') });
       alpnKey.fill(0);
     } else {
       throw new Error(`the CA offered no ${this.#opts.challenge} challenge (got ${type})`);
@@ -211,7 +215,10 @@ export class AcmeIssuer {
     if (type === 'http-01') {
       this.#tokens.delete(token);
       this.#tokensChanged();
-    } else this.#alpn.delete(host);
+    } else {
+      this.#alpn.delete(host);
+      this.#opts.onAlpnChallenge?.(host, null);
+    }
   }
 
   /**

@@ -60,6 +60,13 @@ export interface AcmeManagerOptions {
   retry?: Partial<RetryPolicy>;
   /** Told whenever the pending HTTP-01 answers change (proxy worker threads answer them too). */
   onHttpTokens?: (tokens: [string, string][]) => void;
+  /**
+   * Told whenever the certificate served for a host changes (null: no longer served), with its PEM, so
+   * proxy worker threads serve it too. The PEM is the store's record or the CA's answer, as loaded.
+   */
+  onManaged?: (host: string, pem: PemPair | null) => void;
+  /** Told when a TLS-ALPN-01 challenge certificate is made for a host (null: its challenge is over). */
+  onAlpnChallenge?: (host: string, pem: PemPair | null) => void;
   store: AcmeStore;
   certificates: CertificateStore;
   logger: Logger;
@@ -102,8 +109,15 @@ interface HostState {
   lastErrorAt: number | null;
 }
 
+/** A certificate chain and its key, PEM text. */
+export interface PemPair {
+  certificate: string;
+  key: string;
+}
+
 export class AcmeManager {
   readonly directoryUrl: string;
+  #onManaged: ((host: string, pem: PemPair | null) => void) | null;
   #issuer: AcmeIssuer;
   #gate: OnDemandGate;
   #store: AcmeStore;
@@ -138,7 +152,9 @@ export class AcmeManager {
       now,
       pollMinMs: opts.pollMinMs,
       onHttpTokens: opts.onHttpTokens,
+      onAlpnChallenge: opts.onAlpnChallenge,
     });
+    this.#onManaged = opts.onManaged ?? null;
     this.#gate = new OnDemandGate(opts.ask ?? null, opts.onDemand ?? {}, now);
   }
 
@@ -298,7 +314,7 @@ export class AcmeManager {
       this.#log.warn({ host: state.host, err: errorMessage(err) }, 'stored ACME certificate not usable, ordering a new one');
       return false;
     }
-    this.#serve(state, certificate);
+    this.#serve(state, certificate, { certificate: record.certificatePem, key: record.keyPem });
     this.#schedule(state, nextRenewal(certificate.notBefore.getTime(), certificate.notAfter.getTime()));
     this.#log.info({ host: state.host, notAfter: iso(state.notAfter), nextRenewal: iso(state.nextAt!) }, 'ACME certificate loaded from the store');
     return true;
@@ -343,7 +359,7 @@ export class AcmeManager {
       state.failures = 0;
       state.lastError = null;
       state.lastErrorAt = null;
-      this.#serve(state, certificate);
+      this.#serve(state, certificate, { certificate: issued.certificatePem, key: issued.keyPem });
       this.#schedule(state, nextRenewal(state.notBefore, state.notAfter));
       this.#log.info({ host, notAfter: iso(state.notAfter), nextRenewal: iso(state.nextAt!), fingerprint: certificate.fingerprint256 }, renewing ? 'ACME certificate renewed' : 'ACME certificate obtained');
     } catch (err) {
@@ -382,11 +398,12 @@ export class AcmeManager {
     }
   }
 
-  #serve(state: HostState, certificate: Certificate): void {
+  #serve(state: HostState, certificate: Certificate, pem: PemPair): void {
     state.certificate = certificate;
     state.notBefore = certificate.notBefore.getTime();
     state.notAfter = certificate.notAfter.getTime();
     this.#publish(state);
+    this.#onManaged?.(state.host, pem);
   }
 
   /** What `berth certs` shows for the host (next renewal, last error) follows the state. */
@@ -424,6 +441,7 @@ export class AcmeManager {
     state.timer = null;
     if (this.#hosts.get(state.host) === state) this.#hosts.delete(state.host);
     this.#certificates.setManaged(state.host, null);
+    this.#onManaged?.(state.host, null);
   }
 
   async #acquire(): Promise<void> {
