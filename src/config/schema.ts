@@ -293,6 +293,8 @@ export interface BerthConfig {
   logLevels: Partial<Record<string, LogLevel>>;
   /** Null: SQLite at <stateDir>/berth.db. */
   database: string | null;
+  /** PostgreSQL: most connections the gateway itself opens (not counted in any app's `db_connections`). */
+  databasePool: number;
   migrations: 'upgrade' | 'none' | 'model';
   resetState: boolean;
   historyRetentionMs: number;
@@ -321,6 +323,10 @@ export interface ProxyConfig {
   /** Written as `auto`. */
   auto: boolean;
 }
+
+/** `database_pool` when not written: the gateway's own PostgreSQL connections. */
+export const DEFAULT_DATABASE_POOL = 4;
+export const MAX_DATABASE_POOL = 100;
 
 /** The most proxy threads `proxy.workers` (or `auto`) gives. */
 export const MAX_PROXY_WORKERS = 32;

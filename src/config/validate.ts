@@ -51,6 +51,8 @@ import {
   DEFAULT_TRUSTED_PROXY_COUNT,
   APP_NAME_RE,
   MAX_PROXY_WORKERS,
+  DEFAULT_DATABASE_POOL,
+  MAX_DATABASE_POOL,
   ROLES,
   type AppConfig,
   type ProxyConfig,
@@ -73,6 +75,7 @@ export const TOP_LEVEL_KEYS = [
   'internal_prefix',
   'log_levels',
   'database',
+  'database_pool',
   'migrations',
   'reset_state',
   'history_retention',
@@ -121,6 +124,7 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
   const internalPrefix = checkInternalPrefix(c, top);
   const logLevels = checkLogLevels(c, top);
   const database = checkDatabase(c, top);
+  const databasePool = checkDatabasePool(c, top);
   const migrations = top.choice('migrations', MIGRATIONS) ?? DEFAULT_MIGRATIONS;
   const resetState = top.bool('reset_state') ?? false;
   // A cut-off for cleanup queries, not a timer: longer than Node's timer limit is fine.
@@ -160,6 +164,7 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
     internalPrefix,
     logLevels,
     database,
+    databasePool,
     migrations,
     resetState,
     historyRetentionMs,
@@ -396,6 +401,17 @@ function checkLogLevels(c: Checker, top: Fields): Partial<Record<string, LogLeve
     put(levels, name, value);
   }
   return levels;
+}
+
+/** `database_pool`: the gateway's own PostgreSQL connections, 1 to MAX_DATABASE_POOL (SQLite has one). */
+function checkDatabasePool(c: Checker, top: Fields): number {
+  const n = top.int('database_pool', 1);
+  if (n === undefined) return DEFAULT_DATABASE_POOL;
+  if (n > MAX_DATABASE_POOL) {
+    c.problem(top.path('database_pool'), `expected at most ${MAX_DATABASE_POOL} connections, got ${n}`);
+    return DEFAULT_DATABASE_POOL;
+  }
+  return n;
 }
 
 function checkDatabase(c: Checker, top: Fields): string | null {

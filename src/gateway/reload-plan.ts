@@ -4,6 +4,7 @@
  * action for every app. Pure: no processes, no I/O, so the whole decision is unit-tested on its own
  * (test/gateway/reload-plan.test.ts), and the gateway applies a plan only once it has no problems.
  */
+import { redactUrl } from '../lib/redact.ts';
 import type { AppConfig, BerthConfig } from '../config/schema.ts';
 import type { ConfigProblem } from '../lib/errors.ts';
 
@@ -19,7 +20,9 @@ export const RESTART_ONLY_KEYS: readonly { path: string; of: (c: BerthConfig) =>
   // The ACME account and its CA: an account key is made for one directory.
   { path: 'acme', of: (c) => c.acme },
   { path: 'state_dir', of: (c) => c.stateDir },
-  { path: 'database', of: (c) => c.database },
+  // Never the password: the message is logged, audited and answered to the caller.
+  { path: 'database', of: (c) => (c.database === null ? null : redactUrl(c.database)) },
+  { path: 'database_pool', of: (c) => c.databasePool },
   { path: 'control.socket', of: (c) => c.control.socket },
   { path: 'control.socket_group', of: (c) => c.control.socketGroup },
   { path: 'control.listen', of: (c) => c.control.listen?.text ?? null },

@@ -22,7 +22,7 @@ export async function openStore(config: BerthConfig, logger: Logger): Promise<St
   if (config.database !== null) {
     // Loaded only for PostgreSQL: the driver is not needed (nor kept in memory) by a SQLite gateway.
     const { PostgresStore } = await import('./postgres.ts');
-    const store = new PostgresStore({ url: config.database, migrations: config.migrations, resetState: config.resetState, logger });
+    const store = new PostgresStore({ url: config.database, poolSize: config.databasePool, migrations: config.migrations, resetState: config.resetState, logger });
     await store.open();
     return store;
   }

@@ -608,3 +608,10 @@ test('proxy.workers: 1 by default, an integer up to 32, or auto (one per core); 
   }
   assert.deepEqual(problems({ proxy: { threads: 2 } }), ['proxy.threads: unknown key']);
 });
+
+test('database_pool: 4 by default, an integer from 1 to 100', () => {
+  assert.equal(normaliseConfig({}, CTX).databasePool, 4);
+  assert.equal(normaliseConfig({ database_pool: 12 }, CTX).databasePool, 12);
+  assert.deepEqual(problems({ database_pool: 0 }), ['database_pool: expected a positive integer, got 0']);
+  assert.deepEqual(problems({ database_pool: 101 }), ['database_pool: expected at most 100 connections, got 101']);
+});

@@ -85,3 +85,14 @@ test('the summary names every action, or says no app changed', () => {
     'reloaded shop (d1), api; added docs; removed wiki; updated blog',
   );
 });
+
+test('a changed database URL or pool is a restart-only problem, and the message never shows a password', () => {
+  const was = config({ ...base, database: 'postgres://berth:old-secret@db.test:5432/berth' });
+  const next = config({ ...base, database: 'postgres://berth:new-secret@db2.test:5432/berth', database_pool: 8 });
+  const plan = planReload(was, next);
+  assert.deepEqual(plan.problems.map((p) => p.path).sort(), ['database', 'database_pool']);
+  const text = JSON.stringify(plan.problems);
+  assert.doesNotMatch(text, /secret/);
+  assert.match(text, /db2\.test/);
+  assert.match(plan.problems.find((p) => p.path === 'database_pool')!.message, /running with 4, the file now says 8/);
+});

@@ -80,6 +80,7 @@ export function berthConfig(apps: AppConfig[], over: Partial<BerthConfig> = {}):
     internalPrefix: '/_berth',
     logLevels: {},
     database: null,
+    databasePool: 4,
     migrations: 'upgrade',
     resetState: false,
     historyRetentionMs: 14 * 86_400_000,

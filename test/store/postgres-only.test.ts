@@ -12,6 +12,8 @@ import { BerthError, ErrorCodes } from '../../src/lib/errors.ts';
 import { silentLogger } from '../../src/lib/logger.ts';
 import { loadMigrations, MIGRATIONS_DIR, POSTGRES_MIGRATIONS_DIR } from '../../src/store/migrations.ts';
 import { PostgresStore, type PostgresStoreOptions } from '../../src/store/postgres.ts';
+import { openStore } from '../../src/store/open-store.ts';
+import { normaliseConfig } from '../../src/config/validate.ts';
 import type { DeployRecord } from '../../src/store/store.ts';
 import { LogSink } from '../helpers/gateway.ts';
 import { freshDatabase, PASSWORD_ROLE, PASSWORD_ROLE_PASSWORD, POSTGRES_SKIP, postgresServer } from '../helpers/postgres.ts';
@@ -175,4 +177,14 @@ test('a NUL character, which PostgreSQL text cannot hold, is stored as U+FFFD in
   assert.equal(run?.error, 'bad\uFFFDbyte');
   await store.setMode('shop', 'maintenance', 'back\0soon', null);
   assert.equal((await store.getAppState('shop'))?.modeMessage, 'back\uFFFDsoon');
+});
+
+test('database_pool bounds the connections the gateway itself opens, under concurrent calls', { skip }, async (t) => {
+  const db = await database(t);
+  const config = normaliseConfig({ database: db.url, database_pool: 2 }, { file: '/srv/berth.yaml', environment: null });
+  const store = await openStore(config, silentLogger());
+  t.after(() => store.close());
+  await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? store.listDeploys() : store.listAppStates())));
+  const held = await query(db.url, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'berth' AND datname = current_database()`);
+  assert.ok(held.rows[0].n >= 1 && held.rows[0].n <= 2, `${held.rows[0].n} connections for database_pool 2`);
 });
