@@ -18,6 +18,7 @@ import { CertificateStore } from '../tls/certificate-store.ts';
 import type { FrontDoorTls } from '../tls/front-door.ts';
 import type { CertificateRow } from '../tls/types.ts';
 import { certificateInput } from '../tls/certificate-input.ts';
+import { onDemandEligible } from '../tls/on-demand-names.ts';
 
 export { certificateInput };
 
@@ -72,7 +73,8 @@ export class GatewayCertificates {
   ensure(config: BerthConfig): void {
     const acme = this.frontDoor.acme;
     if (!acme) return;
-    acme.ensure(acmeHosts(config)).catch((err: unknown) => this.#log.error({ err: errorMessage(err) }, 'ACME: ordering certificates failed'));
+    const apps = Object.values(config.apps);
+    acme.ensure(acmeHosts(config), (name) => onDemandEligible(apps, name)).catch((err: unknown) => this.#log.error({ err: errorMessage(err) }, 'ACME: ordering certificates failed'));
   }
 
   /**

@@ -13,11 +13,12 @@ import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, ty
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { HandshakeRouter } from '../tls/handshake-router.ts';
+import { onDemandEligible } from '../tls/on-demand-names.ts';
 import { NO_CERTIFICATE, handshakeFailureChannel, handshakeFailureReason } from '../tls/handshake-failure.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { FrontDoorTls } from '../tls/front-door.ts';
 import { H2ProxyResponse, ProxyResponse } from './forward.ts';
-import type { AppEntry, RoutingTable } from './router.ts';
+import type { RoutingTable } from './router.ts';
 
 export interface ProxyHandlers {
   request: (req: IncomingMessage, res: ServerResponse) => void;
@@ -146,28 +147,7 @@ export class SecureListener {
  * hosts get their certificates when they appear, never at a handshake. Runs per such handshake only.
  */
 export function onDemandFor(table: RoutingTable, servername: string): boolean {
-  let name = servername.toLowerCase();
-  if (name.endsWith('.')) name = name.slice(0, -1);
-  let wildcard: AppEntry | null = null;
-  let suffixLength = 0;
-  let catchAll: AppEntry | null = null;
-  for (const app of table.apps) {
-    const hosts = app.config.hosts;
-    if (hosts.length === 0) {
-      catchAll ??= app;
-      continue;
-    }
-    for (const host of hosts) {
-      if (host === name) return false;
-      // The routing table's rule: the longest matching `*.` suffix wins.
-      if (host.startsWith('*.') && name.length > host.length - 1 && name.endsWith(host.slice(1)) && host.length > suffixLength) {
-        wildcard = app;
-        suffixLength = host.length;
-      }
-    }
-  }
-  const app = wildcard ?? catchAll;
-  return app !== null && app.config.acme;
+  return onDemandEligible(table.apps.map((a) => a.config), servername);
 }
 
 /** Stops a server accepting; resolves when its last connection is gone (at once when it never listened). */

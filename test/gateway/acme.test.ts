@@ -255,6 +255,14 @@ test('on-demand for a wildcard app: a name the ask URL allows is issued at its f
   // A name outside every app is never asked about.
   await refusedTls(t, a.tlsPort, { servername: 'elsewhere.test', ca: a.root });
   assert.ok(!ask.asked.includes('elsewhere.test'));
+
+  // A config reload that routes the name to no ACME app any more: its certificate is no longer served,
+  // listed or renewed, and it leaves the store.
+  await a.rewrite({ other: { hosts: ['other.acme.test'] } });
+  const reloaded = await runCli(['reload-config', '--socket', a.gw.socket]);
+  assert.equal(reloaded.code, 0, reloaded.stderr);
+  await waitFor(async () => (await certRow(a.gw, 'yes.wild.acme.test')) === undefined, { message: 'the on-demand name dropped' });
+  assert.ok(a.gw.logs.some((l) => l.host === 'yes.wild.acme.test' && /no longer served or renewed/.test(l.msg)));
 });
 
 /** Points `host` at `address` in pebble's DNS (pebble-challtestsrv): its validations go there from now on. */

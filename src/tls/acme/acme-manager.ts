@@ -174,7 +174,7 @@ export class AcmeManager {
    * stops being served (its certificate stays in the store for when it comes back). Resolves when every
    * new host's first attempt has finished, successful or not; failures are in `status()`, not thrown.
    */
-  async ensure(hosts: readonly string[]): Promise<void> {
+  async ensure(hosts: readonly string[], stillOnDemand: ((name: string) => boolean) | null = null): Promise<void> {
     this.#issuer.start();
     const wanted = new Set<string>();
     for (const host of hosts.map(normalise)) {
@@ -183,7 +183,15 @@ export class AcmeManager {
       else this.#log.error({ host }, 'ACME cannot obtain a certificate for this name, skipped');
     }
     for (const state of [...this.#hosts.values()]) {
-      if (state.onDemand || wanted.has(state.host)) continue;
+      if (wanted.has(state.host)) continue;
+      if (state.onDemand) {
+        // An on-demand name stays while some ACME app would still order it; else it is dropped, renewals too.
+        if (stillOnDemand === null || stillOnDemand(state.host)) continue;
+        this.#forget(state);
+        await this.#store.deleteCertificate(state.host).catch((err: unknown) => this.#log.error({ host: state.host, err: errorMessage(err) }, 'ACME certificate not deleted from the store'));
+        this.#log.info({ host: state.host }, 'ACME on-demand name no longer routed to an ACME app: its certificate is no longer served or renewed');
+        continue;
+      }
       this.#forget(state);
       this.#log.info({ host: state.host }, 'ACME host removed, its certificate is no longer served');
     }
