@@ -1,8 +1,9 @@
 /**
  * A proxy worker thread (`proxy.workers`, started by proxy-workers.ts): the same Proxy as the main
- * thread's, on the same cleartext TCP listeners (SO_REUSEPORT), over a mirror of the main thread's
- * routing table (mirror.ts) and the gateway's shared counts. Its logs, metrics and drain notices go to
- * the main thread as messages (worker-protocol.ts).
+ * thread's, on the same TCP listeners (SO_REUSEPORT), over a mirror of the main thread's routing table
+ * (mirror.ts) and the gateway's shared counts; for TLS, a certificate store of its own over the same
+ * files plus what the main thread's ACME manager serves. Its logs, metrics, drain notices and on-demand
+ * questions go to the main thread as messages (worker-protocol.ts).
  */
 import { subscribe } from 'node:diagnostics_channel';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
@@ -223,6 +224,7 @@ async function rereadCertificates(store: CertificateStore, config: WorkerData['c
     log.warn({ err: (err as Error).message }, 'proxy worker: certificates not reconfigured');
   }
 }
+
 const https = { challenges: acme, port: data.httpsPort };
 const proxy = new Proxy({ config: { ...data.config, listen: data.listen }, logger: log, cells, reusePort: true, catchUp, https });
 proxy.setMetrics(metrics);
