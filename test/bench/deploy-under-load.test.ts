@@ -4,26 +4,12 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
-import { ROOT } from '../helpers/gateway.ts';
 import { schedule } from '../../bench/deploy-under-load.ts';
+import { runBench as runScript, type BenchRun } from '../helpers/bench.ts';
 
-const BENCH = join(ROOT, 'bench/deploy-under-load.ts');
 
-function runBench(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const proc = spawn(process.execPath, [BENCH, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    proc.stdout.on('data', (c: Buffer) => (stdout += c));
-    proc.stderr.on('data', (c: Buffer) => (stderr += c));
-    const timer = setTimeout(() => proc.kill('SIGTERM'), 90_000);
-    proc.on('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+function runBench(args: string[]): Promise<BenchRun> {
+  return runScript('deploy-under-load.ts', args);
 }
 
 test('--short: deploys, reloads and a rollback under load fail no request', async () => {

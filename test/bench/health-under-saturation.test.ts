@@ -5,30 +5,12 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { availableParallelism, loadavg } from 'node:os';
-import { join } from 'node:path';
-import { ROOT } from '../helpers/gateway.ts';
+import { runBench as runScript, type BenchRun } from '../helpers/bench.ts';
 
-const BENCH = join(ROOT, 'bench/health-under-saturation.ts');
 
-function runBench(args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const proc = spawn(process.execPath, [BENCH, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    proc.stdout.on('data', (c: Buffer) => (stdout += c));
-    proc.stderr.on('data', (c: Buffer) => (stderr += c));
-    // SIGINT lets the bench stop what it started; SIGKILL only if that hangs too.
-    const timer = setTimeout(() => {
-      proc.kill('SIGINT');
-      setTimeout(() => proc.kill('SIGKILL'), 20_000).unref();
-    }, timeoutMs);
-    proc.on('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+function runBench(args: string[], timeoutMs: number): Promise<BenchRun> {
+  return runScript('health-under-saturation.ts', args, timeoutMs);
 }
 
 test('bench --short: health probes all answer while the app is saturated; no restart, no unhealthy mark, concurrency kept', async (t) => {

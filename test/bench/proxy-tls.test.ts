@@ -5,31 +5,14 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { join } from 'node:path';
-import { ROOT } from '../helpers/gateway.ts';
+import { spawnSync } from 'node:child_process';
 import { parseH2load } from '../../bench/proxy-tls.ts';
+import { runBench as runScript, type BenchRun } from '../helpers/bench.ts';
 
-const BENCH = join(ROOT, 'bench/proxy-tls.ts');
 const hasH2load = !spawnSync('h2load', ['--version']).error;
 
-function runBench(args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const proc = spawn(process.execPath, [BENCH, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    proc.stdout.on('data', (c: Buffer) => (stdout += c));
-    proc.stderr.on('data', (c: Buffer) => (stderr += c));
-    // SIGINT lets the bench stop what it started; SIGKILL only if that hangs too.
-    const timer = setTimeout(() => {
-      proc.kill('SIGINT');
-      setTimeout(() => proc.kill('SIGKILL'), 20_000).unref();
-    }, timeoutMs);
-    proc.on('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+function runBench(args: string[], timeoutMs: number): Promise<BenchRun> {
+  return runScript('proxy-tls.ts', args, timeoutMs);
 }
 
 test('bench --short: handshakes, https keep-alive and h2 through berth, none failing', async () => {
