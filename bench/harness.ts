@@ -82,23 +82,34 @@ export function signalGroup(child: Child, signal: NodeJS.Signals): void {
   }
 }
 
-/** Graceful stop with a deadline, then SIGKILL to the group. */
+/** Graceful stop with a deadline, then SIGKILL to the group; whatever of the group is left goes too. */
 export async function stopChild(child: Child): Promise<void> {
-  if (!running(child)) return;
-  // berth must get the signal itself (not its group) so it can stop its apps in order.
-  try {
-    child.proc.kill(child.stopSignal);
-  } catch {
-    // Gone already.
+  if (running(child)) {
+    // berth must get the signal itself (not its group) so it can stop its apps in order.
+    try {
+      child.proc.kill(child.stopSignal);
+    } catch {
+      // Gone already.
+    }
+    const timer = setTimeout(() => signalGroup(child, 'SIGKILL'), STOP_TIMEOUT_MS);
+    await child.exited;
+    clearTimeout(timer);
   }
-  const timer = setTimeout(() => signalGroup(child, 'SIGKILL'), STOP_TIMEOUT_MS);
-  await child.exited;
-  clearTimeout(timer);
+  // A group leader's exit can leave members behind (gunicorn's workers): none may outlive the bench.
+  if (child.proc.pid !== undefined) {
+    try {
+      process.kill(-child.proc.pid, 'SIGKILL');
+    } catch {
+      // The group is gone.
+    }
+  }
+  const i = children.indexOf(child);
+  if (i !== -1) children.splice(i, 1);
 }
 
 /** Stops every child started so far and forgets them (a failed start before a fallback). */
 export async function stopStarted(): Promise<void> {
-  for (const child of children.splice(0).reverse()) await stopChild(child);
+  for (const child of [...children].reverse()) await stopChild(child);
 }
 
 async function stopAll(): Promise<void> {
@@ -199,12 +210,13 @@ export function getStatus(port: number, path: string): Promise<number> {
   });
 }
 
-/** Polls until `check` is true; fails early when `child` exits, and at the deadline. */
+/** Polls until `check` is true (a check that throws is a no); fails early when `child` exits or the bench stops, and at the deadline. */
 export async function waitUntil(what: string, timeoutMs: number, check: () => Promise<boolean>, child?: Child): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
+    if (stopping) throw new Stopped('stopping');
     if (child && !running(child)) throw new Error(`${child.name} exited (${child.proc.exitCode ?? child.proc.signalCode}) before ${what}\n${tail(child.log)}`);
-    if (await check()) return;
+    if (await check().catch(() => false)) return;
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}${child ? `\n${tail(child.log)}` : ''}`);

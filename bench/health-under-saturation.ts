@@ -24,21 +24,18 @@
  *
  * Everything listens on 127.0.0.1 in a temp directory, and every child is stopped on exit or Ctrl-C.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
-import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { request, type ClientRequest } from 'node:http';
-import { createServer } from 'node:net';
-import { availableParallelism, loadavg, tmpdir } from 'node:os';
-import { delimiter, dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { availableParallelism, loadavg } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import YAML from 'yaml';
 import { benchAppUser } from './app-user.ts';
 import { UsageError, positiveInt } from './options.ts';
 import { percentile } from './percentile.ts';
+import { NGINX_CANDIDATES, nginxBinary } from './proxy-targets.ts';
+import { ROOT, Stopped, benchMain, cleanEnv, freePort, isStopping, note, onPath, spawnChild, stopChild, stopStarted, waitUntil } from './harness.ts';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const APP = join(ROOT, 'bench/blocking-app.mjs');
 const MAIN = join(ROOT, 'src/main.ts');
 const APP_NAME = 'sat';
@@ -54,8 +51,6 @@ const RAMP_MS = 10;
 const SAMPLE_MS = 250;
 const READY_TIMEOUT_MS = 60_000;
 const START_TIMEOUT_MS = 15_000;
-const STOP_TIMEOUT_MS = 15_000;
-const NGINX_CANDIDATES = ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx'];
 
 const USAGE = 'usage: npx node bench/health-under-saturation.ts [--short] [--json] [--duration S] [--clients N] [--block-ms MS] [--block wait|spin] [--workers N|auto] [--no-gunicorn]';
 
@@ -116,96 +111,8 @@ function headersTimeoutMs(opts: Options): number {
   return Math.max(30_000, 3 * opts.blockMs);
 }
 
-function note(message: string): void {
-  process.stderr.write(`bench: ${message}\n`);
-}
-
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
-}
-
-function onPath(command: string): string | null {
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
-    if (dir && existsSync(join(dir, command))) return join(dir, command);
-  }
-  return null;
-}
-
-// ---- children: tracked so every exit path stops them --------------------------------------------
-
-interface Child {
-  name: string;
-  proc: ChildProcess;
-  stopSignal: NodeJS.Signals;
-  exited: Promise<void>;
-  log: string;
-}
-
-const children: Child[] = [];
-let stopping = false;
-
-class Stopped extends Error {}
-
-function running(child: Child): boolean {
-  return child.proc.exitCode === null && child.proc.signalCode === null;
-}
-
-/** Spawns in its own process group, with output to a log file (a pipe nobody reads would stall it). */
-function spawnChild(name: string, command: string, args: string[], opts: { env?: NodeJS.ProcessEnv; log: string; stopSignal: NodeJS.Signals }): Child {
-  if (stopping) throw new Stopped('stopping');
-  const fd = openSync(opts.log, 'a');
-  const proc = spawn(command, args, { cwd: ROOT, env: opts.env ?? process.env, stdio: ['ignore', fd, fd], detached: true });
-  closeSync(fd);
-  const exited = new Promise<void>((r) => {
-    proc.once('exit', () => r());
-    proc.once('error', () => r());
-  });
-  const child: Child = { name, proc, stopSignal: opts.stopSignal, exited, log: opts.log };
-  children.push(child);
-  return child;
-}
-
-function signalGroup(child: Child, signal: NodeJS.Signals): void {
-  if (!running(child) || child.proc.pid === undefined) return;
-  try {
-    process.kill(-child.proc.pid, signal);
-  } catch {
-    // Gone already.
-  }
-}
-
-/** Graceful stop with a deadline, then SIGKILL to the group. */
-async function stopChild(child: Child): Promise<void> {
-  if (running(child)) {
-    // berth must get the signal itself (not its group) so it stops its apps in order.
-    try {
-      child.proc.kill(child.stopSignal);
-    } catch {
-      // Gone already.
-    }
-    const timer = setTimeout(() => signalGroup(child, 'SIGKILL'), STOP_TIMEOUT_MS);
-    await child.exited;
-    clearTimeout(timer);
-  }
-  // A group leader's exit can leave members behind (gunicorn's workers): none may outlive the bench.
-  if (child.proc.pid !== undefined) {
-    try {
-      process.kill(-child.proc.pid, 'SIGKILL');
-    } catch {
-      // The group is gone.
-    }
-  }
-  const i = children.indexOf(child);
-  if (i !== -1) children.splice(i, 1);
-}
-
-async function stopAll(): Promise<void> {
-  for (const child of [...children].reverse()) await stopChild(child);
-}
-
-function tail(file: string, lines = 20): string {
-  if (!existsSync(file)) return '';
-  return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
 }
 
 // ---- http -----------------------------------------------------------------------------------------
@@ -239,31 +146,6 @@ function get(target: Target, path: string, timeoutMs: number): Promise<Reply> {
   });
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const addr = server.address();
-      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
-      server.close(() => resolvePort(port));
-    });
-  });
-}
-
-/** Polls until `check` is true; fails early when `child` exits, and at the deadline. */
-async function waitUntil(what: string, timeoutMs: number, check: () => Promise<boolean>, child?: Child): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (stopping) throw new Stopped('stopping');
-    if (child && !running(child)) throw new Error(`${child.name} exited (${child.proc.exitCode ?? child.proc.signalCode}) before ${what}\n${tail(child.log)}`);
-    if (await check().catch(() => false)) return;
-    await sleep(100);
-  }
-  throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}${child ? `\n${tail(child.log)}` : ''}`);
-}
-
-/** `name{labels} value` samples of a Prometheus text exposition. */
 function parseMetrics(text: string): { name: string; labels: Record<string, string>; value: number }[] {
   const out: { name: string; labels: Record<string, string>; value: number }[] = [];
   for (const line of text.split('\n')) {
@@ -474,11 +356,6 @@ interface BerthResult {
   instanceProbes: { ok: number; failed: number; busy: number };
 }
 
-function cleanEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('BERTH_')) env[k] = v;
-  return env;
-}
 
 async function runBerth(opts: Options, dir: string): Promise<BerthResult> {
   const port = await freePort();
@@ -535,7 +412,7 @@ async function runBerth(opts: Options, dir: string): Promise<BerthResult> {
   load.start();
   for (const p of probers) p.start();
   await sleep(opts.durationS * 1000);
-  if (stopping) throw new Stopped('stopping');
+  if (isStopping()) throw new Stopped('stopping');
   const probes = await Promise.all(probers.map((p) => p.stop()));
   sampling = false;
   await sampler;
@@ -672,7 +549,7 @@ http {
   load.start();
   prober.start();
   await sleep(opts.durationS * 1000);
-  if (stopping) throw new Stopped('stopping');
+  if (isStopping()) throw new Stopped('stopping');
   const probe = await prober.stop();
   // Nothing of gunicorn's is measured after this: give every request up and stop it.
   const loadStats = await load.stop(0);
@@ -758,7 +635,7 @@ async function run(opts: Options, dir: string): Promise<boolean> {
   let gunicorn: ComparisonResult | null = null;
   let gunicornSkipped: string | null = null;
   const gunicornBin = onPath('gunicorn');
-  const nginxBin = NGINX_CANDIDATES.find((p) => existsSync(p)) ?? null;
+  const nginxBin = nginxBinary();
   if (!opts.gunicorn) gunicornSkipped = '--no-gunicorn';
   else if (gunicornBin === null) gunicornSkipped = 'gunicorn is not installed (not on PATH)';
   else if (nginxBin === null) gunicornSkipped = `nginx is not installed (${NGINX_CANDIDATES[0]})`;
@@ -769,7 +646,7 @@ async function run(opts: Options, dir: string): Promise<boolean> {
       if (err instanceof Stopped) throw err;
       note(`gunicorn comparison failed: ${(err as Error).message}`);
       gunicornSkipped = `did not run: ${(err as Error).message.split('\n')[0]}`;
-      for (const child of children.splice(0)) await stopChild(child);
+      await stopStarted();
     }
   }
   const failures = acceptance(berth);
@@ -796,51 +673,10 @@ async function run(opts: Options, dir: string): Promise<boolean> {
   return result.acceptance.passed;
 }
 
-async function main(): Promise<number> {
-  let opts: Options;
-  try {
-    opts = parseOptions(process.argv.slice(2));
-  } catch (err) {
-    process.stderr.write(`bench: ${(err as Error).message}\n${USAGE}\n`);
-    return 2;
-  }
-  const dir = await mkdtemp(join(tmpdir(), 'berth-sat-'));
-  let cleaning: Promise<void> | null = null;
-  let exitCode: number | null = null;
-  /** The first caller's status wins: a signal's 130 is not turned into a failure by the run it interrupted. */
-  const cleanup = async (code: number): Promise<never> => {
-    stopping = true;
-    exitCode ??= code;
-    cleaning ??= stopAll().then(() => rm(dir, { recursive: true, force: true }));
-    await cleaning;
-    process.exit(exitCode);
-  };
-  const onSignal = (code: number): void => {
-    if (cleaning) {
-      for (const child of children) signalGroup(child, 'SIGKILL');
-      process.exit(code);
-    }
-    void cleanup(code);
-  };
-  process.on('SIGINT', () => onSignal(130));
-  process.on('SIGTERM', () => onSignal(143));
-  process.once('exit', () => {
-    for (const child of children) signalGroup(child, 'SIGKILL');
-  });
+/** Start-up, berth's run and the comparison's, each with its drain and stops. */
+const budgetMs = (opts: Options): number => {
   const perRunMs = opts.durationS * 1000 + queueTimeoutMs(opts) + 8 * opts.blockMs + 30_000;
-  const budgetMs = READY_TIMEOUT_MS + 2 * START_TIMEOUT_MS + 2 * perRunMs;
-  setTimeout(() => {
-    note(`overall deadline of ${Math.round(budgetMs / 1000)}s passed, stopping`);
-    void cleanup(1);
-  }, budgetMs).unref();
-  try {
-    const passed = await run(opts, dir);
-    await cleanup(passed ? 0 : 1);
-  } catch (err) {
-    if (!(err instanceof Stopped) && !stopping) note((err as Error).message);
-    await cleanup(1);
-  }
-  return 0;
-}
+  return READY_TIMEOUT_MS + 2 * START_TIMEOUT_MS + 2 * perRunMs;
+};
 
-process.exit(await main());
+if (import.meta.main) process.exit(await benchMain(USAGE, parseOptions, budgetMs, async (opts, dir) => ((await run(opts, dir)) ? 0 : 1)));
