@@ -26,7 +26,10 @@ export const FIXTURE_WEB_COMMAND = `"${process.execPath}" server.mjs`;
 /** A temp dir removed after the test. Short, so unix socket paths stay under the 107-byte limit. */
 export async function tempDir(t: TestContext, prefix = 'berth-'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  // Hooks run in the order they were added, so a gateway made after this dir may still be writing in it:
+  // retry while its last files go. A failure must not throw: node:test would skip the hooks after this
+  // one, the gateway's stop among them, and the left-over process would keep the test file running.
+  t.after(() => rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }).catch(() => {}));
   return dir;
 }
 
