@@ -6,16 +6,17 @@
  * request path.
  *
  * Layout (Int32 cells):
- * - instances: INSTANCE_SLOTS blocks of INSTANCE_STRIDE cells (state, epoch, in flight, tunnels, served,
- *   watched);
+ * - instances: INSTANCE_SLOTS blocks of INSTANCE_STRIDE cells (state, in flight, tunnels, served,
+ *   watched, address generation);
  * - admissions: ADMISSION_SLOTS blocks of ADMISSION_STRIDE cells (active, waiters, wake sequence, open
  *   WebSockets);
  * - per proxy thread (0 is the main thread): what that thread holds of each instance and pool (requests,
- *   tunnels, oldest request start; active requests, WebSockets), so that when a worker thread dies the
+ *   tunnels, oldest request start; active requests, WebSockets, waiters), so that when a worker thread dies the
  *   main thread gives back exactly what it held.
  *
  * Only the main thread allocates slots. A freed instance slot rests for SLOT_REST_MS before reuse, and
- * its epoch changes, so a thread whose snapshot is a little behind never counts into another instance.
+ * its address generation changes, so a thread whose snapshot is a little behind sees the old instance
+ * as not serving and never sends it a request.
  *
  * A gateway makes one SharedCells and hands it to its supervisor (instances) and its proxy (pools); a
  * worker thread makes its own over the same buffer (`new SharedCells(handle)`, `thread` set). The
@@ -29,14 +30,13 @@ export const MAX_THREADS = 33;
 
 const INSTANCE_STRIDE = 8;
 export const I_STATE = 0;
-export const I_EPOCH = 1;
-export const I_IN_FLIGHT = 2;
-export const I_TUNNELS = 3;
-export const I_SERVED = 4;
+export const I_IN_FLIGHT = 1;
+export const I_TUNNELS = 2;
+export const I_SERVED = 3;
 /** 1 while the main thread waits for the instance to go idle (a drain): worker threads then tell it. */
-export const I_WATCHED = 5;
+export const I_WATCHED = 4;
 /** Bumped at every address change: a snapshot with an older value has a stale address. */
-export const I_ADDRESS = 6;
+export const I_ADDRESS = 5;
 
 const ADMISSION_STRIDE = 4;
 export const A_ACTIVE = 0;
@@ -137,7 +137,7 @@ export class SharedCells {
     return slot * INSTANCE_STRIDE;
   }
 
-  /** A free instance slot, its counters zero and its epoch bumped. Main thread only. */
+  /** A free instance slot, its counters zero and its address generation bumped. Main thread only. */
   allocInstance(): number {
     let slot: number;
     const rested = this.#freeInstances[0];
@@ -147,7 +147,7 @@ export class SharedCells {
     else throw new Error(`more than ${INSTANCE_SLOTS} instances at once`);
     const at = this.instance(slot);
     const i32 = this.i32;
-    Atomics.add(i32, at + I_EPOCH, 1);
+    Atomics.add(i32, at + I_ADDRESS, 1);
     Atomics.store(i32, at + I_STATE, 0);
     Atomics.store(i32, at + I_IN_FLIGHT, 0);
     Atomics.store(i32, at + I_TUNNELS, 0);
@@ -159,7 +159,7 @@ export class SharedCells {
   /** The instance is gone; its slot rests, then is reused. Main thread only. */
   freeInstance(slot: number): void {
     const at = this.instance(slot);
-    Atomics.add(this.i32, at + I_EPOCH, 1);
+    Atomics.add(this.i32, at + I_ADDRESS, 1);
     Atomics.store(this.i32, at + I_STATE, 0);
     this.#freeInstances.push({ slot, at: Date.now() });
   }

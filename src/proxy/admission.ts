@@ -128,11 +128,6 @@ export class Admission {
     return Atomics.load(this.#i32, this.#at + A_WAITERS);
   }
 
-  /** Requests waiting in this thread's queue. */
-  get localDepth(): number {
-    return this.#depth;
-  }
-
   /** One more active request, if the limit allows (compare and swap against the other threads). */
   #take(): boolean {
     return this.#hold(A_ACTIVE, HA_ACTIVE, this.limit);

@@ -9,29 +9,12 @@ import type { Socket } from 'node:net';
 import type { AppConfig, HstsConfig } from '../config/schema.ts';
 
 /** Where ACME CAs (and an app's own ACME client) fetch HTTP-01 answers: never redirected. */
-import { ACME_CHALLENGE_PREFIX, challengeToken } from '../tls/acme/challenge-path.ts';
+import { ACME_CHALLENGE_PREFIX } from '../tls/acme/challenge-path.ts';
 export const ACME_CHALLENGE_PATH = ACME_CHALLENGE_PREFIX;
 
 /** What the resolver asks of the ACME manager on cleartext listeners (tls/acme/acme-manager.ts). */
 export interface HttpChallengeAnswerer {
   answerHttp(path: string): string | null;
-}
-
-/**
- * HTTP-01 answers copied from the main thread's ACME manager: a proxy worker thread answers from these
- * (proxy-workers.ts sends every change before the next request can arrive).
- */
-export class ChallengeAnswers implements HttpChallengeAnswerer {
-  #tokens = new Map<string, string>();
-
-  set(tokens: readonly [string, string][]): void {
-    this.#tokens = new Map(tokens);
-  }
-
-  answerHttp(path: string): string | null {
-    const token = challengeToken(path);
-    return token === null ? null : (this.#tokens.get(token) ?? null);
-  }
 }
 
 /** The value is built once per `hsts` block (config objects are replaced, never changed, on reload). */

@@ -39,7 +39,8 @@ import type { GenerationView, Upstream } from '../supervisor/types.ts';
 import type { GenerationSnapshot, InstanceSnapshot, TableSnapshot } from './mirror.ts';
 import type { RoutingTable } from './router.ts';
 import type { Proxy } from './server.ts';
-import type { FromWorker, PemPair, StateMessage, ToWorker, WorkerData } from './worker-protocol.ts';
+import type { FromWorker, StateMessage, ToWorker, WorkerData } from './worker-protocol.ts';
+import type { PemPair } from '../tls/types.ts';
 
 const ENTRY = new URL('./worker-thread.ts', import.meta.url);
 /** How often pools and addresses are compared with the last snapshot (instance restarts, replacements). */
@@ -88,8 +89,6 @@ export class ProxyWorkers {
   #metrics: Metrics;
   #slots: WorkerSlot[] = [];
   #listen: ListenAddress[] = [];
-  /** The main thread's TLS port, for the workers' `https_redirect`. */
-  #httpsPort: number | null = null;
   #table: RoutingTable | null = null;
   /** What the last snapshot was made of: pool member lists and instance address generations. */
   #fingerprint = '';
@@ -140,8 +139,6 @@ export class ProxyWorkers {
         if (this.#slots.length > 0) this.#publish({ version: ++this.#version, type: 'ticket-key', key });
       });
     }
-    const tlsListener = addresses.find((a) => a.tls);
-    this.#httpsPort = tlsListener?.kind === 'tcp' ? tlsListener.port : null;
     const threads = this.#config.proxy.workers;
     this.#cells.threads = threads;
     if (this.#listen.length === 0) {
@@ -260,7 +257,6 @@ export class ProxyWorkers {
       table,
       version: this.#version,
       state: channel.port2,
-      httpsPort: this.#httpsPort,
       challenges: this.#challenges,
       ticketKey: this.#tls?.certificates.ticketKeys.current ?? null,
       managed: [...this.#managed],
@@ -407,36 +403,25 @@ export class ProxyWorkers {
 }
 
 function generationSnapshot(gen: GenerationView): GenerationSnapshot {
-  const all = everyInstance(gen as never) as readonly SlottedUpstream[];
+  const instances: InstanceSnapshot[] = [];
   const index = new Map<Upstream, number>();
-  const instances: InstanceSnapshot[] = all.map((inst, i) => {
-    index.set(inst, i);
-    return {
-      slot: inst.slot,
-      addressGeneration: inst.addressGeneration,
-      app: inst.app,
-      process: inst.process,
-      index: inst.index,
-      releaseId: inst.releaseId,
-      concurrency: inst.concurrency,
-      address: inst.address,
-    };
-  });
-  const pools: GenerationSnapshot['pools'] = [];
-  for (const pool of gen.pools.values()) {
-    const members: number[] = [];
-    for (const inst of pool.instances) {
-      let i = index.get(inst);
-      if (i === undefined) {
-        // In the pool but not (any more) in the generation's list: a replacement; it is still served.
-        const s = inst as SlottedUpstream;
-        i = instances.push({ slot: s.slot, addressGeneration: s.addressGeneration, app: s.app, process: s.process, index: s.index, releaseId: s.releaseId, concurrency: s.concurrency, address: s.address }) - 1;
-        index.set(inst, i);
-      }
-      members.push(i);
+  /** The instance's place in `instances`, added on first sight. */
+  const place = (inst: SlottedUpstream): number => {
+    let i = index.get(inst);
+    if (i === undefined) {
+      const { slot, addressGeneration, app, process, index: n, releaseId, concurrency, address } = inst;
+      i = instances.push({ slot, addressGeneration, app, process, index: n, releaseId, concurrency, address }) - 1;
+      index.set(inst, i);
     }
-    pools.push({ process: pool.process, concurrency: pool.concurrency, members });
-  }
+    return i;
+  };
+  for (const inst of everyInstance(gen as never) as readonly SlottedUpstream[]) place(inst);
+  // A pool may hold an instance no longer in the generation's list (a replacement): it is still served.
+  const pools: GenerationSnapshot['pools'] = [...gen.pools.values()].map((pool) => ({
+    process: pool.process,
+    concurrency: pool.concurrency,
+    members: pool.instances.map((inst) => place(inst as SlottedUpstream)),
+  }));
   return { id: gen.id, app: gen.app, releaseId: gen.releaseId, releaseDir: gen.releaseDir, instances, pools };
 }
 

@@ -27,7 +27,7 @@ import { ErrorPages, errorPage, type ErrorResponse } from './error-pages.ts';
 import type { ExchangeShared } from './exchange.ts';
 import { Forward, ProxyResponse } from './forward.ts';
 import { isDeadSocket, listen, listenProblem } from './bind.ts';
-import { hstsHeader, sendChallengeAnswer, sendRedirect, sendRedirectRaw, type HttpChallengeAnswerer } from './https-policy.ts';
+import { hstsHeader, sendChallengeAnswer, sendRedirect, sendRedirectRaw } from './https-policy.ts';
 import { closeListening, onDemandFor, SecureListener, type ProxyHandlers, type SecureServer } from './secure-listener.ts';
 import type { FrontDoorTls } from '../tls/front-door.ts';
 import { HealthLane } from './health-lane.ts';
@@ -88,11 +88,6 @@ export interface ProxyOptions {
    * a change applies from the next request (or handshake) on.
    */
   catchUp?: (() => void) | null;
-  /**
-   * A proxy worker thread, which has no TLS listener of its own: who answers ACME HTTP-01 challenges, and
-   * the main thread's TLS port for `https_redirect`. Without them these come from `start`'s TLS.
-   */
-  https?: { challenges: HttpChallengeAnswerer | null; port: number | null } | null;
 }
 
 export class Proxy {
@@ -101,7 +96,6 @@ export class Proxy {
   #log: Logger;
   #reusePort: boolean;
   #catchUp: (() => void) | null;
-  #https: ProxyOptions['https'];
   #servers: { listener: FrontListener; address: ListenAddress }[] = [];
   #tls: FrontDoorTls | null = null;
   #clients = new UpstreamClients();
@@ -126,7 +120,6 @@ export class Proxy {
     this.#log = opts.logger;
     this.#reusePort = opts.reusePort === true;
     this.#catchUp = opts.catchUp ?? null;
-    this.#https = opts.https ?? null;
     this.#shared = {
       clients: this.#clients,
       pages: this.#pages,
@@ -244,9 +237,7 @@ export class Proxy {
       throw err;
     }
     const https = this.addresses().find((a) => a.tls);
-    const given = this.#https;
-    if (given) this.#resolver.setHttps(given.challenges, given.port);
-    else this.#resolver.setHttps(this.#tls?.acme ?? null, https?.kind === 'tcp' ? https.port : null);
+    this.#resolver.setHttps(this.#tls?.acme ?? null, https?.kind === 'tcp' ? https.port : null);
     this.#tick = setInterval(() => this.#onTick(), TICK_MS);
     this.#tick.unref();
     this.#transition('running');

@@ -7,6 +7,7 @@ import type { BerthConfig, ListenAddress } from '../config/schema.ts';
 import type { SharedCellsHandle } from '../lib/shared-cells.ts';
 import type { AdmissionRejection } from './admission.ts';
 import type { SharedTables, TableSnapshot } from './mirror.ts';
+import type { PemPair } from '../tls/types.ts';
 
 /** What a worker thread starts with. */
 export interface WorkerData {
@@ -23,8 +24,6 @@ export interface WorkerData {
   version: number;
   /** Where StateMessages come, read synchronously (receiveMessageOnPort) when the version cell moves. */
   state: MessagePort;
-  /** The main thread's first TLS listener's port, for `https_redirect`; null: none. */
-  httpsPort: number | null;
   /** Pending ACME HTTP-01 answers (token, key authorization). */
   challenges: [string, string][];
   /**
@@ -38,11 +37,6 @@ export interface WorkerData {
   alpn: [string, PemPair][];
 }
 
-/** A certificate chain and its key, PEM text. */
-export interface PemPair {
-  certificate: string;
-  key: string;
-}
 
 /**
  * A new table or config. The main thread posts it, then sets G_STATE_VERSION to `version`; a worker

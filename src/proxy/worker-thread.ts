@@ -13,7 +13,6 @@ import { G_STATE_VERSION, SharedCells } from '../lib/shared-cells.ts';
 import type { MetricsExporter } from '../metrics/metrics.ts';
 import { requestChannel, type CompletedRequest } from './access-log.ts';
 import { admissionChannel, type AdmissionEvent } from './admission.ts';
-import { ChallengeAnswers } from './https-policy.ts';
 import { Mirror, learnTables } from './mirror.ts';
 import { Proxy } from './server.ts';
 import { certificateInput } from '../tls/certificate-input.ts';
@@ -21,9 +20,11 @@ import { CertificateStore } from '../tls/certificate-store.ts';
 import { TicketKeys } from '../tls/ticket-keys.ts';
 import { Certificate } from '../tls/certificate.ts';
 import type { FrontDoorAcme } from '../tls/front-door.ts';
+import { challengeToken } from '../tls/acme/challenge-path.ts';
 import { tlsContextOptions } from '../tls/server-options.ts';
 import { createSecureContext, type SecureContext } from 'node:tls';
-import type { AdmissionRecord, FromWorker, PemPair, RequestRecord, StateMessage, ToWorker, WorkerData } from './worker-protocol.ts';
+import type { AdmissionRecord, FromWorker, RequestRecord, StateMessage, ToWorker, WorkerData } from './worker-protocol.ts';
+import type { PemPair } from '../tls/types.ts';
 
 /** A thread with no requests still reads new tables this often (its health lane and drains use them). */
 const STATE_POLL_MS = 50;
@@ -129,7 +130,7 @@ function catchUp(): void {
   for (let m = receiveMessageOnPort(data.state); m !== undefined; m = receiveMessageOnPort(data.state)) {
     const msg = m.message as StateMessage;
     if (msg.type === 'table') proxy.setTable(mirror.table(msg.table));
-    else if (msg.type === 'challenges') challenges.set(msg.tokens);
+    else if (msg.type === 'challenges') acme.setTokens(msg.tokens);
     else if (msg.type === 'ticket-key') ticketKeys?.rotate(Buffer.from(msg.key));
     else if (msg.type === 'managed') serveManaged(msg.host, msg.pem);
     else if (msg.type === 'alpn') acme.setAlpn(msg.host, msg.pem);
@@ -143,20 +144,23 @@ function catchUp(): void {
   }
 }
 
-const challenges = new ChallengeAnswers();
-challenges.set(data.challenges);
-
 /**
  * ACME as this thread sees it: HTTP-01 answers and TLS-ALPN-01 certificates copied from the main thread,
  * and on-demand names decided there (the certificate, when one is issued, comes by the state port).
  */
 class WorkerAcme implements FrontDoorAcme {
+  #tokens = new Map<string, string>();
   #alpn = new Map<string, SecureContext>();
   #next = 0;
   #waiting = new Map<number, (ok: boolean) => void>();
 
+  setTokens(tokens: readonly [string, string][]): void {
+    this.#tokens = new Map(tokens);
+  }
+
   answerHttp(path: string): string | null {
-    return challenges.answerHttp(path);
+    const token = challengeToken(path);
+    return token === null ? null : (this.#tokens.get(token) ?? null);
   }
 
   setAlpn(host: string, pem: PemPair | null): void {
@@ -186,6 +190,7 @@ class WorkerAcme implements FrontDoorAcme {
 }
 
 const acme = new WorkerAcme();
+acme.setTokens(data.challenges);
 for (const [host, pem] of data.alpn) acme.setAlpn(host, pem);
 
 // Shared TLS listeners: this thread's own certificate store over the same files, the ACME certificates
@@ -225,8 +230,7 @@ async function rereadCertificates(store: CertificateStore, config: WorkerData['c
   }
 }
 
-const https = { challenges: acme, port: data.httpsPort };
-const proxy = new Proxy({ config: { ...data.config, listen: data.listen }, logger: log, cells, reusePort: true, catchUp, https });
+const proxy = new Proxy({ config: { ...data.config, listen: data.listen }, logger: log, cells, reusePort: true, catchUp });
 proxy.setMetrics(metrics);
 proxy.setTable(mirror.table(data.table));
 setInterval(catchUp, STATE_POLL_MS).unref();

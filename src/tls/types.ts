@@ -71,3 +71,9 @@ export interface CertificateReload {
   changed: string[];
   problems: CertificateProblem[];
 }
+
+/** A certificate chain and its key, PEM text (what the ACME manager hands proxy worker threads). */
+export interface PemPair {
+  certificate: string;
+  key: string;
+}

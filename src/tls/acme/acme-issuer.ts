@@ -9,6 +9,7 @@ import type { Client } from 'acme-client';
 import { BerthError, ErrorCodes, errorMessage } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/logger.ts';
 import type { AcmeStore } from '../../store/store.ts';
+import type { PemPair } from '../types.ts';
 import { tlsContextOptions } from '../server-options.ts';
 
 /** The challenge the CA is asked to validate: HTTP-01 on the cleartext port, TLS-ALPN-01 on the TLS port. */
@@ -46,7 +47,7 @@ export interface AcmeIssuerOptions {
   /** Told whenever the pending HTTP-01 answers change. */
   onHttpTokens?: (tokens: [string, string][]) => void;
   /** Told when a TLS-ALPN-01 challenge certificate is made for a host (null: its challenge is over). */
-  onAlpnChallenge?: (host: string, pem: { certificate: string; key: string } | null) => void;
+  onAlpnChallenge?: (host: string, pem: PemPair | null) => void;
 }
 
 /** A certificate as the CA issued it, with the key made for it. */

@@ -12,6 +12,7 @@
  * (without awaiting it: HTTP-01 needs the listeners up), `status`/`expirySeconds` for status and
  * metrics, and `stop`.
  */
+import type { PemPair } from '../types.ts';
 import { challengeToken } from './challenge-path.ts';
 import type { SecureContext } from 'node:tls';
 import { errorMessage } from '../../lib/errors.ts';
@@ -107,12 +108,6 @@ interface HostState {
   failures: number;
   lastError: string | null;
   lastErrorAt: number | null;
-}
-
-/** A certificate chain and its key, PEM text. */
-export interface PemPair {
-  certificate: string;
-  key: string;
 }
 
 export class AcmeManager {
