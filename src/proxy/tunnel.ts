@@ -50,6 +50,8 @@ export class Tunnel extends Exchange {
   phase: TunnelPhase = 'waiting';
   /** The pool whose WebSocket count this tunnel holds; null when it holds none (refused at the limit). */
   poolKey: string | null = null;
+  /** Where that count is: the pool's shared slot (proxy threads), or -1 for the registry's own map. */
+  poolSlot = -1;
 
   #owner: TunnelOwner;
   #client: Socket;

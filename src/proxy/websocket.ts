@@ -70,11 +70,13 @@ export class WebSockets implements TunnelOwner {
     const t = new Tunnel(this.#shared, r, req, socket, head, this);
     this.#tunnels.add(t);
     const key = `${t.app.name}/${t.route.to}`;
-    if (!this.#take(key, t.app.config.websockets.max)) {
+    const slot = this.#cells === null ? -1 : this.#cells.admissionSlot(key);
+    if (!this.#take(key, slot, t.app.config.websockets.max)) {
       t.refuse(503, 'websocket-limit', LIMIT_RETRY_AFTER_S);
       return t;
     }
     t.poolKey = key;
+    t.poolSlot = slot;
     t.run(t.start);
     return t;
   }
@@ -116,15 +118,14 @@ export class WebSockets implements TunnelOwner {
   ended(t: Tunnel): void {
     this.#waiting.delete(t);
     if (t.poolKey !== null) {
-      this.#give(t.poolKey);
+      this.#give(t.poolKey, t.poolSlot);
       t.poolKey = null;
     }
     if (this.#tunnels.delete(t)) this.#shared.done(t);
   }
 
-  /** One more WebSocket on the pool `key` if it has fewer than `max`, across threads when the cells say so. */
-  #take(key: string, max: number): boolean {
-    const slot = this.#cells === null ? -1 : this.#cells.admissionSlot(key);
+  /** One more WebSocket on the pool `key` if it has fewer than `max`: in its shared `slot` (across threads), else here. */
+  #take(key: string, slot: number, max: number): boolean {
     if (slot >= 0) return this.#cells!.tryOpenWebSocket(slot, max);
     const n = this.#perPool.get(key) ?? 0;
     if (n >= max) return false;
@@ -132,8 +133,8 @@ export class WebSockets implements TunnelOwner {
     return true;
   }
 
-  #give(key: string): void {
-    const slot = this.#cells === null ? -1 : this.#cells.admissionSlot(key);
+  /** Gives back what #take counted, where it counted it. */
+  #give(key: string, slot: number): void {
     if (slot >= 0) {
       this.#cells!.closeWebSocket(slot);
       return;
