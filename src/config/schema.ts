@@ -295,6 +295,10 @@ export interface BerthConfig {
   database: string | null;
   /** PostgreSQL: most connections the gateway itself opens (not counted in any app's `db_connections`). */
   databasePool: number;
+  /** This gateway's name in a fleet (`node_id`); null: derived at start from the host name and the state dir. */
+  nodeId: string | null;
+  /** A fleet node whose heartbeat is older than this is `lost`, and its deploy locks may be taken. */
+  nodeTimeoutMs: number;
   migrations: 'upgrade' | 'none' | 'model';
   resetState: boolean;
   historyRetentionMs: number;
@@ -327,6 +331,11 @@ export interface ProxyConfig {
 /** `database_pool` when not written: the gateway's own PostgreSQL connections. */
 export const DEFAULT_DATABASE_POOL = 4;
 export const MAX_DATABASE_POOL = 100;
+
+/** `node_timeout` when not written, and the least it may be (nodes write a heartbeat every 2s). */
+export const DEFAULT_NODE_TIMEOUT_MS = 10_000;
+export const MIN_NODE_TIMEOUT_MS = 5_000;
+export const NODE_ID_RE = /^[A-Za-z0-9][A-Za-z0-9._:\/@-]{0,127}$/;
 
 /** The most proxy threads `proxy.workers` (or `auto`) gives. */
 export const MAX_PROXY_WORKERS = 32;

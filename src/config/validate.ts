@@ -52,6 +52,9 @@ import {
   APP_NAME_RE,
   MAX_PROXY_WORKERS,
   DEFAULT_DATABASE_POOL,
+  DEFAULT_NODE_TIMEOUT_MS,
+  MIN_NODE_TIMEOUT_MS,
+  NODE_ID_RE,
   MAX_DATABASE_POOL,
   ROLES,
   type AppConfig,
@@ -76,6 +79,8 @@ export const TOP_LEVEL_KEYS = [
   'log_levels',
   'database',
   'database_pool',
+  'node_id',
+  'node_timeout',
   'migrations',
   'reset_state',
   'history_retention',
@@ -125,6 +130,8 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
   const logLevels = checkLogLevels(c, top);
   const database = checkDatabase(c, top);
   const databasePool = checkDatabasePool(c, top);
+  const nodeId = checkNodeId(c, top);
+  const nodeTimeoutMs = checkNodeTimeout(c, top);
   const migrations = top.choice('migrations', MIGRATIONS) ?? DEFAULT_MIGRATIONS;
   const resetState = top.bool('reset_state') ?? false;
   // A cut-off for cleanup queries, not a timer: longer than Node's timer limit is fine.
@@ -165,6 +172,8 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
     logLevels,
     database,
     databasePool,
+    nodeId,
+    nodeTimeoutMs,
     migrations,
     resetState,
     historyRetentionMs,
@@ -412,6 +421,28 @@ function checkDatabasePool(c: Checker, top: Fields): number {
     return DEFAULT_DATABASE_POOL;
   }
   return n;
+}
+
+/** `node_id`: this gateway's name in a fleet; null derives it from the host name and state dir at start. */
+function checkNodeId(c: Checker, top: Fields): string | null {
+  const id = top.string('node_id');
+  if (id === undefined) return null;
+  if (!NODE_ID_RE.test(id)) {
+    c.problem(top.path('node_id'), `expected 1-128 letters, digits and . _ : / @ - (starting with a letter or digit), got ${show(id)}`);
+    return null;
+  }
+  return id;
+}
+
+/** `node_timeout`: a node silent this long is lost; at least two heartbeats and a bit. */
+function checkNodeTimeout(c: Checker, top: Fields): number {
+  const ms = top.duration('node_timeout');
+  if (ms === undefined) return DEFAULT_NODE_TIMEOUT_MS;
+  if (ms < MIN_NODE_TIMEOUT_MS) {
+    c.problem(top.path('node_timeout'), `expected at least ${MIN_NODE_TIMEOUT_MS / 1000}s (nodes write a heartbeat every 2s), got ${ms}ms`);
+    return DEFAULT_NODE_TIMEOUT_MS;
+  }
+  return ms;
 }
 
 function checkDatabase(c: Checker, top: Fields): string | null {

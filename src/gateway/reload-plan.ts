@@ -23,6 +23,8 @@ export const RESTART_ONLY_KEYS: readonly { path: string; of: (c: BerthConfig) =>
   // Never the password: the message is logged, audited and answered to the caller.
   { path: 'database', of: (c) => (c.database === null ? null : redactUrl(c.database)) },
   { path: 'database_pool', of: (c) => c.databasePool },
+  // A node's name is where its heartbeat, locks and history rows live.
+  { path: 'node_id', of: (c) => c.nodeId },
   { path: 'control.socket', of: (c) => c.control.socket },
   { path: 'control.socket_group', of: (c) => c.control.socketGroup },
   { path: 'control.listen', of: (c) => c.control.listen?.text ?? null },

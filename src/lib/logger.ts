@@ -5,7 +5,7 @@ export type Logger = PinoLogger;
 export type LogLevel = LevelWithSilent;
 
 /** The named loggers that `log_levels` may set. `root` is the fallback for the others. */
-export const LOGGER_NAMES = ['root', 'proxy', 'supervisor', 'deploy', 'scheduler', 'api', 'store', 'tls'] as const;
+export const LOGGER_NAMES = ['root', 'proxy', 'supervisor', 'deploy', 'scheduler', 'api', 'store', 'tls', 'fleet'] as const;
 export type LoggerName = (typeof LOGGER_NAMES)[number];
 
 /**

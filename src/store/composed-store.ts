@@ -12,6 +12,7 @@ import { Apps } from './repositories/apps.ts';
 import { Audit } from './repositories/audit.ts';
 import { Deploys } from './repositories/deploys.ts';
 import { TaskRuns } from './repositories/task-runs.ts';
+import { Fleet } from './repositories/fleet.ts';
 
 /** How a store brings its schema in line when it opens; every backend takes the same. */
 export interface MigrationOptions {
@@ -21,7 +22,12 @@ export interface MigrationOptions {
   logger: Logger;
   /** Where the NNN-name.sql files are; defaults to the ones that ship with this build (tests point elsewhere). */
   migrationsDir?: string;
+  /** The fleet node this gateway is (FleetStore.node); default `local`. */
+  node?: string;
 }
+
+/** The node a store writes as when none is given (a single gateway, tests). */
+export const DEFAULT_NODE = 'local';
 
 export class ComposedStore implements Store {
   #db: StoreDatabase;
@@ -31,15 +37,19 @@ export class ComposedStore implements Store {
   #audit: Audit;
   #taskRuns: TaskRuns;
   #acme: Acme;
+  #fleet: Fleet;
+  readonly node: string;
 
   constructor(db: StoreDatabase, opts: MigrationOptions) {
     this.#db = db;
     this.#opts = opts;
+    this.node = opts.node ?? DEFAULT_NODE;
     this.#apps = new Apps(db);
-    this.#deploys = new Deploys(db);
-    this.#audit = new Audit(db);
-    this.#taskRuns = new TaskRuns(db);
+    this.#deploys = new Deploys(db, this.node);
+    this.#audit = new Audit(db, this.node);
+    this.#taskRuns = new TaskRuns(db, this.node);
     this.#acme = new Acme(db);
+    this.#fleet = new Fleet(db, this.node);
   }
 
   /**
@@ -69,6 +79,7 @@ export class ComposedStore implements Store {
   listAppStates(...a: Parameters<Store['listAppStates']>) { return this.#apps.listAppStates(...a); }
   setActiveRelease(...a: Parameters<Store['setActiveRelease']>) { return this.#apps.setActiveRelease(...a); }
   setMode(...a: Parameters<Store['setMode']>) { return this.#apps.setMode(...a); }
+  requestReload(...a: Parameters<Store['requestReload']>) { return this.#apps.requestReload(...a); }
   putRelease(...a: Parameters<Store['putRelease']>) { return this.#apps.putRelease(...a); }
   getRelease(...a: Parameters<Store['getRelease']>) { return this.#apps.getRelease(...a); }
   listReleases(...a: Parameters<Store['listReleases']>) { return this.#apps.listReleases(...a); }
@@ -104,4 +115,17 @@ export class ComposedStore implements Store {
   saveCertificate(...a: Parameters<Store['saveCertificate']>) { return this.#acme.saveCertificate(...a); }
   listCertificates(...a: Parameters<Store['listCertificates']>) { return this.#acme.listCertificates(...a); }
   deleteCertificate(...a: Parameters<Store['deleteCertificate']>) { return this.#acme.deleteCertificate(...a); }
+
+  saveNode(...a: Parameters<Store['saveNode']>) { return this.#fleet.saveNode(...a); }
+  listNodes(...a: Parameters<Store['listNodes']>) { return this.#fleet.listNodes(...a); }
+  deleteNodesBefore(...a: Parameters<Store['deleteNodesBefore']>) { return this.#fleet.deleteNodesBefore(...a); }
+  acquireLock(...a: Parameters<Store['acquireLock']>) { return this.#fleet.acquireLock(...a); }
+  releaseLock(...a: Parameters<Store['releaseLock']>) { return this.#fleet.releaseLock(...a); }
+  releaseAllLocks(...a: Parameters<Store['releaseAllLocks']>) { return this.#fleet.releaseAllLocks(...a); }
+  claimOnce(...a: Parameters<Store['claimOnce']>) { return this.#fleet.claimOnce(...a); }
+  deleteClaimsBefore(...a: Parameters<Store['deleteClaimsBefore']>) { return this.#fleet.deleteClaimsBefore(...a); }
+  putChallenge(...a: Parameters<Store['putChallenge']>) { return this.#fleet.putChallenge(...a); }
+  getChallenge(...a: Parameters<Store['getChallenge']>) { return this.#fleet.getChallenge(...a); }
+  deleteChallenge(...a: Parameters<Store['deleteChallenge']>) { return this.#fleet.deleteChallenge(...a); }
+  watch(...a: Parameters<Store['watch']>) { return this.#db.watch(...a); }
 }

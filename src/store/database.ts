@@ -20,6 +20,8 @@ export abstract class StoreDatabase {
   abstract readonly logged: Readonly<Record<string, string>>;
   /** Where the migrations of this backend's dialect ship. */
   abstract readonly migrationsDir: string;
+  /** Several gateways (a fleet, maybe on several machines) may use this database: PostgreSQL. */
+  abstract readonly shared: boolean;
 
   /**
    * Connects, lets `migrate` bring the schema in line through the backend's SchemaDriver before any other
@@ -29,6 +31,14 @@ export abstract class StoreDatabase {
   abstract open(migrate: (schema: SchemaDriver) => Promise<void>): Promise<void>;
   /** Returns whether it was open. */
   abstract close(): Promise<boolean>;
+
+  /**
+   * Hears the changes other gateways on this database announce (FleetStore.watch). The default hears
+   * nothing: a database only one gateway uses (SQLite) has nobody to hear from.
+   */
+  watch(_onChange: (topic: string) => void, _onConnection?: (connected: boolean) => void): () => void {
+    return () => {};
+  }
 
   /**
    * The rows a statement returns (a SELECT, or a write's RETURNING). Throws BERTH_E_STORE when the store

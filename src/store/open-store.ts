@@ -16,13 +16,14 @@ export const STORE_FILE_MODE = 0o600;
  * Opens the state store the config names, with its migrations applied: SQLite at
  * `<stateDir>/berth.db` when `database` is null, else PostgreSQL at the `postgres://` URL. Throws
  * BERTH_E_STORE when the store cannot be opened; for PostgreSQL the message names the URL without its
- * password and says why (unreachable, login refused...).
+ * password and says why (unreachable, login refused...). `node`: the fleet node it writes as
+ * (FleetStore.node).
  */
-export async function openStore(config: BerthConfig, logger: Logger): Promise<Store> {
+export async function openStore(config: BerthConfig, logger: Logger, node?: string): Promise<Store> {
   if (config.database !== null) {
     // Loaded only for PostgreSQL: the driver is not needed (nor kept in memory) by a SQLite gateway.
     const { PostgresStore } = await import('./postgres.ts');
-    const store = new PostgresStore({ url: config.database, poolSize: config.databasePool, migrations: config.migrations, resetState: config.resetState, logger });
+    const store = new PostgresStore({ url: config.database, poolSize: config.databasePool, migrations: config.migrations, resetState: config.resetState, logger, node });
     await store.open();
     return store;
   }
@@ -37,6 +38,7 @@ export async function openStore(config: BerthConfig, logger: Logger): Promise<St
     migrations: config.migrations,
     resetState: config.resetState,
     logger,
+    node,
   });
   await store.open();
   // SQLite makes -wal and -shm with the database's own mode; this also closes files an older berth made 0644.

@@ -25,6 +25,8 @@ import type {
   DeployRecord,
   DeployState,
   DeployStore,
+  NodeRecord,
+  NodeServing,
   ProcessRecord,
   ReleaseInput,
   ReleaseRecord,
@@ -102,6 +104,24 @@ function lines(field: string, absentWhenNull = false): Codec {
   };
 }
 
+/**
+ * What a node serves, as JSON text. Read back entry by entry, keeping only well-formed ones: another
+ * node (maybe another version) wrote it.
+ */
+const servingList: Codec = {
+  write: (v) => JSON.stringify(v),
+  read(v) {
+    let parsed: unknown = v;
+    try {
+      if (typeof v === 'string') parsed = JSON.parse(v);
+    } catch {
+      return [];
+    }
+    if (!Array.isArray(parsed)) return [];
+    return parsed.filter((e): e is NodeServing => typeof e === 'object' && e !== null && typeof (e as NodeServing).app === 'string');
+  },
+};
+
 /** A flag kept as 0/1 (SQLite has no boolean; PostgreSQL may hand back a boolean). */
 const flag: Codec = { write: (v) => (v ? 1 : 0), read: (v) => v === true || Number(v) === 1 };
 
@@ -110,7 +130,8 @@ const flag: Codec = { write: (v) => (v ? 1 : 0), read: (v) => v === true || Numb
 /** Apps are written column by column (the active release, the mode), so this table is only read whole. */
 export const APPS = new Table<AppState>('apps', {
   app: ['app', text], activeRelease: ['active_release', textOrNull], mode: ['mode', text],
-  modeMessage: ['mode_message', textOrNull], modeRetryAfter: ['mode_retry_after', integerOrNull], updatedAt: ['updated_at', text],
+  modeMessage: ['mode_message', textOrNull], modeRetryAfter: ['mode_retry_after', integerOrNull], reloads: ['reloads', integer],
+  updatedAt: ['updated_at', text],
 });
 
 export const RELEASES = new Table<ReleaseRecord>('releases', {
@@ -123,6 +144,7 @@ export const DEPLOYS = new Table<DeployRecord>('deploys', {
   releaseId: ['release_id', textOrNull], previousRelease: ['previous_release', textOrNull], source: ['source', redactedOrNull],
   user: ['user_name', textOrNull], failedStep: ['failed_step', textOrNull], error: ['error', redactedOrNull],
   logTail: ['log_tail', lines('logTail')], createdAt: ['created_at', text], finishedAt: ['finished_at', textOrNull],
+  node: ['node', textOrNull],
 });
 
 /** `lines` is optional in the record: absent stays absent, so an event reads back as it was written. */
@@ -131,7 +153,14 @@ export const DEPLOY_EVENTS = new Table<DeployEvent>('deploy_events', {
   durationMs: ['duration_ms', integerOrNull], message: ['message', redactedOrNull], lines: ['lines', lines('lines', true)],
 });
 
-export const PROCESS_GROUPS = new Table<ProcessRecord>('process_groups', {
+/** Process groups by node (migration 007); LEGACY_PROCESS_GROUPS reads the rows older gateways wrote. */
+export const PROCESS_GROUPS = new Table<ProcessRecord>('node_process_groups', {
+  node: ['node', textOrNull], pgid: ['pgid', integer], app: ['app', text], generation: ['generation', text], process: ['process', text],
+  index: ['instance_index', integer], gatewayPid: ['gateway_pid', integer], startedAt: ['started_at', text],
+});
+
+/** Migration 002's table, keyed by pgid alone: rows a gateway older than migration 007 wrote (they name no node). */
+export const LEGACY_PROCESS_GROUPS = new Table<Omit<ProcessRecord, 'node'>>('process_groups', {
   pgid: ['pgid', integer], app: ['app', text], generation: ['generation', text], process: ['process', text],
   index: ['instance_index', integer], gatewayPid: ['gateway_pid', integer], startedAt: ['started_at', text],
 });
@@ -139,14 +168,14 @@ export const PROCESS_GROUPS = new Table<ProcessRecord>('process_groups', {
 export const AUDIT = new Table<AuditRecord>('audit', {
   id: ['id', integer, 'generated'], at: ['occurred_at', text], user: ['user_name', text], channel: ['channel', text],
   action: ['action', text], app: ['app', textOrNull], target: ['target', redactedOrNull],
-  outcome: ['outcome', text], detail: ['detail', redactedOrNull], finishedAt: ['finished_at', textOrNull],
+  outcome: ['outcome', text], detail: ['detail', redactedOrNull], finishedAt: ['finished_at', textOrNull], node: ['node', textOrNull],
 });
 
 export const TASK_RUNS = new Table<TaskRunRecord>('task_runs', {
   id: ['id', text], app: ['app', textOrNull], task: ['task', text], trigger: ['triggered_by', text], state: ['state', text],
   command: ['command', textOrNull], releaseId: ['release_id', textOrNull], user: ['user_name', textOrNull],
   startedAt: ['started_at', text], finishedAt: ['finished_at', textOrNull], exitCode: ['exit_code', integerOrNull],
-  durationMs: ['duration_ms', integerOrNull], output: ['output', textOrEmpty], error: ['error', textOrNull],
+  durationMs: ['duration_ms', integerOrNull], output: ['output', textOrEmpty], error: ['error', textOrNull], node: ['node', textOrNull],
 });
 
 export const ACME_ACCOUNTS = new Table<AcmeAccountRecord>('acme_accounts', {
@@ -157,6 +186,11 @@ export const ACME_ACCOUNTS = new Table<AcmeAccountRecord>('acme_accounts', {
 export const ACME_CERTIFICATES = new Table<AcmeCertificateRecord>('acme_certificates', {
   host: ['host', text], directory: ['directory', text], certificatePem: ['certificate_pem', text], keyPem: ['key_pem', text],
   notBefore: ['not_before', text], notAfter: ['not_after', text], onDemand: ['on_demand', flag], issuedAt: ['issued_at', text],
+});
+
+export const NODES = new Table<NodeRecord>('nodes', {
+  node: ['node', text], hostname: ['hostname', text], pid: ['pid', integer], version: ['version', text], state: ['state', text],
+  startedAt: ['started_at', text], heartbeatAt: ['heartbeat_at', text], serving: ['serving', servingList],
 });
 
 // ---- apps and releases ----------------------------------------------------------------------------
@@ -381,6 +415,21 @@ function checkPem(value: unknown, re: RegExp, message: string): void {
 
 function checkTime(value: unknown, field: string): void {
   if (typeof value !== 'string' || Number.isNaN(Date.parse(value))) throw badRequest(`${field} must be an ISO time`);
+}
+
+// ---- fleet -------------------------------------------------------------------------------------------
+
+const NODE_STATES: ReadonlySet<string> = new Set(['running', 'stopped']);
+
+/** The values `saveNode` writes. Throws BERTH_E_BAD_REQUEST for a missing name, an unknown state or a bad time. */
+export function nodeValues(n: NodeRecord): SqlValue[] {
+  if (typeof n.node !== 'string' || n.node === '') throw badRequest('a node needs a name');
+  if (!NODE_STATES.has(n.state)) throw badRequest(`unknown node state "${n.state}": expected running, stopped`);
+  if (!(Number.isSafeInteger(n.pid) && n.pid >= 1)) throw badRequest(`node pid must be a positive whole number, got ${n.pid}`);
+  checkTime(n.startedAt, 'node startedAt');
+  checkTime(n.heartbeatAt, 'node heartbeatAt');
+  if (!Array.isArray(n.serving)) throw badRequest('node serving must be a list');
+  return NODES.values(n);
 }
 
 // ---- shared pieces --------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ export interface AppState {
   modeMessage: string | null;
   /** Seconds, for the Retry-After header in maintenance/read-only. */
   modeRetryAfter: number | null;
+  /** How many reloads were asked for (migration 007): a fleet node that applied fewer reloads the app. */
+  reloads: number;
   updatedAt: string;
 }
 
@@ -39,7 +41,7 @@ export interface ReleaseRecord {
 /** A release as written by `putRelease`: `prunedAt` may be left out (it is then null). */
 export type ReleaseInput = Omit<ReleaseRecord, 'prunedAt'> & { prunedAt?: string | null };
 
-export interface Store extends AppStore, DeployStore, AuditStore, TaskStore, AcmeStore {
+export interface Store extends AppStore, DeployStore, AuditStore, TaskStore, AcmeStore, FleetStore {
   /** Opens the database and runs migrations according to `migrations`. */
   open(): Promise<void>;
   close(): Promise<void>;
@@ -54,6 +56,8 @@ export interface AppStore {
   /** Creates the app's row if missing. */
   setActiveRelease(app: string, releaseId: string): Promise<void>;
   setMode(app: string, mode: Mode, message: string | null, retryAfter: number | null): Promise<void>;
+  /** Counts one more reload of the app (creating its row if missing) and returns the new count. */
+  requestReload(app: string): Promise<number>;
 
   /** Inserts or replaces a release row (a left-out `prunedAt` is written as null). */
   putRelease(release: ReleaseInput): Promise<void>;
@@ -91,6 +95,8 @@ export interface DeployRecord {
   logTail: string[];
   createdAt: string;
   finishedAt: string | null;
+  /** The node that ran it (migration 007); written as the store's own node when left out. Null: an older row. */
+  node?: string | null;
 }
 
 export interface DeployEvent {
@@ -116,12 +122,14 @@ export interface ProcessRecord {
   /** pid of the gateway that started it. */
   gatewayPid: number;
   startedAt: string;
+  /** The node whose gateway started it: always the store's own node when written; null for a row an older gateway wrote. */
+  node?: string | null;
 }
 
 export interface DeployStore {
   createDeploy(deploy: DeployRecord): Promise<void>;
   /** Updates the given fields of a deploy. */
-  updateDeploy(id: string, fields: Partial<Omit<DeployRecord, 'id' | 'app' | 'kind' | 'createdAt'>>): Promise<void>;
+  updateDeploy(id: string, fields: Partial<Omit<DeployRecord, 'id' | 'app' | 'kind' | 'createdAt' | 'node'>>): Promise<void>;
   getDeploy(id: string): Promise<DeployRecord | null>;
   /** Newest first; filtered by app and/or state; at most `limit` (default 100). */
   listDeploys(filter?: { app?: string; state?: DeployState; limit?: number }): Promise<DeployRecord[]>;
@@ -131,6 +139,7 @@ export interface DeployStore {
 
   recordProcess(p: ProcessRecord): Promise<void>;
   removeProcess(pgid: number): Promise<void>;
+  /** This node's groups (and on SQLite those an older gateway recorded, which name no node). */
   listProcesses(): Promise<ProcessRecord[]>;
 }
 
@@ -153,6 +162,8 @@ export interface AuditRecord {
   outcome: AuditOutcome;
   detail: string | null;
   finishedAt: string | null;
+  /** The node where the change was asked for; written as the store's own node when left out. */
+  node?: string | null;
 }
 
 export interface AuditFilter {
@@ -207,6 +218,8 @@ export interface TaskRunRecord {
   output: string;
   /** Why it failed, was skipped or was killed (timeout, signal, no active release...). */
   error: string | null;
+  /** The node it ran on; written as the store's own node when left out. */
+  node?: string | null;
 }
 
 export interface TaskRunFilter {
@@ -226,7 +239,10 @@ export interface TaskStore {
   getTaskRun(id: string): Promise<TaskRunRecord | null>;
   /** Newest first. */
   listTaskRuns(filter?: TaskRunFilter): Promise<TaskRunRecord[]>;
-  /** Runs still `running` (left by a gateway that was killed) become `interrupted`; returns their ids. */
+  /**
+   * This node's runs still `running` (left by a gateway that was killed), and such runs that name no
+   * node, become `interrupted`; returns their ids.
+   */
   interruptTaskRuns(finishedAt: string): Promise<string[]>;
   /** Deletes finished runs that started before `before` (ISO); returns how many. */
   deleteTaskRunsBefore(before: string): Promise<number>;
@@ -276,4 +292,70 @@ export interface AcmeStore {
   listCertificates(): Promise<AcmeCertificateRecord[]>;
   /** Returns whether there was one. */
   deleteCertificate(host: string): Promise<boolean>;
+}
+
+// ---- fleet (migration 007) ---------------------------------------------------------------------------
+/** running: heartbeats go on. stopped: the node stopped cleanly. (`lost` is read from an old heartbeat, never written.) */
+export type NodeState = 'running' | 'stopped';
+
+/** What a node serves of one app, and whether that is what the fleet asked for. */
+export interface NodeServing {
+  app: string;
+  /** The release its active generation runs; null when it serves none. */
+  release: string | null;
+  mode: Mode;
+  /** The reloads it has applied (AppState.reloads when converged). */
+  reloads: number;
+  /** It serves the desired release, mode and reload count. */
+  converged: boolean;
+  /** Why it has not converged (a failed build, a revision that differs...), else null. */
+  error: string | null;
+}
+
+export interface NodeRecord {
+  node: string;
+  hostname: string;
+  pid: number;
+  version: string;
+  state: NodeState;
+  startedAt: string;
+  /** ISO 8601, the node's clock: nodes of a fleet keep their clocks in time (NTP). */
+  heartbeatAt: string;
+  serving: NodeServing[];
+}
+
+export interface FleetStore {
+  /** The node this store writes as: rows it adds name it, and locks it takes are held by it. */
+  readonly node: string;
+  /** Inserts or replaces the node's row (its heartbeat). */
+  saveNode(node: NodeRecord): Promise<void>;
+  /** By node name. */
+  listNodes(): Promise<NodeRecord[]>;
+  /** Deletes the rows of nodes whose last heartbeat is before `before` (ISO): gone for good. Returns how many. */
+  deleteNodesBefore(before: string): Promise<number>;
+  /**
+   * Takes the fleet-wide lock `name` for this node. It is free when nobody holds it, when this node
+   * holds it, or when its holder stopped or has not written a heartbeat since `staleBefore` (ISO).
+   * Returns null when taken, else the node that holds it.
+   */
+  acquireLock(name: string, staleBefore: string): Promise<string | null>;
+  /** Lets go of `name` if this node holds it. */
+  releaseLock(name: string): Promise<void>;
+  /** Lets go of every lock this node holds (a node's earlier life, at start). Returns how many. */
+  releaseAllLocks(): Promise<number>;
+  /** The first node to claim `claim` gets true; every later claim of it false. */
+  claimOnce(claim: string): Promise<boolean>;
+  /** Deletes claims made before `before` (ISO); returns how many. */
+  deleteClaimsBefore(before: string): Promise<number>;
+  /** Records an ACME HTTP-01 answer, so any node can give it. */
+  putChallenge(token: string, keyAuthorization: string): Promise<void>;
+  getChallenge(token: string): Promise<string | null>;
+  deleteChallenge(token: string): Promise<void>;
+  /**
+   * Calls `onChange` with each change other nodes announce (`app:<name>`, `certificate:<host>`,
+   * `challenge:<key>`), and
+   * `onConnection` when the channel is lost or back. PostgreSQL LISTEN/NOTIFY; SQLite (one node) has
+   * nothing to hear. Returns the function that stops listening.
+   */
+  watch(onChange: (topic: string) => void, onConnection?: (connected: boolean) => void): () => void;
 }

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import { availableParallelism } from 'node:os';
 import assert from 'node:assert/strict';
 import { normaliseConfig, checkConfig, parseListenAddress, TOP_LEVEL_KEYS } from '../../src/config/validate.ts';
+import { CTX, problems } from './config-problems.ts';
 import { ConfigError } from '../../src/lib/errors.ts';
 import {
   DEFAULT_BUFFER_MEMORY_BYTES,
@@ -15,21 +16,7 @@ import {
 } from '../../src/config/schema.ts';
 import { formatDuration } from '../../src/lib/durations.ts';
 
-// normaliseConfig is pure: the file is never read, only its directory is used to resolve paths.
-const CTX = { file: '/srv/site/berth.yaml', environment: null };
 const HASH = 'sha256:' + 'ab'.repeat(32);
-
-/** Every problem normaliseConfig reports for `raw`, as `path: message` lines. */
-function problems(raw: unknown): string[] {
-  try {
-    normaliseConfig(raw, CTX);
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, `expected a ConfigError, got ${String(err)}`);
-    assert.equal(err.code, 'BERTH_E_CONFIG');
-    return err.problems.map((p) => (p.path ? `${p.path}: ${p.message}` : p.message));
-  }
-  assert.fail('expected the config to be rejected');
-}
 
 /** A config with one app `shop` whose app-level keys are `app`. */
 function withApp(app: Record<string, unknown>, top: Record<string, unknown> = {}): Record<string, unknown> {
@@ -415,9 +402,9 @@ test('control: socket relative to state_dir, header lower-cased, bad header is a
 });
 
 test('top-level scalars: internal_prefix, log_levels, database, migrations, booleans', () => {
-  const config = normaliseConfig({ internal_prefix: '/_gw', log_levels: { root: 'warn', store: 'debug' }, database: 'postgresql://u:p@db/berth', migrations: 'none', reset_state: true, metrics_public: true, trusted_proxy_count: 2 }, CTX);
+  const config = normaliseConfig({ internal_prefix: '/_gw', log_levels: { root: 'warn', store: 'debug', fleet: 'trace' }, database: 'postgresql://u:p@db/berth', migrations: 'none', reset_state: true, metrics_public: true, trusted_proxy_count: 2 }, CTX);
   assert.equal(config.internalPrefix, '/_gw');
-  assert.deepEqual(config.logLevels, { root: 'warn', store: 'debug' });
+  assert.deepEqual(config.logLevels, { root: 'warn', store: 'debug', fleet: 'trace' });
   assert.equal(config.database, 'postgresql://u:p@db/berth');
   assert.equal(config.migrations, 'none');
   assert.equal(config.resetState, true);
@@ -434,7 +421,7 @@ test('top-level scalars: internal_prefix, log_levels, database, migrations, bool
   assert.deepEqual(bad, [
     'internal_prefix: expected a path such as "/_berth": starting with "/", without a trailing "/", got "/_berth/"',
     'log_levels.root: expected one of fatal, error, warn, info, debug, trace, silent, got "loud"',
-    'log_levels.http: unknown key (loggers: root, proxy, supervisor, deploy, scheduler, api, store, tls)',
+    'log_levels.http: unknown key (loggers: root, proxy, supervisor, deploy, scheduler, api, store, tls, fleet)',
     'database: expected null (SQLite) or a postgres:// URL, got "mysql://root:***@db/berth"',
     'migrations: expected one of upgrade, none, model, got "auto"',
     'reset_state: expected true or false, got "yes"',

@@ -81,6 +81,8 @@ export function berthConfig(apps: AppConfig[], over: Partial<BerthConfig> = {}):
     logLevels: {},
     database: null,
     databasePool: 4,
+    nodeId: null,
+    nodeTimeoutMs: 10_000,
     migrations: 'upgrade',
     resetState: false,
     historyRetentionMs: 14 * 86_400_000,

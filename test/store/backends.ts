@@ -25,11 +25,16 @@ export interface StoreOptions {
   resetState?: boolean;
   /** A directory of NNN-name.sql files in place of the shipped ones. */
   migrationsDir?: string;
+  /** The fleet node the store writes as (FleetStore.node); `local` when left out. */
+  node?: string;
 }
 
 /** One empty database of a backend, dropped after the test. */
 export interface Database {
-  /** A store on this database, not opened yet; closed after the test. Several may share the database. */
+  /**
+   * A store on this database, not opened yet; closed after the test. Several may share the database
+   * (for SQLite, the same file opened again), as the nodes of a fleet do.
+   */
   store(opts?: StoreOptions): Store;
 }
 

@@ -103,8 +103,9 @@ function migrationContract(backend: Backend): void {
     await second.open();
     assert.equal(await second.schemaVersion(), 10);
     assert.deepEqual({ ...(await second.getAppState('shop'))!, updatedAt: '' }, {
-      app: 'shop', activeRelease: 'r1', mode: 'maintenance', modeMessage: 'x', modeRetryAfter: 1, updatedAt: '',
+      app: 'shop', activeRelease: 'r1', mode: 'maintenance', modeMessage: 'x', modeRetryAfter: 1, reloads: 0, updatedAt: '',
     });
+    assert.equal(await second.requestReload('shop'), 1, '007 was applied: the old app row counts reloads from 0');
     await second.createDeploy(deploy('d1'));
     assert.equal((await second.listDeploys({ app: 'shop' }))[0]?.id, 'd1', '002 was applied on top of the old data');
     await second.putRelease({ app: 'shop', id: 'r1', createdAt: '2024-01-01T00:00:00.000Z', state: 'failed', source: '/s', revision: null, prunedAt: '2024-02-01T00:00:00.000Z' });
@@ -120,9 +121,10 @@ function migrationContract(backend: Backend): void {
   test(`${name}: a schema a newer gateway migrated (unknown versions, tables and columns) still serves an older one`, async (t) => {
     const db = await backend.database(t);
     const future = await files(t, backend, {
-      '099-future.sql': `CREATE TABLE nodes (id TEXT PRIMARY KEY);
+      '099-future.sql': `CREATE TABLE regions (id TEXT PRIMARY KEY);
         ALTER TABLE apps ADD COLUMN desired_generation INTEGER NOT NULL DEFAULT 0;
-        ALTER TABLE releases ADD COLUMN size_bytes INTEGER;`,
+        ALTER TABLE releases ADD COLUMN size_bytes INTEGER;
+        ALTER TABLE nodes ADD COLUMN region TEXT;`,
     });
     const newer = db.store({ migrationsDir: future });
     await newer.open();
@@ -137,6 +139,8 @@ function migrationContract(backend: Backend): void {
       await older.setMode('shop', 'read-only', null, null);
       await older.putRelease({ app: 'shop', id: 'r2', createdAt: '2024-01-01T00:00:00.000Z', state: 'ready', source: '/s', revision: null });
       assert.equal((await older.listReleases('shop')).length, 1);
+      await older.saveNode({ node: 'n1', hostname: 'h1', pid: 42, version: '1.0.0', state: 'running', startedAt: '2024-01-01T00:00:00.000Z', heartbeatAt: '2024-01-01T00:00:00.000Z', serving: [] });
+      assert.deepEqual((await older.listNodes()).map((n) => n.node), ['n1'], 'a nodes table with a column it does not know');
       await older.close();
     }
   });

@@ -6,6 +6,8 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import pino from 'pino';
 import { BerthError, ErrorCodes } from '../../src/lib/errors.ts';
@@ -146,11 +148,28 @@ test('while the server is down every call is a clear BERTH_E_STORE naming the ac
   t.after(async () => {
     if (down) await server.start();
   });
-  for (const call of [() => store.setMode('shop', 'maintenance', null, null), () => store.getAppState('shop')]) {
+  const node = { node: 'n1', hostname: 'h1', pid: 42, version: '1.0.0', state: 'running' as const, startedAt: '2024-01-01T00:00:00.000Z', heartbeatAt: '2024-01-01T00:00:00.000Z', serving: [] };
+  const calls: [action: string, call: () => Promise<unknown>][] = [
+    ['set mode', () => store.setMode('shop', 'maintenance', null, null)],
+    ['read app state', () => store.getAppState('shop')],
+    ['count a reload', () => store.requestReload('shop')],
+    ['save node', () => store.saveNode(node)],
+    ['list nodes', () => store.listNodes()],
+    ['delete nodes', () => store.deleteNodesBefore('2024-01-01T00:00:00.000Z')],
+    ['take a fleet lock', () => store.acquireLock('deploy:shop', '2024-01-01T00:00:00.000Z')],
+    ['release a fleet lock', () => store.releaseLock('deploy:shop')],
+    ['release fleet locks', () => store.releaseAllLocks()],
+    ['claim', () => store.claimOnce('schedule:shop:nightly:2024-01-01T00:00')],
+    ['delete claims', () => store.deleteClaimsBefore('2024-01-01T00:00:00.000Z')],
+    ['save an ACME answer', () => store.putChallenge('tok', 'tok.thumb')],
+    ['read an ACME answer', () => store.getChallenge('tok')],
+    ['delete an ACME answer', () => store.deleteChallenge('tok')],
+  ];
+  for (const [action, call] of calls) {
     await assert.rejects(call(), (err: unknown) => {
-      assert.ok(err instanceof BerthError);
-      assert.equal(err.code, ErrorCodes.store);
-      assert.match(err.message, /^store: cannot (set mode|read app state): /);
+      assert.ok(err instanceof BerthError, `${action}: ${String(err)}`);
+      assert.equal(err.code, ErrorCodes.store, action);
+      assert.ok(err.message.startsWith(`store: cannot ${action}: `), `${action}: ${err.message}`);
       return true;
     });
   }
@@ -160,8 +179,10 @@ test('while the server is down every call is a clear BERTH_E_STORE naming the ac
   await store.setMode('shop', 'maintenance', null, null);
   assert.deepEqual(
     { ...(await store.getAppState('shop')), updatedAt: '' },
-    { app: 'shop', activeRelease: 'r1', mode: 'maintenance', modeMessage: null, modeRetryAfter: null, updatedAt: '' },
+    { app: 'shop', activeRelease: 'r1', mode: 'maintenance', modeMessage: null, modeRetryAfter: null, reloads: 0, updatedAt: '' },
   );
+  assert.equal(await store.requestReload('shop'), 1, 'no reload was counted while the server was down');
+  assert.equal(await store.acquireLock('deploy:shop', '2024-01-01T00:00:00.000Z'), null);
 });
 
 test('a NUL character, which PostgreSQL text cannot hold, is stored as U+FFFD instead of failing the write', { skip }, async (t) => {
@@ -187,4 +208,48 @@ test('database_pool bounds the connections the gateway itself opens, under concu
   await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? store.listDeploys() : store.listAppStates())));
   const held = await query(db.url, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'berth' AND datname = current_database()`);
   assert.ok(held.rows[0].n >= 1 && held.rows[0].n <= 2, `${held.rows[0].n} connections for database_pool 2`);
+});
+
+test('watch hears the app, certificate and ACME answer changes another node makes (migration 007\'s triggers), and nothing once stopped', { skip }, async (t) => {
+  const db = await database(t);
+  const a = db.store({ node: 'a' });
+  const b = db.store({ node: 'b' });
+  await a.open();
+  await b.open();
+  const heard: string[] = [];
+  const connections: boolean[] = [];
+  let listening!: () => void;
+  const up = new Promise<void>((resolve) => (listening = resolve));
+  const stop = b.watch((topic) => heard.push(topic), (connected) => {
+    connections.push(connected);
+    if (connected) listening();
+  });
+  try {
+    await up;
+    await a.requestReload('shop');
+    await a.setMode('blog', 'maintenance', null, null);
+    await a.setActiveRelease('api', 'r1');
+    const keyPem = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+    await a.saveCertificate({
+      host: 'shop.test', directory: 'https://acme.example.test/dir', certificatePem: '-----BEGIN CERTIFICATE-----\nMIIBleaf\n-----END CERTIFICATE-----\n', keyPem,
+      notBefore: '2026-01-01T00:00:00.000Z', notAfter: '2026-04-01T00:00:00.000Z', onDemand: false, issuedAt: '2026-01-01T00:00:00.000Z',
+    });
+    assert.equal(await a.deleteCertificate('shop.test'), true);
+    await a.putChallenge('tok', 'tok.ka');
+    // Rows no other node acts on are not announced.
+    await a.claimOnce('k');
+    await a.createDeploy(deploy('d1'));
+    await a.saveNode({ node: 'a', hostname: 'h', pid: 42, version: '1.0.0', state: 'running', startedAt: '2024-01-01T00:00:00.000Z', heartbeatAt: '2024-01-01T00:00:00.000Z', serving: [] });
+    const expected = ['app:shop', 'app:blog', 'app:api', 'certificate:shop.test', 'certificate:shop.test', 'challenge:tok'];
+    const deadline = Date.now() + 10_000;
+    while (heard.length < expected.length && Date.now() < deadline) await sleep(20);
+    await sleep(200);
+    assert.deepEqual(heard, expected);
+  } finally {
+    stop();
+  }
+  await a.requestReload('shop');
+  await sleep(300);
+  assert.equal(heard.length, 6, 'nothing is heard once the watch is stopped');
+  assert.deepEqual(connections, [true], 'connected once, never lost');
 });

@@ -40,7 +40,10 @@ function tables(db: DatabaseSync): string[] {
 }
 
 /** Every table the shipped migrations create, by name. */
-const SHIPPED_TABLES = ['acme_accounts', 'acme_certificates', 'apps', 'audit', 'deploy_events', 'deploys', 'process_groups', 'releases', 'schema_migrations', 'task_runs'];
+const SHIPPED_TABLES = [
+  'acme_accounts', 'acme_certificates', 'acme_challenges', 'apps', 'audit', 'deploy_events', 'deploys', 'fleet_claims', 'fleet_locks', 'node_process_groups', 'nodes',
+  'process_groups', 'releases', 'schema_migrations', 'task_runs',
+];
 
 /**
  * `<dir>/berth.db` as the previous build (001 only) left it, with an app and a release in it. Written
@@ -83,10 +86,14 @@ test('sqlite: migrations ship as NNN-name.sql, sorted, and 001 creates apps and 
   assert.equal(await store.schemaVersion(), migrations.at(-1)!.version);
   const db = raw(t, dir);
   const cols = (table: string) => db.prepare(`PRAGMA table_info(${table})`).all() as { name: string; notnull: number; dflt_value: string | null; pk: number }[];
-  assert.deepEqual(cols('apps').map((c) => c.name), ['app', 'active_release', 'mode', 'mode_message', 'mode_retry_after', 'updated_at']);
+  assert.deepEqual(cols('apps').map((c) => c.name), ['app', 'active_release', 'mode', 'mode_message', 'mode_retry_after', 'updated_at', 'reloads']);
   const mode = cols('apps').find((c) => c.name === 'mode')!;
   assert.equal(mode.notnull, 1);
   assert.equal(mode.dflt_value, "'normal'");
+  // Added by 007 with a default, so an older gateway's inserts (which leave it out) still work.
+  const reloads = cols('apps').find((c) => c.name === 'reloads')!;
+  assert.equal(reloads.notnull, 1);
+  assert.equal(reloads.dflt_value, '0');
   assert.deepEqual(cols('releases').map((c) => c.name), ['app', 'id', 'created_at', 'state', 'source', 'revision', 'pruned_at']);
   // Added by 005: nullable with no default, so an older gateway's inserts (which leave it out) still work.
   const prunedAt = cols('releases').find((c) => c.name === 'pruned_at')!;
@@ -166,7 +173,7 @@ test('sqlite: upgrade applies only the missing migrations and keeps the data', a
   await second.open();
   assert.equal(await second.schemaVersion(), 10);
   assert.deepEqual(await second.getAppState('shop'), {
-    app: 'shop', activeRelease: 'r1', mode: 'maintenance', modeMessage: 'x', modeRetryAfter: 1, updatedAt: '2024-01-01T00:00:00.000Z',
+    app: 'shop', activeRelease: 'r1', mode: 'maintenance', modeMessage: 'x', modeRetryAfter: 1, reloads: 0, updatedAt: '2024-01-01T00:00:00.000Z',
   });
   assert.equal((await second.getRelease('shop', 'r1'))?.state, 'active');
   await second.createDeploy({
@@ -216,6 +223,40 @@ test('sqlite: 005 adds releases.pruned_at additively: old rows read null, and th
     ],
   );
   assert.deepEqual((await store.listReleases('shop')).map((r) => [r.id, r.state, r.prunedAt]), [['r2', 'previous', null], ['r1', 'failed', '2024-02-01T00:00:00.000Z']]);
+});
+
+test('sqlite: 007 is additive: rows from before it name no node, and this node still lists, interrupts and reads them', async (t) => {
+  // A database as the previous build (001-006) left it, with a process group and a task run still running.
+  const dir = await tempDir(t);
+  const db = raw(t, dir);
+  db.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)');
+  for (const m of (await loadMigrations(MIGRATIONS_DIR)).filter((m) => m.version <= 6)) {
+    db.exec(m.sql);
+    db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(m.version, m.name, '2024-01-01T00:00:00.000Z');
+  }
+  db.exec(`INSERT INTO apps (app, active_release, mode, updated_at) VALUES ('shop', 'r1', 'normal', '2024-01-01T00:00:00.000Z');
+           INSERT INTO deploys (id, app, kind, state, created_at) VALUES ('d-old', 'shop', 'deploy', 'succeeded', '2024-01-01T00:00:00.000Z');
+           INSERT INTO audit (occurred_at, user_name, channel, action, app, outcome) VALUES ('2024-01-01T00:00:00.000Z', 'alice', 'tcp', 'deploy', 'shop', 'ok');
+           INSERT INTO process_groups (pgid, app, generation, process, instance_index, gateway_pid, started_at) VALUES (3001, 'shop', 'g1', 'web', 0, 42, '2024-01-01T00:00:00.000Z');
+           INSERT INTO task_runs (id, app, task, triggered_by, state, started_at) VALUES ('t-old', 'shop', 'nightly', 'schedule', 'running', '2024-01-01T00:00:00.000Z');`);
+
+  const store = makeStore(t, dir, { node: 'n1' });
+  await store.open();
+  assert.equal(await store.schemaVersion(), SHIPPED_VERSIONS.at(-1));
+  assert.equal((await store.getAppState('shop'))?.reloads, 0, 'an app from before 007 has had no reload asked for');
+  assert.equal((await store.getDeploy('d-old'))?.node, null);
+  assert.equal((await store.listAudit())[0]?.node, null);
+  assert.equal((await store.getTaskRun('t-old'))?.node, null);
+  assert.deepEqual((await store.listProcesses()).map((p) => [p.pgid, p.node]), [[3001, null]], 'a group that names no node may be this node\'s orphan');
+  assert.deepEqual(await store.interruptTaskRuns('2024-01-02T00:00:00.000Z'), ['t-old'], 'a run that names no node is interrupted');
+
+  // The previous build's inserts, run on the upgraded file by a gateway sharing it, still work.
+  db.prepare(`INSERT INTO apps (app, active_release, mode, updated_at) VALUES (?, ?, 'normal', ?)`).run('blog', 'b1', '2024-01-02T00:00:00.000Z');
+  db.prepare(`INSERT INTO process_groups (pgid, app, generation, process, instance_index, gateway_pid, started_at) VALUES (?, 'blog', 'g1', 'web', 0, 43, ?)`).run(3002, '2024-01-02T00:00:00.000Z');
+  assert.equal((await store.getAppState('blog'))?.reloads, 0);
+  assert.deepEqual((await store.listProcesses()).map((p) => [p.pgid, p.node]), [[3001, null], [3002, null]]);
+  assert.equal(await store.requestReload('blog'), 1);
+  assert.equal((db.prepare(`SELECT reloads FROM apps WHERE app = 'blog'`).get() as { reloads: number }).reloads, 1);
 });
 
 // That the rows are gone, through the store, is in migration-contract.test.ts; this checks the file itself.
@@ -304,7 +345,7 @@ test('sqlite: 002 creates deploys, deploy_events and process_groups with their k
   const db = raw(t, dir);
   const cols = (table: string) => db.prepare(`PRAGMA table_info(${table})`).all() as { name: string; notnull: number; dflt_value: string | null; pk: number }[];
   assert.deepEqual(cols('deploys').map((c) => c.name), [
-    'id', 'app', 'kind', 'state', 'release_id', 'previous_release', 'source', 'user_name', 'failed_step', 'error', 'log_tail', 'created_at', 'finished_at',
+    'id', 'app', 'kind', 'state', 'release_id', 'previous_release', 'source', 'user_name', 'failed_step', 'error', 'log_tail', 'created_at', 'finished_at', 'node',
   ]);
   assert.deepEqual(cols('deploys').filter((c) => c.pk > 0).map((c) => c.name), ['id']);
   assert.deepEqual(cols('deploys').filter((c) => c.notnull).map((c) => c.name), ['app', 'kind', 'state', 'log_tail', 'created_at']);
@@ -315,6 +356,9 @@ test('sqlite: 002 creates deploys, deploy_events and process_groups with their k
   assert.deepEqual(fks.map((f) => [f.table, f.from, f.to, f.on_delete]), [['deploys', 'deploy_id', 'id', 'CASCADE']]);
   assert.deepEqual(cols('process_groups').map((c) => c.name), ['pgid', 'app', 'generation', 'process', 'instance_index', 'gateway_pid', 'started_at']);
   assert.deepEqual(cols('process_groups').filter((c) => c.pk > 0).map((c) => c.name), ['pgid']);
+  // 007: groups by node, since a pgid means something on one machine only.
+  assert.deepEqual(cols('node_process_groups').map((c) => c.name), ['node', 'pgid', 'app', 'generation', 'process', 'instance_index', 'gateway_pid', 'started_at']);
+  assert.deepEqual(cols('node_process_groups').filter((c) => c.pk > 0).sort((x, y) => x.pk - y.pk).map((c) => c.name), ['node', 'pgid']);
 
   const indexColumns = (index: string) => (db.prepare(`PRAGMA index_info(${index})`).all() as { name: string }[]).map((c) => c.name);
   assert.deepEqual(indexColumns('deploys_created'), ['created_at', 'id']);

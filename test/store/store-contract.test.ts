@@ -40,6 +40,14 @@ function proc(pgid: number, over: Partial<ProcessRecord> = {}): ProcessRecord {
 /** Lines that stress the JSON round trip: quotes, escapes, newlines, unicode, an empty line. */
 const AWKWARD_LINES = ['npm ERR! code ELIFECYCLE', 'said "no" \\ then \\n', 'multi\nline\ttab', 'ünïcødé ✓ 🚢', ''];
 
+/**
+ * What a record reads back as when written without a node: the store names its own node, `local` when
+ * opened without one (as here).
+ */
+function written<T extends object>(record: T): T & { node: string } {
+  return { ...record, node: 'local' };
+}
+
 function isCode(code: string) {
   return (err: unknown) => err instanceof BerthError && err.code === code;
 }
@@ -52,6 +60,7 @@ function storeContract(backend: Backend): void {
   test(`${name}: an empty store has a schema and no state`, async (t) => {
     const store = await fresh(t);
     assert.ok((await store.schemaVersion()) >= 1);
+    assert.equal(store.node, 'local', 'a store opened without a node writes as `local`');
     assert.equal(await store.getAppState('shop'), null);
     assert.deepEqual(await store.listAppStates(), []);
     assert.equal(await store.getRelease('shop', '20240101000000-abcdef'), null);
@@ -64,7 +73,7 @@ function storeContract(backend: Backend): void {
     await store.setActiveRelease('shop', 'r1');
     const s1 = await store.getAppState('shop');
     assert.ok(s1);
-    assert.deepEqual({ ...s1, updatedAt: '' }, { app: 'shop', activeRelease: 'r1', mode: 'normal', modeMessage: null, modeRetryAfter: null, updatedAt: '' });
+    assert.deepEqual({ ...s1, updatedAt: '' }, { app: 'shop', activeRelease: 'r1', mode: 'normal', modeMessage: null, modeRetryAfter: null, reloads: 0, updatedAt: '' });
     assert.ok(Date.parse(s1.updatedAt) >= before - 1000, `updatedAt ${s1.updatedAt} is a recent ISO time`);
 
     await store.setMode('shop', 'maintenance', 'back soon', 120);
@@ -74,6 +83,7 @@ function storeContract(backend: Backend): void {
     assert.equal(s2?.mode, 'maintenance', 'switching the release keeps the mode');
     assert.equal(s2?.modeMessage, 'back soon');
     assert.equal(s2?.modeRetryAfter, 120);
+    assert.equal(s2?.reloads, 0, 'neither the release nor the mode counts as a reload');
   });
 
   test(`${name}: setMode stores message and retry-after, creates a missing app, and clears them again`, async (t) => {
@@ -81,7 +91,7 @@ function storeContract(backend: Backend): void {
     await store.setMode('blog', 'read-only', 'migrating the database', 30);
     assert.deepEqual(
       { ...(await store.getAppState('blog'))!, updatedAt: '' },
-      { app: 'blog', activeRelease: null, mode: 'read-only', modeMessage: 'migrating the database', modeRetryAfter: 30, updatedAt: '' },
+      { app: 'blog', activeRelease: null, mode: 'read-only', modeMessage: 'migrating the database', modeRetryAfter: 30, reloads: 0, updatedAt: '' },
     );
     await store.setActiveRelease('blog', 'r9');
     await store.setMode('blog', 'normal', null, null);
@@ -255,6 +265,11 @@ function storeContract(backend: Backend): void {
     await assert.rejects(store.recordProcess(proc(1234)), isCode('BERTH_E_STORE'));
     await assert.rejects(store.removeProcess(1234), isCode('BERTH_E_STORE'));
     await assert.rejects(store.listProcesses(), isCode('BERTH_E_STORE'));
+    await assert.rejects(store.requestReload('shop'), isCode('BERTH_E_STORE'));
+    await assert.rejects(store.listNodes(), isCode('BERTH_E_STORE'));
+    await assert.rejects(store.acquireLock('deploy:shop', '2024-01-01T00:00:00.000Z'), isCode('BERTH_E_STORE'));
+    await assert.rejects(store.claimOnce('nightly'), isCode('BERTH_E_STORE'));
+    await assert.rejects(store.getChallenge('token'), isCode('BERTH_E_STORE'));
     await store.open();
     assert.equal(await store.getAppState('shop'), null);
   });
@@ -289,8 +304,8 @@ function storeContract(backend: Backend): void {
     const bare = deploy('d20240101000001-dddddd', { kind: 'reload' });
     await store.createDeploy(full);
     await store.createDeploy(bare);
-    assert.deepEqual(await store.getDeploy(full.id), full);
-    assert.deepEqual(await store.getDeploy(bare.id), bare);
+    assert.deepEqual(await store.getDeploy(full.id), written(full));
+    assert.deepEqual(await store.getDeploy(bare.id), written(bare));
     assert.equal(await store.getDeploy('d20240101000002-eeeeee'), null);
   });
 
@@ -299,7 +314,7 @@ function storeContract(backend: Backend): void {
     const first = deploy('d1', { user: 'alice' });
     await store.createDeploy(first);
     await assert.rejects(store.createDeploy(deploy('d1', { app: 'blog', user: 'bob' })), isCode('BERTH_E_CONFLICT'));
-    assert.deepEqual(await store.getDeploy('d1'), first);
+    assert.deepEqual(await store.getDeploy('d1'), written(first));
     assert.equal((await store.listDeploys()).length, 1);
   });
 
@@ -321,7 +336,7 @@ function storeContract(backend: Backend): void {
     await store.createDeploy(other);
 
     await store.updateDeploy('d1', { releaseId: 'r1' });
-    assert.deepEqual(await store.getDeploy('d1'), { ...d, releaseId: 'r1' });
+    assert.deepEqual(await store.getDeploy('d1'), written({ ...d, releaseId: 'r1' }));
 
     const failed = {
       state: 'failed' as const,
@@ -331,15 +346,15 @@ function storeContract(backend: Backend): void {
       logTail: AWKWARD_LINES,
     };
     await store.updateDeploy('d1', failed);
-    assert.deepEqual(await store.getDeploy('d1'), { ...d, releaseId: 'r1', ...failed });
+    assert.deepEqual(await store.getDeploy('d1'), written({ ...d, releaseId: 'r1', ...failed }));
 
     // null clears a nullable field; undefined and an empty update leave everything alone.
     await store.updateDeploy('d1', { error: null, source: null, user: undefined, logTail: [] });
     await store.updateDeploy('d1', {});
-    assert.deepEqual(await store.getDeploy('d1'), { ...d, releaseId: 'r1', ...failed, error: null, source: null, logTail: [] });
+    assert.deepEqual(await store.getDeploy('d1'), written({ ...d, releaseId: 'r1', ...failed, error: null, source: null, logTail: [] }));
 
     await store.updateDeploy('d1', { state: 'interrupted', previousRelease: null, user: 'bob', releaseId: null, failedStep: null, finishedAt: null });
-    assert.deepEqual(await store.getDeploy('d1'), {
+    assert.deepEqual(await store.getDeploy('d1'), written({
       ...d,
       state: 'interrupted',
       previousRelease: null,
@@ -350,8 +365,8 @@ function storeContract(backend: Backend): void {
       error: null,
       source: null,
       logTail: [],
-    });
-    assert.deepEqual(await store.getDeploy('d2'), other, 'the other deploy is untouched');
+    }));
+    assert.deepEqual(await store.getDeploy('d2'), written(other), 'the other deploy is untouched');
   });
 
   test(`${name}: updateDeploy rejects an unknown deploy, an unknown state, a bad log tail and fixed fields`, async (t) => {
@@ -369,7 +384,7 @@ function storeContract(backend: Backend): void {
     for (const fixed of [{ app: 'blog' }, { id: 'd9' }, { kind: 'reload' }, { createdAt: '2030-01-01T00:00:00.000Z' }, { bogus: 1 }]) {
       await assert.rejects(store.updateDeploy('d1', { state: 'failed', ...fixed } as never), isCode('BERTH_E_BAD_REQUEST'), JSON.stringify(fixed));
     }
-    assert.deepEqual(await store.getDeploy('d1'), d, 'nothing was changed by a rejected update');
+    assert.deepEqual(await store.getDeploy('d1'), written(d), 'nothing was changed by a rejected update');
   });
 
   test(`${name}: listDeploys is newest first (created_at, then id) and filters by app and state`, async (t) => {
@@ -407,7 +422,7 @@ function storeContract(backend: Backend): void {
     assert.deepEqual(await ids({ state: 'failed', limit: 1 }), ['d20240103000000-ffffff']);
     assert.deepEqual(await ids({ app: 'shop', state: 'running', limit: 1 }), ['d20240103000000-000000']);
     // The list returns whole records, the same as getDeploy.
-    assert.deepEqual(await store.listDeploys({ app: 'blog', state: 'running' }), [rows[1]]);
+    assert.deepEqual(await store.listDeploys({ app: 'blog', state: 'running' }), [written(rows[1])]);
     // A state change moves a deploy between state filters.
     await store.updateDeploy('d20240103000000-000000', { state: 'interrupted' });
     assert.deepEqual(await ids({ state: 'running' }), ['d20240104000000-dddddd']);
@@ -499,18 +514,18 @@ function storeContract(backend: Backend): void {
     await store.recordProcess(a);
     await store.recordProcess(b);
     await store.recordProcess(c);
-    assert.deepEqual(await store.listProcesses(), [b, c, a]);
+    assert.deepEqual(await store.listProcesses(), [b, c, a].map(written));
 
     // The kernel reuses pids: the same pgid recorded again replaces the row.
     const reused = proc(3001, { app: 'api', generation: 'g9', process: 'web', index: 2, gatewayPid: 5151, startedAt: '2024-01-02T00:00:00.000Z' });
     await store.recordProcess(reused);
-    assert.deepEqual(await store.listProcesses(), [b, c, reused]);
+    assert.deepEqual(await store.listProcesses(), [b, c, reused].map(written));
 
     await store.removeProcess(2999);
-    assert.deepEqual(await store.listProcesses(), [b, reused]);
+    assert.deepEqual(await store.listProcesses(), [b, reused].map(written));
     await store.removeProcess(2999);
     await store.removeProcess(424242);
-    assert.deepEqual(await store.listProcesses(), [b, reused], 'removing an unknown pgid is a no-op');
+    assert.deepEqual(await store.listProcesses(), [b, reused].map(written), 'removing an unknown pgid is a no-op');
   });
 
   test(`${name}: recordProcess rejects a pgid that would signal the wrong group and a bad pid or index`, async (t) => {
@@ -541,10 +556,10 @@ function storeContract(backend: Backend): void {
     await store.recordProcess(p);
     await store.close();
     await store.open();
-    assert.deepEqual(await store.getDeploy('d1'), d);
-    assert.deepEqual(await store.listDeploys({ app: 'shop', state: 'failed' }), [d]);
+    assert.deepEqual(await store.getDeploy('d1'), written(d));
+    assert.deepEqual(await store.listDeploys({ app: 'shop', state: 'failed' }), [written(d)]);
     assert.deepEqual(await store.listDeployEvents('d1'), [e]);
-    assert.deepEqual(await store.listProcesses(), [p]);
+    assert.deepEqual(await store.listProcesses(), [written(p)]);
   });
 }
 

@@ -24,6 +24,11 @@ const FOREIGN_KEY_VIOLATION = '23503';
 /** How long a connection attempt may take before the start fails (an unreachable host drops packets). */
 const CONNECT_TIMEOUT_MS = 10_000;
 
+/** The channel migration 007's triggers announce desired-state and certificate changes on. */
+const FLEET_CHANNEL = 'berth_fleet';
+const WATCH_RETRY_MIN_MS = 1_000;
+const WATCH_RETRY_MAX_MS = 5_000;
+
 export interface PostgresDatabaseOptions {
   /** `postgres://user:password@host:port/database`, with any libpq-style parameters the driver knows. */
   url: string;
@@ -37,6 +42,7 @@ export class PostgresDatabase extends StoreDatabase {
   readonly name: string;
   readonly logged: Readonly<Record<string, string>>;
   readonly migrationsDir = POSTGRES_MIGRATIONS_DIR;
+  readonly shared = true;
   #opts: PostgresDatabaseOptions;
   #secret: string;
   #pool: pg.Pool | null = null;
@@ -80,6 +86,80 @@ export class PostgresDatabase extends StoreDatabase {
     // Closed rather than pooled: `migrate` held session state (the migration lock), which no later query may inherit.
     client.release(true);
     this.#pool = pool;
+  }
+
+  /**
+   * LISTENs on the fleet's channel (migration 007's triggers) on a connection of its own, outside the
+   * pool. A lost connection is reported (`onConnection(false)`) and made again, every second at first
+   * and at most every 5s, for as long as the watch lasts; `onConnection(true)` says it is back (changes
+   * made meanwhile were not heard: the caller looks again).
+   */
+  watch(onChange: (topic: string) => void, onConnection?: (connected: boolean) => void): () => void {
+    let stopped = false;
+    let client: pg.Client | null = null;
+    let timer: NodeJS.Timeout | null = null;
+    let delay = WATCH_RETRY_MIN_MS;
+    let connected = false;
+    const log = this.#opts.logger;
+    const lost = (err: unknown) => {
+      if (client === null) return;
+      const was = client;
+      client = null;
+      was.removeAllListeners('notification');
+      void was.end().catch(() => {});
+      if (connected) {
+        connected = false;
+        log.warn({ database: this.name, err: this.#scrub(errorMessage(err)) }, 'fleet notifications lost; polling until they are back');
+        onConnection?.(false);
+      }
+      schedule();
+    };
+    const schedule = () => {
+      if (stopped) return;
+      timer = setTimeout(connect, delay);
+      timer.unref();
+      delay = Math.min(delay * 2, WATCH_RETRY_MAX_MS);
+    };
+    const connect = async () => {
+      timer = null;
+      if (stopped) return;
+      const c = new pg.Client({ connectionString: this.#opts.url, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, application_name: 'berth' });
+      client = c;
+      c.on('error', (err) => lost(err));
+      c.on('end', () => lost(new Error('connection closed')));
+      c.on('notification', (msg) => {
+        if (msg.channel === FLEET_CHANNEL && typeof msg.payload === 'string') onChange(msg.payload);
+      });
+      try {
+        await c.connect();
+        await c.query(`LISTEN ${FLEET_CHANNEL}`);
+      } catch (err) {
+        if (client === c) lost(err);
+        else void c.end().catch(() => {});
+        return;
+      }
+      if (stopped || client !== c) {
+        void c.end().catch(() => {});
+        return;
+      }
+      delay = WATCH_RETRY_MIN_MS;
+      if (!connected) {
+        connected = true;
+        onConnection?.(true);
+      }
+    };
+    void connect();
+    return () => {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+      const c = client;
+      client = null;
+      if (c) {
+        c.removeAllListeners();
+        c.on('error', () => {});
+        void c.end().catch(() => {});
+      }
+    };
   }
 
   async close(): Promise<boolean> {

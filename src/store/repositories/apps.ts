@@ -7,6 +7,8 @@ import { upsert } from '../statements.ts';
 
 const SET_ACTIVE_SQL = upsert('apps', ['app', 'active_release', 'updated_at'], ['app']);
 const SET_MODE_SQL = upsert('apps', ['app', 'mode', 'mode_message', 'mode_retry_after', 'updated_at'], ['app']);
+const REQUEST_RELOAD_SQL = `INSERT INTO apps (app, reloads, updated_at) VALUES ($1, 1, $2)
+  ON CONFLICT (app) DO UPDATE SET reloads = apps.reloads + 1, updated_at = excluded.updated_at RETURNING reloads`;
 const PUT_RELEASE_SQL = upsert(RELEASES.name, RELEASES.columns, ['app', 'id']);
 
 export class Apps implements AppStore {
@@ -31,6 +33,11 @@ export class Apps implements AppStore {
   async setMode(app: string, mode: Mode, message: string | null, retryAfter: number | null): Promise<void> {
     checkMode(mode, retryAfter);
     await this.#db.changes('set mode', SET_MODE_SQL, [app, mode, message, retryAfter, new Date().toISOString()]);
+  }
+
+  async requestReload(app: string): Promise<number> {
+    const rows = await this.#db.rows('count a reload', REQUEST_RELOAD_SQL, [app, new Date().toISOString()]);
+    return Number(rows[0]?.reloads ?? 0);
   }
 
   async putRelease(release: ReleaseInput): Promise<void> {

@@ -8,14 +8,17 @@ const FINISH_SQL = 'UPDATE audit SET outcome = $1, detail = COALESCE($2, detail)
 
 export class Audit implements AuditStore {
   #db: StoreDatabase;
+  #node: string;
 
-  constructor(db: StoreDatabase) {
+  /** `node`: what the rows it adds name when they name no node themselves. */
+  constructor(db: StoreDatabase, node: string) {
     this.#db = db;
+    this.#node = node;
   }
 
   /** Returns the new row's id. */
   async addAudit(entry: Omit<AuditRecord, 'id'>): Promise<number> {
-    return this.#db.insert('add audit row', AUDIT, auditValues(entry));
+    return this.#db.insert('add audit row', AUDIT, auditValues({ ...entry, node: entry.node ?? this.#node }));
   }
 
   async finishAudit(id: number, outcome: Exclude<AuditOutcome, 'pending'>, detail: string | null, finishedAt: string): Promise<void> {

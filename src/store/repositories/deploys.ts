@@ -4,6 +4,7 @@ import type { StoreDatabase } from '../database.ts';
 import {
   DEPLOY_EVENTS,
   DEPLOYS,
+  LEGACY_PROCESS_GROUPS,
   PROCESS_GROUPS,
   deployChanges,
   deployEventValues,
@@ -15,19 +16,22 @@ import {
 } from '../records.ts';
 import { upsert } from '../statements.ts';
 
-const RECORD_PROCESS_SQL = upsert(PROCESS_GROUPS.name, PROCESS_GROUPS.columns, ['pgid']);
+const RECORD_PROCESS_SQL = upsert(PROCESS_GROUPS.name, PROCESS_GROUPS.columns, ['node', 'pgid']);
 
 /** Deploys, with the retention delete of deploys that the TaskStore part of the interface names. */
 export class Deploys implements DeployStore, Pick<TaskStore, 'deleteDeploysBefore'> {
   #db: StoreDatabase;
+  #node: string;
 
-  constructor(db: StoreDatabase) {
+  /** `node`: what the deploys it records name when they name no node themselves, and whose process groups it keeps. */
+  constructor(db: StoreDatabase, node: string) {
     this.#db = db;
+    this.#node = node;
   }
 
   /** Throws BERTH_E_CONFLICT when a deploy with this id is already recorded. */
   async createDeploy(deploy: DeployRecord): Promise<void> {
-    await this.#db.insert('create deploy', DEPLOYS, deployValues(deploy), { duplicate: `deploy ${deploy.id} is already recorded` });
+    await this.#db.insert('create deploy', DEPLOYS, deployValues({ ...deploy, node: deploy.node ?? this.#node }), { duplicate: `deploy ${deploy.id} is already recorded` });
   }
 
   /**
@@ -70,18 +74,31 @@ export class Deploys implements DeployStore, Pick<TaskStore, 'deleteDeploysBefor
     return this.#db.changes('delete deploys', `DELETE FROM deploys WHERE created_at < $1 AND state <> 'running'`, [before]);
   }
 
-  /** Inserts or replaces the row for `p.pgid`. Throws BERTH_E_BAD_REQUEST for a pgid below 2 or a bad pid/index. */
+  /** Inserts or replaces this node's row for `p.pgid`. Throws BERTH_E_BAD_REQUEST for a pgid below 2 or a bad pid/index. */
   async recordProcess(p: ProcessRecord): Promise<void> {
-    await this.#db.changes('record process', RECORD_PROCESS_SQL, processValues(p));
+    await this.#db.changes('record process', RECORD_PROCESS_SQL, processValues({ ...p, node: this.#node }));
   }
 
   /** Forgetting a pgid that is not recorded is not an error: the exit and the orphan sweep may both try. */
   async removeProcess(pgid: number): Promise<void> {
-    await this.#db.changes('remove process', 'DELETE FROM process_groups WHERE pgid = $1', [pgid]);
+    await this.#db.changes('remove process', 'DELETE FROM node_process_groups WHERE node = $1 AND pgid = $2', [this.#node, pgid]);
+    if (!this.#db.shared) await this.#db.changes('remove process', 'DELETE FROM process_groups WHERE pgid = $1', [pgid]);
   }
 
-  /** Oldest first (started_at, then pgid). */
+  /**
+   * This node's groups, oldest first (started_at, then pgid). On a database only this gateway uses
+   * (SQLite), also the groups an older gateway recorded by pgid alone (they name no node); on a shared
+   * one those may be another machine's, and are left alone.
+   */
   async listProcesses(): Promise<ProcessRecord[]> {
-    return this.#db.all('list processes', `${PROCESS_GROUPS.select} ORDER BY started_at, pgid`, [], PROCESS_GROUPS.fromRow);
+    const mine = await this.#db.all('list processes', `${PROCESS_GROUPS.select} WHERE node = $1`, [this.#node], PROCESS_GROUPS.fromRow);
+    if (this.#db.shared) return mine.sort(byStart);
+    const legacy = await this.#db.all('list processes', LEGACY_PROCESS_GROUPS.select, [], LEGACY_PROCESS_GROUPS.fromRow);
+    return [...mine, ...legacy.map((p) => ({ ...p, node: null }))].sort(byStart);
   }
+}
+
+/** started_at, then pgid, in byte order (ISO times). */
+function byStart(a: ProcessRecord, b: ProcessRecord): number {
+  return a.startedAt < b.startedAt ? -1 : a.startedAt > b.startedAt ? 1 : a.pgid - b.pgid;
 }

@@ -14,19 +14,22 @@ import type { Row } from '../table.ts';
 
 // One statement, so the runs it reports are exactly the ones it finished, even with another node writing.
 // RETURNING comes back in no set order (and SQLite takes no CTE around an UPDATE), so the caller sorts.
-const INTERRUPT_SQL = `UPDATE task_runs SET state = 'interrupted', finished_at = $1, error = COALESCE(error, $2) WHERE state = 'running' RETURNING id, started_at`;
+const INTERRUPT_SQL = `UPDATE task_runs SET state = 'interrupted', finished_at = $1, error = COALESCE(error, $2) WHERE state = 'running' AND (node = $3 OR node IS NULL) RETURNING id, started_at`;
 
 /** Task runs; the retention delete of deploys lives with the deploys (deploys.ts). */
 export class TaskRuns implements Omit<TaskStore, 'deleteDeploysBefore'> {
   #db: StoreDatabase;
+  #node: string;
 
-  constructor(db: StoreDatabase) {
+  /** `node`: what the runs it records name, and whose runs a start interrupts. */
+  constructor(db: StoreDatabase, node: string) {
     this.#db = db;
+    this.#node = node;
   }
 
   /** Throws BERTH_E_CONFLICT when a run with this id is already recorded. */
   async createTaskRun(run: TaskRunRecord): Promise<void> {
-    await this.#db.insert('create task run', TASK_RUNS, taskRunValues(run), { duplicate: `task run ${run.id} is already recorded` });
+    await this.#db.insert('create task run', TASK_RUNS, taskRunValues({ ...run, node: run.node ?? this.#node }), { duplicate: `task run ${run.id} is already recorded` });
   }
 
   /** Throws BERTH_E_NOT_FOUND for an unknown id. */
@@ -45,7 +48,7 @@ export class TaskRuns implements Omit<TaskStore, 'deleteDeploysBefore'> {
 
   /** The ids it finished, oldest first (started_at, then id). */
   async interruptTaskRuns(finishedAt: string): Promise<string[]> {
-    const rows = await this.#db.rows('interrupt task runs', INTERRUPT_SQL, [finishedAt, INTERRUPTED_TASK_ERROR]);
+    const rows = await this.#db.rows('interrupt task runs', INTERRUPT_SQL, [finishedAt, INTERRUPTED_TASK_ERROR, this.#node]);
     return rows.sort(byStartThenId).map((row) => String(row.id));
   }
 

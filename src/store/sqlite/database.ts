@@ -30,6 +30,7 @@ export class SqliteDatabase extends StoreDatabase {
   readonly path: string;
   readonly logged: Readonly<Record<string, string>>;
   readonly migrationsDir = MIGRATIONS_DIR;
+  readonly shared = false;
   #db: DatabaseSync | null = null;
   #statements = new Map<string, StatementSync>();
   #prepare: Prepare = (sql) => {
