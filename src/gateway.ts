@@ -36,11 +36,15 @@ import { StateLock } from './supervisor/state-lock.ts';
 import { reapOrphans, recordProcessGroup, type ProcessGroupEvent } from './supervisor/orphans.ts';
 import { finishInterruptedAudit } from './api/interrupted-audit.ts';
 import type { Control, HistoryFilter } from './api/control.ts';
-import type { AppStatus, ConfigReloadResult, GatewayState, GatewayStatus, HistoryEntry, ReleaseList } from './api/wire.ts';
+import type { AppStatus, ConfigReloadResult, FleetStatus, GatewayState, GatewayStatus, HistoryEntry, ReleaseList } from './api/wire.ts';
 import { Apps, warnSharedUser } from './gateway/apps.ts';
 import { ConfigReload } from './gateway/config-reload.ts';
 import { StatusReport } from './gateway/status.ts';
 import { HealthFile } from './gateway/health-file.ts';
+import { Fleet } from './fleet/fleet.ts';
+import { FleetDeployLocks } from './fleet/deploy-locks.ts';
+import { nodeName } from './fleet/node-name.ts';
+import { AcmeSharing } from './fleet/acme-sharing.ts';
 
 export { VERSION } from './lib/version.ts';
 export type { AppPhase, AppStatus, ConfigReloadResult, GatewayState, GatewayStatus, HistoryEntry } from './api/wire.ts';
@@ -90,6 +94,8 @@ export class Gateway implements DeployHost, Control {
   #lock: StateLock | null = null;
   /** Certificates and ACME, when a listener is TLS. */
   #certificates: GatewayCertificates | null = null;
+  /** The fleet this gateway is a node of (PostgreSQL); on SQLite it only answers `GET /v1/fleet` for itself. */
+  #fleet: Fleet | null = null;
 
   constructor(opts: GatewayOptions) {
     this.#config = opts.config;
@@ -198,14 +204,29 @@ export class Gateway implements DeployHost, Control {
     try {
       await secureStateDir(this.config.stateDir, { root: isRoot(), socketGroup: this.config.control.socketGroup });
       warnSharedUser(this.config, this.#log);
-      const store = await openStore(this.config, this.#loggers.get('store'));
+      const store = await openStore(this.config, this.#loggers.get('store'), nodeName(this.config));
       this.#store = store;
       const saved = new Map((await store.listAppStates()).map((s) => [s.app, s]));
       for (const app of Object.values(this.config.apps)) this.#apps.set(this.#apps.create(app, saved.get(app.name)));
-      this.#deployer = new Deployer({ host: this, store, supervisor: this.#supervisor, logger: this.#loggers.get('deploy'), stateDir: this.config.stateDir, appUser: this.#appUser });
+      // On PostgreSQL this gateway is a fleet node: its deploys take fleet-wide locks, and it follows the fleet.
+      const inFleet = this.config.database !== null;
+      const fleetLog = this.#loggers.get('fleet');
+      const locks = inFleet ? new FleetDeployLocks(store, () => this.#config.nodeTimeoutMs, fleetLog) : undefined;
+      this.#deployer = new Deployer({ host: this, store, supervisor: this.#supervisor, logger: this.#loggers.get('deploy'), stateDir: this.config.stateDir, appUser: this.#appUser, locks });
+      const fleetHost = { appNames: () => this.#apps.names(), app: (name: string) => this.#apps.get(name), applyMode: this.#apps.applyMode.bind(this.#apps), deployer: () => this.#deployer };
+      // Other nodes' certificates and challenge answers reach this node's ACME manager (made below).
+      const acme = () => this.#certificates?.frontDoor.acme ?? null;
+      const onCertificate = (host: string) => void acme()?.certificateChanged(host);
+      const onChallenge = (key: string) => void acme()?.challengeChanged(key);
+      const fleetLocks = locks ?? new FleetDeployLocks(store, () => this.#config.nodeTimeoutMs, fleetLog);
+      this.#fleet = new Fleet({ store, config: () => this.#config, host: fleetHost, locks: fleetLocks, audit: this.audit, logger: fleetLog, onCertificate, onChallenge });
+      // Heartbeating before this node takes any fleet lock (first deploys, ACME orders): a lock whose node
+      // has no heartbeat counts as free.
+      if (inFleet) await this.#fleet.start();
       await this.#deployer.recoverInterrupted();
       const scheduling = { audit: this.audit, logger: this.#loggers.get('scheduler'), appUser: this.#appUser, onProcess: this.#recordProcess };
-      this.#scheduler = new Scheduler({ config: this.config, store, host: this, ...scheduling });
+      const claim = inFleet ? (key: string) => store.claimOnce(key) : undefined;
+      this.#scheduler = new Scheduler({ config: this.config, store, host: this, ...scheduling, claim });
       await this.#scheduler.recoverInterrupted();
       // After both, so that the rows can name the deploys and runs just marked interrupted.
       await finishInterruptedAudit(store, this.#loggers.get('api'));
@@ -213,7 +234,8 @@ export class Gateway implements DeployHost, Control {
       this.#apps.rebuildTable();
       // Proxy worker threads serve ACME certificates and answer its challenges too: they get every change.
       const workers = this.#workers;
-      const hooks = workers === null ? {} : { onHttpTokens: workers.setChallenges, onManaged: workers.setManaged, onAlpnChallenge: workers.setAlpnChallenge };
+      const threadHooks = workers === null ? {} : { onHttpTokens: workers.setChallenges, onManaged: workers.setManaged, onAlpnChallenge: workers.setAlpnChallenge };
+      const hooks = { ...threadHooks, fleet: inFleet ? new AcmeSharing(store, () => this.#config.nodeTimeoutMs) : null };
       this.#certificates = await GatewayCertificates.open(this.config, store, this.#loggers.get('tls'), hooks);
       this.metrics.start();
       await this.#proxy.start(this.#certificates?.frontDoor ?? null);
@@ -270,18 +292,24 @@ export class Gateway implements DeployHost, Control {
 
   deployable = (app: string): DeployableApp | undefined => this.#apps.get(app);
   switchTo = (app: string, gen: Generation): void => this.#apps.switchTo(app, gen);
+  reloaded = (app: string, reloads: number): void => this.#apps.reloaded(app, reloads);
   /** The drain deadline passed with WebSockets open on `gen`; they get close 1001. */
   closeUpgrades = (gen: Generation): number => this.#workers?.closeUpgrades(gen) ?? this.#proxy.closeUpgrades(gen);
   taskTarget = (app: string): TaskTarget | undefined => this.#apps.taskTarget(app);
   /** Resolves when every app has either become ready, failed to boot, or failed to get ready. */
   whenAppsBooted = (): Promise<void> => this.#apps.whenBooted();
-  status = (): GatewayStatus => this.#report.status();
+  status = (): GatewayStatus => ({ ...this.#report.status(), node: this.#fleet?.node ?? nodeName(this.#config) });
   appStatus = (name: string): AppStatus | null => this.#report.appStatus(name);
   appNames = (): string[] => this.#apps.names();
   releases = (name: string): Promise<ReleaseList> => this.#report.releases(name);
   deploys = (name: string): Promise<DeployRecord[]> => this.#report.deploys(name);
   history = (filter: HistoryFilter): Promise<HistoryEntry[]> => this.#report.history(filter);
   routes = (): ReturnType<RoutingTable['describe']> => this.#report.routes();
+  /** `GET /v1/fleet` (fleet/fleet.ts). */
+  fleet = (): Promise<FleetStatus> => {
+    if (!this.#fleet) throw new BerthError(ErrorCodes.unavailable, 'the gateway is not started');
+    return this.#fleet.status();
+  };
   /** Every certificate the TLS listeners serve (empty without one): `berth certs`. */
   certificates = (): CertificateRow[] => this.#certificates?.describe() ?? [];
   /** Re-reads and applies the config (gateway/config-reload.ts); throws ConfigError and changes nothing when refused. */
@@ -324,6 +352,8 @@ export class Gateway implements DeployHost, Control {
     let stopMs = 0;
     for (const app of Object.values(this.config.apps)) stopMs = Math.max(stopMs, app.timeouts.stopMs);
     await this.#scheduler?.stop(stopMs || 10_000).catch(fail('scheduler stop'));
+    // Then the fleet: this node follows nothing more, and its row says it stopped (not lost).
+    await this.#fleet?.stop().catch(fail('fleet stop'));
     this.#healthFile.stop();
     this.#apps.stopTriggers();
     await this.#deployer?.stop(0);

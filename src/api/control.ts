@@ -12,7 +12,7 @@ import type { HealthSource } from '../proxy/health-lane.ts';
 import type { ModeState, RoutingTable } from '../proxy/router.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import type { Audit } from './audit.ts';
-import type { AppStatus, CertificateRow, ConfigReloadResult, DeployRecord, GatewayState, GatewayStatus, HistoryEntry, ReleaseList } from './wire.ts';
+import type { AppStatus, CertificateRow, ConfigReloadResult, DeployRecord, FleetStatus, GatewayState, GatewayStatus, HistoryEntry, ReleaseList } from './wire.ts';
 
 /** The filters of `GET /v1/history` (`berth history`). */
 export interface HistoryFilter {
@@ -30,7 +30,7 @@ export interface Control {
   readonly proxy: Pick<HealthSource, 'table' | 'queueDepth'>;
   readonly supervisor: Pick<Supervisor, 'generations'>;
   /** Throws while the gateway has not started (no store yet). */
-  readonly deployer: Pick<Deployer, 'begin' | 'get' | 'running'>;
+  readonly deployer: Pick<Deployer, 'start' | 'get' | 'running'>;
   readonly scheduler: Pick<Scheduler, 'get' | 'runOnce' | 'runs' | 'tasks' | 'firstRunAt'>;
   readonly audit: Pick<Audit, 'begin' | 'finish' | 'record'>;
   readonly metrics: Pick<Metrics, 'text' | 'contentType'>;
@@ -46,6 +46,8 @@ export interface Control {
   certificates(): CertificateRow[];
   taskTarget(app: string): TaskTarget | undefined;
   setMode(app: string, mode: Mode, opts?: { message?: string | null; retryAfter?: number | null }, ctx?: { user: string }): Promise<ModeState>;
+  /** `GET /v1/fleet`: the nodes on this gateway's database (this one alone on SQLite). Throws BERTH_E_STORE when it is unreachable. */
+  fleet(): Promise<FleetStatus>;
   reloadConfig(by: { user: string; channel: AuditChannel }): Promise<ConfigReloadResult>;
   stop(): Promise<void>;
 }

@@ -25,7 +25,8 @@ const STOPPED = 'the gateway stopped while this ran';
 /** Finishes every pending audit row as `interrupted`; returns how many. Never throws: a start must not fail on it. */
 export async function finishInterruptedAudit(store: Store, log: Logger): Promise<number> {
   try {
-    const pending = (await store.listAudit({ outcome: 'pending', limit: LIMIT })).reverse();
+    // This node's rows, and rows from before rows named their node: another node's pending change is its own.
+    const pending = (await store.listAudit({ outcome: 'pending', limit: LIMIT })).reverse().filter((r) => r.node == null || r.node === store.node);
     if (pending.length === 0) return 0;
     const deploys = (await store.listDeploys({ state: 'interrupted', limit: LIMIT })).reverse();
     const runs = (await store.listTaskRuns({ states: ['interrupted'], limit: LIMIT })).reverse();

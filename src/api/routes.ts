@@ -80,6 +80,13 @@ export class ApiRoutes implements RouteTable {
       const status = this.#gateway.status();
       return { status: 200, body: ctx.apps ? { ...status, apps: status.apps.filter((a) => permits(ctx, a.name)) } : status };
     });
+    // The fleet's nodes; a caller limited to some apps sees only those apps of each node.
+    this.add('GET', '/v1/fleet', async (_p, _u, _b, _req, _res, ctx) => {
+      const fleet = await this.#gateway.fleet();
+      if (!ctx.apps) return { status: 200, body: fleet };
+      const nodes = fleet.nodes.map((n) => ({ ...n, apps: n.apps.filter((a) => permits(ctx, a.app)) }));
+      return { status: 200, body: { ...fleet, desired: fleet.desired.filter((d) => permits(ctx, d.app)), nodes } };
+    });
     this.add('GET', '/v1/apps', (_p, _u, _b, _req, _res, ctx) => ({ status: 200, body: { apps: this.#gateway.status().apps.filter((a) => permits(ctx, a.name)) } }));
     this.add('GET', '/v1/apps/:app', (p) => ({ status: 200, body: this.#app(p.app) }));
     // The details the front door's /_berth/ready and /_berth/apps/<app>/health give only with
@@ -101,16 +108,16 @@ export class ApiRoutes implements RouteTable {
       const rows = this.#gateway.certificates();
       return { status: 200, body: { certificates: ctx.apps ? rows.filter((r) => /^apps\.[^.]+\./.test(r.source + '.') && permits(ctx, r.source.split('.')[1])) : rows } };
     });
-    this.add('POST', '/v1/apps/:app/deploys', (p, _u, body, _req, _res, ctx) => {
+    this.add('POST', '/v1/apps/:app/deploys', async (p, _u, body, _req, _res, ctx) => {
       const source = optionalString(body, 'source');
-      return this.#deployResult(this.#gateway.deployer.begin(p.app, { kind: 'deploy', source, user: ctx.user }));
+      return this.#deployResult(await this.#gateway.deployer.start(p.app, { kind: 'deploy', source, user: ctx.user }));
     }, { action: 'deploy' });
-    this.add('POST', '/v1/apps/:app/rollback', (p, _u, body, _req, _res, ctx) => {
+    this.add('POST', '/v1/apps/:app/rollback', async (p, _u, body, _req, _res, ctx) => {
       const release = optionalString(body, 'release');
-      return this.#deployResult(this.#gateway.deployer.begin(p.app, { kind: 'rollback', release, user: ctx.user }));
+      return this.#deployResult(await this.#gateway.deployer.start(p.app, { kind: 'rollback', release, user: ctx.user }));
     }, { action: 'rollback' });
-    this.add('POST', '/v1/apps/:app/reload', (p, _u, _b, _req, _res, ctx) => {
-      return this.#deployResult(this.#gateway.deployer.begin(p.app, { kind: 'reload', user: ctx.user }));
+    this.add('POST', '/v1/apps/:app/reload', async (p, _u, _b, _req, _res, ctx) => {
+      return this.#deployResult(await this.#gateway.deployer.start(p.app, { kind: 'reload', user: ctx.user }));
     }, { action: 'reload' });
     this.add('GET', '/v1/apps/:app/releases', async (p) => ({ status: 200, body: await this.#gateway.releases(p.app) }));
     this.add('GET', '/v1/apps/:app/deploys', async (p) => {

@@ -59,10 +59,14 @@ export interface HistoryEntry {
   target: string | null;
   outcome: string;
   detail: string | null;
+  /** The fleet node where it happened (null: a row from before rows named their node). */
+  node: string | null;
 }
 
 export interface GatewayStatus {
   version: string;
+  /** This gateway's name in a fleet (`node_id`, else host name and state dir). */
+  node: string;
   pid: number;
   state: GatewayState;
   startedAt: string;
@@ -79,6 +83,35 @@ export interface GatewayStatus {
   /** The front door's threads (`proxy.workers`): how many the config asks for, and how many serve now. */
   proxyThreads: { configured: number; running: number };
   apps: AppStatus[];
+}
+
+/** A fleet node as `GET /v1/fleet` and `berth status --fleet` show it. */
+export interface FleetNode {
+  node: string;
+  hostname: string;
+  pid: number;
+  version: string;
+  /** lost: running, but silent for longer than `node_timeout`. */
+  state: 'running' | 'stopped' | 'lost';
+  startedAt: string;
+  heartbeatAt: string;
+  /** How long ago its last heartbeat was, by this node's clock. */
+  heartbeatAgeMs: number;
+  /** The node answering. */
+  self: boolean;
+  /** Every app it serves is at the fleet's desired release, mode and reload count. */
+  converged: boolean;
+  apps: { app: string; release: string | null; mode: Mode; converged: boolean; error: string | null }[];
+}
+
+/** `GET /v1/fleet`: the nodes on this gateway's database, and what the fleet asks of each app. */
+export interface FleetStatus {
+  /** False on SQLite: one gateway, listed alone. */
+  fleet: boolean;
+  node: string;
+  nodeTimeoutMs: number;
+  desired: { app: string; release: string | null; mode: Mode; reloads: number }[];
+  nodes: FleetNode[];
 }
 
 /** An app's releases for `berth releases` (`GET /v1/apps/:app/releases`), newest first. */

@@ -40,6 +40,12 @@ export async function history(args: string[], now: () => number = Date.now): Pro
     process.stdout.write('no history yet\n');
     return 0;
   }
+  // A fleet's history is every node's: a column says which, when more than one node wrote it.
+  const nodes = new Set(history.map((h) => h.node ?? ''));
+  if (nodes.size > 1) {
+    process.stdout.write(formatTable(['at', 'node', 'app', 'action', 'user', 'via', 'outcome', 'detail'], history.map((h) => [h.at, h.node, h.app, h.action, h.user, h.channel, h.outcome, h.detail ?? h.target])) + '\n');
+    return 0;
+  }
   process.stdout.write(formatTable(['at', 'app', 'action', 'user', 'via', 'outcome', 'detail'], history.map((h) => [h.at, h.app, h.action, h.user, h.channel, h.outcome, h.detail ?? h.target])) + '\n');
   return 0;
 }

@@ -1,8 +1,8 @@
-import type { GatewayStatus, AppStatus } from '../api/wire.ts';
+import type { GatewayStatus, AppStatus, FleetStatus } from '../api/wire.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 import { formatBytes, formatTable, formatUptime } from './table.ts';
 
-export const STATUS_USAGE = 'berth status [app] [--check] [--json] [--socket PATH | --config F]';
+export const STATUS_USAGE = 'berth status [app] [--check] [--json] [--fleet] [--socket PATH | --config F]';
 
 /**
  * `berth status [app]`: apps, modes, releases and every instance. With `--check` it is also a probe for
@@ -10,9 +10,16 @@ export const STATUS_USAGE = 'berth status [app] [--check] [--json] [--socket PAT
  * Health is the gateway's own verdict (`healthy` and `reasons` in the status), the rule `/v1/ready` uses.
  */
 export async function status(args: string[]): Promise<number> {
-  const { values, positionals } = parse(args, { ...CLIENT_OPTIONS, check: { type: 'boolean', default: false } }, true);
+  const { values, positionals } = parse(args, { ...CLIENT_OPTIONS, check: { type: 'boolean', default: false }, fleet: { type: 'boolean', default: false } }, true);
   if (positionals.length > 1) throw new UsageError(`expected at most one app name, got ${positionals.length}`);
+  if (values.fleet && positionals.length > 0) throw new UsageError('--fleet lists every node; it takes no app name');
   const client = await clientFor(values);
+  if (values.fleet) {
+    const f = await client.call<FleetStatus>('GET', '/v1/fleet');
+    process.stdout.write(values.json ? JSON.stringify(f, null, 2) + '\n' : formatFleet(f) + '\n');
+    // --check: every node that should serve (not stopped) is up and converged.
+    return values.check && f.nodes.some((n) => n.state === 'lost' || (n.state === 'running' && !n.converged)) ? 1 : 0;
+  }
   if (positionals.length === 1) {
     const app = await client.call<AppStatus>('GET', `/v1/apps/${encodeURIComponent(positionals[0])}`);
     process.stdout.write(values.json ? JSON.stringify(app, null, 2) + '\n' : formatApp(app) + '\n');
@@ -43,6 +50,32 @@ function checkHealth(apps: readonly AppStatus[]): number {
     process.stderr.write(`berth status: ${a.name} is unhealthy: ${why || 'no reason given'}\n`);
   }
   return unhealthy.length === 0 ? 0 : 1;
+}
+
+/** `berth status --fleet`: one line per node, then what each serves of each app. */
+export function formatFleet(f: FleetStatus): string {
+  const lines: string[] = [];
+  lines.push(f.fleet ? `fleet of ${f.nodes.length} node${f.nodes.length === 1 ? '' : 's'}  (this node: ${f.node}, node_timeout ${Math.round(f.nodeTimeoutMs / 1000)}s)` : `not a fleet: the state store is SQLite (this node: ${f.node})`);
+  if (f.desired.length > 0) {
+    lines.push('', 'desired:');
+    lines.push(formatTable(['app', 'release', 'mode', 'reloads'], f.desired.map((d) => [d.app, d.release ?? '-', d.mode, d.reloads]), '  '));
+  }
+  lines.push('');
+  const rows = f.nodes.map((n) => [
+    n.node + (n.self ? ' *' : ''),
+    n.state,
+    `${formatUptime(n.heartbeatAgeMs)} ago`,
+    n.state === 'running' ? (n.converged ? 'yes' : 'NO') : '-',
+    n.version,
+    n.pid,
+  ]);
+  lines.push(formatTable(['node', 'state', 'heartbeat', 'converged', 'version', 'pid'], rows));
+  for (const n of f.nodes) {
+    if (n.apps.length === 0) continue;
+    lines.push('', `${n.node}:`);
+    lines.push(formatTable(['app', 'release', 'mode', 'converged', 'error'], n.apps.map((a) => [a.app, a.release ?? '-', a.mode, a.converged ? 'yes' : 'NO', a.error ?? '']), '  '));
+  }
+  return lines.join('\n');
 }
 
 function formatApp(app: AppStatus): string {

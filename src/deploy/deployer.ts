@@ -50,6 +50,32 @@ export interface DeployHost {
    * sockets end) and returns how many. Optional: a host without a front door has none.
    */
   closeUpgrades?(gen: Generation): number;
+  /** A reload was applied here: the app's generation now counts `reloads` (the fleet's reload count). */
+  reloaded?(app: string, reloads: number): void;
+}
+
+/**
+ * Where a fleet's deploy locks live (fleet/deploy-locks.ts): one deploy, rollback or reload per app in
+ * the whole fleet. Without it (one gateway) the deployer's own map is the only lock.
+ */
+export interface DeployLocks {
+  /** Takes the app's lock; throws BERTH_E_CONFLICT naming the node that holds it, or BERTH_E_STORE. */
+  acquire(app: string): Promise<void>;
+  /** Lets go of it; never throws (a failure is retried later). */
+  release(app: string): void;
+}
+
+/**
+ * A fleet node converging on what another node deployed (fleet/convergence.ts): the release is the
+ * fleet's, so this deploy writes nothing of it (states, the active release, the reload count) and
+ * takes no lock; it only makes this node serve it.
+ */
+export interface FollowTarget {
+  /** The fleet's reload count this deploy brings the node to. */
+  reloads: number;
+  /** deploy: the release id to make, and the revision its source must give. */
+  releaseId?: string;
+  revision?: string | null;
 }
 
 export interface DeployRequest {
@@ -66,6 +92,10 @@ export interface DeployRequest {
    * of after wait_healthy.
    */
   boot?: boolean;
+  /** Converging on the fleet's desired state (see FollowTarget). */
+  follow?: FollowTarget;
+  /** Set by `start`: the fleet lock is held, and a reload counts for every node. */
+  fleet?: boolean;
 }
 
 type Listener = (event: DeployEvent | null) => void;
@@ -89,6 +119,10 @@ export class Deploy {
   readonly requested: string | null;
   /** The first deploy at gateway start (see DeployRequest.boot). */
   readonly boot: boolean;
+  readonly follow: FollowTarget | null;
+  readonly fleet: boolean;
+  /** The node it runs on (the store's), so a live deploy reads the same as its row. */
+  node: string | null = null;
   /** Aborted when the gateway shuts down: kills a running build or release command. */
   readonly abort = new AbortController();
   releaseId: string | null = null;
@@ -112,6 +146,8 @@ export class Deploy {
     if (req.kind === 'deploy' && req.source) fetchSources.set(this, req.source);
     this.requested = req.release ?? null;
     this.boot = req.boot === true;
+    this.follow = req.follow ?? null;
+    this.fleet = req.fleet === true;
     this.createdAt = new Date().toISOString();
     this.done = new Promise((r) => (this.#resolveDone = r));
   }
@@ -155,6 +191,7 @@ export class Deploy {
       logTail: this.logTail,
       createdAt: this.createdAt,
       finishedAt: this.finishedAt,
+      node: this.node,
     };
   }
 }
@@ -186,6 +223,8 @@ export interface DeployerOptions {
   baseEnv?: Record<string, string | undefined>;
   /** Who runs an app's build and release commands and owns its new releases (app-user.ts). Default: the gateway's user. */
   appUser?: (app: AppConfig) => AppUser;
+  /** A fleet's deploy locks; without them the deployer's own map is the only lock. */
+  locks?: DeployLocks;
 }
 
 export class Deployer {
@@ -196,6 +235,9 @@ export class Deployer {
   #stateDir: string;
   #baseEnv: Record<string, string | undefined>;
   #appUser: (app: AppConfig) => AppUser;
+  #locks: DeployLocks | null;
+  /** Apps whose `start` is taking the fleet lock. */
+  #starting = new Set<string>();
   #running = new Map<string, Deploy>();
   #recent = new Map<string, Deploy>();
   /** Every deploy's whole run, up to its last store write (which comes after `done` resolves). */
@@ -210,6 +252,7 @@ export class Deployer {
     this.#stateDir = opts.stateDir;
     this.#baseEnv = opts.baseEnv ?? process.env;
     this.#appUser = opts.appUser ?? gatewayUser;
+    this.#locks = opts.locks ?? null;
   }
 
   /** The deploy running for an app now, if any. */
@@ -227,13 +270,39 @@ export class Deployer {
   }
 
   /**
-   * Starts a deploy, rollback or reload and returns at once; the work goes on in the gateway.
-   * Throws 404 for an unknown app and 409 (with the running deploy's id) when one is already running.
+   * A deploy, rollback or reload asked for by someone (the control API, a first deploy): in a fleet it
+   * takes the app's fleet-wide lock first, so it is the fleet's one change of the app, and its outcome
+   * becomes every node's desired state. Then as `begin`. Throws as `begin` does, and 409 naming the node
+   * whose deploy holds the lock.
+   */
+  async start(app: string, req: DeployRequest): Promise<Deploy> {
+    if (!this.#locks) return this.begin(app, req);
+    this.#checkFree(app);
+    if (!this.#host.deployable(app)) throw new BerthError(ErrorCodes.notFound, `no app named "${app}"`);
+    this.#starting.add(app);
+    try {
+      await this.#locks.acquire(app);
+    } finally {
+      this.#starting.delete(app);
+    }
+    try {
+      return this.begin(app, { ...req, fleet: true });
+    } catch (err) {
+      this.#locks.release(app);
+      throw err;
+    }
+  }
+
+  /**
+   * Starts a deploy, rollback or reload on this node and returns at once; the work goes on in the
+   * gateway. Throws 404 for an unknown app and 409 (with the running deploy's id) when one is already
+   * running.
    */
   begin(app: string, req: DeployRequest): Deploy {
     if (this.#stopping) throw new BerthError(ErrorCodes.unavailable, 'the gateway is shutting down');
     const target = this.#host.deployable(app);
     if (!target) throw new BerthError(ErrorCodes.notFound, `no app named "${app}"`);
+    if (!req.fleet) this.#checkFree(app);
     const running = this.#running.get(app);
     if (running) {
       throw new BerthError(ErrorCodes.conflict, `a ${running.kind} of ${app} is already running: ${running.id}`, { details: { running: running.id } });
@@ -243,6 +312,7 @@ export class Deployer {
       throw new BerthError(ErrorCodes.badRequest, `app ${app} has no source configured; name one: berth deploy ${app} <source>`);
     }
     const deploy = new Deploy(app, req);
+    deploy.node = this.#store.node;
     this.#running.set(app, deploy);
     this.#recent.set(deploy.id, deploy);
     if (this.#recent.size > RECENT_LIMIT) this.#recent.delete(this.#recent.keys().next().value!);
@@ -252,6 +322,13 @@ export class Deployer {
     });
     this.#work.add(work);
     return deploy;
+  }
+
+  /** Throws 409 when a deploy of the app runs here or is being started. */
+  #checkFree(app: string): void {
+    const running = this.#running.get(app);
+    if (running) throw new BerthError(ErrorCodes.conflict, `a ${running.kind} of ${app} is already running: ${running.id}`, { details: { running: running.id } });
+    if (this.#starting.has(app)) throw new BerthError(ErrorCodes.conflict, `a deploy of ${app} is being started`);
   }
 
   /**
@@ -265,9 +342,12 @@ export class Deployer {
     await Promise.race([Promise.allSettled([...this.#work]), new Promise((r) => setTimeout(r, deadlineMs).unref())]);
   }
 
-  /** On start: deploys a killed gateway left running are marked `interrupted`. */
+  /**
+   * On start: deploys a killed gateway left running are marked `interrupted`: this node's, and those
+   * that name no node (recorded before deploys named theirs). Another node's running deploy is its own.
+   */
   async recoverInterrupted(): Promise<string[]> {
-    const stale = await this.#store.listDeploys({ state: 'running' });
+    const stale = (await this.#store.listDeploys({ state: 'running', limit: 1000 })).filter((d) => d.node == null || d.node === this.#store.node);
     for (const d of stale) {
       await this.#store.updateDeploy(d.id, { state: 'interrupted', finishedAt: new Date().toISOString(), error: 'the gateway stopped while this ran' });
       if (d.kind === 'deploy' && d.releaseId) {
@@ -297,7 +377,8 @@ export class Deployer {
         const prepared = await this.#step(deploy, 'prepare', async () => {
           const user = this.#appUser(app); // an unknown user or group fails the deploy here, naming it
           await prepareAppDirs(target.releases.appDir, user, app.shared);
-          const r = await target.releases.prepare(source);
+          const follow = deploy.follow;
+          const r = await target.releases.prepare(source, follow?.releaseId ? { id: follow.releaseId, revision: follow.revision ?? null } : undefined);
           await ownRelease(r.dir, user);
           return { value: r, message: `release ${r.id} from ${r.source}` };
         });
@@ -352,7 +433,8 @@ export class Deployer {
     } catch (err) {
       // Cleaned up before the deploy is reported failed, so whoever watches it sees the end state.
       if (gen) await this.#supervisor.stopGeneration(gen).catch((e) => log.error({ err: errorMessage(e) }, 'cannot stop the failed generation'));
-      if (madeRelease) await target.releases.markFailed(madeRelease).catch(() => {});
+      // A release this node made to follow the fleet is the fleet's: one node failing to make it says nothing of it.
+      if (madeRelease && !deploy.follow) await target.releases.markFailed(madeRelease).catch(() => {});
       await this.#fail(deploy, err, log);
       return;
     }
@@ -361,9 +443,15 @@ export class Deployer {
     try {
       await this.#step(deploy, 'current', async () => {
         await target.releases.activate(releaseId);
+        if (deploy.follow) {
+          this.#host.reloaded?.(app.name, deploy.follow.reloads);
+          return { value: undefined, message: `current -> releases/${releaseId} (following the fleet)` };
+        }
         await this.#store.setActiveRelease(app.name, releaseId);
         await this.#store.setReleaseState(app.name, releaseId, 'active');
         await this.#markPrevious(app.name, releaseId);
+        // A reload asked of the fleet is counted, and every node that counts fewer reloads its app.
+        if (deploy.kind === 'reload' && deploy.fleet) this.#host.reloaded?.(app.name, await this.#store.requestReload(app.name));
         return { value: undefined, message: `current -> releases/${releaseId}` };
       });
       if (old) {
@@ -389,16 +477,16 @@ export class Deployer {
       await this.#step(deploy, 'flush', async () => ({ value: undefined, status: 'skipped', message: app.cacheFlush ? 'cache_flush is configured, but this build has no flush providers yet: nothing was purged' : 'no cache_flush config' }));
       await this.#step(deploy, 'prune', async () => {
         const previous = old && old.releaseId !== releaseId ? old.releaseId : await this.#previousGood(app.name, releaseId);
-        const pruned = await target.releases.prune(releaseId, previous);
+        const pruned = await target.releases.prune(releaseId, previous, { record: !deploy.follow });
         // What a rollback would pick may have been pruned: the label follows it.
-        if (pruned.length > 0) await this.#markPrevious(app.name, releaseId);
+        if (pruned.length > 0 && !deploy.follow) await this.#markPrevious(app.name, releaseId);
         return { value: undefined, message: pruned.length ? `pruned ${pruned.join(', ')}` : 'nothing to prune' };
       });
       await this.#step(deploy, 'record', async () => ({ value: undefined, message: 'recorded' }));
       this.#unlock(deploy);
       deploy.finish('succeeded');
       await this.#store.updateDeploy(deploy.id, { state: 'succeeded', finishedAt: deploy.finishedAt });
-      log.info({ release: releaseId }, 'deploy succeeded');
+      log.info({ release: releaseId, follow: deploy.follow !== null }, 'deploy succeeded');
     } catch (err) {
       // The switch happened: the deploy is done for traffic, so what failed after it is recorded. The old
       // generation still gets no new requests: drain and stop it anyway rather than leave it running.
@@ -416,7 +504,9 @@ export class Deployer {
    * follows one deploy to its end and starts the next at once is not refused with 409.
    */
   #unlock(deploy: Deploy): void {
-    if (this.#running.get(deploy.app) === deploy) this.#running.delete(deploy.app);
+    if (this.#running.get(deploy.app) !== deploy) return;
+    this.#running.delete(deploy.app);
+    if (deploy.fleet) this.#locks?.release(deploy.app);
   }
 
   async #pickRelease(deploy: Deploy, target: DeployableApp): Promise<{ id: string; dir: string }> {
@@ -435,8 +525,9 @@ export class Deployer {
     }
     const record = await this.#store.getRelease(app, id);
     const dir = await target.releases.dirOf(id);
-    // A failed release keeps its state once pruned (ReleaseStore.prune); say both.
-    if (deploy.kind === 'rollback' && record?.state === 'failed') throw new StepFailure('release', `release ${id} of ${app} failed${dir ? '' : ' and was pruned'}; it cannot be rolled back to`);
+    // A failed release keeps its state once pruned (ReleaseStore.prune); say both. A node following the
+    // fleet goes where the fleet went.
+    if (deploy.kind === 'rollback' && record?.state === 'failed' && !deploy.follow) throw new StepFailure('release', `release ${id} of ${app} failed${dir ? '' : ' and was pruned'}; it cannot be rolled back to`);
     if (!dir) throw new StepFailure('release', `release ${id} of ${app} does not exist${record?.state === 'pruned' ? ' (pruned)' : ''}`);
     return { id, dir };
   }

@@ -91,13 +91,18 @@ export class ReleaseStore {
    * renamed into place when complete, so `releases/<id>` never exists half-made. Throws BERTH_E_RELEASE
    * naming the cause (missing source, bad archive, entry escaping the release dir, git failure) and
    * removes what it made.
+   *
+   * `fixed`: a fleet node making a release another node made (fleet/convergence.ts). The release gets
+   * that id, its source must give that revision (else BERTH_E_RELEASE says both), and nothing is
+   * recorded: the release's row is the fleet's, written by the node that made it first.
    */
-  async prepare(source: string): Promise<PreparedRelease> {
+  async prepare(source: string, fixed?: { id: string; revision: string | null }): Promise<PreparedRelease> {
     const parsed = parseSource(source);
     // What is logged and stored: credentials in a git URL never are (src/lib/redact.ts).
     const recorded = redactText(parsed.kind === 'git' ? (parsed.local ? `${parsed.url}#${parsed.ref}` : source.trim()) : parsed.path);
     const now = new Date();
-    const id = this.newReleaseId(now);
+    if (fixed && !RELEASE_ID_RE.test(fixed.id)) throw new BerthError(ErrorCodes.release, `"${fixed.id}" is not a release id`);
+    const id = fixed?.id ?? this.newReleaseId(now);
     const final = join(this.#releasesDir, id);
     const staging = join(this.#releasesDir, `.${id}.partial`);
     const started = Date.now();
@@ -115,6 +120,9 @@ export class ReleaseStore {
         },
       });
       revision = fetched.revision ?? (await treeHash(staging));
+      if (fixed?.revision && fixed.revision !== revision) {
+        throw new BerthError(ErrorCodes.release, `source ${recorded} gives revision ${revision} here, but release ${id} of the fleet is revision ${fixed.revision}: deploy a tag or commit rather than a branch that moves, and keep a shared source unchanged while the fleet converges`);
+      }
       await writeRevision(staging, revision);
       await rename(staging, final);
     } catch (err) {
@@ -126,7 +134,7 @@ export class ReleaseStore {
     let dir: string;
     try {
       dir = await realpath(final);
-      await this.#store.putRelease({ app: this.#app.name, id, createdAt: now.toISOString(), state: 'building', source: recorded, revision });
+      if (!fixed) await this.#store.putRelease({ app: this.#app.name, id, createdAt: now.toISOString(), state: 'building', source: recorded, revision });
     } catch (err) {
       await rm(final, { recursive: true, force: true });
       throw asReleaseError(`cannot record release ${id}`, err);
@@ -211,7 +219,7 @@ export class ReleaseStore {
    * ones, which stay 'failed'; every removed release that has a row gets `prunedAt`, so a failed one
    * reads `failed, pruned` in `berth releases`. Returns the pruned ids, newest first.
    */
-  async prune(activeId: string, previousId: string | null): Promise<string[]> {
+  async prune(activeId: string, previousId: string | null, opts: { record?: boolean } = {}): Promise<string[]> {
     let names: string[];
     try {
       names = await readdir(this.#releasesDir);
@@ -253,7 +261,8 @@ export class ReleaseStore {
       // must go on saying so once its directory is gone. Rollback refuses it either way. The state is
       // written before the time, so a crash between the two leaves a row like an older gateway's
       // (`pruned`, no time) rather than a live state with a time.
-      if (state !== undefined) {
+      // A fleet node following another's deploys prunes its own directories only: the rows are the fleet's.
+      if (state !== undefined && opts.record !== false) {
         if (state !== 'failed') await this.#store.setReleaseState(this.#app.name, id, 'pruned');
         await this.#store.setReleasePrunedAt(this.#app.name, id, new Date().toISOString());
       }

@@ -12,7 +12,8 @@ import type { AppState, Store } from '../store/store.ts';
 import { ReleaseStore } from '../deploy/release-store.ts';
 import { resolveProcesses } from '../deploy/procfile.ts';
 import { ReloadTrigger } from '../deploy/reload-trigger.ts';
-import type { Deployer, DeployableApp } from '../deploy/deployer.ts';
+import type { Deploy, Deployer, DeployableApp } from '../deploy/deployer.ts';
+import { FLEET_USER, followRequest } from '../fleet/convergence.ts';
 import type { Generation, Supervisor } from '../supervisor/supervisor.ts';
 import { isRoot, type AppUser } from '../supervisor/app-user.ts';
 import { DEFAULT_PERMISSIONS_ENVIRONMENT } from '../api/auth.ts';
@@ -22,6 +23,9 @@ import type { TaskTarget } from '../scheduler/scheduler.ts';
 import { audited, deployEnd, type AuditWriter } from '../api/audit.ts';
 import type { AppPhase, GatewayState } from '../api/wire.ts';
 
+/** How long a node waits between looks while another node of the fleet makes an app's first release. */
+const FIRST_DEPLOY_WAIT_MS = 1_000;
+
 export interface AppRuntime extends DeployableApp {
   config: AppConfig;
   phase: AppPhase;
@@ -30,6 +34,8 @@ export interface AppRuntime extends DeployableApp {
   releases: ReleaseStore;
   active: Generation | null;
   mode: ModeState;
+  /** The fleet's reload count this node has applied (fleet/fleet.ts). */
+  reloads: number;
   readonly booting: boolean;
 }
 
@@ -91,6 +97,7 @@ export class Apps {
       releases: this.releasesOf(app),
       active: null,
       mode: { mode: saved?.mode ?? 'normal', message: saved?.modeMessage ?? null, retryAfter: saved?.modeRetryAfter ?? null },
+      reloads: saved?.reloads ?? 0,
     };
   }
 
@@ -172,6 +179,25 @@ export class Apps {
     return run;
   }
 
+  /**
+   * Shows a mode the fleet switched to on another node: from the next request on, as `setMode` does,
+   * without writing the store (the fleet's row says it already). Queued behind local switches.
+   */
+  applyMode(app: string, mode: ModeState): void {
+    this.#modeSwitches = this.#modeSwitches.then(() => {
+      const rt = this.#apps.get(app);
+      if (!rt) return;
+      rt.mode = mode;
+      this.rebuildTable();
+    });
+  }
+
+  /** DeployHost: a reload (or a follow of the fleet) brought the app to the fleet's reload count. */
+  reloaded(app: string, reloads: number): void {
+    const rt = this.#apps.get(app);
+    if (rt) rt.reloads = Math.max(rt.reloads, reloads);
+  }
+
   /** A new app's mode, as the store remembers it from an earlier life of the app. */
   async restoreMode(rt: AppRuntime): Promise<void> {
     const saved = await this.#store().getAppState(rt.config.name).catch(() => null);
@@ -213,11 +239,13 @@ export class Apps {
       await prepareAppDirs(rt.releases.appDir, user, app.shared);
       log.info({ user: user.name, uid: user.uid, gid: user.gid, from: user.from }, 'app user');
       const store = this.#store();
-      const saved = await store.getAppState(app.name);
+      const fleet = this.#opts.live.config().database !== null;
+      let saved = await store.getAppState(app.name);
       let release: { id: string; dir: string } | null = null;
       if (saved?.activeRelease) {
         const dir = await rt.releases.dirOf(saved.activeRelease);
         if (dir) release = { id: saved.activeRelease, dir };
+        else if (fleet && (await this.#follow(rt, saved, log))) return;
         else log.warn({ release: saved.activeRelease }, 'active release missing on disk');
       }
       release ??= await rt.releases.current();
@@ -226,7 +254,13 @@ export class Apps {
         // like any other, except that it switches as soon as its generation starts.
         if (!app.source) throw new BerthError(ErrorCodes.release, `app ${app.name} has no release yet and no source to make one from`);
         log.info({ source: redactText(app.source) }, 'first deploy of the app');
-        const d = this.#deployer().begin(app.name, { kind: 'deploy', source: app.source, user: 'berth-start', boot: true });
+        const d = await this.#firstDeploy(app, log);
+        if (d === null) {
+          // Another node of the fleet made the first release meanwhile: this one follows it.
+          saved = await store.getAppState(app.name);
+          if (saved && (await this.#follow(rt, saved, log))) return;
+          throw new BerthError(ErrorCodes.release, `app ${app.name} cannot follow the fleet's first release`);
+        }
         await audited(this.#opts.audit, { user: 'berth-start', channel: 'internal', action: 'deploy', app: app.name, target: d.id }, () => d.done, () => deployEnd(d));
         if (d.state !== 'succeeded' || !rt.active) {
           const tail = d.logTail.length ? `\n${d.logTail.join('\n')}` : '';
@@ -237,8 +271,12 @@ export class Apps {
       }
       const { processes } = await resolveProcesses(app, release.dir);
       if (this.#opts.live.state() !== 'running') return;
-      await store.setActiveRelease(app.name, release.id);
-      await store.setReleaseState(app.name, release.id, 'active').catch(() => {});
+      // In a fleet the store's active release is the fleet's: a node starting on an older one of its own
+      // (it could not make the fleet's) serves it without making it everyone's.
+      if (!fleet || !saved?.activeRelease || saved.activeRelease === release.id) {
+        await store.setActiveRelease(app.name, release.id);
+        await store.setReleaseState(app.name, release.id, 'active').catch(() => {});
+      }
       const gen = this.#opts.supervisor.startGeneration(app, release, processes);
       rt.active = gen;
       rt.phase = 'serving';
@@ -251,6 +289,49 @@ export class Apps {
       log.error({ err: rt.error }, 'app failed to boot');
       this.rebuildTable();
     }
+  }
+
+  /**
+   * The first deploy of an app, through the deployer's `start`: in a fleet it takes the app's fleet lock,
+   * so nodes starting together make one first release. Null when another node made it meanwhile (this
+   * one waited for its lock, and the store now names an active release).
+   */
+  async #firstDeploy(app: AppConfig, log: Logger): Promise<Deploy | null> {
+    let said = false;
+    for (;;) {
+      try {
+        return await this.#deployer().start(app.name, { kind: 'deploy', source: app.source, user: 'berth-start', boot: true });
+      } catch (err) {
+        if (!(err instanceof BerthError && err.code === ErrorCodes.conflict) || this.#opts.live.state() !== 'running') throw err;
+        if (!said) log.info({ err: errorMessage(err) }, 'another node makes the first release; waiting for it');
+        said = true;
+      }
+      await new Promise((r) => setTimeout(r, FIRST_DEPLOY_WAIT_MS));
+      if ((await this.#store().getAppState(app.name))?.activeRelease) return null;
+    }
+  }
+
+  /**
+   * Boots a fleet node's app on the fleet's active release, which this node does not have yet: it is
+   * made from its source like a first deploy (fleet/convergence.ts). Returns whether the app serves it;
+   * when it cannot be made, the boot goes on with what this node has, and the fleet tries again later.
+   */
+  async #follow(rt: AppRuntime, saved: AppState, log: Logger): Promise<boolean> {
+    const release = saved.activeRelease!;
+    try {
+      const record = await this.#store().getRelease(rt.config.name, release);
+      const d = this.#deployer().begin(rt.config.name, await followRequest(rt.config, rt.releases, record, release, saved.reloads, true));
+      log.info({ release, deploy: d.id }, 'making the fleet\'s active release');
+      await audited(this.#opts.audit, { user: FLEET_USER, channel: 'internal', action: d.kind, app: rt.config.name, target: d.id, detail: `following the fleet to ${release}` }, () => d.done, () => deployEnd(d));
+      if (d.state === 'succeeded' && rt.active) {
+        this.#awaitReady(rt.active, log);
+        return true;
+      }
+      log.error({ release, deploy: d.id, err: d.error }, 'cannot make the fleet\'s active release; starting on what this node has');
+    } catch (err) {
+      log.error({ release, err: errorMessage(err) }, 'cannot make the fleet\'s active release; starting on what this node has');
+    }
+    return false;
   }
 
   /**

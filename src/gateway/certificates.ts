@@ -13,7 +13,7 @@ import type { Store } from '../store/store.ts';
 import { AcmeManager, type AcmeManagerOptions } from '../tls/acme/acme-manager.ts';
 
 /** What the ACME manager tells besides its own work: what proxy worker threads must also serve and answer. */
-export type AcmeHooks = Pick<AcmeManagerOptions, 'onHttpTokens' | 'onManaged' | 'onAlpnChallenge'>;
+export type AcmeHooks = Pick<AcmeManagerOptions, 'onHttpTokens' | 'onManaged' | 'onAlpnChallenge' | 'fleet'>;
 import { CertificateStore } from '../tls/certificate-store.ts';
 import type { FrontDoorTls } from '../tls/front-door.ts';
 import type { CertificateRow } from '../tls/types.ts';

@@ -41,7 +41,7 @@ export class StatusReport {
   }
 
   /** The whole picture for `berth status` and `GET /v1/status`. */
-  status(): GatewayStatus {
+  status(): Omit<GatewayStatus, 'node'> {
     const { live, proxy, apps } = this.#src;
     const c = live.config();
     const s = live.state();
@@ -127,6 +127,7 @@ export class StatusReport {
       target: r.target,
       outcome: r.outcome,
       detail: r.detail,
+      node: r.node ?? null,
     }));
   }
 

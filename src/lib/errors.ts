@@ -80,6 +80,8 @@ const STATUS_BY_CODE: Record<string, number> = {
   [ErrorCodes.timeout]: 408,
   // The gateway is shutting down or a dependency is not there: try again (not a server bug).
   [ErrorCodes.unavailable]: 503,
+  // The state store could not answer (PostgreSQL down): the change was refused; try again once it is back.
+  [ErrorCodes.store]: 503,
 };
 
 /** The control API's single mapping from error to HTTP status. Unknown errors are 500. */

@@ -36,6 +36,12 @@ export class CleanupJob {
     const runs = await this.#store.deleteTaskRunsBefore(cut);
     const audit = await this.#store.deleteAuditBefore(cut);
     out(`deleted ${deploys} deploy(s), ${runs} task run(s) and ${audit} audit row(s) from before ${cut}`);
+    // A fleet's claims of scheduled times are only needed while their time is due.
+    const claims = await this.#store.deleteClaimsBefore(cut);
+    if (claims > 0) out(`deleted ${claims} fleet claim(s) of scheduled runs`);
+    // A node silent for the whole retention is gone for good: it leaves `berth status --fleet`.
+    const nodes = await this.#store.deleteNodesBefore(cut);
+    if (nodes > 0) out(`deleted ${nodes} fleet node(s) silent since before ${cut}`);
     const failures: string[] = [];
     for (const app of this.#apps) {
       if (signal.aborted) throw new Error('cleanup stopped before it was done');

@@ -51,6 +51,11 @@ export interface SchedulerOptions {
   onProcess?: ProcessHook;
   /** Between SIGTERM and SIGKILL when a run is killed; default TASK_KILL_GRACE_MS. */
   killGraceMs?: number;
+  /**
+   * A fleet (FleetStore.claimOnce): a scheduled time runs on the one node that claims it first, so a
+   * fleet of N nodes runs each entry once, not N times. Without it every time runs here.
+   */
+  claim?: (key: string) => Promise<boolean>;
 }
 
 /** A one-off run request (`POST /v1/apps/:app/run`): a command, or the command of a process type. */
@@ -109,6 +114,8 @@ export class Scheduler {
   #running = new Map<string, Set<TaskRun>>();
   #stopping: Promise<void> | null = null;
 
+  #claim: ((key: string) => Promise<boolean>) | null;
+
   constructor(opts: SchedulerOptions) {
     this.#config = opts.config;
     this.#store = opts.store;
@@ -119,6 +126,7 @@ export class Scheduler {
     this.#appUser = opts.appUser ?? gatewayUser;
     this.#onProcess = opts.onProcess ?? null;
     this.#killGraceMs = opts.killGraceMs;
+    this.#claim = opts.claim ?? null;
   }
 
   get state(): SchedulerState {
@@ -275,8 +283,8 @@ export class Scheduler {
   #add(app: string | null, entry: ScheduleConfig, startAt: Date): void {
     const key = `${app ?? ''}\0${entry.name}`;
     try {
-      const job = new Cron(entry.cron, { timezone: entry.timezone ?? undefined, startAt, unref: true, catch: (err) => this.#log.error({ app, task: entry.name, err: errorMessage(err) }, 'scheduled run failed to start') }, () =>
-        this.#fire(app, entry),
+      const job: Cron = new Cron(entry.cron, { timezone: entry.timezone ?? undefined, startAt, unref: true, catch: (err) => this.#log.error({ app, task: entry.name, err: errorMessage(err) }, 'scheduled run failed to start') }, () =>
+        this.#claimed(app, entry, job),
       );
       this.#planned.set(key, { app, entry, job });
     } catch (err) {
@@ -303,6 +311,24 @@ export class Scheduler {
     } catch {
       return null;
     }
+  }
+
+  /**
+   * A cron time came. In a fleet only the node that claims this entry's time runs it (the others log
+   * nothing more); a claim the store cannot answer runs nothing rather than maybe twice.
+   */
+  #claimed(app: string | null, entry: ScheduleConfig, job: Cron): void {
+    const claim = this.#claim;
+    if (claim === null) return this.#fire(app, entry);
+    // The time it was due, to the second: every node's cron gives the same one (clocks kept in time).
+    const due = new Date(Math.floor((job.currentRun() ?? new Date()).getTime() / 1000) * 1000).toISOString();
+    claim(`schedule:${app ?? ''}:${entry.name}:${due}`).then(
+      (mine) => {
+        if (mine) this.#fire(app, entry);
+        else this.#log.debug({ app, task: entry.name, due }, 'scheduled run claimed by another node');
+      },
+      (err: unknown) => this.#log.error({ app, task: entry.name, due, err: errorMessage(err) }, 'scheduled run not started: the fleet could not agree which node runs it'),
+    );
   }
 
   /** A cron time came: run the entry, or record a skipped run while the previous one still goes. */

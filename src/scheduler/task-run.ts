@@ -184,6 +184,8 @@ export class TaskRun {
       durationMs: this.#state === 'running' ? null : this.#durationMs,
       output: this.#tail.text(),
       error: this.#error,
+      // The node it runs on, as the store records it: a live run reads the same as its row.
+      node: this.#store.node,
     };
   }
 

@@ -14,6 +14,8 @@ import type { Store } from '../store/store.ts';
  * reused, so a group is only killed when its leader still carries the app's BERTH_APP in its environment.
  */
 export async function reapOrphans(store: Pick<Store, 'listProcesses' | 'removeProcess'>, log: Logger): Promise<void> {
+  // The store lists this node's groups only (and, on SQLite, those an older gateway recorded): another
+  // fleet node's groups, on this machine or another, are never touched.
   for (const p of await store.listProcesses()) {
     if (p.gatewayPid !== process.pid && isBerthProcess(p.pgid, p.app)) {
       try {

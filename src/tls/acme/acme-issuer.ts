@@ -9,6 +9,7 @@ import type { Client } from 'acme-client';
 import { BerthError, ErrorCodes, errorMessage } from '../../lib/errors.ts';
 import type { Logger } from '../../lib/logger.ts';
 import type { AcmeStore } from '../../store/store.ts';
+import { SHARE_SETTLE_MS, type AcmeFleet } from './fleet-share.ts';
 import type { PemPair } from '../types.ts';
 import { tlsContextOptions } from '../server-options.ts';
 
@@ -48,6 +49,8 @@ export interface AcmeIssuerOptions {
   onHttpTokens?: (tokens: [string, string][]) => void;
   /** Told when a TLS-ALPN-01 challenge certificate is made for a host (null: its challenge is over). */
   onAlpnChallenge?: (host: string, pem: PemPair | null) => void;
+  /** A fleet: answers are handed to every node, which the CA may ask instead of this one. */
+  fleet?: AcmeFleet | null;
 }
 
 /** A certificate as the CA issued it, with the key made for it. */
@@ -195,30 +198,61 @@ export class AcmeIssuer {
   }
 
   async #answer(host: string, type: string, token: string, keyAuthorization: string): Promise<void> {
+    const fleet = this.#opts.fleet ?? null;
     if (type === 'http-01') {
-      this.#tokens.set(token, keyAuthorization);
-      this.#tokensChanged();
+      this.answerShared(`http-01:${token}`, keyAuthorization);
+      await fleet?.share(`http-01:${token}`, keyAuthorization);
     } else if (type === 'tls-alpn-01') {
       const acmeCrypto = (await this.#module()).crypto;
       const alpnKey = await acmeCrypto.createPrivateEcdsaKey('P-256');
       const [, cert] = await acmeCrypto.createAlpnCertificate({ identifier: { type: 'dns', value: host } } as Parameters<AcmeModule['crypto']['createAlpnCertificate']>[0], keyAuthorization, alpnKey);
-      this.#alpn.set(host, createSecureContext({ ...tlsContextOptions(), key: alpnKey, cert }));
-      // A throwaway key made for this one validation: proxy worker threads answer it too.
-      this.#opts.onAlpnChallenge?.(host, { certificate: cert.toString('utf8'), key: alpnKey.toString('utf8') });
+      // A throwaway key made for this one validation: proxy worker threads, and a fleet's nodes, answer it too.
+      const pem: PemPair = { certificate: cert.toString('utf8'), key: alpnKey.toString('utf8') };
       alpnKey.fill(0);
+      this.answerShared(`tls-alpn-01:${host}`, JSON.stringify(pem));
+      await fleet?.share(`tls-alpn-01:${host}`, JSON.stringify(pem));
     } else {
       throw new Error(`the CA offered no ${this.#opts.challenge} challenge (got ${type})`);
     }
-    this.#log.debug({ host, challenge: type }, 'ACME challenge ready');
+    // The other nodes hear of the answer through the store's notifications: give them a moment.
+    if (fleet) await new Promise((r) => setTimeout(r, SHARE_SETTLE_MS));
+    this.#log.debug({ host, challenge: type, fleet: fleet !== null }, 'ACME challenge ready');
   }
 
   #forget(host: string, type: string, token: string): void {
-    if (type === 'http-01') {
-      this.#tokens.delete(token);
+    const key = type === 'http-01' ? `http-01:${token}` : `tls-alpn-01:${host}`;
+    this.answerShared(key, null);
+    this.#opts.fleet?.unshare(key).catch((err: unknown) => this.#log.warn({ host, err: errorMessage(err) }, 'ACME answer not removed from the store'));
+  }
+
+  /**
+   * Starts (or, with null, stops) answering a challenge: this node's own, or one another node of the
+   * fleet shared (`http-01:<token>` with the key authorization, `tls-alpn-01:<host>` with the challenge
+   * certificate and key as JSON). Something that is neither is ignored: it came from the store.
+   */
+  answerShared(key: string, value: string | null): void {
+    const colon = key.indexOf(':');
+    const kind = key.slice(0, colon);
+    const name = key.slice(colon + 1);
+    if (kind === 'http-01') {
+      if (value === null) this.#tokens.delete(name);
+      else this.#tokens.set(name, value);
       this.#tokensChanged();
-    } else {
-      this.#alpn.delete(host);
-      this.#opts.onAlpnChallenge?.(host, null);
+    } else if (kind === 'tls-alpn-01') {
+      if (value === null) {
+        this.#alpn.delete(name);
+        this.#opts.onAlpnChallenge?.(name, null);
+        return;
+      }
+      let pem: PemPair;
+      try {
+        pem = JSON.parse(value) as PemPair;
+        this.#alpn.set(name, createSecureContext({ ...tlsContextOptions(), key: pem.key, cert: pem.certificate }));
+      } catch (err) {
+        this.#log.warn({ host: name, err: errorMessage(err) }, 'shared TLS-ALPN-01 answer not usable');
+        return;
+      }
+      this.#opts.onAlpnChallenge?.(name, pem);
     }
   }
 

@@ -21,6 +21,7 @@ import type { AcmeCertificateRecord, AcmeStore } from '../../store/store.ts';
 import { Certificate } from '../certificate.ts';
 import type { CertificateStore } from '../certificate-store.ts';
 import { AcmeIssuer, type AcmeChallenge } from './acme-issuer.ts';
+import { ORDER_ELSEWHERE_RECHECK_MS, type AcmeFleet } from './fleet-share.ts';
 import { OnDemandGate, type OnDemandLimits } from './on-demand-gate.ts';
 import { isDnsName } from './dns-name.ts';
 import { nextRenewal, retryDelay, type RetryPolicy } from './renewal.ts';
@@ -76,6 +77,8 @@ export interface AcmeManagerOptions {
   random?: () => number;
   /** acme-client's first poll delay (tests shorten it). */
   pollMinMs?: number;
+  /** A fleet (fleet-share.ts): one node orders each host, every node serves it and answers its challenges. */
+  fleet?: AcmeFleet | null;
 }
 
 /** One row of `status()`: a host berth holds (or is trying to hold) a certificate for. */
@@ -127,8 +130,10 @@ export class AcmeManager {
   #slots = ACME_CONCURRENT_ORDERS;
   #waiting: (() => void)[] = [];
   #stopped = false;
+  #fleet: AcmeFleet | null;
 
   constructor(opts: AcmeManagerOptions) {
+    this.#fleet = opts.fleet ?? null;
     this.directoryUrl = opts.directoryUrl ?? LETS_ENCRYPT_DIRECTORY;
     this.#clock = opts.clock ?? SYSTEM_CLOCK;
     this.#log = opts.logger;
@@ -148,6 +153,7 @@ export class AcmeManager {
       pollMinMs: opts.pollMinMs,
       onHttpTokens: opts.onHttpTokens,
       onAlpnChallenge: opts.onAlpnChallenge,
+      fleet: opts.fleet,
     });
     this.#onManaged = opts.onManaged ?? null;
     this.#gate = new OnDemandGate(opts.ask ?? null, opts.onDemand ?? {}, now);
@@ -245,6 +251,33 @@ export class AcmeManager {
     return pending;
   }
 
+  /**
+   * Another node of the fleet saved a certificate for `host` (the store said so): served here when it is
+   * one this node holds and newer than what it serves. Never throws.
+   */
+  async certificateChanged(host: string): Promise<void> {
+    const state = this.#hosts.get(normalise(host));
+    if (!state || this.#stopped) return;
+    const record = await this.#store.getCertificate(state.host).catch(() => null);
+    if (!record || record.directory !== this.directoryUrl || Date.parse(record.notAfter) <= state.notAfter) return;
+    if (this.#hosts.get(state.host) === state && this.#adopt(state, record)) {
+      state.failures = 0;
+      state.lastError = null;
+      state.lastErrorAt = null;
+      this.#publish(state);
+    }
+  }
+
+  /** Another node shared (or withdrew) a challenge answer: this node answers it too. Never throws. */
+  async challengeChanged(key: string): Promise<void> {
+    if (!this.#fleet || this.#stopped) return;
+    const value = await this.#fleet.read(key).catch((err: unknown) => {
+      this.#log.warn({ key, err: errorMessage(err) }, 'shared ACME answer not read');
+      return undefined;
+    });
+    if (value !== undefined) this.#issuer.answerShared(key, value);
+  }
+
   /** Every host held, by name. */
   status(): AcmeHostStatus[] {
     return [...this.#hosts.values()].sort((a, b) => (a.host < b.host ? -1 : 1)).map((s) => ({
@@ -334,6 +367,7 @@ export class AcmeManager {
   async #runOrder(state: HostState): Promise<void> {
     const { host } = state;
     await this.#acquire();
+    let locked = false;
     try {
       if (this.#stopped || this.#hosts.get(host) !== state) return;
       // Another node of a fleet (or an earlier run) may have renewed it already.
@@ -343,6 +377,23 @@ export class AcmeManager {
         if (due > this.#clock.now() && this.#adopt(state, stored)) return;
       }
       const renewing = state.certificate !== null;
+      // In a fleet one node orders a host; the others serve what it stores (certificateChanged), and look
+      // again in a while in case it died (its lock frees after node_timeout).
+      if (this.#fleet) {
+        const holder = await this.#fleet.lock(host);
+        if (holder !== null) {
+          this.#log.info({ host, node: holder }, 'ACME order left to the node ordering it');
+          this.#schedule(state, this.#clock.now() + ORDER_ELSEWHERE_RECHECK_MS);
+          return;
+        }
+        locked = true;
+        // It may have stored one between the check above and the lock.
+        const now = await this.#store.getCertificate(host).catch(() => null);
+        if (now && now.directory === this.directoryUrl && Date.parse(now.notAfter) > state.notAfter) {
+          const due = nextRenewal(Date.parse(now.notBefore), Date.parse(now.notAfter));
+          if (due > this.#clock.now() && this.#adopt(state, now)) return;
+        }
+      }
       this.#log.info({ host, renewing, directory: this.directoryUrl }, renewing ? 'ACME renewal started' : 'ACME order started');
       const issued = await this.#issuer.issue(host);
       // Kept even when the gateway is stopping (stop waits for orders under way): an issued certificate
@@ -376,6 +427,7 @@ export class AcmeManager {
       else this.#log.error(fields, 'ACME order failed');
       this.#publish(state);
     } finally {
+      if (locked) await this.#fleet?.unlock(host).catch((err: unknown) => this.#log.warn({ host, err: errorMessage(err) }, 'ACME order lock not let go of'));
       this.#release();
     }
   }
