@@ -155,8 +155,12 @@ async function start() {
   $('reload-config').hidden = !who.can.configReload;
   openStream();
   refreshHistory();
+  refreshFleet();
   clearInterval(state.historyTimer);
-  state.historyTimer = setInterval(refreshHistory, HISTORY_REFRESH_MS);
+  state.historyTimer = setInterval(() => {
+    refreshHistory();
+    refreshFleet();
+  }, HISTORY_REFRESH_MS);
 }
 
 // ---- live events ----------------------------------------------------------------------------------
@@ -430,6 +434,7 @@ async function refreshHistory() {
           'tr',
           { 'data-action': h.action, 'data-outcome': h.outcome },
           el('td', { text: time(h.at) }),
+          el('td', { text: h.node ?? '–' }),
           el('td', { text: h.app ?? '–' }),
           el('td', { text: h.action }),
           el('td', { text: h.user }),
@@ -441,6 +446,34 @@ async function refreshHistory() {
     );
   } catch (err) {
     if (err.status === 401) showLogin('Your session has ended; log in again.');
+  }
+}
+
+// ---- fleet ----------------------------------------------------------------------------------------
+
+/** The nodes on this gateway's database (shown only for a fleet: a gateway on SQLite is alone). */
+async function refreshFleet() {
+  if (!state.who) return;
+  try {
+    const fleet = await api('GET', 'v1/fleet');
+    $('fleet-section').hidden = !fleet.fleet;
+    if (!fleet.fleet) return;
+    $('fleet').tBodies[0].replaceChildren(
+      ...fleet.nodes.map((n) =>
+        el(
+          'tr',
+          { 'data-node': n.node, 'data-state': n.state },
+          el('td', { text: n.self ? `${n.node} (this node)` : n.node }),
+          el('td', {}, el('span', { class: `badge ${n.state === 'running' ? 'ok' : n.state === 'lost' ? 'failed' : 'refused'}`, text: n.state })),
+          el('td', { text: `${duration(n.heartbeatAgeMs)} ago` }),
+          el('td', { text: n.state !== 'running' ? '–' : n.converged ? 'yes' : 'no' }),
+          el('td', { class: 'wrap', text: n.apps.map((a) => `${a.app} ${a.release ?? '–'} ${a.mode}${a.error ? ` (${a.error})` : ''}`).join('; ') }),
+        ),
+      ),
+    );
+  } catch (err) {
+    if (err.status === 401) showLogin('Your session has ended; log in again.');
+    // The store may be away (503): the table keeps what it last showed.
   }
 }
 
