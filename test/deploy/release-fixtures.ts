@@ -6,7 +6,7 @@ import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdir, mkdtemp, readdir, realpath, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, realpath, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BerthError } from '../../src/lib/errors.ts';
@@ -15,12 +15,13 @@ import { SqliteStore } from '../../src/store/sqlite.ts';
 import { ReleaseStore } from '../../src/deploy/release-store.ts';
 import type { AppConfig } from '../../src/config/schema.ts';
 import { appConfig as baseAppConfig } from '../proxy/fixtures.ts';
+import { removeAfter } from '../helpers/cleanup.ts';
 
 const exec = promisify(execFile);
 
 export async function tempDir(t: TestContext): Promise<string> {
   const dir = await realpath(await mkdtemp(join(tmpdir(), 'berth-rel-')));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  removeAfter(t, dir);
   return dir;
 }
 

@@ -3,13 +3,14 @@
  * test/helpers/gateway.ts on purpose: the demo apps must stay testable without the gateway.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import { createServer, connect, type Socket } from 'node:net';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
+import { removeAfter } from '../helpers/cleanup.ts';
 
 export const EXAMPLES = resolve(dirname(fileURLToPath(import.meta.url)), '../../examples');
 
@@ -50,7 +51,7 @@ export function freePort(): Promise<number> {
 /** A temp dir removed after the test. */
 export async function tempDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'berth-ex-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  removeAfter(t, dir);
   return dir;
 }
 

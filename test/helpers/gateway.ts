@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile, mkdir, cp } from 'node:fs/promises';
+import { mkdtemp, writeFile, mkdir, cp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +16,7 @@ import YAML from 'yaml';
 import { loadConfig } from '../../src/config/load.ts';
 import { LoggerFactory } from '../../src/lib/logger.ts';
 import { Gateway, type GatewayOptions } from '../../src/gateway.ts';
+import { removeAfter } from './cleanup.ts';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const MAIN = join(ROOT, 'src/main.ts');
@@ -26,10 +27,7 @@ export const FIXTURE_WEB_COMMAND = `"${process.execPath}" server.mjs`;
 /** A temp dir removed after the test. Short, so unix socket paths stay under the 107-byte limit. */
 export async function tempDir(t: TestContext, prefix = 'berth-'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
-  // Hooks run in the order they were added, so a gateway made after this dir may still be writing in it:
-  // retry while its last files go. A failure must not throw: node:test would skip the hooks after this
-  // one, the gateway's stop among them, and the left-over process would keep the test file running.
-  t.after(() => rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 }).catch(() => {}));
+  removeAfter(t, dir);
   return dir;
 }
 

@@ -2,7 +2,7 @@
  * Shared pieces of the supervisor tests: normalised configs, temp dirs, real HTTP to instances,
  * polling with a deadline. Set BERTH_TEST_LOG=1 to see the supervisor's log lines on stderr.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +14,7 @@ import { silentLogger, type Logger } from '../../src/lib/logger.ts';
 import { Supervisor, type SupervisorOptions } from '../../src/supervisor/supervisor.ts';
 import type { Instance } from '../../src/supervisor/instance.ts';
 import { appConfig as baseAppConfig } from '../proxy/fixtures.ts';
+import { removeAfter } from '../helpers/cleanup.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const APP_FIXTURE = join(HERE, 'fixtures', 'app.mjs');
@@ -29,7 +30,7 @@ export function testLogger(): Logger {
 /** A temp dir removed after the test. Short, so socket paths fit. */
 export async function tempDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'bs-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  removeAfter(t, dir);
   return dir;
 }
 

@@ -12,10 +12,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BerthError } from '../../src/lib/errors.ts';
 import { LOCK_FILE, PID_FILE, StateLock, processStartTime } from '../../src/supervisor/state-lock.ts';
+import { removeAfter } from '../helpers/cleanup.ts';
 
 async function stateDir(t: TestContext): Promise<{ dir: string; socket: string }> {
   const dir = await mkdtemp(join(tmpdir(), 'berth-lock-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  removeAfter(t, dir);
   return { dir: join(dir, 'state'), socket: join(dir, 'state', 'control.sock') };
 }
 
