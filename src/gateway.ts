@@ -218,8 +218,9 @@ export class Gateway implements DeployHost, Control {
       const acme = () => this.#certificates?.frontDoor.acme ?? null;
       const onCertificate = (host: string) => void acme()?.certificateChanged(host);
       const onChallenge = (key: string) => void acme()?.challengeChanged(key);
+      const onReconnect = () => void acme()?.loadShared();
       const fleetLocks = locks ?? new FleetDeployLocks(store, () => this.#config.nodeTimeoutMs, fleetLog);
-      this.#fleet = new Fleet({ store, config: () => this.#config, host: fleetHost, locks: fleetLocks, audit: this.audit, logger: fleetLog, onCertificate, onChallenge });
+      this.#fleet = new Fleet({ store, config: () => this.#config, host: fleetHost, locks: fleetLocks, audit: this.audit, logger: fleetLog, onCertificate, onChallenge, onReconnect });
       // Heartbeating before this node takes any fleet lock (first deploys, ACME orders): a lock whose node
       // has no heartbeat counts as free.
       if (inFleet) await this.#fleet.start();
@@ -237,6 +238,7 @@ export class Gateway implements DeployHost, Control {
       const threadHooks = workers === null ? {} : { onHttpTokens: workers.setChallenges, onManaged: workers.setManaged, onAlpnChallenge: workers.setAlpnChallenge };
       const hooks = { ...threadHooks, fleet: inFleet ? new AcmeSharing(store, () => this.#config.nodeTimeoutMs) : null };
       this.#certificates = await GatewayCertificates.open(this.config, store, this.#loggers.get('tls'), hooks);
+      await this.#certificates?.frontDoor.acme?.loadShared();
       this.metrics.start();
       await this.#proxy.start(this.#certificates?.frontDoor ?? null);
       await this.#workers?.start(this.#table ?? this.#proxy.table, this.#certificates?.frontDoor ?? null);
@@ -352,8 +354,6 @@ export class Gateway implements DeployHost, Control {
     let stopMs = 0;
     for (const app of Object.values(this.config.apps)) stopMs = Math.max(stopMs, app.timeouts.stopMs);
     await this.#scheduler?.stop(stopMs || 10_000).catch(fail('scheduler stop'));
-    // Then the fleet: this node follows nothing more, and its row says it stopped (not lost).
-    await this.#fleet?.stop().catch(fail('fleet stop'));
     this.#healthFile.stop();
     this.#apps.stopTriggers();
     await this.#deployer?.stop(0);
@@ -365,6 +365,8 @@ export class Gateway implements DeployHost, Control {
     // A deploy still running ends now (its command was killed, its generation stopped): it must record
     // its end, and its audit row its outcome, before the store closes; and no command may outlive us.
     await this.#deployer?.stop(DEPLOY_END_WAIT_MS);
+    // Only now is this node's row `stopped` (its locks free): no deploy of it writes the fleet's state any more.
+    await this.#fleet?.stop().catch(fail('fleet stop'));
     this.#apps.markStopped();
     await this.#api.stop().catch(fail('api stop'));
     await this.#store?.close().catch(fail('store close'));

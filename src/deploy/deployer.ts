@@ -59,11 +59,17 @@ export interface DeployHost {
  * the whole fleet. Without it (one gateway) the deployer's own map is the only lock.
  */
 export interface DeployLocks {
-  /** Takes the app's lock; throws BERTH_E_CONFLICT naming the node that holds it, or BERTH_E_STORE. */
-  acquire(app: string): Promise<void>;
-  /** Lets go of it; never throws (a failure is retried later). */
-  release(app: string): void;
+  /**
+   * Takes the app's lock and returns the token of this taking; throws BERTH_E_CONFLICT naming the node
+   * that holds it, or BERTH_E_UNAVAILABLE when the store cannot answer.
+   */
+  acquire(app: string): Promise<string>;
+  /** Lets go of the taking `token` names; never throws (a failure is retried later). */
+  release(app: string, token: string): void;
 }
+
+/** Who the deploys, rollbacks and reloads a node makes to follow the fleet are recorded as. */
+export const FLEET_USER = 'fleet';
 
 /**
  * A fleet node converging on what another node deployed (fleet/convergence.ts): the release is the
@@ -94,8 +100,14 @@ export interface DeployRequest {
   boot?: boolean;
   /** Converging on the fleet's desired state (see FollowTarget). */
   follow?: FollowTarget;
-  /** Set by `start`: the fleet lock is held, and a reload counts for every node. */
+  /** Set by `start`: the fleet lock is held (this token names it), and the outcome is the fleet's. */
   fleet?: boolean;
+  lockToken?: string;
+  /**
+   * A fleet's first release of the app: once the lock is taken, refused (409) when the fleet has an
+   * active release by then (another node made it meanwhile).
+   */
+  firstRelease?: boolean;
 }
 
 type Listener = (event: DeployEvent | null) => void;
@@ -121,6 +133,7 @@ export class Deploy {
   readonly boot: boolean;
   readonly follow: FollowTarget | null;
   readonly fleet: boolean;
+  readonly lockToken: string | null;
   /** The node it runs on (the store's), so a live deploy reads the same as its row. */
   node: string | null = null;
   /** Aborted when the gateway shuts down: kills a running build or release command. */
@@ -148,6 +161,7 @@ export class Deploy {
     this.boot = req.boot === true;
     this.follow = req.follow ?? null;
     this.fleet = req.fleet === true;
+    this.lockToken = req.lockToken ?? null;
     this.createdAt = new Date().toISOString();
     this.done = new Promise((r) => (this.#resolveDone = r));
   }
@@ -276,20 +290,43 @@ export class Deployer {
    * whose deploy holds the lock.
    */
   async start(app: string, req: DeployRequest): Promise<Deploy> {
-    if (!this.#locks) return this.begin(app, req);
+    const locks = this.#locks;
+    if (!locks) return this.begin(app, req);
     this.#checkFree(app);
-    if (!this.#host.deployable(app)) throw new BerthError(ErrorCodes.notFound, `no app named "${app}"`);
+    const target = this.#host.deployable(app);
+    if (!target) throw new BerthError(ErrorCodes.notFound, `no app named "${app}"`);
     this.#starting.add(app);
+    let token: string;
     try {
-      await this.#locks.acquire(app);
+      token = await locks.acquire(app);
     } finally {
       this.#starting.delete(app);
     }
     try {
-      return this.begin(app, { ...req, fleet: true });
+      await this.#fleetCheck(app, req, target);
+      return this.begin(app, { ...req, fleet: true, lockToken: token });
     } catch (err) {
-      this.#locks.release(app);
+      locks.release(app, token);
       throw err;
+    }
+  }
+
+  /**
+   * What a fleet refuses once the lock is held: a first release when the fleet has one by now, and a
+   * reload on a node that does not serve the fleet's release (it would reload the wrong one).
+   */
+  async #fleetCheck(app: string, req: DeployRequest, target: DeployableApp): Promise<void> {
+    if (!req.firstRelease && req.kind !== 'reload') return;
+    let desired: string | null;
+    try {
+      desired = (await this.#store.getAppState(app))?.activeRelease ?? null;
+    } catch (err) {
+      throw new BerthError(ErrorCodes.unavailable, `cannot read the fleet's state of ${app}: ${errorMessage(err)}; nothing was changed`, { cause: err });
+    }
+    if (req.firstRelease && desired !== null) throw new BerthError(ErrorCodes.conflict, `the fleet has a release of ${app} now: ${desired}`);
+    const here = target.active?.releaseId ?? null;
+    if (req.kind === 'reload' && desired !== null && here !== desired) {
+      throw new BerthError(ErrorCodes.conflict, `this node serves release ${here ?? 'none'} of ${app}, not the fleet's ${desired}: it has not converged; reload from a node that has, or wait`);
     }
   }
 
@@ -350,7 +387,10 @@ export class Deployer {
     const stale = (await this.#store.listDeploys({ state: 'running', limit: 1000 })).filter((d) => d.node == null || d.node === this.#store.node);
     for (const d of stale) {
       await this.#store.updateDeploy(d.id, { state: 'interrupted', finishedAt: new Date().toISOString(), error: 'the gateway stopped while this ran' });
-      if (d.kind === 'deploy' && d.releaseId) {
+      if (d.kind === 'deploy' && d.releaseId && d.user === FLEET_USER) {
+        // A release this node was making to follow the fleet may be half built: it goes, and is made again.
+        await this.#host.deployable(d.app)?.releases.discard(d.releaseId).catch(() => {});
+      } else if (d.kind === 'deploy' && d.releaseId) {
         const rel = await this.#store.getRelease(d.app, d.releaseId);
         if (rel && (rel.state === 'building' || rel.state === 'ready')) await this.#store.setReleaseState(d.app, d.releaseId, 'failed');
       }
@@ -426,6 +466,11 @@ export class Deployer {
         return { value: undefined, message: 'every instance is ready' };
       });
       await this.#step(deploy, 'switch', async () => {
+        // A slow follow (a long build) may be overtaken: the fleet moved on, so this release is not switched to.
+        if (deploy.follow && deploy.kind !== 'reload') {
+          const now = (await this.#store.getAppState(app.name))?.activeRelease ?? null;
+          if (now !== release.id) throw new StepFailure('switch', `the fleet moved on to release ${now ?? 'none'} while this node made ${release.id}`);
+        }
         this.#host.switchTo(app.name, started);
         switched = true;
         return { value: undefined, message: old ? `${old.releaseId} -> ${release.id}` : `now serving ${release.id}` };
@@ -433,8 +478,10 @@ export class Deployer {
     } catch (err) {
       // Cleaned up before the deploy is reported failed, so whoever watches it sees the end state.
       if (gen) await this.#supervisor.stopGeneration(gen).catch((e) => log.error({ err: errorMessage(e) }, 'cannot stop the failed generation'));
-      // A release this node made to follow the fleet is the fleet's: one node failing to make it says nothing of it.
-      if (madeRelease && !deploy.follow) await target.releases.markFailed(madeRelease).catch(() => {});
+      // A release this node made to follow the fleet is the fleet's: one node failing to make it says nothing
+      // of it. Its directory goes (it may be half built), so that a retry, or a restart, makes it again.
+      if (madeRelease && deploy.follow) await target.releases.discard(madeRelease).catch((e) => log.error({ err: errorMessage(e) }, 'cannot remove the release this node failed to make'));
+      else if (madeRelease && this.#records(deploy)) await target.releases.markFailed(madeRelease).catch(() => {});
       await this.#fail(deploy, err, log);
       return;
     }
@@ -447,11 +494,16 @@ export class Deployer {
           this.#host.reloaded?.(app.name, deploy.follow.reloads);
           return { value: undefined, message: `current -> releases/${releaseId} (following the fleet)` };
         }
+        // A reload asked of the fleet is counted, and every node that counts fewer reloads its app; the
+        // release stays the fleet's.
+        if (deploy.kind === 'reload' && deploy.fleet) {
+          this.#host.reloaded?.(app.name, await this.#store.requestReload(app.name));
+          return { value: undefined, message: `current -> releases/${releaseId} (reload ${releaseId} on every node)` };
+        }
+        if (!this.#records(deploy)) return { value: undefined, message: `current -> releases/${releaseId} (this node only)` };
         await this.#store.setActiveRelease(app.name, releaseId);
         await this.#store.setReleaseState(app.name, releaseId, 'active');
         await this.#markPrevious(app.name, releaseId);
-        // A reload asked of the fleet is counted, and every node that counts fewer reloads its app.
-        if (deploy.kind === 'reload' && deploy.fleet) this.#host.reloaded?.(app.name, await this.#store.requestReload(app.name));
         return { value: undefined, message: `current -> releases/${releaseId}` };
       });
       if (old) {
@@ -477,9 +529,9 @@ export class Deployer {
       await this.#step(deploy, 'flush', async () => ({ value: undefined, status: 'skipped', message: app.cacheFlush ? 'cache_flush is configured, but this build has no flush providers yet: nothing was purged' : 'no cache_flush config' }));
       await this.#step(deploy, 'prune', async () => {
         const previous = old && old.releaseId !== releaseId ? old.releaseId : await this.#previousGood(app.name, releaseId);
-        const pruned = await target.releases.prune(releaseId, previous, { record: !deploy.follow });
+        const pruned = await target.releases.prune(releaseId, previous, { record: this.#records(deploy) });
         // What a rollback would pick may have been pruned: the label follows it.
-        if (pruned.length > 0 && !deploy.follow) await this.#markPrevious(app.name, releaseId);
+        if (pruned.length > 0 && this.#records(deploy)) await this.#markPrevious(app.name, releaseId);
         return { value: undefined, message: pruned.length ? `pruned ${pruned.join(', ')}` : 'nothing to prune' };
       });
       await this.#step(deploy, 'record', async () => ({ value: undefined, message: 'recorded' }));
@@ -506,12 +558,23 @@ export class Deployer {
   #unlock(deploy: Deploy): void {
     if (this.#running.get(deploy.app) !== deploy) return;
     this.#running.delete(deploy.app);
-    if (deploy.fleet) this.#locks?.release(deploy.app);
+    if (deploy.fleet && deploy.lockToken !== null) this.#locks?.release(deploy.app, deploy.lockToken);
+  }
+
+  /**
+   * Whether the deploy writes its release's rows and the app's active release. In a fleet only a deploy
+   * that holds the fleet lock does: one that follows the fleet, or one this node alone asked for (a
+   * config reload, a reload trigger), serves its release here without making it the fleet's.
+   */
+  #records(deploy: Deploy): boolean {
+    return !deploy.follow && (this.#locks === null || deploy.fleet);
   }
 
   async #pickRelease(deploy: Deploy, target: DeployableApp): Promise<{ id: string; dir: string }> {
     const app = target.config.name;
-    const active = target.active?.releaseId ?? (await this.#store.getAppState(app))?.activeRelease ?? null;
+    // A fleet's rollback goes back from the fleet's release, which this node may not serve yet.
+    const fleetActive = deploy.fleet ? ((await this.#store.getAppState(app))?.activeRelease ?? null) : null;
+    const active = fleetActive ?? target.active?.releaseId ?? (await this.#store.getAppState(app))?.activeRelease ?? null;
     let id: string | null;
     if (deploy.kind === 'reload') {
       id = active;

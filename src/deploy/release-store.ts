@@ -206,6 +206,16 @@ export class ReleaseStore {
     }
   }
 
+  /**
+   * Removes `releases/<id>` (never the release `current` names): a release this node failed to make for
+   * the fleet, which may be half built, so that the next try makes it whole.
+   */
+  async discard(id: string): Promise<void> {
+    if (!RELEASE_ID_RE.test(id) || (await this.current())?.id === id) return;
+    await rm(join(this.#releasesDir, id), { recursive: true, force: true });
+    this.#log.warn({ release: id }, 'release removed: this node could not make it');
+  }
+
   /** Marks a release failed in the store; its directory stays for inspection until pruned. */
   async markFailed(id: string): Promise<void> {
     await this.#store.setReleaseState(this.#app.name, id, 'failed');

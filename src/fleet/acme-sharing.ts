@@ -34,4 +34,8 @@ export class AcmeSharing implements AcmeFleet {
   read(key: string): Promise<string | null> {
     return this.#store.getChallenge(key);
   }
+
+  readAll(): Promise<[key: string, value: string][]> {
+    return this.#store.listChallenges();
+  }
 }

@@ -7,13 +7,12 @@
 import type { AppConfig } from '../config/schema.ts';
 import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import { REDACTED, redactText } from '../lib/redact.ts';
-import type { DeployRequest } from '../deploy/deployer.ts';
+import { FLEET_USER, type DeployRequest } from '../deploy/deployer.ts';
 import type { ReleaseStore } from '../deploy/release-store.ts';
 import type { AppState, ReleaseRecord } from '../store/store.ts';
 import type { ModeState } from '../proxy/router.ts';
 
-/** Who the deploys, rollbacks and reloads a node makes to follow the fleet are recorded as. */
-export const FLEET_USER = 'fleet';
+export { FLEET_USER };
 
 /**
  * The request that brings this node to `release` with `reloads` applied. Throws BERTH_E_RELEASE when

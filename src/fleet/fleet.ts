@@ -46,8 +46,11 @@ export interface FleetApp {
 export interface FleetHost {
   appNames(): string[];
   app(name: string): FleetApp | undefined;
-  /** Shows `mode` for the app from the next request on, without writing the store (it is the fleet's already). */
-  applyMode(app: string, mode: ModeState): void;
+  /**
+   * Shows the mode `read` gives (the store's) for the app from the next request on, without writing the
+   * store (it is the fleet's already); read in turn after local switches, so never an older one.
+   */
+  applyMode(app: string, read: () => Promise<ModeState | null>): void;
   deployer(): Deployer | null;
 }
 
@@ -62,6 +65,8 @@ export interface FleetOptions {
   onCertificate?: (host: string) => void;
   /** An ACME challenge answer was shared or withdrawn (key: `http-01:<token>` or `tls-alpn-01:<host>`). */
   onChallenge?: (key: string) => void;
+  /** The store's announcements are heard again after a while out of reach: what was missed must be read. */
+  onReconnect?: () => void;
 }
 
 /** Where one app stands in following the fleet. */
@@ -84,6 +89,10 @@ export class Fleet {
   #busy = new Set<string>();
   #again = new Set<string>();
   #timers: NodeJS.Timeout[] = [];
+  /** Retries of follows that failed (#failed), cleared at stop. */
+  #retries = new Set<NodeJS.Timeout>();
+  /** The heartbeat being written, so that `stop` writes `stopped` after it, never before. */
+  #beating: Promise<void> | null = null;
   #unwatch: (() => void) | null = null;
   #reachable = true;
   #started = false;
@@ -105,6 +114,7 @@ export class Fleet {
    * listening, heartbeating and polling. Throws BERTH_E_STORE when the store cannot be written.
    */
   async start(): Promise<void> {
+    await this.#refuseTwin();
     const released = await this.#opts.store.releaseAllLocks();
     if (released > 0) this.#log.warn({ locks: released }, 'let go of locks an earlier run of this node held');
     for (const state of await this.#opts.store.listAppStates()) this.#desired.set(state.app, state);
@@ -112,7 +122,9 @@ export class Fleet {
     this.#unwatch = this.#opts.store.watch(
       (topic) => this.#heard(topic),
       (connected) => {
-        if (connected) this.kickAll();
+        if (!connected) return;
+        this.kickAll();
+        this.#opts.onReconnect?.();
       },
     );
     const every = (ms: number, fn: () => Promise<void>) => {
@@ -120,10 +132,28 @@ export class Fleet {
       timer.unref();
       this.#timers.push(timer);
     };
-    every(HEARTBEAT_MS, () => this.#heartbeat());
+    every(HEARTBEAT_MS, () => {
+      this.#beating ??= this.#heartbeat().finally(() => (this.#beating = null));
+      return this.#beating;
+    });
     every(POLL_MS, () => this.#poll());
     this.#started = true;
     this.#log.info({ heartbeatMs: HEARTBEAT_MS, pollMs: POLL_MS }, 'fleet node started');
+  }
+
+  /**
+   * Two live gateways with one name would share their locks and history: a start is refused while the
+   * node's row says another live process (another machine, or another pid alive here) heartbeats.
+   */
+  async #refuseTwin(): Promise<void> {
+    const row = (await this.#opts.store.listNodes()).find((n) => n.node === this.node);
+    if (!row || row.state !== 'running' || Date.now() - Date.parse(row.heartbeatAt) > this.#opts.config().nodeTimeoutMs) return;
+    const elsewhere = row.hostname !== hostname();
+    if (!elsewhere && (row.pid === process.pid || !alive(row.pid))) return;
+    throw new BerthError(
+      ErrorCodes.conflict,
+      `node ${this.node} is already running (pid ${row.pid} on ${row.hostname}, last heartbeat ${row.heartbeatAt}): give each gateway its own node_id`,
+    );
   }
 
   /** Stops listening and heartbeating, and marks the node stopped (so it is not shown as lost). */
@@ -133,8 +163,11 @@ export class Fleet {
     if (!this.#started) return;
     for (const t of this.#timers) clearInterval(t);
     this.#timers = [];
+    for (const t of this.#retries) clearTimeout(t);
+    this.#retries.clear();
     this.#unwatch?.();
     this.#unwatch = null;
+    await this.#beating;
     await this.#opts.store.saveNode(this.#record('stopped')).catch((err) => this.#log.warn({ err: errorMessage(err) }, 'cannot mark the node stopped'));
   }
 
@@ -268,10 +301,11 @@ export class Fleet {
     }
     if (!desired) return;
     this.#desired.set(app, desired);
-    const mode = desiredMode(desired);
-    if (!sameMode(rt.mode, mode)) {
-      host.applyMode(app, mode);
-      this.#log.info({ app, mode: mode.mode }, 'mode follows the fleet');
+    if (!sameMode(rt.mode, desiredMode(desired))) {
+      host.applyMode(app, async () => {
+        const now = await this.#opts.store.getAppState(app);
+        return now ? desiredMode(now) : null;
+      });
     }
     // A boot follows the fleet by itself (apps.ts); a deploy running here is looked at again when it ends.
     const deployer = host.deployer();
@@ -337,8 +371,12 @@ export class Fleet {
     const wait = Math.min(RETRY_MIN_MS * 2 ** (progress.failures - 1), RETRY_MAX_MS);
     progress.retryAt = Date.now() + wait;
     this.#log.error({ app, err: error, retryInMs: wait }, 'cannot follow the fleet; serving the last good release');
-    const timer = setTimeout(() => this.kick(app), wait);
+    const timer = setTimeout(() => {
+      this.#retries.delete(timer);
+      this.kick(app);
+    }, wait);
     timer.unref();
+    this.#retries.add(timer);
   }
 }
 
@@ -346,4 +384,14 @@ export class Fleet {
 function isConverged(rt: FleetApp, desired: AppState): boolean {
   const releaseOk = desired.activeRelease === null || rt.active?.releaseId === desired.activeRelease;
   return releaseOk && sameMode(rt.mode, desiredMode(desired)) && rt.reloads >= desired.reloads;
+}
+
+/** Whether a process with this pid lives on this machine. */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

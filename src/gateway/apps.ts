@@ -183,12 +183,16 @@ export class Apps {
    * Shows a mode the fleet switched to on another node: from the next request on, as `setMode` does,
    * without writing the store (the fleet's row says it already). Queued behind local switches.
    */
-  applyMode(app: string, mode: ModeState): void {
-    this.#modeSwitches = this.#modeSwitches.then(() => {
+  applyMode(app: string, read: () => Promise<ModeState | null>): void {
+    // Read in turn, after any local switch queued before: the store's latest, never an older one.
+    this.#modeSwitches = this.#modeSwitches.then(async () => {
+      const mode = await read().catch(() => null);
       const rt = this.#apps.get(app);
-      if (!rt) return;
+      if (!rt || mode === null) return;
+      if (rt.mode.mode === mode.mode && rt.mode.message === mode.message && rt.mode.retryAfter === mode.retryAfter) return;
       rt.mode = mode;
       this.rebuildTable();
+      this.#log.info({ app, mode: mode.mode }, 'mode follows the fleet');
     });
   }
 
@@ -203,6 +207,7 @@ export class Apps {
     const saved = await this.#store().getAppState(rt.config.name).catch(() => null);
     if (saved) {
       rt.mode = { mode: saved.mode, message: saved.modeMessage, retryAfter: saved.modeRetryAfter };
+      rt.reloads = saved.reloads;
       this.rebuildTable();
     }
   }
@@ -249,6 +254,9 @@ export class Apps {
         else log.warn({ release: saved.activeRelease }, 'active release missing on disk');
       }
       release ??= await rt.releases.current();
+      // A fleet node never makes a release of its own while the fleet has one: it fails to boot, says why,
+      // and the fleet tries again (fleet/fleet.ts).
+      if (!release && fleet && saved?.activeRelease) throw new BerthError(ErrorCodes.release, `app ${app.name} cannot make the fleet's release ${saved.activeRelease} on this node; the fleet tries again`);
       if (!release) {
         // The first start of an app is a real deploy (prepare, link, build, release command...), recorded
         // like any other, except that it switches as soon as its generation starts.
@@ -300,7 +308,7 @@ export class Apps {
     let said = false;
     for (;;) {
       try {
-        return await this.#deployer().start(app.name, { kind: 'deploy', source: app.source, user: 'berth-start', boot: true });
+        return await this.#deployer().start(app.name, { kind: 'deploy', source: app.source, user: 'berth-start', boot: true, firstRelease: true });
       } catch (err) {
         if (!(err instanceof BerthError && err.code === ErrorCodes.conflict) || this.#opts.live.state() !== 'running') throw err;
         if (!said) log.info({ err: errorMessage(err) }, 'another node makes the first release; waiting for it');

@@ -283,9 +283,15 @@ export class Scheduler {
   #add(app: string | null, entry: ScheduleConfig, startAt: Date): void {
     const key = `${app ?? ''}\0${entry.name}`;
     try {
-      const job: Cron = new Cron(entry.cron, { timezone: entry.timezone ?? undefined, startAt, unref: true, catch: (err) => this.#log.error({ app, task: entry.name, err: errorMessage(err) }, 'scheduled run failed to start') }, () =>
-        this.#claimed(app, entry, job),
-      );
+      // The time each run is due, as scheduled: a run that fires late (a busy event loop) still claims
+      // the time it was due, so every node of a fleet claims the same one.
+      let due: Date | null = null;
+      const job: Cron = new Cron(entry.cron, { timezone: entry.timezone ?? undefined, startAt, unref: true, catch: (err) => this.#log.error({ app, task: entry.name, err: errorMessage(err) }, 'scheduled run failed to start') }, () => {
+        const at = due ?? job.currentRun() ?? new Date();
+        due = job.nextRun();
+        this.#claimed(app, entry, at);
+      });
+      due = job.nextRun();
       this.#planned.set(key, { app, entry, job });
     } catch (err) {
       // The config loader checks every expression; this only happens on a config it did not see.
@@ -317,11 +323,11 @@ export class Scheduler {
    * A cron time came. In a fleet only the node that claims this entry's time runs it (the others log
    * nothing more); a claim the store cannot answer runs nothing rather than maybe twice.
    */
-  #claimed(app: string | null, entry: ScheduleConfig, job: Cron): void {
+  #claimed(app: string | null, entry: ScheduleConfig, at: Date): void {
     const claim = this.#claim;
     if (claim === null) return this.#fire(app, entry);
     // The time it was due, to the second: every node's cron gives the same one (clocks kept in time).
-    const due = new Date(Math.floor((job.currentRun() ?? new Date()).getTime() / 1000) * 1000).toISOString();
+    const due = new Date(Math.floor(at.getTime() / 1000) * 1000).toISOString();
     claim(`schedule:${app ?? ''}:${entry.name}:${due}`).then(
       (mine) => {
         if (mine) this.#fire(app, entry);

@@ -126,6 +126,7 @@ export class ComposedStore implements Store {
   deleteClaimsBefore(...a: Parameters<Store['deleteClaimsBefore']>) { return this.#fleet.deleteClaimsBefore(...a); }
   putChallenge(...a: Parameters<Store['putChallenge']>) { return this.#fleet.putChallenge(...a); }
   getChallenge(...a: Parameters<Store['getChallenge']>) { return this.#fleet.getChallenge(...a); }
+  listChallenges(...a: Parameters<Store['listChallenges']>) { return this.#fleet.listChallenges(...a); }
   deleteChallenge(...a: Parameters<Store['deleteChallenge']>) { return this.#fleet.deleteChallenge(...a); }
   watch(...a: Parameters<Store['watch']>) { return this.#db.watch(...a); }
 }

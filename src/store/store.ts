@@ -336,11 +336,14 @@ export interface FleetStore {
   /**
    * Takes the fleet-wide lock `name` for this node. It is free when nobody holds it, when this node
    * holds it, or when its holder stopped or has not written a heartbeat since `staleBefore` (ISO).
-   * Returns null when taken, else the node that holds it.
+   * Returns null when taken, else the node that holds it. `token` names this taking of it (see releaseLock).
    */
-  acquireLock(name: string, staleBefore: string): Promise<string | null>;
-  /** Lets go of `name` if this node holds it. */
-  releaseLock(name: string): Promise<void>;
+  acquireLock(name: string, staleBefore: string, token?: string | null): Promise<string | null>;
+  /**
+   * Lets go of `name` if this node holds it; with a `token`, only when it holds it from the taking that
+   * token names (a late letting-go never drops a later taking).
+   */
+  releaseLock(name: string, token?: string | null): Promise<void>;
   /** Lets go of every lock this node holds (a node's earlier life, at start). Returns how many. */
   releaseAllLocks(): Promise<number>;
   /** The first node to claim `claim` gets true; every later claim of it false. */
@@ -350,6 +353,8 @@ export interface FleetStore {
   /** Records an ACME HTTP-01 answer, so any node can give it. */
   putChallenge(token: string, keyAuthorization: string): Promise<void>;
   getChallenge(token: string): Promise<string | null>;
+  /** Every shared answer (key, value), for a node that starts or reconnects while some are pending. */
+  listChallenges(): Promise<[key: string, value: string][]>;
   deleteChallenge(token: string): Promise<void>;
   /**
    * Calls `onChange` with each change other nodes announce (`app:<name>`, `certificate:<host>`,

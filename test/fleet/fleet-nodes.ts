@@ -3,6 +3,7 @@
  * dir, control socket, port and node_id, all with the same app config (as a fleet runs).
  */
 import type { TestContext } from 'node:test';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FIXTURE_WEB_COMMAND, http, spawnGateway, waitFor, writeConfig, type ChildGateway } from '../helpers/gateway.ts';
 
@@ -76,4 +77,26 @@ export function spreadLoad(nodes: FleetNode[], clients = 6): { stop(): Promise<{
       return { ok, failed };
     },
   };
+}
+
+/**
+ * `kill -9` of a node's gateway. Its app processes live on (the node reaps them when it starts again);
+ * should the test end first, they are killed after it, so no test leaves one behind.
+ */
+export async function killNode(t: TestContext, node: FleetNode): Promise<void> {
+  const apps: any[] = (await node.api('/v1/apps')).apps;
+  const groups = apps.flatMap((a) => a.generations.flatMap((g: any) => g.instances.map((i: any) => i.pid))).filter((pid): pid is number => typeof pid === 'number');
+  node.proc.kill('SIGKILL');
+  await node.exited;
+  t.after(() => {
+    for (const pgid of groups) {
+      try {
+        // Only while it is still one of this node's app processes (a pid may be reused meanwhile).
+        if (!readFileSync(`/proc/${pgid}/environ`, 'latin1').split('\0').includes('BERTH_APP=shop')) continue;
+        process.kill(-pgid, 'SIGKILL');
+      } catch {
+        // gone already
+      }
+    }
+  });
 }

@@ -5,13 +5,13 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
 import { activePids, fixtureApp, http, runCli, spawnGateway, tempDir, untilReady, waitFor } from '../helpers/gateway.ts';
 import { gatedBoot } from '../deploy/gated-boot.ts';
 import { freshDatabase, POSTGRES_SKIP } from '../helpers/postgres.ts';
-import { servedRelease, shopApp, startNode, untilAllServe, type FleetNode } from './fleet-nodes.ts';
+import { killNode, servedRelease, shopApp, startNode, untilAllServe, type FleetNode } from './fleet-nodes.ts';
 
 test('kill -9 of node B during a fleet deploy: A and C converge, B shows lost, and B restarted converges', { skip: POSTGRES_SKIP }, async (t) => {
   const dir = await tempDir(t);
@@ -32,8 +32,7 @@ test('kill -9 of node B during a fleet deploy: A and C converge, B shows lost, a
   const deployId = started.json().id;
   // B starts following as soon as A switches; kill it mid-follow.
   await waitFor(async () => (await b.api('/v1/apps/shop/deploys')).deploys.some((d: any) => d.state === 'running' && d.node === 'node-b'), { timeoutMs: 30_000, intervalMs: 20, message: 'B following' });
-  b.proc.kill('SIGKILL');
-  await b.exited;
+  await killNode(t, b);
   await waitFor(async () => (await a.api(`/v1/deploys/${deployId}`)).state === 'succeeded' || null, { timeoutMs: 30_000, message: 'A deploy done' });
   const second = (await servedRelease(a))!;
   assert.notEqual(second, first);
@@ -84,8 +83,7 @@ test('a dead node\'s deploy lock frees after node_timeout, and its restart reaps
   const started = await http({ socketPath: a.socket }, { path: '/v1/apps/shop/deploys', method: 'POST', body: JSON.stringify({ source: gated }), headers: { 'content-type': 'application/json' } });
   assert.equal(started.status, 202, started.body);
   await waitFor(async () => (await a.api(`/v1/deploys/${started.json().id}`)).events.some((e: any) => e.step === 'wait_healthy' && e.status === 'started'), { message: 'A in wait_healthy' });
-  a.proc.kill('SIGKILL');
-  await a.exited;
+  await killNode(t, a);
   const killedAt = Date.now();
   const body = JSON.stringify({ source: v3 });
   const refused = await http({ socketPath: b.socket }, { path: '/v1/apps/shop/deploys', method: 'POST', body, headers: { 'content-type': 'application/json' } });
@@ -147,3 +145,46 @@ function alive(pid: number): boolean {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
+
+test('a node that cannot make the fleet\'s release serves its own, says why, cannot reload the fleet back, and catches up once it can', { skip: POSTGRES_SKIP }, async (t) => {
+  const dir = await tempDir(t);
+  const url = await freshDatabase(t);
+  const v1 = await fixtureApp(dir, 'v1');
+  const v2 = await fixtureApp(dir, 'v2');
+  await writeFile(join(v2, 'VERSION'), '2\n');
+  const a = await startNode(t, dir, url, 'node-a', shopApp(v1));
+  await untilReady(a, { timeoutMs: 60_000 });
+  const b = await startNode(t, dir, url, 'node-b', shopApp(v1));
+  const first = (await servedRelease(a))!;
+  await untilAllServe([a, b], first);
+
+  // B is away while A deploys v2; then v2's directory changes, so B cannot make the same release.
+  b.proc.kill('SIGTERM');
+  await b.exited;
+  const deployed = await runCli(['deploy', 'shop', v2, '--socket', a.socket]);
+  assert.equal(deployed.code, 0, deployed.stderr);
+  const second = (await servedRelease(a))!;
+  await writeFile(join(v2, 'EXTRA'), 'changed after the deploy\n');
+  const again: FleetNode = { ...(await spawnGateway(t, b.config)), name: 'node-b', config: b.config };
+  await untilReady(again);
+  assert.equal(await servedRelease(again), first, 'B serves its last good release');
+  const row = await waitFor(async () => {
+    const f = await a.api('/v1/fleet');
+    const n = f.nodes.find((x: any) => x.node === 'node-b');
+    return n && n.state === 'running' && !n.converged && n.apps[0]?.error ? n : null;
+  }, { timeoutMs: 20_000, message: 'B says why it has not converged' });
+  assert.match(row.apps[0].error, /revision/);
+  const check = await runCli(['status', '--fleet', '--check', '--socket', a.socket]);
+  assert.equal(check.code, 1, 'a node that has not converged fails --check');
+
+  // A reload asked of B would reload B's old release for everyone: refused, and the fleet keeps v2.
+  const reload = await http({ socketPath: again.socket }, { path: '/v1/apps/shop/reload', method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+  assert.equal(reload.status, 409, reload.body);
+  assert.match(reload.json().error.message, /has not converged/);
+  assert.equal((await a.api('/v1/fleet')).desired[0].release, second);
+  assert.equal(await servedRelease(a), second);
+
+  // The source is back as it was: B's next try makes the release, and it serves it.
+  await rm(join(v2, 'EXTRA'));
+  await untilAllServe([a, again], second, 60_000);
+});

@@ -162,6 +162,28 @@ function fleetContract(backend: Backend): void {
     assert.equal(await a.acquireLock(LOCK, staleBefore()), 'b');
   });
 
+  test(`${name}: releaseLock with a token lets go only of that taking of the lock, not a later one`, async (t) => {
+    const [a, b] = await fleet(backend, t, 'a', 'b');
+    await a.saveNode(nodeRecord('a'));
+    assert.equal(await a.acquireLock(LOCK, staleBefore(), 'first'), null);
+    await a.releaseLock(LOCK, 'first');
+    assert.equal(await a.acquireLock(LOCK, staleBefore(), 'second'), null);
+    await a.releaseLock(LOCK, 'first'); // late: the first taking is long over
+    assert.equal(await b.acquireLock(LOCK, staleBefore()), 'a', 'the second taking still holds');
+    await a.releaseLock(LOCK, 'second');
+    assert.equal(await b.acquireLock(LOCK, staleBefore()), null);
+  });
+
+  test(`${name}: listChallenges gives every shared answer, by key`, async (t) => {
+    const [a, b] = await fleet(backend, t, 'a', 'b');
+    assert.deepEqual(await b.listChallenges(), []);
+    await a.putChallenge('tls-alpn-01:shop.test', '{"certificate":"c","key":"k"}');
+    await a.putChallenge('http-01:tok', 'tok.thumb');
+    assert.deepEqual(await b.listChallenges(), [['http-01:tok', 'tok.thumb'], ['tls-alpn-01:shop.test', '{"certificate":"c","key":"k"}']]);
+    await b.deleteChallenge('http-01:tok');
+    assert.deepEqual((await a.listChallenges()).map(([k]) => k), ['tls-alpn-01:shop.test']);
+  });
+
   test(`${name}: releaseLock lets go only of this node's own lock`, async (t) => {
     const [a, b] = await fleet(backend, t, 'a', 'b');
     await a.saveNode(nodeRecord('a'));

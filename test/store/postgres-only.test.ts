@@ -163,6 +163,7 @@ test('while the server is down every call is a clear BERTH_E_STORE naming the ac
     ['delete claims', () => store.deleteClaimsBefore('2024-01-01T00:00:00.000Z')],
     ['save an ACME answer', () => store.putChallenge('tok', 'tok.thumb')],
     ['read an ACME answer', () => store.getChallenge('tok')],
+    ['list ACME answers', () => store.listChallenges()],
     ['delete an ACME answer', () => store.deleteChallenge('tok')],
   ];
   for (const [action, call] of calls) {

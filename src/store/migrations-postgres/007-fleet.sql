@@ -35,7 +35,8 @@ CREATE TABLE nodes (
 CREATE TABLE fleet_locks (
   name TEXT COLLATE "C" PRIMARY KEY,
   node TEXT COLLATE "C" NOT NULL,
-  acquired_at TEXT COLLATE "C" NOT NULL
+  acquired_at TEXT COLLATE "C" NOT NULL,
+  token TEXT
 );
 
 CREATE TABLE fleet_claims (

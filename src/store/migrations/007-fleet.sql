@@ -37,11 +37,13 @@ CREATE TABLE nodes (
 );
 
 -- Fleet-wide locks (one deploy per app, one ACME order per host): held by a node until it lets go, or
--- until its heartbeat is older than node_timeout.
+-- until its heartbeat is older than node_timeout. `token` names one taking of the lock, so letting go of
+-- an earlier one never drops a later one.
 CREATE TABLE fleet_locks (
   name TEXT PRIMARY KEY,
   node TEXT NOT NULL,
-  acquired_at TEXT NOT NULL
+  acquired_at TEXT NOT NULL,
+  token TEXT
 );
 
 -- Things done once per fleet (a scheduled run at its time): the first node to claim a key does it.

@@ -123,10 +123,16 @@ export class PostgresDatabase extends StoreDatabase {
     const connect = async () => {
       timer = null;
       if (stopped) return;
-      const c = new pg.Client({ connectionString: this.#opts.url, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, application_name: 'berth' });
+      // keepAlive: a connection the network dropped silently is noticed, not listened on forever.
+      const c = new pg.Client({ connectionString: this.#opts.url, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, application_name: 'berth', keepAlive: true, keepAliveInitialDelayMillis: 10_000 });
       client = c;
-      c.on('error', (err) => lost(err));
-      c.on('end', () => lost(new Error('connection closed')));
+      // A late event of a connection already given up on must not tear down its successor.
+      c.on('error', (err) => {
+        if (client === c) lost(err);
+      });
+      c.on('end', () => {
+        if (client === c) lost(new Error('connection closed'));
+      });
       c.on('notification', (msg) => {
         if (msg.channel === FLEET_CHANNEL && typeof msg.payload === 'string') onChange(msg.payload);
       });

@@ -10,8 +10,8 @@ const SAVE_NODE_SQL = upsert(NODES.name, NODES.columns, ['node']);
  * One statement, so two nodes asking at once cannot both get it: the row is taken over only when it is
  * this node's already, or its holder stopped or has been silent since $4.
  */
-const ACQUIRE_SQL = `INSERT INTO fleet_locks (name, node, acquired_at) VALUES ($1, $2, $3)
-  ON CONFLICT (name) DO UPDATE SET node = excluded.node, acquired_at = excluded.acquired_at
+const ACQUIRE_SQL = `INSERT INTO fleet_locks (name, node, acquired_at, token) VALUES ($1, $2, $3, $5)
+  ON CONFLICT (name) DO UPDATE SET node = excluded.node, acquired_at = excluded.acquired_at, token = excluded.token
   WHERE fleet_locks.node = excluded.node OR NOT EXISTS (
     SELECT 1 FROM nodes WHERE nodes.node = fleet_locks.node AND nodes.state = 'running' AND nodes.heartbeat_at >= $4)
   RETURNING node`;
@@ -39,17 +39,23 @@ export class Fleet implements Omit<FleetStore, 'node' | 'watch'> {
     return this.#db.changes('delete nodes', 'DELETE FROM nodes WHERE heartbeat_at < $1', [before]);
   }
 
-  async acquireLock(name: string, staleBefore: string): Promise<string | null> {
-    const taken = await this.#db.rows('take a fleet lock', ACQUIRE_SQL, [name, this.#node, new Date().toISOString(), staleBefore]);
-    if (taken.length > 0) return null;
+  async acquireLock(name: string, staleBefore: string, token: string | null = null): Promise<string | null> {
+    const take = () => this.#db.rows('take a fleet lock', ACQUIRE_SQL, [name, this.#node, new Date().toISOString(), staleBefore, token]);
+    if ((await take()).length > 0) return null;
     const holder = await this.#db.rows('read a fleet lock', 'SELECT node FROM fleet_locks WHERE name = $1', [name]);
     // Let go between the two statements: try once more rather than name nobody.
-    if (holder.length === 0) return (await this.#db.rows('take a fleet lock', ACQUIRE_SQL, [name, this.#node, new Date().toISOString(), staleBefore])).length > 0 ? null : 'another node';
+    if (holder.length === 0) return (await take()).length > 0 ? null : 'another node';
     return String(holder[0]!.node);
   }
 
-  async releaseLock(name: string): Promise<void> {
-    await this.#db.changes('release a fleet lock', 'DELETE FROM fleet_locks WHERE name = $1 AND node = $2', [name, this.#node]);
+  async releaseLock(name: string, token: string | null = null): Promise<void> {
+    if (token === null) await this.#db.changes('release a fleet lock', 'DELETE FROM fleet_locks WHERE name = $1 AND node = $2', [name, this.#node]);
+    else await this.#db.changes('release a fleet lock', 'DELETE FROM fleet_locks WHERE name = $1 AND node = $2 AND token = $3', [name, this.#node, token]);
+  }
+
+  async listChallenges(): Promise<[key: string, value: string][]> {
+    const rows = await this.#db.rows('list ACME answers', 'SELECT token, key_authorization FROM acme_challenges ORDER BY token', []);
+    return rows.map((r) => [String(r.token), String(r.key_authorization)]);
   }
 
   async releaseAllLocks(): Promise<number> {

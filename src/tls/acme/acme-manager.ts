@@ -278,6 +278,19 @@ export class AcmeManager {
     if (value !== undefined) this.#issuer.answerShared(key, value);
   }
 
+  /**
+   * Answers every challenge the fleet's nodes have shared: at start, and when the store's announcements
+   * were out of reach a while (some may have been missed). Never throws.
+   */
+  async loadShared(): Promise<void> {
+    if (!this.#fleet || this.#stopped) return;
+    try {
+      for (const [key, value] of await this.#fleet.readAll()) this.#issuer.answerShared(key, value);
+    } catch (err) {
+      this.#log.warn({ err: errorMessage(err) }, 'shared ACME answers not read');
+    }
+  }
+
   /** Every host held, by name. */
   status(): AcmeHostStatus[] {
     return [...this.#hosts.values()].sort((a, b) => (a.host < b.host ? -1 : 1)).map((s) => ({

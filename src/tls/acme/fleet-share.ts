@@ -12,6 +12,8 @@ export interface AcmeFleet {
   unshare(key: string): Promise<void>;
   /** A shared answer, or null when it is gone. */
   read(key: string): Promise<string | null>;
+  /** Every shared answer (a node that starts or reconnects may have missed their announcements). */
+  readAll(): Promise<[key: string, value: string][]>;
 }
 
 /** How long an order waits after sharing a challenge answer, so every node has it when the CA asks. */
