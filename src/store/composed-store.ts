@@ -13,6 +13,7 @@ import { Audit } from './repositories/audit.ts';
 import { Deploys } from './repositories/deploys.ts';
 import { TaskRuns } from './repositories/task-runs.ts';
 import { Fleet } from './repositories/fleet.ts';
+import { Flushes } from './repositories/flushes.ts';
 
 /** How a store brings its schema in line when it opens; every backend takes the same. */
 export interface MigrationOptions {
@@ -38,6 +39,7 @@ export class ComposedStore implements Store {
   #taskRuns: TaskRuns;
   #acme: Acme;
   #fleet: Fleet;
+  #flushes: Flushes;
   readonly node: string;
 
   constructor(db: StoreDatabase, opts: MigrationOptions) {
@@ -50,6 +52,7 @@ export class ComposedStore implements Store {
     this.#taskRuns = new TaskRuns(db, this.node);
     this.#acme = new Acme(db);
     this.#fleet = new Fleet(db, this.node);
+    this.#flushes = new Flushes(db, this.node);
   }
 
   /**
@@ -129,4 +132,11 @@ export class ComposedStore implements Store {
   listChallenges(...a: Parameters<Store['listChallenges']>) { return this.#fleet.listChallenges(...a); }
   deleteChallenge(...a: Parameters<Store['deleteChallenge']>) { return this.#fleet.deleteChallenge(...a); }
   watch(...a: Parameters<Store['watch']>) { return this.#db.watch(...a); }
+
+  createFlush(...a: Parameters<Store['createFlush']>) { return this.#flushes.createFlush(...a); }
+  updateFlush(...a: Parameters<Store['updateFlush']>) { return this.#flushes.updateFlush(...a); }
+  getFlush(...a: Parameters<Store['getFlush']>) { return this.#flushes.getFlush(...a); }
+  listPendingFlushes(...a: Parameters<Store['listPendingFlushes']>) { return this.#flushes.listPendingFlushes(...a); }
+  listFlushes(...a: Parameters<Store['listFlushes']>) { return this.#flushes.listFlushes(...a); }
+  deleteFlushesBefore(...a: Parameters<Store['deleteFlushesBefore']>) { return this.#flushes.deleteFlushesBefore(...a); }
 }

@@ -25,6 +25,9 @@ import type {
   DeployRecord,
   DeployState,
   DeployStore,
+  FlushRecord,
+  FlushState,
+  FlushStore,
   NodeRecord,
   NodeServing,
   ProcessRecord,
@@ -56,6 +59,8 @@ export type DeployUpdate = Parameters<DeployStore['updateDeploy']>[1];
 /** What `finishTaskRun` sets. */
 export type TaskRunFinish = Pick<TaskRunRecord, 'state' | 'finishedAt' | 'exitCode' | 'durationMs' | 'output' | 'error'>;
 
+export type FlushUpdate = Parameters<FlushStore['updateFlush']>[1];
+
 /** A list without a `limit`. */
 export const DEFAULT_LIST_LIMIT = 100;
 /** The message a run left `running` by a killed gateway is finished with. */
@@ -70,6 +75,10 @@ const AUDIT_OUTCOMES: ReadonlySet<string> = new Set<AuditOutcome>(['pending', 'o
 const AUDIT_CHANNELS: ReadonlySet<string> = new Set<AuditChannel>(['socket', 'tcp', 'internal']);
 const TASK_RUN_STATES: ReadonlySet<string> = new Set<TaskRunState>(['running', 'succeeded', 'failed', 'skipped', 'timeout', 'interrupted']);
 const TASK_TRIGGERS: ReadonlySet<string> = new Set<TaskTrigger>(['schedule', 'manual', 'cleanup']);
+const FLUSH_STATES: ReadonlySet<string> = new Set<FlushState>(['pending', 'succeeded', 'failed', 'skipped']);
+const FLUSH_PROVIDERS: ReadonlySet<string> = new Set<FlushRecord['provider']>(['http', 'akamai']);
+/** What `updateFlush` may change: the rest is fixed when the flush is created. */
+const FLUSH_UPDATABLE: ReadonlySet<string> = new Set<keyof FlushUpdate>(['done', 'state', 'attempts', 'nextAt', 'error', 'finishedAt']);
 /** What `updateDeploy` may change: id, app, kind and createdAt are fixed when the deploy is created. */
 const DEPLOY_UPDATABLE: ReadonlySet<string> = new Set<keyof DeployUpdate>([
   'state', 'releaseId', 'previousRelease', 'source', 'user', 'failedStep', 'error', 'logTail', 'finishedAt',
@@ -121,6 +130,29 @@ const servingList: Codec = {
     return parsed.filter((e): e is NodeServing => typeof e === 'object' && e !== null && typeof (e as NodeServing).app === 'string');
   },
 };
+
+/**
+ * A list of strings (URLs or Akamai ARLs to purge), as JSON text of the strings exactly as given: they
+ * are what a CDN is asked to purge, so they are not redacted, and read back as written. Anything but an
+ * array of strings is refused on write; a column that does not hold one fails the read (BERTH_E_STORE).
+ */
+function strings(field: string): Codec {
+  return {
+    write(value) {
+      if (!isStringList(value)) throw badRequest(`${field} must be an array of strings`);
+      return JSON.stringify(value);
+    },
+    read(value) {
+      const parsed = typeof value === 'string' ? (JSON.parse(value) as unknown) : value;
+      if (!isStringList(parsed)) throw new Error(`${field} is not a JSON array of strings`);
+      return parsed;
+    },
+  };
+}
+
+function isStringList(value: unknown): value is string[] {
+  return Array.isArray(value) && value.every((v) => typeof v === 'string');
+}
 
 /** A flag kept as 0/1 (SQLite has no boolean; PostgreSQL may hand back a boolean). */
 const flag: Codec = { write: (v) => (v ? 1 : 0), read: (v) => v === true || Number(v) === 1 };
@@ -191,6 +223,14 @@ export const ACME_CERTIFICATES = new Table<AcmeCertificateRecord>('acme_certific
 export const NODES = new Table<NodeRecord>('nodes', {
   node: ['node', text], hostname: ['hostname', text], pid: ['pid', integer], version: ['version', text], state: ['state', text],
   startedAt: ['started_at', text], heartbeatAt: ['heartbeat_at', text], serving: ['serving', servingList],
+});
+
+/** Cache flushes (migration 008). `error` may quote a CDN answer or an endpoint URL, so it is redacted. */
+export const FLUSHES = new Table<FlushRecord>('cache_flushes', {
+  id: ['id', text], app: ['app', text], deployId: ['deploy_id', textOrNull], provider: ['provider', text],
+  urls: ['urls', strings('urls')], done: ['done', strings('done')], state: ['state', text], attempts: ['attempts', integer],
+  nextAt: ['next_at', text], giveUpAt: ['give_up_at', text], error: ['error', redactedOrNull], user: ['user_name', textOrNull],
+  createdAt: ['created_at', text], finishedAt: ['finished_at', textOrNull], node: ['node', textOrNull],
 });
 
 // ---- apps and releases ----------------------------------------------------------------------------
@@ -430,6 +470,65 @@ export function nodeValues(n: NodeRecord): SqlValue[] {
   checkTime(n.heartbeatAt, 'node heartbeatAt');
   if (!Array.isArray(n.serving)) throw badRequest('node serving must be a list');
   return NODES.values(n);
+}
+
+// ---- cache flushes -----------------------------------------------------------------------------------
+
+/**
+ * The values `createFlush` writes (a left-out nullable field is written as null). Throws
+ * BERTH_E_BAD_REQUEST for a missing id or app, an unknown state or provider, a negative or fractional
+ * attempt count, a bad time, or URLs that are not arrays of strings.
+ */
+export function flushValues(f: FlushRecord): SqlValue[] {
+  if (typeof f.id !== 'string' || f.id === '') throw badRequest('a flush needs an id');
+  if (typeof f.app !== 'string' || f.app === '') throw badRequest('a flush needs an app');
+  if (f.deployId != null && !(typeof f.deployId === 'string' && f.deployId !== '')) throw badRequest('flush deployId must be a deploy id or null');
+  if (!FLUSH_PROVIDERS.has(f.provider)) throw badRequest(`unknown flush provider "${f.provider}": expected ${[...FLUSH_PROVIDERS].join(', ')}`);
+  if (!isStringList(f.urls)) throw badRequest('flush urls must be an array of strings');
+  if (f.user != null && typeof f.user !== 'string') throw badRequest('flush user must be a string or null');
+  if (f.node != null && !(typeof f.node === 'string' && f.node !== '')) throw badRequest('flush node must be a node name or null');
+  checkTime(f.giveUpAt, 'flush giveUpAt');
+  checkTime(f.createdAt, 'flush createdAt');
+  checkFlushFields(f, true);
+  return FLUSHES.values(f);
+}
+
+/**
+ * The columns an `updateFlush` sets: only the fields present (an `undefined` value counts as absent;
+ * `null` clears `error` or `finishedAt`). Throws BERTH_E_BAD_REQUEST for a field that cannot change or a bad value.
+ */
+export function flushChanges(fields: FlushUpdate): [column: string, value: SqlValue][] {
+  for (const key of Object.keys(fields)) {
+    if (!FLUSH_UPDATABLE.has(key)) throw badRequest(`flush field "${key}" cannot be updated`);
+  }
+  checkFlushFields(fields, false);
+  return FLUSHES.changes(fields);
+}
+
+/** `listFlushes`' filter. Throws BERTH_E_BAD_REQUEST for a limit below 1. */
+export function flushFilter(filter: { app?: string; deployId?: string; limit?: number }): RowFilter {
+  return rowFilter([['app', filter.app], ['deploy_id', filter.deployId]], filter.limit);
+}
+
+/** What a write to a flush that was never recorded throws. */
+export function flushNotFound(id: string): BerthError {
+  return new BerthError(ErrorCodes.notFound, `flush ${id} is not recorded`);
+}
+
+/**
+ * The fields a flush is created with (`whole`: each that cannot be null must be there) and updated by
+ * (each checked when present).
+ */
+function checkFlushFields(f: Partial<FlushRecord>, whole: boolean): void {
+  const has = (key: keyof FlushRecord) => whole || f[key] !== undefined;
+  if (has('state') && !FLUSH_STATES.has(f.state as string)) throw badRequest(`unknown flush state "${f.state}": expected ${[...FLUSH_STATES].join(', ')}`);
+  if (has('attempts') && !(Number.isSafeInteger(f.attempts) && f.attempts! >= 0)) {
+    throw badRequest(`flush attempts must be a non-negative whole number, got ${f.attempts}`);
+  }
+  if (has('done') && !isStringList(f.done)) throw badRequest('flush done must be an array of strings');
+  if (has('nextAt')) checkTime(f.nextAt, 'flush nextAt');
+  if (f.finishedAt != null) checkTime(f.finishedAt, 'flush finishedAt');
+  if (f.error != null && typeof f.error !== 'string') throw badRequest('flush error must be a string or null');
 }
 
 // ---- shared pieces --------------------------------------------------------------------------------

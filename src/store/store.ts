@@ -41,7 +41,7 @@ export interface ReleaseRecord {
 /** A release as written by `putRelease`: `prunedAt` may be left out (it is then null). */
 export type ReleaseInput = Omit<ReleaseRecord, 'prunedAt'> & { prunedAt?: string | null };
 
-export interface Store extends AppStore, DeployStore, AuditStore, TaskStore, AcmeStore, FleetStore {
+export interface Store extends AppStore, DeployStore, AuditStore, TaskStore, AcmeStore, FleetStore, FlushStore {
   /** Opens the database and runs migrations according to `migrations`. */
   open(): Promise<void>;
   close(): Promise<void>;
@@ -363,4 +363,47 @@ export interface FleetStore {
    * nothing to hear. Returns the function that stops listening.
    */
   watch(onChange: (topic: string) => void, onConnection?: (connected: boolean) => void): () => void;
+}
+
+// ---- cache flushes (migration 008) ----
+/** pending: attempts go on. succeeded: every URL purged. failed: gave up (retry_for passed, or the CDN refused for good). skipped: nothing could be sent (no credentials). */
+export type FlushState = 'pending' | 'succeeded' | 'failed' | 'skipped';
+export interface FlushRecord {
+  /** `f<YYYYMMDDHHMMSS>-<6 hex>`. */
+  id: string;
+  app: string;
+  /** The deploy whose switch it follows; null for a flush asked by hand (`berth flush`). */
+  deployId: string | null;
+  provider: 'http' | 'akamai';
+  /** Every URL (or Akamai ARL) to purge. */
+  urls: string[];
+  /** The ones purged so far (a resumed flush sends only the rest). */
+  done: string[];
+  state: FlushState;
+  attempts: number;
+  /** ISO: when the next attempt is due. */
+  nextAt: string;
+  /** ISO: after this, a flush still failing gives up (created + retry_for). */
+  giveUpAt: string;
+  /** The last attempt's failure, else null. */
+  error: string | null;
+  /** Who asked (a manual flush), else null. */
+  user: string | null;
+  createdAt: string;
+  finishedAt: string | null;
+  /** The node that runs it; written as the store's own node when left out. */
+  node?: string | null;
+}
+export interface FlushStore {
+  /** Throws BERTH_E_CONFLICT when the id is taken. */
+  createFlush(flush: FlushRecord): Promise<void>;
+  /** Sets the given fields; throws BERTH_E_NOT_FOUND for an unknown id. */
+  updateFlush(id: string, fields: Partial<Pick<FlushRecord, 'done' | 'state' | 'attempts' | 'nextAt' | 'error' | 'finishedAt'>>): Promise<void>;
+  getFlush(id: string): Promise<FlushRecord | null>;
+  /** This node's pending flushes and pending ones that name no node, oldest first (created_at, then id). */
+  listPendingFlushes(): Promise<FlushRecord[]>;
+  /** Newest first; filtered by app and/or deploy; at most `limit` (default 100). */
+  listFlushes(filter?: { app?: string; deployId?: string; limit?: number }): Promise<FlushRecord[]>;
+  /** Deletes finished (not pending) flushes created before `before` (ISO); returns how many. */
+  deleteFlushesBefore(before: string): Promise<number>;
 }

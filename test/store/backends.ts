@@ -12,6 +12,8 @@ import type { TestContext } from 'node:test';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import pg from 'pg';
 import { silentLogger } from '../../src/lib/logger.ts';
 import { MIGRATIONS_DIR, POSTGRES_MIGRATIONS_DIR, type MigrationPolicy } from '../../src/store/migrations.ts';
 import { PostgresStore } from '../../src/store/postgres.ts';
@@ -36,6 +38,11 @@ export interface Database {
    * (for SQLite, the same file opened again), as the nodes of a fleet do.
    */
   store(opts?: StoreOptions): Store;
+  /**
+   * Runs `sql` on a connection of its own, behind the stores' backs: rows another (or an older) gateway
+   * wrote. Plain SQL that both dialects read alike, values written in it (no placeholders).
+   */
+  exec(sql: string): Promise<void>;
 }
 
 export interface Backend {
@@ -53,6 +60,7 @@ const sqlite: Backend = {
   shippedMigrations: MIGRATIONS_DIR,
   async database(t) {
     const dir = await mkdtemp(join(tmpdir(), 'berth-store-'));
+    const path = join(dir, 'state', 'berth.db');
     const stores: Store[] = [];
     t.after(async () => {
       for (const store of stores) await store.close();
@@ -61,9 +69,17 @@ const sqlite: Backend = {
     return {
       store(opts = {}) {
         // A parent that does not exist yet: open() creates it.
-        const store = new SqliteStore({ path: join(dir, 'state', 'berth.db'), migrations: 'upgrade', resetState: false, logger: silentLogger(), ...opts });
+        const store = new SqliteStore({ path, migrations: 'upgrade', resetState: false, logger: silentLogger(), ...opts });
         stores.push(store);
         return store;
+      },
+      async exec(sql) {
+        const db = new DatabaseSync(path);
+        try {
+          db.exec(sql);
+        } finally {
+          db.close();
+        }
       },
     };
   },
@@ -84,6 +100,15 @@ const postgres: Backend = {
         const store = new PostgresStore({ url, migrations: 'upgrade', resetState: false, logger: silentLogger(), ...opts });
         stores.push(store);
         return store;
+      },
+      async exec(sql) {
+        const client = new pg.Client({ connectionString: url });
+        await client.connect();
+        try {
+          await client.query(sql);
+        } finally {
+          await client.end();
+        }
       },
     };
   },

@@ -16,7 +16,7 @@ import { loadMigrations, MIGRATIONS_DIR, POSTGRES_MIGRATIONS_DIR } from '../../s
 import { PostgresStore, type PostgresStoreOptions } from '../../src/store/postgres.ts';
 import { openStore } from '../../src/store/open-store.ts';
 import { normaliseConfig } from '../../src/config/validate.ts';
-import type { DeployRecord } from '../../src/store/store.ts';
+import type { DeployRecord, FlushRecord } from '../../src/store/store.ts';
 import { LogSink } from '../helpers/gateway.ts';
 import { freshDatabase, PASSWORD_ROLE, PASSWORD_ROLE_PASSWORD, POSTGRES_SKIP, postgresServer } from '../helpers/postgres.ts';
 import { SHIPPED_VERSIONS } from './migration-files.ts';
@@ -149,6 +149,10 @@ test('while the server is down every call is a clear BERTH_E_STORE naming the ac
     if (down) await server.start();
   });
   const node = { node: 'n1', hostname: 'h1', pid: 42, version: '1.0.0', state: 'running' as const, startedAt: '2024-01-01T00:00:00.000Z', heartbeatAt: '2024-01-01T00:00:00.000Z', serving: [] };
+  const flush: FlushRecord = {
+    id: 'f1', app: 'shop', deployId: null, provider: 'http', urls: ['https://cdn.test/a'], done: [], state: 'pending', attempts: 0,
+    nextAt: '2024-01-01T00:00:00.000Z', giveUpAt: '2024-01-01T01:00:00.000Z', error: null, user: 'alice', createdAt: '2024-01-01T00:00:00.000Z', finishedAt: null,
+  };
   const calls: [action: string, call: () => Promise<unknown>][] = [
     ['set mode', () => store.setMode('shop', 'maintenance', null, null)],
     ['read app state', () => store.getAppState('shop')],
@@ -165,6 +169,12 @@ test('while the server is down every call is a clear BERTH_E_STORE naming the ac
     ['read an ACME answer', () => store.getChallenge('tok')],
     ['list ACME answers', () => store.listChallenges()],
     ['delete an ACME answer', () => store.deleteChallenge('tok')],
+    ['create flush', () => store.createFlush(flush)],
+    ['update flush', () => store.updateFlush(flush.id, { attempts: 1 })],
+    ['read flush', () => store.getFlush(flush.id)],
+    ['list pending flushes', () => store.listPendingFlushes()],
+    ['list flushes', () => store.listFlushes()],
+    ['delete flushes', () => store.deleteFlushesBefore('2024-01-01T00:00:00.000Z')],
   ];
   for (const [action, call] of calls) {
     await assert.rejects(call(), (err: unknown) => {
@@ -184,6 +194,9 @@ test('while the server is down every call is a clear BERTH_E_STORE naming the ac
   );
   assert.equal(await store.requestReload('shop'), 1, 'no reload was counted while the server was down');
   assert.equal(await store.acquireLock('deploy:shop', '2024-01-01T00:00:00.000Z'), null);
+  assert.equal(await store.getFlush(flush.id), null, 'no flush was written while the server was down');
+  await store.createFlush(flush);
+  assert.deepEqual(await store.listPendingFlushes(), [{ ...flush, node: 'local' }]);
 });
 
 test('a NUL character, which PostgreSQL text cannot hold, is stored as U+FFFD instead of failing the write', { skip }, async (t) => {

@@ -41,7 +41,7 @@ function tables(db: DatabaseSync): string[] {
 
 /** Every table the shipped migrations create, by name. */
 const SHIPPED_TABLES = [
-  'acme_accounts', 'acme_certificates', 'acme_challenges', 'apps', 'audit', 'deploy_events', 'deploys', 'fleet_claims', 'fleet_locks', 'node_process_groups', 'nodes',
+  'acme_accounts', 'acme_certificates', 'acme_challenges', 'apps', 'audit', 'cache_flushes', 'deploy_events', 'deploys', 'fleet_claims', 'fleet_locks', 'node_process_groups', 'nodes',
   'process_groups', 'releases', 'schema_migrations', 'task_runs',
 ];
 
@@ -364,6 +364,38 @@ test('sqlite: 002 creates deploys, deploy_events and process_groups with their k
   assert.deepEqual(indexColumns('deploys_created'), ['created_at', 'id']);
   assert.deepEqual(indexColumns('deploys_app_created'), ['app', 'created_at', 'id']);
   assert.deepEqual(indexColumns('deploys_state_created'), ['state', 'created_at', 'id']);
+});
+
+test('sqlite: 008 creates cache_flushes with its key, defaults and indexes; the flush lists are served by them', async (t) => {
+  const dir = await tempDir(t);
+  const store = makeStore(t, dir);
+  await store.open();
+  const db = raw(t, dir);
+  const cols = db.prepare('PRAGMA table_info(cache_flushes)').all() as { name: string; notnull: number; dflt_value: string | null; pk: number }[];
+  assert.deepEqual(cols.map((c) => c.name), [
+    'id', 'app', 'deploy_id', 'provider', 'urls', 'done', 'state', 'attempts', 'next_at', 'give_up_at', 'error', 'user_name', 'created_at', 'finished_at', 'node',
+  ]);
+  assert.deepEqual(cols.filter((c) => c.pk > 0).map((c) => c.name), ['id']);
+  assert.deepEqual(cols.filter((c) => c.notnull).map((c) => c.name), ['app', 'provider', 'urls', 'done', 'state', 'attempts', 'next_at', 'give_up_at', 'created_at']);
+  assert.deepEqual(cols.filter((c) => c.dflt_value !== null).map((c) => [c.name, c.dflt_value]), [['urls', "'[]'"], ['done', "'[]'"], ['attempts', '0']]);
+  assert.deepEqual(db.prepare('PRAGMA foreign_key_list(cache_flushes)').all(), [], 'deploy_id is no foreign key: deploys are deleted on their own clock');
+  const indexColumns = (index: string) => (db.prepare(`PRAGMA index_info(${index})`).all() as { name: string }[]).map((c) => c.name);
+  assert.deepEqual(indexColumns('cache_flushes_state_created'), ['state', 'created_at', 'id']);
+  assert.deepEqual(indexColumns('cache_flushes_app_created'), ['app', 'created_at', 'id']);
+  assert.deepEqual(indexColumns('cache_flushes_created'), ['created_at', 'id']);
+
+  const plan = (sql: string, ...args: string[]) => (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...args) as { detail: string }[]).map((r) => r.detail).join('; ');
+  // The shapes repositories/flushes.ts asks: the pending list, and listFlushes unfiltered and by app.
+  const shapes: [string, string[], RegExp][] = [
+    [`SELECT * FROM cache_flushes WHERE state = 'pending' AND (node = ? OR node IS NULL) ORDER BY created_at, id`, ['n1'], /USING INDEX cache_flushes_state_created/],
+    ['SELECT * FROM cache_flushes ORDER BY created_at DESC, id DESC LIMIT 100', [], /USING INDEX cache_flushes_created/],
+    ['SELECT * FROM cache_flushes WHERE app = ? ORDER BY created_at DESC, id DESC LIMIT 100', ['shop'], /USING INDEX cache_flushes_app_created/],
+  ];
+  for (const [sql, args, index] of shapes) {
+    const p = plan(sql, ...args);
+    assert.match(p, index, `${sql}: ${p}`);
+    assert.doesNotMatch(p, /TEMP B-TREE/, `${sql} sorts in memory: ${p}`);
+  }
 });
 
 test('sqlite: the deploy list filters are served by an index, newest first without a sort', async (t) => {
