@@ -35,13 +35,16 @@ import {
   type BufferingConfig,
   type WebSocketsConfig,
   type CacheFlushConfig,
+  type CacheFlushRule,
+  DEFAULT_CACHE_FLUSH_RETRY_FOR_MS,
+  DEFAULT_CACHE_FLUSH_TIMEOUT_MS,
   type HealthConfig,
   type ProcessConfig,
   type RateLimitConfig,
   type RouteConfig,
   type ScheduleConfig,
 } from './schema.ts';
-import { Checker, Fields, isMapping, isTimeZone, put, show, type KeyPath } from './checker.ts';
+import { Checker, Fields, HEADER_NAME_RE, isMapping, isTimeZone, put, show, type KeyPath } from './checker.ts';
 import { checkAppTls, checkCanonicalHost, checkHsts } from './tls-checks.ts';
 
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -360,19 +363,77 @@ function checkCacheFlush(c: Checker, app: Fields): CacheFlushConfig | null {
     c.problem(f.path('method'), `expected an HTTP method such as PURGE, got ${show(method)}`);
     method = DEFAULT_CACHE_FLUSH_METHOD;
   }
+  const headers: Record<string, string> = {};
+  for (const [name, value] of f.entries('headers')) {
+    // The value is never quoted back: a purge header often carries a key.
+    if (!HEADER_NAME_RE.test(name) || typeof value !== 'string' || /[\r\n\0]/.test(value)) c.problem([...f.path('headers'), name], 'expected a header name and a one-line string value');
+    else put(headers, name, value);
+  }
   const concurrency = f.int('concurrency', 1) ?? DEFAULT_CACHE_FLUSH_CONCURRENCY;
-  if (f.raw('rules') === undefined) c.problem(f.path('rules'), 'required: a list of {templates, includes?, excludes?}');
-  const rules = (f.list('rules') ?? []).map((value, i) => {
-    const r = c.fields(value, [...f.path('rules'), i]);
-    const templates = r.strings('templates') ?? [];
-    if (templates.length === 0) c.problem(r.path('templates'), 'required: at least one URL template, e.g. "https://cdn.example.com{path}"');
-    const includes = r.regexes('includes');
-    const excludes = r.regexes('excludes');
-    r.done();
-    return { templates, includes, excludes };
+  const timeoutMs = f.duration('timeout') ?? DEFAULT_CACHE_FLUSH_TIMEOUT_MS;
+  const retryForMs = f.duration('retry_for', true) ?? DEFAULT_CACHE_FLUSH_RETRY_FOR_MS;
+  const action = f.choice('action', ['invalidate', 'delete'] as const) ?? 'invalidate';
+  const network = f.choice('network', ['production', 'staging'] as const) ?? 'production';
+  const rules = checkFlushRules(c, f, provider);
+  const names = rules.map((r) => r.name);
+  let enable = names;
+  if (f.raw('enable') !== undefined && f.raw('enable') !== null) {
+    enable = f.strings('enable') ?? [];
+    enable.forEach((name, i) => {
+      if (!names.includes(name)) c.problem(f.listItemPath('enable', i), `no rule named ${show(name)} in cache_flush.rules (rules: ${names.join(', ') || 'none'})`);
+    });
+  } else f.take('enable');
+  const paths = (f.strings('paths') ?? []).filter((p, i) => {
+    if (p.startsWith('/') && !/[\s\0]/.test(p)) return true;
+    c.problem(f.listItemPath('paths', i), `expected a path starting with "/", got ${show(p)}`);
+    return false;
   });
   f.done();
-  return { provider, method: method.toUpperCase(), concurrency, rules };
+  return { provider, rules, enable: [...new Set(enable)], paths, retryForMs, method: method.toUpperCase(), headers, concurrency, timeoutMs, action, network };
+}
+
+const TEMPLATE_PLACEHOLDER_RE = /\{([^{}]*)\}/g;
+
+/**
+ * `cache_flush.rules`: a mapping of named rules (a list is read as rules named `1`, `2`...). Each needs
+ * templates with no placeholder but `{path}` and `{ttl}`; for `http` each must be an http(s) URL.
+ */
+function checkFlushRules(c: Checker, f: Fields, provider: 'http' | 'akamai'): CacheFlushRule[] {
+  const raw = f.raw('rules');
+  if (raw === undefined || raw === null) {
+    c.problem(f.path('rules'), 'required: named rules, e.g. { cdn: { templates: ["https://cdn.example.com/{path}"] } }');
+    f.take('rules');
+    return [];
+  }
+  const entries: [string, unknown, KeyPath][] = Array.isArray(raw)
+    ? (f.list('rules') ?? []).map((v, i) => [String(i + 1), v, [...f.path('rules'), i]])
+    : f.entries('rules').map(([name, v]) => [name, v, [...f.path('rules'), name]]);
+  return entries.map(([name, value, at]) => {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(name)) c.problem(at, `rule names are 1-64 letters, digits, . _ -, got ${show(name)}`);
+    const r = c.fields(value, at);
+    const templates = r.strings('templates') ?? [];
+    if (templates.length === 0) c.problem(r.path('templates'), 'required: at least one URL template, e.g. "https://cdn.example.com/{path}"');
+    templates.forEach((t, i) => {
+      const unknown = [...t.matchAll(TEMPLATE_PLACEHOLDER_RE)].map((m) => m[1]).filter((p) => p !== 'path' && p !== 'ttl');
+      if (unknown.length > 0) c.problem(r.listItemPath('templates', i), `unknown placeholder {${unknown[0]}}: a template may use {path} and {ttl}`);
+      else if (provider === 'http' && !isHttpUrl(t.replaceAll('{path}', 'x').replaceAll('{ttl}', '1'))) c.problem(r.listItemPath('templates', i), `the http provider purges URLs: expected http(s)://..., got ${show(t)}`);
+      else if (/[\s\0]/.test(t)) c.problem(r.listItemPath('templates', i), `a template has no spaces, got ${show(t)}`);
+    });
+    const includes = r.regexes('includes');
+    const excludes = r.regexes('excludes');
+    const ttlMs = r.duration('ttl', true);
+    r.done();
+    return { name, templates, includes, excludes, ttlSeconds: ttlMs === undefined ? null : Math.floor(ttlMs / 1000) };
+  });
+}
+
+function isHttpUrl(text: string): boolean {
+  try {
+    const u = new URL(text);
+    return u.protocol === 'http:' || u.protocol === 'https:';
+  } catch {
+    return false;
+  }
 }
 
 function checkBudget(c: Checker, app: AppConfig, at: KeyPath): void {

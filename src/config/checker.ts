@@ -11,6 +11,9 @@ import { parseSize } from '../lib/sizes.ts';
 import { MAX_TIMER_MS } from './schema.ts';
 
 /** A key path: mapping keys and list indexes, printed joined by dots. */
+/** An HTTP header name (RFC 9110 token). */
+export const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
 export type KeyPath = readonly (string | number)[];
 
 /** One problem, with its path as segments so callers can re-attribute it (load.ts does, for environments). */

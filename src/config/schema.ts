@@ -179,11 +179,37 @@ export interface ScheduleConfig {
   overlap: 'skip' | 'allow';
 }
 
+/** One `cache_flush.rules.<name>`: which changed paths it takes, and the URLs (or ARLs) it makes of each. */
+export interface CacheFlushRule {
+  name: string;
+  /** URLs or Akamai ARLs with `{path}` (the path without its leading slash) and `{ttl}`; one without `{path}` gets the path appended. */
+  templates: string[];
+  /** Regexes on the path: a rule takes a path that matches any include (or every path without includes) and no exclude. */
+  includes: string[];
+  excludes: string[];
+  /** `{ttl}` in seconds; null: from the static route's `cache` setting. */
+  ttlSeconds: number | null;
+}
+
+/** `apps.<app>.cache_flush`: purge a CDN's cache of what a deploy changed (SPEC § Cache flush). */
 export interface CacheFlushConfig {
   provider: 'http' | 'akamai';
+  /** Every rule, by name, in config order. */
+  rules: CacheFlushRule[];
+  /** The names of the rules that run (an environment overrides the list); default: every rule. */
+  enable: string[];
+  /** Paths flushed on every deploy whatever changed, such as `/` or `/sitemap.xml`. */
+  paths: string[];
+  /** A flush still failing after this long gives up. */
+  retryForMs: number;
+  /** http: the request method, headers, most requests at once, and each request's timeout. */
   method: string;
+  headers: Record<string, string>;
   concurrency: number;
-  rules: { templates: string[]; includes: string[]; excludes: string[] }[];
+  timeoutMs: number;
+  /** akamai: Fast Purge's action and network. */
+  action: 'invalidate' | 'delete';
+  network: 'production' | 'staging';
 }
 
 /** `apps.<app>.buffering`: nginx's proxy_request_buffering / proxy_buffering, per app. */
@@ -357,6 +383,8 @@ export const DEFAULT_CACHE_FLUSH_PROVIDER = 'http';
 export const DEFAULT_CACHE_FLUSH_METHOD = 'PURGE';
 /** Purge requests in flight at once per app (provider `http`). */
 export const DEFAULT_CACHE_FLUSH_CONCURRENCY = 4;
+export const DEFAULT_CACHE_FLUSH_RETRY_FOR_MS = 15 * 60_000;
+export const DEFAULT_CACHE_FLUSH_TIMEOUT_MS = 10_000;
 /** `apps.<app>.hsts.max_age` when not written: one year, as hstspreload.org asks. */
 export const DEFAULT_HSTS_MAX_AGE_S = 31_536_000;
 export const DEFAULT_ACME_DIRECTORY = 'https://acme-v02.api.letsencrypt.org/directory';

@@ -65,7 +65,7 @@ import {
   type Role,
   type TokenConfig,
 } from './schema.ts';
-import { Checker, Fields, isMapping, put, show, type ConfigIssue, type KeyPath } from './checker.ts';
+import { Checker, Fields, HEADER_NAME_RE, isMapping, put, show, type ConfigIssue, type KeyPath } from './checker.ts';
 import { checkApp, checkOverlaps } from './app-checks.ts';
 import { checkAcme, checkTls, checkTlsTogether } from './tls-checks.ts';
 
@@ -97,7 +97,6 @@ export const TOP_LEVEL_KEYS = [
   'apps',
 ] as const;
 
-const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const TOKEN_HASH_RE = /^sha256:[0-9a-fA-F]{64}$/;
 const PORT_RE = /^\d{1,5}$/;
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];

@@ -355,17 +355,30 @@ test('regexes must compile: permissions and cache_flush includes/excludes', () =
   assert.match(bad[0], /^control\.permissions\.production\.ci\.1: expected a regular expression, got "\*bad": Invalid regular expression/);
   assert.match(bad[1], /^apps\.shop\.cache_flush\.rules\.0\.includes\.0: expected a regular expression, got "\(":/);
   assert.match(bad[2], /^apps\.shop\.cache_flush\.rules\.0\.excludes: expected a regular expression, got "\[a-":/);
-  assert.equal(bad[3], 'apps.shop.cache_flush.rules.1.templates: required: at least one URL template, e.g. "https://cdn.example.com{path}"');
+  assert.equal(bad[3], 'apps.shop.cache_flush.rules.1.templates: required: at least one URL template, e.g. "https://cdn.example.com/{path}"');
 });
 
 test('cache_flush defaults and checks', () => {
+  // A list of rules (the first shape) still reads: its rules are named 1, 2...
   const config = normaliseConfig(withApp({ cache_flush: { rules: [{ templates: 'https://cdn.test{path}' }] } }), CTX);
-  assert.deepEqual(config.apps.shop.cacheFlush, { provider: 'http', method: 'PURGE', concurrency: 4, rules: [{ templates: ['https://cdn.test{path}'], includes: [], excludes: [] }] });
+  assert.deepEqual(config.apps.shop.cacheFlush, {
+    provider: 'http',
+    rules: [{ name: '1', templates: ['https://cdn.test{path}'], includes: [], excludes: [], ttlSeconds: null }],
+    enable: ['1'],
+    paths: [],
+    retryForMs: 15 * 60_000,
+    method: 'PURGE',
+    headers: {},
+    concurrency: 4,
+    timeoutMs: 10_000,
+    action: 'invalidate',
+    network: 'production',
+  });
   assert.deepEqual(problems(withApp({ cache_flush: { provider: 'fastly', method: 'PUR GE', concurrency: 0 } })), [
     'apps.shop.cache_flush.provider: expected one of http, akamai, got "fastly"',
     'apps.shop.cache_flush.method: expected an HTTP method such as PURGE, got "PUR GE"',
     'apps.shop.cache_flush.concurrency: expected a positive integer, got 0',
-    'apps.shop.cache_flush.rules: required: a list of {templates, includes?, excludes?}',
+    'apps.shop.cache_flush.rules: required: named rules, e.g. { cdn: { templates: ["https://cdn.example.com/{path}"] } }',
   ]);
 });
 
