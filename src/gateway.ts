@@ -45,6 +45,10 @@ import { Fleet } from './fleet/fleet.ts';
 import { FleetDeployLocks } from './fleet/deploy-locks.ts';
 import { nodeName } from './fleet/node-name.ts';
 import { AcmeSharing } from './fleet/acme-sharing.ts';
+import { Flusher, type FlushRequest } from './flush/flusher.ts';
+import { flushUrls } from './flush/flush-plan.ts';
+import { manifestOf } from './flush/manifest.ts';
+import type { CacheFlushConfig } from './config/schema.ts';
 
 export { VERSION } from './lib/version.ts';
 export type { AppPhase, AppStatus, ConfigReloadResult, GatewayState, GatewayStatus, HistoryEntry } from './api/wire.ts';
@@ -96,6 +100,8 @@ export class Gateway implements DeployHost, Control {
   #certificates: GatewayCertificates | null = null;
   /** The fleet this gateway is a node of (PostgreSQL); on SQLite it only answers `GET /v1/fleet` for itself. */
   #fleet: Fleet | null = null;
+  /** Cache flushes after deploys and by hand (flush/flusher.ts); made once the store is open. */
+  #flusher: Flusher | null = null;
 
   constructor(opts: GatewayOptions) {
     this.#config = opts.config;
@@ -226,6 +232,7 @@ export class Gateway implements DeployHost, Control {
       if (inFleet) await this.#fleet.start();
       await this.#deployer.recoverInterrupted();
       const scheduling = { audit: this.audit, logger: this.#loggers.get('scheduler'), appUser: this.#appUser, onProcess: this.#recordProcess };
+      this.#flusher = new Flusher({ store, config: () => this.#config, audit: this.audit, logger: this.#loggers.get('deploy').child({ component: 'cache-flush' }), onUrls: (app, outcome, n) => this.metrics.cacheFlushed(app, outcome, n) });
       const claim = inFleet ? (key: string) => store.claimOnce(key) : undefined;
       this.#scheduler = new Scheduler({ config: this.config, store, host: this, ...scheduling, claim });
       await this.#scheduler.recoverInterrupted();
@@ -249,6 +256,7 @@ export class Gateway implements DeployHost, Control {
       throw err;
     }
     this.#transition('running');
+    void this.#flusher?.start();
     this.#log.info({ listen: this.#proxy.addresses().map((a) => a.text), control: this.config.control.socket }, 'gateway listening');
     this.#healthFile.start(this.config.healthFile);
     for (const name of this.#apps.names()) {
@@ -295,6 +303,27 @@ export class Gateway implements DeployHost, Control {
   deployable = (app: string): DeployableApp | undefined => this.#apps.get(app);
   switchTo = (app: string, gen: Generation): void => this.#apps.switchTo(app, gen);
   reloaded = (app: string, reloads: number): void => this.#apps.reloaded(app, reloads);
+  /** DeployHost: a deploy's `flush` step queues its flush here. */
+  flush = async (req: FlushRequest, config: CacheFlushConfig): Promise<string> => {
+    if (!this.#flusher) throw new BerthError(ErrorCodes.unavailable, 'the gateway is not started');
+    return (await this.#flusher.enqueue(req, config)).id;
+  };
+
+  flushApp = async (name: string, paths: string[] | null, user: string): Promise<{ id: string; urls: number }> => {
+    const rt = this.#apps.get(name);
+    if (!rt) throw new BerthError(ErrorCodes.notFound, `no app named "${name}"`);
+    const config = rt.config.cacheFlush;
+    if (!config) throw new BerthError(ErrorCodes.conflict, `app ${name} has no cache_flush config`);
+    let all = paths;
+    if (all === null) {
+      const gen = rt.active;
+      if (!gen) throw new BerthError(ErrorCodes.conflict, `app ${name} serves no release: name the paths to flush`);
+      all = [...Object.keys(await manifestOf(rt.config, rt.releases.appDir, gen.releaseId, gen.releaseDir)), ...config.paths];
+    }
+    const urls = flushUrls(rt.config, config, [...new Set(all)]);
+    if (urls.length === 0) throw new BerthError(ErrorCodes.conflict, `no URL comes of those paths: no enabled rule of ${name} takes them (enabled: ${config.enable.join(', ') || 'none'})`);
+    return { id: await this.flush({ app: name, deployId: null, urls, user }, config), urls: urls.length };
+  };
   /** The drain deadline passed with WebSockets open on `gen`; they get close 1001. */
   closeUpgrades = (gen: Generation): number => this.#workers?.closeUpgrades(gen) ?? this.#proxy.closeUpgrades(gen);
   taskTarget = (app: string): TaskTarget | undefined => this.#apps.taskTarget(app);
@@ -357,6 +386,7 @@ export class Gateway implements DeployHost, Control {
     this.#healthFile.stop();
     this.#apps.stopTriggers();
     await this.#deployer?.stop(0);
+    await this.#flusher?.stop().catch(fail('cache flush stop'));
     await Promise.all([this.#proxy.stop(drainMs).catch(fail('proxy stop')), this.#workers?.stop(drainMs).catch(fail('proxy workers stop'))]);
     await this.#certificates?.stop().catch(fail('certificates stop'));
     // Boots end quickly once the deployer is stopping (their commands are killed); never wait forever.

@@ -21,6 +21,7 @@ import { tasks, TASKS_USAGE } from './cli/tasks.ts';
 import { token, TOKEN_USAGE } from './cli/token.ts';
 import { reloadConfig, RELOAD_CONFIG_USAGE } from './cli/reload-config.ts';
 import { dashboard, DASHBOARD_USAGE } from './cli/dashboard.ts';
+import { flush, FLUSH_USAGE } from './cli/flush.ts';
 
 type Verb = (args: string[]) => Promise<number>;
 
@@ -36,6 +37,7 @@ const VERBS: Record<string, { run: Verb; usage: string; summary: string }> = {
   releases: { run: releases, usage: RELEASES_USAGE, summary: 'id, created, state and source of each release' },
   history: { run: history, usage: HISTORY_USAGE, summary: 'every change (deploys, modes, runs, task runs...) with who and the outcome' },
   stop: { run: stop, usage: STOP_USAGE, summary: 'graceful shutdown: drain, stop every app, exit' },
+  flush: { run: flush, usage: FLUSH_USAGE, summary: 'purge the CDN cache of paths (default: every static path) through cache_flush' },
   mode: { run: mode, usage: MODE_USAGE, summary: 'switch an app to normal, maintenance or read-only, live' },
   run: { run, usage: RUN_USAGE, summary: 'a one-off process in the active release; its output streams, its exit code is ours' },
   logs: { run: logs, usage: LOGS_USAGE, summary: 'process logs merged by time; -f follows across deploys' },

@@ -46,6 +46,11 @@ export interface Control {
   certificates(): CertificateRow[];
   taskTarget(app: string): TaskTarget | undefined;
   setMode(app: string, mode: Mode, opts?: { message?: string | null; retryAfter?: number | null }, ctx?: { user: string }): Promise<ModeState>;
+  /**
+   * `berth flush`: queues a flush of `paths` (null: every static path of the active release and
+   * `cache_flush.paths`). 404 for no such app; 409 when it has no `cache_flush` or no URL comes of the paths.
+   */
+  flushApp(app: string, paths: string[] | null, user: string): Promise<{ id: string; urls: number }>;
   /** `GET /v1/fleet`: the nodes on this gateway's database (this one alone on SQLite). Throws BERTH_E_STORE when it is unreachable. */
   fleet(): Promise<FleetStatus>;
   reloadConfig(by: { user: string; channel: AuditChannel }): Promise<ConfigReloadResult>;

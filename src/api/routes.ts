@@ -27,6 +27,21 @@ function optionalString(body: unknown, key: string): string | null {
   return v;
 }
 
+/** Most paths one `berth flush` may name. */
+const MAX_FLUSH_PATHS = 10_000;
+
+/** `paths` of a flush request: absent or null for every path, else a list of `/...` paths. */
+function optionalPaths(body: unknown): string[] | null {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new BerthError(ErrorCodes.badRequest, 'request body must be a JSON object');
+  const v = (body as Record<string, unknown>).paths;
+  if (v === undefined || v === null) return null;
+  if (!Array.isArray(v) || v.length === 0 || v.length > MAX_FLUSH_PATHS) throw new BerthError(ErrorCodes.badRequest, `"paths" must be a list of 1 to ${MAX_FLUSH_PATHS} paths`);
+  for (const p of v) {
+    if (typeof p !== 'string' || !p.startsWith('/') || p.length > 2048 || /[\s\0]/.test(p)) throw new BerthError(ErrorCodes.badRequest, `each path must start with "/" and hold no spaces, got ${JSON.stringify(p).slice(0, 100)}`);
+  }
+  return [...new Set(v as string[])];
+}
+
 interface Route {
   method: string;
   path: string;
@@ -119,6 +134,11 @@ export class ApiRoutes implements RouteTable {
     this.add('POST', '/v1/apps/:app/reload', async (p, _u, _b, _req, _res, ctx) => {
       return this.#deployResult(await this.#gateway.deployer.start(p.app, { kind: 'reload', user: ctx.user }));
     }, { action: 'reload' });
+    this.add('POST', '/v1/apps/:app/flush', async (p, _u, body, _req, _res, ctx) => {
+      const paths = optionalPaths(body);
+      const queued = await this.#gateway.flushApp(p.app, paths, ctx.user);
+      return { status: 202, body: queued, audit: { target: queued.id } };
+    }, { action: 'flush' });
     this.add('GET', '/v1/apps/:app/releases', async (p) => ({ status: 200, body: await this.#gateway.releases(p.app) }));
     this.add('GET', '/v1/apps/:app/deploys', async (p) => {
       this.#app(p.app);

@@ -8,7 +8,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import type { AppConfig } from '../config/schema.ts';
+import type { AppConfig, CacheFlushConfig } from '../config/schema.ts';
+import type { FlushRequest } from '../flush/flusher.ts';
+import { changedPaths, manifestOf } from '../flush/manifest.ts';
+import { flushUrls } from '../flush/flush-plan.ts';
 import type { Logger } from '../lib/logger.ts';
 import { BerthError, errorMessage, ErrorCodes } from '../lib/errors.ts';
 import { redactNullable, redactText } from '../lib/redact.ts';
@@ -52,6 +55,8 @@ export interface DeployHost {
   closeUpgrades?(gen: Generation): number;
   /** A reload was applied here: the app's generation now counts `reloads` (the fleet's reload count). */
   reloaded?(app: string, reloads: number): void;
+  /** Queues a cache flush of `urls` (flush/flusher.ts), returning its id; it runs in the background. */
+  flush?(req: FlushRequest, config: CacheFlushConfig): Promise<string>;
 }
 
 /**
@@ -277,6 +282,11 @@ export class Deployer {
   /** A deploy by id: from memory while recent, else from the store. */
   async get(id: string): Promise<{ deploy: DeployRecord; events: DeployEvent[]; live: Deploy | null } | null> {
     const live = this.#recent.get(id);
+    // A finished deploy may still gain events (its cache flush's attempts, written by the flusher): the store has them all.
+    if (live && live.state !== 'running') {
+      const stored = await this.#store.listDeployEvents(id).catch(() => []);
+      return { deploy: live.record(), events: stored.length >= live.events.length ? stored : live.events, live };
+    }
     if (live) return { deploy: live.record(), events: live.events, live };
     const deploy = await this.#store.getDeploy(id);
     if (!deploy) return null;
@@ -526,7 +536,7 @@ export class Deployer {
         await this.#skip(deploy, 'drain', 'no previous generation');
         await this.#skip(deploy, 'stop_old', 'no previous generation');
       }
-      await this.#step(deploy, 'flush', async () => ({ value: undefined, status: 'skipped', message: app.cacheFlush ? 'cache_flush is configured, but this build has no flush providers yet: nothing was purged' : 'no cache_flush config' }));
+      await this.#step(deploy, 'flush', () => this.#flush(deploy, target, old, releaseId));
       await this.#step(deploy, 'prune', async () => {
         const previous = old && old.releaseId !== releaseId ? old.releaseId : await this.#previousGood(app.name, releaseId);
         const pruned = await target.releases.prune(releaseId, previous, { record: this.#records(deploy) });
@@ -548,6 +558,38 @@ export class Deployer {
         await this.#supervisor.stopGeneration(old).catch((e) => log.error({ err: errorMessage(e) }, 'cannot stop the old generation'));
       }
       await this.#fail(deploy, err, log);
+    }
+  }
+
+  /**
+   * The `flush` step: the paths the switch changed (the old and new releases' static manifests, and
+   * `cache_flush.paths`) become URLs through the enabled rules, and a flush of them is queued; it runs in
+   * the background. Nothing here fails the deploy: a flush that cannot be queued is said and skipped.
+   */
+  async #flush(deploy: Deploy, target: DeployableApp, old: Generation | null, releaseId: string): Promise<{ value: undefined; message: string; status?: 'skipped' }> {
+    const app = target.config;
+    const flush = app.cacheFlush;
+    const skip = (message: string) => ({ value: undefined, status: 'skipped' as const, message });
+    if (!flush) return skip('no cache_flush config');
+    if (deploy.follow) return skip('the fleet\'s deploy flushes the cache');
+    if (!this.#records(deploy)) return skip('a change of this node alone: nothing the CDN serves changed');
+    if (deploy.kind === 'reload') return skip('a reload changes no file');
+    if (!this.#host.flush) return skip('this gateway has no flusher');
+    try {
+      const appDir = target.releases.appDir;
+      const dir = await target.releases.dirOf(releaseId);
+      if (!dir) return skip(`release ${releaseId} is gone from disk`);
+      const after = await manifestOf(app, appDir, releaseId, dir);
+      const before = old && old.releaseId !== releaseId ? await manifestOf(app, appDir, old.releaseId, old.releaseDir) : null;
+      const changed = before ? changedPaths(before, after) : [];
+      const urls = flushUrls(app, flush, [...new Set([...changed, ...flush.paths])]);
+      const what = `${changed.length} changed path(s)${flush.paths.length ? ` and ${flush.paths.length} listed in cache_flush.paths` : ''}`;
+      if (urls.length === 0) return skip(`${what}: no URL to purge (rules enabled: ${flush.enable.join(', ') || 'none'})`);
+      const id = await this.#host.flush({ app: app.name, deployId: deploy.id, urls, user: deploy.user }, flush);
+      return { value: undefined, message: `${what} -> ${urls.length} URL(s): flush ${id} queued` };
+    } catch (err) {
+      this.#log.error({ app: app.name, deploy: deploy.id, err: errorMessage(err) }, 'cache flush not queued');
+      return skip(`cache flush not queued: ${errorMessage(err)}`);
     }
   }
 

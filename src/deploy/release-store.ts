@@ -14,6 +14,7 @@ import { redactText } from '../lib/redact.ts';
 import type { ReleaseState, Store } from '../store/store.ts';
 import { fetchSource, parseSource } from './sources.ts';
 import { treeHash } from './release-tree.ts';
+import { removeManifest } from '../flush/manifest.ts';
 
 /** `YYYYMMDDHHMMSS-<6 hex>`, UTC, so ids sort by time. */
 export const RELEASE_ID_RE = /^\d{14}-[0-9a-f]{6}$/;
@@ -264,6 +265,7 @@ export class ReleaseStore {
       if (inWindow || id === activeId || id === previousId) continue;
       try {
         await rm(join(this.#releasesDir, id), { recursive: true, force: true });
+        await removeManifest(this.#appDir, id);
       } catch (err) {
         throw asReleaseError(`cannot remove release ${id} of app ${this.#app.name}`, err);
       }

@@ -186,6 +186,7 @@ export class Metrics implements MetricsExporter {
   #restarts: Counter<'app' | 'process'>;
   #unhealthy: Counter<'app' | 'process'>;
   #handshakeFailures: Counter<'reason'>;
+  #flushedUrls: Counter<'app' | 'outcome'>;
 
   /** `app NUL path` -> series: two route objects with the same labels share one series. */
   #routeSeries = new Map<string, RouteSeries>();
@@ -251,6 +252,12 @@ export class Metrics implements MetricsExporter {
       registers,
     });
     for (const reason of HANDSHAKE_FAILURE_REASONS) this.#handshakeFailures.labels(reason).inc(0);
+    this.#flushedUrls = new Counter({
+      name: 'berth_cache_flush_urls_total',
+      help: 'URLs (or ARLs) sent to the CDN by cache flushes, by app and outcome (purged, failed: given up on).',
+      labelNames: ['app', 'outcome'],
+      registers,
+    });
     const pools = () => this.#source.pools();
     // One gauge per pool figure: [name, help, the figure].
     const poolGauges: [string, string, (p: PoolLevels) => number][] = [
@@ -373,6 +380,11 @@ export class Metrics implements MetricsExporter {
    * What a proxy worker thread saw (proxy-workers.ts relays it every few hundred ms): its requests and
    * admission decisions, counted as if this thread had seen them.
    */
+  /** A cache flush purged (or gave up on) `count` URLs of the app (flush/flusher.ts). */
+  cacheFlushed(app: string, outcome: 'purged' | 'failed', count: number): void {
+    this.#flushedUrls.labels(app, outcome).inc(count);
+  }
+
   recordRemote(requests: readonly RequestRecord[], admissions: readonly AdmissionRecord[]): void {
     for (const [app, path, status, seconds] of requests) this.#request(this.#route(app, this.#intern(this.#remoteRoutes, `${app}\u0000${path}`, () => ({ path }))), status, seconds);
     for (const [app, process, outcome, waitMs] of admissions) {

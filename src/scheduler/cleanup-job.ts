@@ -36,6 +36,8 @@ export class CleanupJob {
     const runs = await this.#store.deleteTaskRunsBefore(cut);
     const audit = await this.#store.deleteAuditBefore(cut);
     out(`deleted ${deploys} deploy(s), ${runs} task run(s) and ${audit} audit row(s) from before ${cut}`);
+    const flushes = await this.#store.deleteFlushesBefore(cut);
+    if (flushes > 0) out(`deleted ${flushes} finished cache flush(es)`);
     // A fleet's claims of scheduled times are only needed while their time is due.
     const claims = await this.#store.deleteClaimsBefore(cut);
     if (claims > 0) out(`deleted ${claims} fleet claim(s) of scheduled runs`);

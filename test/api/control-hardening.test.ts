@@ -169,6 +169,7 @@ test('finding 9: every mutating route audits its refusals: 401, 403, 400, 404 an
   // Every change endpoint of the API is here (a new one must name an audit action to register at all).
   assert.deepEqual(changes.map((c) => `${c.method} ${c.path}`).sort(), [
     'POST /v1/apps/:app/deploys',
+    'POST /v1/apps/:app/flush',
     'POST /v1/apps/:app/reload',
     'POST /v1/apps/:app/rollback',
     'POST /v1/apps/:app/run',
