@@ -13,6 +13,8 @@ const CHUNK = Buffer.alloc(64 * 1024, 120);
 
 const server = createServer((req, res) => {
   const url = new URL(req.url, 'http://x');
+  // Health probes come from the supervisor straight to the app, outside the admission slots: not counted.
+  if (url.pathname === '/up') return res.end('ok');
   counters.inFlight++;
   counters.peak = Math.max(counters.peak, counters.inFlight);
   // Done at 'finish' (the last byte handed to the socket), or 'close' when the client left first. Not
@@ -26,7 +28,6 @@ const server = createServer((req, res) => {
   };
   res.on('finish', end);
   res.on('close', end);
-  if (url.pathname === '/up') return res.end('ok');
   if (url.pathname === '/big') {
     const bytes = Math.min(Number(url.searchParams.get('bytes') ?? 8 * 1024 * 1024), 1024 * 1024 * 1024);
     counters.bigStarted++;
