@@ -22,6 +22,7 @@ import { token, TOKEN_USAGE } from './cli/token.ts';
 import { reloadConfig, RELOAD_CONFIG_USAGE } from './cli/reload-config.ts';
 import { dashboard, DASHBOARD_USAGE } from './cli/dashboard.ts';
 import { flush, FLUSH_USAGE } from './cli/flush.ts';
+import { completion, COMPLETION_USAGE } from './cli/completion.ts';
 
 type Verb = (args: string[]) => Promise<number>;
 
@@ -29,6 +30,7 @@ const VERBS: Record<string, { run: Verb; usage: string; summary: string }> = {
   start: { run: start, usage: START_USAGE, summary: 'run the gateway in the foreground' },
   check: { run: check, usage: CHECK_USAGE, summary: 'validate the config; print routes and DB budgets' },
   status: { run: status, usage: STATUS_USAGE, summary: 'apps, modes, releases and instances' },
+  ls: { run: status, usage: STATUS_USAGE.replace('berth status', 'berth ls'), summary: 'the same as status (as pm2 ls)' },
   routes: { run: routes, usage: ROUTES_USAGE, summary: 'host, path, target and mode of every route' },
   certs: { run: certs, usage: CERTS_USAGE, summary: 'each TLS host: certificate source, issuer, expiry, next renewal' },
   deploy: { run: deploy, usage: DEPLOY_USAGE, summary: 'deploy a new release with live progress; exit 0 when it serves' },
@@ -45,6 +47,7 @@ const VERBS: Record<string, { run: Verb; usage: string; summary: string }> = {
   'reload-config': { run: reloadConfig, usage: RELOAD_CONFIG_USAGE, summary: 're-read the config and apply it live (as SIGHUP does)' },
   dashboard: { run: dashboard, usage: DASHBOARD_USAGE, summary: 'open the web dashboard through a local proxy and print its URL' },
   token: { run: token, usage: TOKEN_USAGE, summary: 'hash a control API token from stdin, or make a new one' },
+  completion: { run: (args) => Promise.resolve(completion(args, VERBS)), usage: COMPLETION_USAGE, summary: 'a bash or zsh completion script, made from these verbs' },
 };
 
 function usage(): string {

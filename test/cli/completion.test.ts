@@ -1,0 +1,69 @@
+/**
+ * `berth completion bash|zsh` and `berth ls`: the bash script completes verbs, each verb's flags, modes,
+ * and app names asked of a running gateway (a real one, reached through a `berth` on PATH); the zsh
+ * script parses. `berth ls` is `berth status`.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { FIXTURE_WEB_COMMAND, MAIN, fixtureApp, runCli, spawnGateway, tempDir, untilReady, writeConfig } from '../helpers/gateway.ts';
+
+/** What the bash script completes for the words typed (the last one is being completed). */
+function complete(script: string, words: string[], env: NodeJS.ProcessEnv = process.env): string[] {
+  const program = `${script}\nCOMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _berth; printf '%s\\n' "\${COMPREPLY[@]}"`;
+  const res = spawnSync('bash', ['-c', program], { encoding: 'utf8', env });
+  assert.equal(res.status, 0, res.stderr);
+  return res.stdout.split('\n').filter(Boolean).sort();
+}
+
+test('bash completion: verbs, flags, modes and the running gateway\'s apps', async (t) => {
+  const out = await runCli(['completion', 'bash']);
+  assert.equal(out.code, 0, out.stderr);
+  const script = out.stdout;
+  assert.deepEqual(complete(script, ['berth', 'de']), ['deploy']);
+  assert.ok(complete(script, ['berth', '']).includes('completion'));
+  assert.ok(complete(script, ['berth', '']).includes('ls'));
+  assert.deepEqual(complete(script, ['berth', 'status', '--f']), ['--fleet']);
+  assert.deepEqual(complete(script, ['berth', 'mode', 'shop', 'm']), ['maintenance']);
+  assert.deepEqual(complete(script, ['berth', 'completion', '']), ['bash', 'zsh']);
+
+  // App names come from the gateway that answers.
+  const dir = await tempDir(t);
+  const src = await fixtureApp(dir);
+  const file = await writeConfig(dir, { state_dir: 'state', listen: ['127.0.0.1:0'], apps: { shop: { source: src, hosts: ['shop.test'], processes: { web: { command: FIXTURE_WEB_COMMAND } } }, blog: { source: src, hosts: ['blog.test'], processes: { web: { command: FIXTURE_WEB_COMMAND } } } } });
+  const gw = await spawnGateway(t, file);
+  await untilReady(gw);
+  const bin = join(dir, 'bin');
+  await mkdir(bin);
+  await writeFile(join(bin, 'berth'), `#!/bin/sh\nexec "${process.execPath}" "${MAIN}" "$@" --socket "${gw.socket}"\n`);
+  await chmod(join(bin, 'berth'), 0o755);
+  const env = { ...process.env, PATH: `${bin}:${process.env.PATH}` };
+  assert.deepEqual(complete(script, ['berth', 'deploy', ''], env), ['blog', 'shop']);
+  assert.deepEqual(complete(script, ['berth', 'logs', 'sh'], env), ['shop']);
+
+  // `berth ls` is `berth status`.
+  const ls = await runCli(['ls', '--socket', gw.socket]);
+  assert.equal(ls.code, 0, ls.stderr);
+  assert.match(ls.stdout, /^shop\s/m);
+  assert.match(ls.stdout, /^blog\s/m);
+});
+
+test('zsh completion parses, and a shell other than bash or zsh is a usage error', async (t) => {
+  const out = await runCli(['completion', 'zsh']);
+  assert.equal(out.code, 0, out.stderr);
+  assert.match(out.stdout, /^#compdef berth/);
+  assert.match(out.stdout, /verbs=\(.*\bdeploy\b.*\)/);
+  const zsh = spawnSync('zsh', ['--version']);
+  if (zsh.error) t.diagnostic('zsh is not installed: its script is not parsed here');
+  else {
+    const dir = await tempDir(t);
+    await writeFile(join(dir, '_berth'), out.stdout);
+    const parsed = spawnSync('zsh', ['-n', join(dir, '_berth')], { encoding: 'utf8' });
+    assert.equal(parsed.status, 0, parsed.stderr);
+  }
+  const bad = await runCli(['completion', 'fish']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /bash or zsh/);
+});
