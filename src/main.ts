@@ -7,6 +7,7 @@ import { VERSION } from './lib/version.ts';
 import { UsageError } from './cli/options.ts';
 import { start, START_USAGE } from './start.ts';
 import { check, CHECK_USAGE } from './cli/check.ts';
+import { init, INIT_USAGE } from './cli/init.ts';
 import { status, STATUS_USAGE } from './cli/status.ts';
 import { routes, ROUTES_USAGE } from './cli/routes.ts';
 import { certs, CERTS_USAGE } from './cli/certs.ts';
@@ -29,6 +30,7 @@ type Verb = (args: string[]) => Promise<number>;
 const VERBS: Record<string, { run: Verb; usage: string; summary: string }> = {
   start: { run: start, usage: START_USAGE, summary: 'run the gateway in the foreground' },
   check: { run: check, usage: CHECK_USAGE, summary: 'validate the config; print routes and DB budgets' },
+  init: { run: init, usage: INIT_USAGE, summary: 'write a commented berth.yaml for the app in a directory (Procfile, Node.js or Python), asking nothing' },
   status: { run: status, usage: STATUS_USAGE, summary: 'apps, modes, releases and instances' },
   ls: { run: status, usage: STATUS_USAGE.replace('berth status', 'berth ls'), summary: 'the same as status (as pm2 ls)' },
   routes: { run: routes, usage: ROUTES_USAGE, summary: 'host, path, target and mode of every route' },
