@@ -2,7 +2,7 @@ import type { GatewayStatus, AppStatus, FleetStatus } from '../api/wire.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 import { formatBytes, formatTable, formatUptime } from './table.ts';
 
-export const STATUS_USAGE = 'berth status [app] [--check] [--json] [--fleet] [--socket PATH | --config F]';
+export const STATUS_USAGE = 'berth status [app] [--check] [--json] [--fleet] [--watch [--interval S]] [--socket PATH | --config F]';
 
 /**
  * `berth status [app]`: apps, modes, releases and every instance. With `--check` it is also a probe for
@@ -10,10 +10,20 @@ export const STATUS_USAGE = 'berth status [app] [--check] [--json] [--fleet] [--
  * Health is the gateway's own verdict (`healthy` and `reasons` in the status), the rule `/v1/ready` uses.
  */
 export async function status(args: string[]): Promise<number> {
-  const { values, positionals } = parse(args, { ...CLIENT_OPTIONS, check: { type: 'boolean', default: false }, fleet: { type: 'boolean', default: false } }, true);
+  const { values, positionals } = parse(
+    args,
+    { ...CLIENT_OPTIONS, check: { type: 'boolean', default: false }, fleet: { type: 'boolean', default: false }, watch: { type: 'boolean', default: false }, interval: { type: 'string', default: '1' } },
+    true,
+  );
   if (positionals.length > 1) throw new UsageError(`expected at most one app name, got ${positionals.length}`);
   if (values.fleet && positionals.length > 0) throw new UsageError('--fleet lists every node; it takes no app name');
   const client = await clientFor(values);
+  if (values.watch) {
+    if (values.check || values.json) throw new UsageError('--watch shows a live table: it takes neither --check nor --json');
+    const seconds = Number(values.interval);
+    if (!(seconds >= 0.2 && seconds <= 3600)) throw new UsageError(`--interval expects seconds from 0.2 to 3600, got "${values.interval}"`);
+    return watch(seconds * 1000, () => status(args.filter((a) => a !== '--watch')));
+  }
   if (values.fleet) {
     const f = await client.call<FleetStatus>('GET', '/v1/fleet');
     process.stdout.write(values.json ? JSON.stringify(f, null, 2) + '\n' : formatFleet(f) + '\n');
@@ -39,6 +49,54 @@ export async function status(args: string[]): Promise<number> {
   for (const app of s.apps) lines.push(formatApp(app), '');
   process.stdout.write(lines.join('\n').trimEnd() + '\n');
   return values.check ? checkHealth(s.apps) : 0;
+}
+
+/**
+ * `--watch`: the same view again every `intervalMs` until Ctrl-C. On a terminal the screen is redrawn in
+ * place, with health in colour (unless NO_COLOR is set); otherwise each frame follows the last under a
+ * time line, so a log of it reads. A gateway that does not answer is said in the frame, and the watch
+ * goes on.
+ */
+async function watch(intervalMs: number, frame: () => Promise<number>): Promise<number> {
+  const tty = process.stdout.isTTY === true;
+  const colour = tty && !process.env.NO_COLOR;
+  let stopped = false;
+  let wake: () => void = () => {};
+  const stop = () => {
+    stopped = true;
+    wake();
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  const write = process.stdout.write.bind(process.stdout);
+  try {
+    while (!stopped) {
+      let text = '';
+      // One frame's output is gathered, then written whole: no half-drawn table.
+      process.stdout.write = ((chunk: string | Uint8Array) => {
+        text += typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8');
+        return true;
+      }) as typeof process.stdout.write;
+      try {
+        await frame();
+      } catch (err) {
+        text += `berth status: ${err instanceof Error ? err.message : String(err)}\n`;
+      } finally {
+        process.stdout.write = write;
+      }
+      if (colour) text = text.replace(/\bUNHEALTHY\b/g, '\x1b[31mUNHEALTHY\x1b[0m').replace(/\bhealthy\b/g, '\x1b[32mhealthy\x1b[0m');
+      const stamp = `${new Date().toISOString()}  (every ${intervalMs / 1000}s; Ctrl-C ends)\n`;
+      write(tty ? `\x1b[H\x1b[2J${stamp}${text}` : `${stamp}${text}\n`);
+      await new Promise<void>((r) => {
+        wake = r;
+        setTimeout(r, intervalMs);
+      });
+    }
+    return 0;
+  } finally {
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+  }
 }
 
 /** `--check`: 0 when every app is healthy; else 1, with one stderr line per unhealthy app and its reasons. */

@@ -1,11 +1,12 @@
 /**
- * `berth completion bash|zsh` and `berth ls`: the bash script completes verbs, each verb's flags, modes,
- * and app names asked of a running gateway (a real one, reached through a `berth` on PATH); the zsh
- * script parses. `berth ls` is `berth status`.
+ * The conveniences PM2 users reach for: `berth completion bash|zsh` (the bash script completes verbs,
+ * each verb's flags, modes, and app names asked of a running gateway reached through a `berth` on PATH;
+ * the zsh script parses), `berth ls` (`berth status`), and `berth status --watch`.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FIXTURE_WEB_COMMAND, MAIN, fixtureApp, runCli, spawnGateway, tempDir, untilReady, writeConfig } from '../helpers/gateway.ts';
@@ -66,4 +67,29 @@ test('zsh completion parses, and a shell other than bash or zsh is a usage error
   const bad = await runCli(['completion', 'fish']);
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /bash or zsh/);
+});
+
+test('berth status --watch redraws the table every interval until stopped, and says when the gateway does not answer', async (t) => {
+  const dir = await tempDir(t);
+  const src = await fixtureApp(dir);
+  const file = await writeConfig(dir, { state_dir: 'state', listen: ['127.0.0.1:0'], apps: { shop: { source: src, processes: { web: { command: FIXTURE_WEB_COMMAND } } } } });
+  const gw = await spawnGateway(t, file);
+  await untilReady(gw);
+  const child = spawn(process.execPath, [MAIN, 'status', '--watch', '--interval', '0.3', '--socket', gw.socket], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
+  await new Promise((r) => setTimeout(r, 1_500));
+  gw.proc.kill('SIGTERM');
+  await gw.exited;
+  await new Promise((r) => setTimeout(r, 800));
+  child.kill('SIGINT');
+  const [code] = (await once(child, 'exit')) as [number | null];
+  assert.equal(code, 0, 'Ctrl-C ends the watch with status 0');
+  const frames = out.split(/^\d{4}-\d\d-\d\dT.*\(every 0\.3s; Ctrl-C ends\)$/m).filter((f) => f.trim() !== '');
+  assert.ok(frames.length >= 4, `a frame every 0.3s (${frames.length})`);
+  assert.match(frames[0]!, /^shop\s+healthy/m, 'a frame is the status table');
+  assert.doesNotMatch(out, /\x1b\[/, 'no colour or screen codes when not on a terminal');
+  assert.match(frames.at(-1)!, /berth status: /, 'a gateway that stopped is said in the frame, and the watch goes on');
+  const bad = await runCli(['status', '--watch', '--json', '--socket', gw.socket]);
+  assert.equal(bad.code, 2);
 });
