@@ -37,7 +37,8 @@ function optionalPaths(body: unknown): string[] | null {
   if (v === undefined || v === null) return null;
   if (!Array.isArray(v) || v.length === 0 || v.length > MAX_FLUSH_PATHS) throw new BerthError(ErrorCodes.badRequest, `"paths" must be a list of 1 to ${MAX_FLUSH_PATHS} paths`);
   for (const p of v) {
-    if (typeof p !== 'string' || !p.startsWith('/') || p.length > 2048 || /[\s\0]/.test(p)) throw new BerthError(ErrorCodes.badRequest, `each path must start with "/" and hold no spaces, got ${JSON.stringify(p).slice(0, 100)}`);
+    // No `.` or `..` segment: a CDN resolves them, which would purge past the rules' includes and excludes.
+    if (typeof p !== 'string' || !p.startsWith('/') || p.length > 2048 || /[\s\0]/.test(p) || /(^|\/)\.{1,2}(\/|$)/.test(p)) throw new BerthError(ErrorCodes.badRequest, `each path must start with "/" and hold no spaces and no "." or ".." segment, got ${JSON.stringify(p).slice(0, 100)}`);
   }
   return [...new Set(v as string[])];
 }

@@ -95,6 +95,11 @@ ${cases}
   esac
   _files
 }
-compdef _berth berth
+# Autoloaded from $fpath this file is _berth's body: complete now. Sourced, it registers the function.
+if [[ $funcstack[1] == _berth ]]; then
+  _berth "$@"
+else
+  compdef _berth berth
+fi
 `;
 }

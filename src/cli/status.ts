@@ -62,10 +62,14 @@ async function watch(intervalMs: number, frame: () => Promise<number>): Promise<
   const colour = tty && !process.env.NO_COLOR;
   let stopped = false;
   let wake: () => void = () => {};
+  let interrupt: () => void = () => {};
   const stop = () => {
     stopped = true;
     wake();
+    interrupt();
   };
+  // A frame the gateway does not answer within this is said as such (a hung gateway, a dropped link).
+  const frameTimeoutMs = Math.max(5_000, intervalMs);
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
   const write = process.stdout.write.bind(process.stdout);
@@ -78,12 +82,19 @@ async function watch(intervalMs: number, frame: () => Promise<number>): Promise<
         return true;
       }) as typeof process.stdout.write;
       try {
-        await frame();
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`the gateway did not answer within ${frameTimeoutMs / 1000}s`)), frameTimeoutMs);
+          interrupt = () => reject(new Error('stopped'));
+        });
+        await Promise.race([frame(), late]).finally(() => clearTimeout(timer));
       } catch (err) {
         text += `berth status: ${err instanceof Error ? err.message : String(err)}\n`;
       } finally {
         process.stdout.write = write;
+        interrupt = () => {};
       }
+      if (stopped) break;
       if (colour) text = text.replace(/\bUNHEALTHY\b/g, '\x1b[31mUNHEALTHY\x1b[0m').replace(/\bhealthy\b/g, '\x1b[32mhealthy\x1b[0m');
       const stamp = `${new Date().toISOString()}  (every ${intervalMs / 1000}s; Ctrl-C ends)\n`;
       write(tty ? `\x1b[H\x1b[2J${stamp}${text}` : `${stamp}${text}\n`);

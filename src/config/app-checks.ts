@@ -384,8 +384,8 @@ function checkCacheFlush(c: Checker, app: Fields): CacheFlushConfig | null {
     });
   } else f.take('enable');
   const paths = (f.strings('paths') ?? []).filter((p, i) => {
-    if (p.startsWith('/') && !/[\s\0]/.test(p)) return true;
-    c.problem(f.listItemPath('paths', i), `expected a path starting with "/", got ${show(p)}`);
+    if (p.startsWith('/') && !/[\s\0]/.test(p) && !/(^|\/)\.{1,2}(\/|$)/.test(p)) return true;
+    c.problem(f.listItemPath('paths', i), `expected a path starting with "/", without spaces or "." and ".." segments, got ${show(p)}`);
     return false;
   });
   f.done();

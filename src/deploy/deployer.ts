@@ -8,7 +8,7 @@
  */
 import { join } from 'node:path';
 import type { AppConfig } from '../config/schema.ts';
-import { changedPaths, manifestOf } from '../flush/manifest.ts';
+import { buildManifest, changedPaths, manifestOf, saveManifest } from '../flush/manifest.ts';
 import { flushUrls } from '../flush/flush-plan.ts';
 import type { Logger } from '../lib/logger.ts';
 import { BerthError, errorMessage, ErrorCodes } from '../lib/errors.ts';
@@ -258,6 +258,13 @@ export class Deployer {
         deploy.releaseId = release.id;
         await this.#store.updateDeploy(deploy.id, { releaseId: release.id });
       }
+      // A release's static manifest is made once its build ran (which may make the assets), while it is
+      // prepared, so the flush step after the switch only compares: hashing never waits there.
+      if (deploy.kind === 'deploy' && app.cacheFlush) {
+        await buildManifest(app, release.dir)
+          .then((m) => saveManifest(target.releases.appDir, release.id, m))
+          .catch((err) => log.warn({ err: errorMessage(err) }, 'static manifest not made; the flush step makes it'));
+      }
       const procfile = await this.#step(deploy, 'release', async () => {
         const resolved = await resolveProcesses(app, release.dir);
         if (!resolved.release) return { value: resolved, status: 'skipped', message: 'no release command' };
@@ -393,7 +400,8 @@ export class Deployer {
       const urls = flushUrls(app, flush, [...new Set([...changed, ...flush.paths])]);
       const what = `${changed.length} changed path(s)${flush.paths.length ? ` and ${flush.paths.length} listed in cache_flush.paths` : ''}`;
       if (urls.length === 0) return skip(`${what}: no URL to purge (rules enabled: ${flush.enable.join(', ') || 'none'})`);
-      const id = await this.#host.flush({ app: app.name, deployId: deploy.id, urls, user: deploy.user }, flush);
+      // Its first attempt waits for the deploy's end: the deploy's own events come first.
+      const id = await this.#host.flush({ app: app.name, deployId: deploy.id, urls, user: deploy.user, after: deploy.done }, flush);
       return { value: undefined, message: `${what} -> ${urls.length} URL(s): flush ${id} queued` };
     } catch (err) {
       this.#log.error({ app: app.name, deploy: deploy.id, err: errorMessage(err) }, 'cache flush not queued');

@@ -14,6 +14,7 @@ import { randomBytes } from 'node:crypto';
 import type { BerthConfig, CacheFlushConfig } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
 import { errorMessage } from '../lib/errors.ts';
+import { redactText } from '../lib/redact.ts';
 import type { AuditOutcome, DeployEvent, FlushRecord, Store } from '../store/store.ts';
 import type { AuditStart } from '../api/audit.ts';
 import { akamaiProvider, fastPurgeCredentials, httpProvider, type FlushProvider } from './providers.ts';
@@ -36,9 +37,13 @@ export interface FlushRequest {
   deployId: string | null;
   urls: string[];
   user: string | null;
+  /** The first attempt waits for this (the deploy's end, so its events keep their order). */
+  after?: Promise<unknown>;
 }
 
 const BACKOFF_MIN_MS = 1_000;
+/** After the store failed an attempt (or the listing at start), when to look again. */
+const STORE_RETRY_MS = 5_000;
 const BACKOFF_MAX_MS = 5 * 60_000;
 
 export class Flusher {
@@ -61,7 +66,14 @@ export class Flusher {
       for (const f of pending) this.#schedule(f.id, Date.parse(f.nextAt) - Date.now());
       if (pending.length > 0) this.#log.info({ flushes: pending.map((f) => f.id) }, 'resuming cache flushes');
     } catch (err) {
-      this.#log.error({ err: errorMessage(err) }, 'cannot read pending cache flushes');
+      this.#log.error({ err: errorMessage(err), retryInMs: STORE_RETRY_MS }, 'cannot read pending cache flushes; trying again');
+      if (this.#stopped) return;
+      const timer = setTimeout(() => {
+        this.#timers.delete('');
+        void this.start();
+      }, STORE_RETRY_MS);
+      timer.unref();
+      this.#timers.set('', timer);
     }
   }
 
@@ -86,7 +98,8 @@ export class Flusher {
     };
     await this.#opts.store.createFlush(flush);
     this.#log.info({ app: req.app, flush: flush.id, deploy: req.deployId, urls: req.urls.length }, 'cache flush queued');
-    this.#schedule(flush.id, 0);
+    if (req.after) void req.after.then(() => this.#schedule(flush.id, 0), () => this.#schedule(flush.id, 0));
+    else this.#schedule(flush.id, 0);
     return flush;
   }
 
@@ -106,7 +119,12 @@ export class Flusher {
       this.#timers.delete(id);
       if (this.#running.has(id)) return;
       const run = this.#attempt(id)
-        .catch((err) => this.#log.error({ flush: id, err: errorMessage(err) }, 'cache flush attempt failed'))
+        .catch((err) => {
+          // The store (or something else) failed mid-attempt: the flush stays pending and is tried again.
+          this.#log.error({ flush: id, err: errorMessage(err), retryInMs: STORE_RETRY_MS }, 'cache flush attempt failed');
+          this.#running.delete(id);
+          this.#schedule(id, STORE_RETRY_MS);
+        })
         .finally(() => this.#running.delete(id));
       this.#running.set(id, run);
     }, Math.max(0, inMs));
@@ -143,7 +161,8 @@ export class Flusher {
     }
     const left = outcome.failed.length + outcome.retry.length;
     const firstError = (outcome.failed[0] ?? outcome.retry[0])!;
-    const summary = `attempt ${attempts}: ${outcome.done.length} of ${remaining.length} URL(s) purged, ${left} not (${firstError.error}, e.g. ${firstError.url})`;
+    // A purge URL may carry a key (`?key=...`): what is logged, stored and shown never does.
+    const summary = redactText(`attempt ${attempts}: ${outcome.done.length} of ${remaining.length} URL(s) purged, ${left} not (${firstError.error}, e.g. ${firstError.url})`);
     if (outcome.failed.length > 0) return this.#finish(progress, 'failed', `${summary}; refused for good`, left);
     const wait = Math.max(backoff(attempts, this.#opts.backoff), outcome.retryAfterMs ?? 0);
     if (Date.now() + wait > Date.parse(f.giveUpAt)) return this.#finish(progress, 'failed', `${summary}; gave up: retry_for has passed`, left);
@@ -168,7 +187,7 @@ export class Flusher {
     if (failedUrls > 0) this.#opts.onUrls?.(f.app, 'failed', failedUrls);
     await this.#event(f, state, message);
     const outcome = state === 'succeeded' ? 'ok' : state === 'skipped' ? 'refused' : 'failed';
-    await this.#opts.audit.record({ user: f.user ?? 'cache-flush', channel: 'internal', action: 'flush', app: f.app, target: f.id, outcome, detail: `${f.id}: ${state}: ${message}` }).catch(() => {});
+    await this.#opts.audit.record({ user: f.user ?? 'cache-flush', channel: 'internal', action: 'flush', app: f.app, target: f.id, outcome, detail: redactText(`${f.id}: ${state}: ${message}`) }).catch(() => {});
     const fields = { app: f.app, flush: f.id, attempts: f.attempts, urls: f.urls.length };
     if (state === 'failed') this.#log.error({ ...fields, err: message }, 'cache flush failed');
     else if (state === 'succeeded') this.#log.info(fields, 'cache flush done');
@@ -181,7 +200,7 @@ export class Flusher {
     for (let tries = 0; tries < 3; tries++) {
       try {
         const seq = (await store.listDeployEvents(f.deployId)).length + 1;
-        await store.addDeployEvent({ deployId: f.deployId, seq, step: 'flush', status, at: new Date().toISOString(), durationMs: null, message: `${f.id}: ${message}` });
+        await store.addDeployEvent({ deployId: f.deployId, seq, step: 'flush', status, at: new Date().toISOString(), durationMs: null, message: redactText(`${f.id}: ${message}`) });
         return;
       } catch (err) {
         if (tries === 2) this.#log.warn({ flush: f.id, err: errorMessage(err) }, 'cannot record the flush event');

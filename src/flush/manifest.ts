@@ -13,7 +13,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { lstat, mkdir, readdir, readFile, realpath, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, realpath, rm, stat } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import type { AppConfig } from '../config/schema.ts';
 import { writeFileAtomic } from '../lib/atomic-fs.ts';
@@ -42,11 +42,13 @@ export async function buildManifest(app: Pick<AppConfig, 'routes' | 'maxReleaseF
     if (dir !== root && !dir.startsWith(root + sep)) continue; // a static dir that leaves the release is never served
     const prefix = route.path === '/' ? '' : route.path;
     const mine: Manifest = {};
-    for await (const file of walk(dir)) {
-      if (--budget < 0) throw new Error(`more than ${app.maxReleaseFiles} static files`);
+    const count = () => {
+      if (--budget < 0) throw new Error(`more than ${app.maxReleaseFiles} static entries`);
+    };
+    for await (const [file, content] of walk(dir, dir, count, 0)) {
       const urlPath = `${prefix}/${relative(dir, file).split(sep).join('/')}`;
       if (urlPath in manifest) continue; // a longer route serves it
-      mine[urlPath] = await hashFile(file);
+      mine[urlPath] = await hashFile(content);
     }
     Object.assign(manifest, servedAs(mine));
   }
@@ -111,14 +113,29 @@ function manifestPath(appDir: string, releaseId: string): string {
   return join(appDir, MANIFEST_DIR, `${releaseId}.json`);
 }
 
-async function* walk(dir: string): AsyncGenerator<string> {
+/** Deeper than this, a static tree is not read (no site nests so deep; a hostile build might). */
+const MAX_DEPTH = 32;
+
+/**
+ * Every file under `dir` as [its path, the file whose content it serves]: a symlink to a file inside the
+ * static dir `root` serves that file (as static.ts does); one leaving it serves nothing. Every entry
+ * counts against the budget (`count` throws past it), directories and links included.
+ */
+async function* walk(dir: string, root: string, count: () => void, depth: number): AsyncGenerator<[string, string]> {
+  if (depth > MAX_DEPTH) return;
   const entries = await readdir(dir, { withFileTypes: true });
   entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   for (const e of entries) {
-    if (e.name.startsWith('.')) continue; // static.ts serves no dot-file
+    count();
+    // static.ts serves no dot-name but `.well-known`.
+    if (e.name.startsWith('.') && e.name !== '.well-known') continue;
     const path = join(dir, e.name);
-    if (e.isDirectory()) yield* walk(path);
-    else if (e.isFile() && (await lstat(path)).isFile()) yield path;
+    if (e.isDirectory()) yield* walk(path, root, count, depth + 1);
+    else if (e.isFile()) yield [path, path];
+    else if (e.isSymbolicLink()) {
+      const target = await realpath(path).catch(() => null);
+      if (target !== null && target.startsWith(root + sep) && (await stat(target).catch(() => null))?.isFile()) yield [path, target];
+    }
   }
 }
 

@@ -165,14 +165,16 @@ test('rules missing (or null) is a problem; enable then lists no rules', () => {
   ]);
 });
 
-test('a path in paths must start with "/"', () => {
-  assert.deepEqual(problems(withFlush({ rules: { cdn: { templates: 'https://a.test/{path}' } }, paths: ['/', 'sitemap.xml', '/a b'] })), [
-    'apps.shop.cache_flush.paths.1: expected a path starting with "/", got "sitemap.xml"',
-    'apps.shop.cache_flush.paths.2: expected a path starting with "/", got "/a b"',
+test('a path in paths must start with "/", with no spaces and no "." or ".." segment', () => {
+  const expected = 'expected a path starting with "/", without spaces or "." and ".." segments';
+  assert.deepEqual(problems(withFlush({ rules: { cdn: { templates: 'https://a.test/{path}' } }, paths: ['/', 'sitemap.xml', '/a b', '/static/../admin', '/./x', '/a/..'] })), [
+    `apps.shop.cache_flush.paths.1: ${expected}, got "sitemap.xml"`,
+    `apps.shop.cache_flush.paths.2: ${expected}, got "/a b"`,
+    `apps.shop.cache_flush.paths.3: ${expected}, got "/static/../admin"`,
+    `apps.shop.cache_flush.paths.4: ${expected}, got "/./x"`,
+    `apps.shop.cache_flush.paths.5: ${expected}, got "/a/.."`,
   ]);
-  assert.deepEqual(problems(withFlush({ rules: { cdn: { templates: 'https://a.test/{path}' } }, paths: 'index.html' })), [
-    'apps.shop.cache_flush.paths: expected a path starting with "/", got "index.html"',
-  ]);
+  assert.deepEqual(normaliseConfig(withFlush({ rules: { cdn: { templates: 'https://a.test/{path}' } }, paths: ['/..well', '/a.b/c'] }), CTX).apps.shop.cacheFlush?.paths, ['/..well', '/a.b/c'], 'dots inside a name are fine');
 });
 
 test('headers: a value with a newline, a non-string value, or a bad name is a problem at the header', () => {

@@ -214,4 +214,9 @@ test('akamai: Fast Purge requests carry a valid EdgeGrid signature, 429 and 5xx 
   assert.equal(skipped.outcome, 'refused');
   assert.match(skipped.detail, /skipped: no Fast Purge credentials: set BERTH_FASTPURGE_HOST, /);
   assert.equal(bare.logs.filter((l) => l.msg === 'cache flush skipped').length, 1);
+  // The flush's events come after the deploy's own: every step is there, in order, numbered without a gap.
+  const d = await lastDeploy(bare);
+  assert.deepEqual(d.events.map((e: any) => e.seq), d.events.map((_: unknown, i: number) => i + 1));
+  const steps = d.events.filter((e: any) => e.status !== 'started').map((e: any) => e.step);
+  assert.deepEqual(steps.slice(-4), ['flush', 'prune', 'record', 'flush'], JSON.stringify(d.events.map((e: any) => [e.seq, e.step, e.status])));
 });

@@ -88,6 +88,16 @@ test('buildManifest: a symlink within the release is not followed either; a stat
   assert.deepEqual(manifest, { '/real.txt': sha256('real'), '/static/a.js': sha256('a') });
 });
 
+test('buildManifest: a symlink to a file inside its static dir serves that file, and .well-known is listed', async (t) => {
+  const dir = await tempDir(t);
+  const release = join(dir, 'release');
+  await put(release, 'site/app.v2.js', 'v2');
+  await put(release, 'site/.well-known/security.txt', 'contact');
+  await symlink('app.v2.js', join(release, 'site', 'latest.js'));
+  const manifest = await buildManifest(app([staticRoute('/', 'site')]), release);
+  assert.deepEqual(manifest, { '/.well-known/security.txt': sha256('contact'), '/app.v2.js': sha256('v2'), '/latest.js': sha256('v2') });
+});
+
 test('buildManifest: a missing static dir lists nothing and is no error', async (t) => {
   const dir = await tempDir(t);
   const release = join(dir, 'release');
@@ -123,8 +133,9 @@ test('buildManifest: more static files than maxReleaseFiles throws; exactly as m
   await put(release, 'site/b/c', '2');
   await put(release, 'public/d', '3');
   const routes = [staticRoute('/', 'site'), staticRoute('/static', 'public')];
-  assert.equal(Object.keys(await buildManifest(app(routes, 3), release)).length, 3);
-  await assert.rejects(buildManifest(app(routes, 2), release), /more than 2 static files/);
+  // Every entry counts, the directory b included: 4.
+  assert.equal(Object.keys(await buildManifest(app(routes, 4), release)).length, 3);
+  await assert.rejects(buildManifest(app(routes, 3), release), /more than 3 static entries/);
 });
 
 test('changedPaths: added, changed and removed paths, sorted; nothing for equal manifests', () => {
