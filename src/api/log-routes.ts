@@ -13,6 +13,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import type { Control } from './control.ts';
 import type { RouteTable } from './request.ts';
+import { permits } from './auth.ts';
 
 /** Lines sent when `lines` is not given. */
 export const DEFAULT_LOG_LINES = 100;
@@ -103,15 +104,24 @@ class FileFollower {
   #ino: number | null;
   #pos: number;
   #partial = '';
+  /** Every app's logs at once (`GET /v1/logs`): the app each line is of. */
+  #app: string | null;
 
-  constructor(file: string, ino: number | null, pos: number) {
+  constructor(file: string, ino: number | null, pos: number, app: string | null = null) {
     this.file = file;
     this.#ino = ino;
     this.#pos = pos;
+    this.#app = app;
   }
 
-  /** New complete lines since the last call. */
+  /** New complete lines since the last call (named by their app, when it has one). */
   async poll(): Promise<string[]> {
+    const lines = await this.#poll();
+    const app = this.#app;
+    return app === null ? lines : lines.map((line) => ofApp(line, app));
+  }
+
+  async #poll(): Promise<string[]> {
     const out: string[] = [];
     if (this.#fh === null && this.#ino !== null) {
       // Open what was measured; if it is already rotated away, the new file is read from its start.
@@ -239,7 +249,52 @@ async function follow(req: IncomingMessage, res: ServerResponse, followers: File
 }
 
 /** Registers `GET /v1/apps/:app/logs`. */
+/**
+ * A process log line of `app` as every app's logs show it: the instance named `<app>/<process>.<index>`,
+ * the time still first (so lines of several apps merge by time).
+ */
+function ofApp(line: string, app: string): string {
+  const first = line.indexOf(' ');
+  return first === -1 ? `${app} ${line}` : `${line.slice(0, first)} ${app}/${line.slice(first + 1)}`;
+}
+
 export function registerLogRoutes(routes: RouteTable, gateway: Control): void {
+  // Every app's process logs, merged by time (`berth logs` with no app); a caller limited to some apps sees those.
+  routes.add('GET', '/v1/logs', async (_p, url, _body, req, res, ctx) => {
+    const rawLines = url.searchParams.get('lines');
+    const n = rawLines === null ? DEFAULT_LOG_LINES : Number(rawLines);
+    if (!Number.isInteger(n) || n < 0 || n > MAX_LOG_LINES) throw new BerthError(ErrorCodes.badRequest, `"lines" must be an integer from 0 to ${MAX_LOG_LINES}, got "${rawLines}"`);
+    const sources: { app: string; name: string; file: string; logsDir: string }[] = [];
+    for (const app of gateway.appNames().filter((a) => permits(ctx, a))) {
+      const logsDir = join(gateway.config.stateDir, 'apps', app, 'logs');
+      for (const name of [...(await processNames(gateway, app, logsDir))].sort()) sources.push({ app, name, file: join(logsDir, `${name}.log`), logsDir });
+    }
+    const tails = await Promise.all(sources.map((s) => tailOf(s.file, n)));
+    startText(res);
+    writeLines(res, n === 0 ? [] : byTime(tails.flatMap((t, i) => t.lines.map((line) => ofApp(line, sources[i]!.app)))).slice(-n));
+    if (!isFollow(url)) {
+      res.end();
+      return undefined;
+    }
+    const seen = new Set(sources.map((s) => `${s.app}/${s.name}`));
+    const followers = sources.map((s, i) => new FileFollower(s.file, tails[i]!.ino, tails[i]!.size, s.app));
+    const apps = [...new Set(sources.map((s) => s.app))];
+    const more = async () => {
+      const added: FileFollower[] = [];
+      for (const app of apps) {
+        const logsDir = join(gateway.config.stateDir, 'apps', app, 'logs');
+        for (const name of await processNames(gateway, app, logsDir)) {
+          if (seen.has(`${app}/${name}`)) continue;
+          seen.add(`${app}/${name}`);
+          added.push(new FileFollower(join(logsDir, `${name}.log`), null, 0, app));
+        }
+      }
+      return added;
+    };
+    await follow(req, res, followers, more, null);
+    return undefined;
+  });
+
   routes.add('GET', '/v1/apps/:app/logs', async (p, url, _body, req, res) => {
     const app = p.app;
     if (!gateway.taskTarget(app)) throw new BerthError(ErrorCodes.notFound, `no app named "${app}"`);

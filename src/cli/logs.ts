@@ -1,11 +1,11 @@
 /**
- * `berth logs <app>`: the app's process logs merged by time, each line already prefixed in the file
+ * `berth logs [app]`: the app's process logs (with no app: every app's, each instance named `<app>/<process>.<index>`) merged by time, each line already prefixed in the file
  * with `<process>.<instance>` and the release; `-f` follows across deploys and rotations. `--deploy ID`
  * shows a deploy's command output, `--task ID` a task run's recorded output.
  */
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 
-export const LOGS_USAGE = 'berth logs <app> [--process P] [-n N] [-f] [--deploy ID | --task ID] [--json]';
+export const LOGS_USAGE = 'berth logs [app] [--process P] [-n N] [-f] [--deploy ID | --task ID] [--json]';
 
 const LINE_RE = /^(\S+) (\S+) (\S+) (out|err|berth) (.*)$/;
 
@@ -29,7 +29,10 @@ export async function logs(args: string[]): Promise<number> {
     },
     true,
   );
-  if (positionals.length !== 1) throw new UsageError('expected one app name');
+  if (positionals.length > 1) throw new UsageError('expected at most one app name');
+  // No app: every app's logs, merged by time, each instance named <app>/<process>.<index>.
+  const all = positionals.length === 0;
+  if (all && [values.process, values.deploy, values.task].some((v) => v !== undefined)) throw new UsageError('--process, --deploy and --task need an app name');
   const n = Number(values.lines);
   if (!Number.isInteger(n) || n < 0) throw new UsageError(`-n expects a whole number, got "${values.lines}"`);
   if ([values.process, values.deploy, values.task].filter((v) => v !== undefined).length > 1) throw new UsageError('give at most one of --process, --deploy and --task');
@@ -43,7 +46,8 @@ export async function logs(args: string[]): Promise<number> {
   const json = values.json;
 
   // Ctrl-C is how a follow ends.
-  const stream = client.stream('GET', `/v1/apps/${encodeURIComponent(positionals[0])}/logs?${query}`, (line) => {
+  const path = all ? `/v1/logs?${query}` : `/v1/apps/${encodeURIComponent(positionals[0]!)}/logs?${query}`;
+  const stream = client.stream('GET', path, (line) => {
     process.stdout.write((json ? asJson(line) : line) + '\n');
   });
   process.on('SIGINT', stream.abort);

@@ -1,7 +1,7 @@
 /**
  * The conveniences PM2 users reach for: `berth completion bash|zsh` (the bash script completes verbs,
  * each verb's flags, modes, and app names asked of a running gateway reached through a `berth` on PATH;
- * the zsh script parses), `berth ls` (`berth status`), and `berth status --watch`.
+ * the zsh script parses), `berth ls` (`berth status`), `berth status --watch`, and `berth logs` of every app.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { FIXTURE_WEB_COMMAND, MAIN, fixtureApp, runCli, spawnGateway, tempDir, untilReady, writeConfig } from '../helpers/gateway.ts';
+import { FIXTURE_WEB_COMMAND, MAIN, fixtureApp, runCli, spawnGateway, tempDir, untilReady, waitFor, writeConfig } from '../helpers/gateway.ts';
 
 /** What the bash script completes for the words typed (the last one is being completed). */
 function complete(script: string, words: string[], env: NodeJS.ProcessEnv = process.env): string[] {
@@ -92,4 +92,36 @@ test('berth status --watch redraws the table every interval until stopped, and s
   assert.match(frames.at(-1)!, /berth status: /, 'a gateway that stopped is said in the frame, and the watch goes on');
   const bad = await runCli(['status', '--watch', '--json', '--socket', gw.socket]);
   assert.equal(bad.code, 2);
+});
+
+test('berth logs with no app: every app\'s process logs merged by time, each instance named by its app; -f follows them all', async (t) => {
+  const dir = await tempDir(t);
+  const src = await fixtureApp(dir);
+  // Each instance says hello on its output as it starts (commands run through sh -c).
+  const command = `echo "hello from $BERTH_APP $BERTH_RELEASE"; exec ${FIXTURE_WEB_COMMAND}`;
+  const apps = { shop: { source: src, hosts: ['shop.test'], processes: { web: { command } } }, blog: { source: src, hosts: ['blog.test'], processes: { web: { command } } } };
+  const file = await writeConfig(dir, { state_dir: 'state', listen: ['127.0.0.1:0'], apps });
+  const gw = await spawnGateway(t, file);
+  await untilReady(gw);
+  await waitFor(async () => {
+    const now = (await runCli(['logs', '-n', '50', '--socket', gw.socket])).stdout;
+    return / shop\/web\.0 .*hello from shop/.test(now) && / blog\/web\.0 .*hello from blog/.test(now);
+  }, { timeoutMs: 10_000, message: 'both apps\' hellos' });
+  const out = await runCli(['logs', '-n', '50', '--socket', gw.socket]);
+  assert.equal(out.code, 0, out.stderr);
+  const lines = out.stdout.split('\n').filter(Boolean);
+  assert.ok(lines.some((l) => / shop\/web\.0 /.test(l)) && lines.some((l) => / blog\/web\.0 /.test(l)), out.stdout);
+  const times = lines.map((l) => l.split(' ')[0]!);
+  assert.deepEqual(times, [...times].sort(), 'merged by time');
+  assert.equal((await runCli(['logs', '--process', 'web', '--socket', gw.socket])).code, 2, '--process needs an app');
+
+  // Following: a reload of blog writes new lines, which arrive named by their app.
+  const child = spawn(process.execPath, [MAIN, 'logs', '-f', '-n', '0', '--socket', gw.socket], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => child.kill('SIGKILL'));
+  let followed = '';
+  child.stdout.on('data', (c: Buffer) => (followed += c.toString('utf8')));
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal((await runCli(['reload', 'blog', '--socket', gw.socket])).code, 0);
+  await waitFor(() => / blog\/web\.0 .*hello from blog/.test(followed), { timeoutMs: 15_000, message: 'blog lines followed' });
+  child.kill('SIGINT');
 });
