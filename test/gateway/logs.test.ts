@@ -142,7 +142,7 @@ test('berth logs --deploy shows a deploy\'s command output; bad requests are ref
     assert.match(res.json().error.code, /^BERTH_E_/);
   }
   assert.equal((await http({ socketPath: gw.socket }, { path: '/v1/apps/nope/logs' })).status, 404);
-  for (const args of [[], ['demo', '-n', 'x'], ['demo', '--task', 't1', '-f'], ['demo', '--process', 'web', '--deploy', id], ['demo', 'more']]) {
+  for (const args of [['demo', '-n', 'x'], ['demo', '--task', 't1', '-f'], ['demo', '--process', 'web', '--deploy', id], ['demo', 'more']]) {
     const res = await runCli(['logs', '--socket', gw.socket, ...args]);
     assert.equal(res.code, 2, `${args.join(' ')}: ${res.stderr}`);
   }
