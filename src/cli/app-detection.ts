@@ -43,7 +43,7 @@ export interface Detection {
   language: 'node' | 'python' | null;
   warnings: string[];
   /** What the user must do before the config can run; null when nothing. Makes the exit status 1. */
-  todo: string | null;
+  toFix: string | null;
 }
 
 export interface StaticRoute {
@@ -54,7 +54,7 @@ export interface StaticRoute {
 // ---- detection --------------------------------------------------------------------------------
 
 function emptyDetection(kind: Detection['kind'], summary: string): Detection {
-  return { kind, summary, web: null, procfileNotes: [], build: null, buildNotes: [], env: {}, entryFiles: [], checkPort: true, language: null, warnings: [], todo: null };
+  return { kind, summary, web: null, procfileNotes: [], build: null, buildNotes: [], env: {}, entryFiles: [], checkPort: true, language: null, warnings: [], toFix: null };
 }
 
 export async function detect(dir: string, name: string, portEnv: string | null): Promise<Detection> {
@@ -79,7 +79,7 @@ export async function detect(dir: string, name: string, portEnv: string | null):
       'delete `processes:` and add a Procfile with a `web:` line.',
     ],
   };
-  none.todo = `no app detected in ${showPath(dir)}: set apps.${name}.processes.web.command (a command that listens on 127.0.0.1:$PORT) where it says "CHANGE ME"`;
+  none.toFix = `no app detected in ${showPath(dir)}: set apps.${name}.processes.web.command (a command that listens on 127.0.0.1:$PORT) where it says "CHANGE ME"`;
   return withWarnings(none, warnings);
 }
 
@@ -100,14 +100,14 @@ async function fromProcfile(dir: string, text: string): Promise<Detection> {
   try {
     parsed = parseProcfile(text);
   } catch (err) {
-    d.todo = `fix the Procfile, which a deploy would refuse: ${errorMessage(err)}`;
+    d.toFix = `fix the Procfile, which a deploy would refuse: ${errorMessage(err)}`;
     return d;
   }
   const types = Object.keys(parsed.processes);
   d.summary = `Procfile (${types.join(', ') || 'no process types'})`;
   const web = parsed.processes.web;
   if (web === undefined) {
-    d.todo = 'the Procfile has no `web` type, which the route `/ -> web` needs: add a line "web: <a command that listens on 127.0.0.1:$PORT>"';
+    d.toFix = 'the Procfile has no `web` type, which the route `/ -> web` needs: add a line "web: <a command that listens on 127.0.0.1:$PORT>"';
     return d;
   }
   if (/\$\{?PORT\b/.test(web.command)) d.checkPort = false;

@@ -64,7 +64,7 @@ export async function init(args: string[]): Promise<number> {
   if (!values.force && (await exists(file))) return refuseOverwrite(file);
 
   const detection = await detect(dir, name, portEnv);
-  if (portEnv !== null && detection.web !== null && detection.todo === null) detection.web.command = `${portEnv}=$PORT ${detection.web.command}`;
+  if (portEnv !== null && detection.web !== null && detection.toFix === null) detection.web.command = `${portEnv}=$PORT ${detection.web.command}`;
   if (portEnv !== null && detection.kind === 'procfile') {
     throw new UsageError(`--port-env applies to a command berth.yaml holds; this app's commands are in its Procfile: write "web: ${portEnv}=$PORT <command>" there`);
   }
@@ -89,7 +89,7 @@ export async function init(args: string[]): Promise<number> {
     process.stdout.write(
       JSON.stringify(
         {
-          ok: detection.todo === null,
+          ok: detection.toFix === null,
           file,
           app: name,
           detected: detection.kind,
@@ -100,7 +100,7 @@ export async function init(args: string[]): Promise<number> {
           routes: [...statics.map((s) => ({ path: s.path, static: s.dir })), { path: '/', to: 'web' }],
           health: { path: health.path },
           warnings: detection.warnings,
-          todo: detection.todo,
+          toFix: detection.toFix,
           next,
         },
         null,
@@ -114,15 +114,15 @@ export async function init(args: string[]): Promise<number> {
     lines.push(`  routes:  ${routes.join(', ')}`);
     lines.push(`  health:  ${health.path}`);
     lines.push('next steps:');
-    if (detection.todo !== null) lines.push(`  edit ${shown}: ${detection.todo}`);
+    if (detection.toFix !== null) lines.push(`  edit ${shown}: ${detection.toFix}`);
     lines.push(`  ${next[0]}`.padEnd(40) + '  validate it and list the routes');
     lines.push(`  ${next[1]}`.padEnd(40) + '  run the gateway; its first start deploys this directory');
     const url = frontDoorUrl(listen[0]);
     if (url !== null) lines.push(`  then open ${url}`);
     process.stdout.write(lines.join('\n') + '\n');
   }
-  if (detection.todo !== null) {
-    process.stderr.write(`berth init: ${detection.todo} (in ${shown}), then run ${next[0]}\n`);
+  if (detection.toFix !== null) {
+    process.stderr.write(`berth init: ${detection.toFix} (in ${shown}), then run ${next[0]}\n`);
     return 1;
   }
   return 0;

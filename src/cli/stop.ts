@@ -1,4 +1,5 @@
 import { stat } from 'node:fs/promises';
+import { processAlive } from '../lib/process-alive.ts';
 import { CLIENT_OPTIONS, clientFor, parse, UsageError } from './options.ts';
 
 export const STOP_USAGE = 'berth stop [--timeout SECONDS] [--socket PATH | --url URL | --config F]';
@@ -16,13 +17,8 @@ export async function stop(args: string[]): Promise<number> {
   if (!values.json) process.stdout.write(`stopping gateway (pid ${pid}): draining requests and stopping apps\n`);
   const deadline = Date.now() + timeout * 1000;
   while (Date.now() < deadline) {
-    let alive = true;
-    try {
-      process.kill(pid, 0);
-    } catch (err) {
-      // EPERM: it runs as another user (a control.socket_group member may stop a gateway it does not own).
-      alive = (err as NodeJS.ErrnoException).code === 'EPERM';
-    }
+    // Alive as another user too: a control.socket_group member may stop a gateway it does not own.
+    const alive = processAlive(pid);
     // A remote gateway (--url) is gone when its control API stops answering; a local one by pid and socket.
     const gone = client.url ? await client.call('GET', '/v1/status').then(() => false, () => true) : !alive || !(await stat(client.socket).catch(() => null));
     if (gone) {

@@ -44,7 +44,7 @@ import {
   type RouteConfig,
   type ScheduleConfig,
 } from './schema.ts';
-import { Checker, Fields, HEADER_NAME_RE, isMapping, isTimeZone, put, show, type KeyPath } from './checker.ts';
+import { Checker, Fields, HEADER_NAME_RE, isHttpUrl, isMapping, isTimeZone, put, show, type KeyPath } from './checker.ts';
 import { checkAppTls, checkCanonicalHost, checkHsts } from './tls-checks.ts';
 
 const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -416,6 +416,7 @@ function checkFlushRules(c: Checker, f: Fields, provider: 'http' | 'akamai'): Ca
     templates.forEach((t, i) => {
       const unknown = [...t.matchAll(TEMPLATE_PLACEHOLDER_RE)].map((m) => m[1]).filter((p) => p !== 'path' && p !== 'ttl');
       if (unknown.length > 0) c.problem(r.listItemPath('templates', i), `unknown placeholder {${unknown[0]}}: a template may use {path} and {ttl}`);
+      else if (/^[a-z][a-z0-9+.-]*:\/\/[^/?#]*@/i.test(t)) c.problem(r.listItemPath('templates', i), 'a template carries user:password, which would be logged and shown: send a purge key in cache_flush.headers');
       else if (provider === 'http' && !isHttpUrl(t.replaceAll('{path}', 'x').replaceAll('{ttl}', '1'))) c.problem(r.listItemPath('templates', i), `the http provider purges URLs: expected http(s)://..., got ${show(t)}`);
       else if (/[\s\0]/.test(t)) c.problem(r.listItemPath('templates', i), `a template has no spaces, got ${show(t)}`);
     });
@@ -425,15 +426,6 @@ function checkFlushRules(c: Checker, f: Fields, provider: 'http' | 'akamai'): Ca
     r.done();
     return { name, templates, includes, excludes, ttlSeconds: ttlMs === undefined ? null : Math.floor(ttlMs / 1000) };
   });
-}
-
-function isHttpUrl(text: string): boolean {
-  try {
-    const u = new URL(text);
-    return u.protocol === 'http:' || u.protocol === 'https:';
-  } catch {
-    return false;
-  }
 }
 
 function checkBudget(c: Checker, app: AppConfig, at: KeyPath): void {

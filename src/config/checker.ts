@@ -11,6 +11,16 @@ import { parseSize } from '../lib/sizes.ts';
 import { MAX_TIMER_MS } from './schema.ts';
 
 /** A key path: mapping keys and list indexes, printed joined by dots. */
+/** An http(s) URL without credentials (they would be logged and shown wherever the URL is). */
+export function isHttpUrl(text: string): boolean {
+  try {
+    const u = new URL(text);
+    return (u.protocol === 'https:' || u.protocol === 'http:') && u.username === '' && u.password === '';
+  } catch {
+    return false;
+  }
+}
+
 /** An HTTP header name (RFC 9110 token). */
 export const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 

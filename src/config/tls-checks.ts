@@ -6,7 +6,7 @@
  * bad file the same way `start` does.
  */
 import { resolve } from 'node:path';
-import { Checker, Fields, isMapping, show, type KeyPath } from './checker.ts';
+import { Checker, Fields, isHttpUrl, isMapping, show, type KeyPath } from './checker.ts';
 import {
   DEFAULT_ACME_DIRECTORY,
   DEFAULT_HSTS_MAX_AGE_S,
@@ -60,15 +60,6 @@ export function checkAcme(c: Checker, f: Fields, dir: string): AcmeConfig {
   d.done();
   f.done();
   return { directory, email, caRoot: caRoot === undefined ? null : resolve(dir, caRoot), challenge, ask, onDemand };
-}
-
-function isHttpUrl(text: string): boolean {
-  try {
-    const u = new URL(text);
-    return (u.protocol === 'https:' || u.protocol === 'http:') && u.username === '' && u.password === '';
-  } catch {
-    return false;
-  }
 }
 
 /** `apps.<app>.tls`: one `{certificate, key}` for all the app's hosts, or a list of `{hosts, certificate, key}`. */

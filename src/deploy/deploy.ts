@@ -3,7 +3,7 @@
  * (`DeployRequest`, a fleet's `FollowTarget`), and what it needs of the gateway (`DeployHost`,
  * `DeployLocks`). The step machine that runs one is deployer.ts.
  */
-import { randomBytes } from 'node:crypto';
+import { timeSortedId } from '../lib/ids.ts';
 import type { AppConfig, CacheFlushConfig } from '../config/schema.ts';
 import type { FlushRequest } from '../flush/flusher.ts';
 import { redactNullable } from '../lib/redact.ts';
@@ -205,8 +205,6 @@ export class Deploy {
 
 /** Deploy ids sort by time like release ids, with a `d` in front so the two are never confused. */
 export function newDeployId(now = new Date()): string {
-  const p = (n: number, w = 2) => String(n).padStart(w, '0');
-  const ts = `${now.getUTCFullYear()}${p(now.getUTCMonth() + 1)}${p(now.getUTCDate())}${p(now.getUTCHours())}${p(now.getUTCMinutes())}${p(now.getUTCSeconds())}`;
-  return `d${ts}-${randomBytes(3).toString('hex')}`;
+  return timeSortedId('d', now);
 }
 

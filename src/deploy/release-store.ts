@@ -3,7 +3,7 @@
  * `current` symlink beside `releases/`, and `shared/` entries linked into every release. Release rows in
  * the state store follow what happens here.
  */
-import { randomBytes } from 'node:crypto';
+import { timeSortedId } from '../lib/ids.ts';
 import { lstat, mkdir, readdir, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, posix, relative } from 'node:path';
 import { DEFAULT_MAX_RELEASE_BYTES, DEFAULT_MAX_RELEASE_FILES, type AppConfig } from '../config/schema.ts';
@@ -81,8 +81,7 @@ export class ReleaseStore {
 
   /** A new id for a release made at `now`: `YYYYMMDDHHMMSS-<6 hex>` in UTC. */
   newReleaseId(now: Date = new Date()): string {
-    const stamp = now.toISOString().slice(0, 19).replace(/[-T:]/g, '');
-    return `${stamp}-${randomBytes(3).toString('hex')}`;
+    return timeSortedId('', now);
   }
 
   /**

@@ -15,6 +15,7 @@ import type { BerthConfig } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
 import { BerthError, ErrorCodes, errorMessage } from '../lib/errors.ts';
 import { VERSION } from '../lib/version.ts';
+import { processAlive } from '../lib/process-alive.ts';
 import type { Deploy, Deployer, DeployRequest } from '../deploy/deployer.ts';
 import type { AppState, NodeRecord, NodeServing, Store } from '../store/store.ts';
 import type { AppConfig } from '../config/schema.ts';
@@ -149,7 +150,7 @@ export class Fleet {
     const row = (await this.#opts.store.listNodes()).find((n) => n.node === this.node);
     if (!row || row.state !== 'running' || Date.now() - Date.parse(row.heartbeatAt) > this.#opts.config().nodeTimeoutMs) return;
     const elsewhere = row.hostname !== hostname();
-    if (!elsewhere && (row.pid === process.pid || !alive(row.pid))) return;
+    if (!elsewhere && (row.pid === process.pid || !processAlive(row.pid))) return;
     throw new BerthError(
       ErrorCodes.conflict,
       `node ${this.node} is already running (pid ${row.pid} on ${row.hostname}, last heartbeat ${row.heartbeatAt}): give each gateway its own node_id`,
@@ -384,14 +385,4 @@ export class Fleet {
 function isConverged(rt: FleetApp, desired: AppState): boolean {
   const releaseOk = desired.activeRelease === null || rt.active?.releaseId === desired.activeRelease;
   return releaseOk && sameMode(rt.mode, desiredMode(desired)) && rt.reloads >= desired.reloads;
-}
-
-/** Whether a process with this pid lives on this machine. */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }

@@ -10,7 +10,7 @@
  * and the outcome as a `flush` row of the audit log, which `berth history` shows. Missing Fast Purge
  * credentials skip a flush with one log line: that is not an error.
  */
-import { randomBytes } from 'node:crypto';
+import { timeSortedId } from '../lib/ids.ts';
 import type { BerthConfig, CacheFlushConfig } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
 import { errorMessage } from '../lib/errors.ts';
@@ -211,8 +211,7 @@ export class Flusher {
 
 /** Flush ids sort by time like deploy ids, with an `f` in front. */
 export function newFlushId(now = new Date()): string {
-  const stamp = now.toISOString().slice(0, 19).replace(/[-T:]/g, '');
-  return `f${stamp}-${randomBytes(3).toString('hex')}`;
+  return timeSortedId('f', now);
 }
 
 /** The delay before attempt `attempts + 1`: doubling from minMs, at most maxMs, with jitter (half to all of it). */

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { timeSortedId } from '../lib/ids.ts';
 import type { AppConfig } from '../config/schema.ts';
 import { within } from '../lib/deadline.ts';
 import { errorMessage } from '../lib/errors.ts';
@@ -55,9 +55,7 @@ export interface TaskRunOptions {
 
 /** `t<YYYYMMDDHHMMSS>-<6 hex>`: sorts by time like deploy and release ids, with its own letter. */
 export function newTaskRunId(now = new Date()): string {
-  const p = (n: number) => String(n).padStart(2, '0');
-  const ts = `${now.getUTCFullYear()}${p(now.getUTCMonth() + 1)}${p(now.getUTCDate())}${p(now.getUTCHours())}${p(now.getUTCMinutes())}${p(now.getUTCSeconds())}`;
-  return `t${ts}-${randomBytes(3).toString('hex')}`;
+  return timeSortedId('t', now);
 }
 
 const PLAIN_WORD_RE = /^[A-Za-z0-9_@%+=:,./-]+$/;

@@ -134,6 +134,9 @@ test('http provider: a template that is not an http(s) URL is a problem; akamai 
     'apps.shop.cache_flush.rules.arl.templates.2: the http provider purges URLs: expected http(s)://..., got "cdn.test/{path}"',
   ]);
   assert.deepEqual(flushOf({ provider: 'akamai', rules: { arl: { templates: ['S/=/123/4567/1d/www.example.com/{path}'] } } })?.rules[0].templates, ['S/=/123/4567/1d/www.example.com/{path}']);
+  // Credentials in a template would reach logs and history with every purge URL: refused, and never quoted.
+  const creds = problems(withFlush({ rules: { cdn: { templates: ['https://purger:s3cret@cdn.test/{path}'] } } }));
+  assert.deepEqual(creds, ['apps.shop.cache_flush.rules.cdn.templates.0: a template carries user:password, which would be logged and shown: send a purge key in cache_flush.headers']);
 });
 
 test('enable naming an unknown rule: the problem names the rule and lists the rules', () => {
