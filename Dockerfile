@@ -10,6 +10,7 @@ FROM node:24-slim
 ENV NODE_ENV=production
 
 # A directory of berth's own, not node_modules: Node does not strip TypeScript types under node_modules.
+# The image runs the sources directly (bin/berth.js runs src/main.ts where there is no dist/): no build.
 WORKDIR /opt/berth
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev && npm cache clean --force

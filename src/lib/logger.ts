@@ -1,5 +1,7 @@
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino, type Logger as PinoLogger, type LevelWithSilent, type DestinationStream } from 'pino';
+import { LogWriter } from './log-writer.ts';
 
 export type Logger = PinoLogger;
 export type LogLevel = LevelWithSilent;
@@ -8,9 +10,21 @@ export type LogLevel = LevelWithSilent;
 export const LOGGER_NAMES = ['root', 'proxy', 'supervisor', 'deploy', 'scheduler', 'api', 'store', 'tls', 'fleet'] as const;
 export type LoggerName = (typeof LOGGER_NAMES)[number];
 
+/** The gateway's own log in its state dir: `berth start` writes it beside stdout (CLI verbs do not). */
+export function gatewayLogFile(stateDir: string): string {
+  return join(stateDir, 'logs', 'berth.log');
+}
+
+/** A file that every line goes to as well, rotated by size (defaults: lib/log-writer.ts). */
+export interface LogFileOptions {
+  file: string;
+  maxBytes?: number;
+  keepFiles?: number;
+}
+
 /**
  * Hands out one pino child per component, each at the level `log_levels` gives it (else root's level).
- * Lines are JSON on stdout: a constant `msg` plus fields.
+ * Lines are JSON on stdout: a constant `msg` plus fields; with `logToFile`, also in a rotated file.
  */
 export class LoggerFactory {
   readonly root: Logger;
@@ -18,6 +32,7 @@ export class LoggerFactory {
   #children = new Map<string, Logger>();
   #sonic: ReturnType<typeof pino.destination> | null = null;
   #destination: DestinationStream;
+  #file: LogWriter | null = null;
 
   /** `bindings`: fields on every line (a proxy worker thread's `thread`). */
   constructor(levels: Partial<Record<string, LogLevel>> = {}, destination?: DestinationStream, bindings: Record<string, unknown> = {}) {
@@ -26,12 +41,28 @@ export class LoggerFactory {
     if (!destination && wantsPretty()) destination = new PrettyStream(process.stdout);
     if (!destination) this.#sonic = pino.destination({ fd: 1, sync: false });
     this.#destination = destination ?? this.#sonic!;
-    this.root = pino({ level: rootLevel, base: { pid: process.pid, ...bindings }, timestamp: pino.stdTimeFunctions.isoTime }, this.#destination);
+    // Every line goes to the output and, once logToFile is called, to the file: JSON there, whatever
+    // the terminal gets. Queuing for the file is a push; the disk is written off the event loop.
+    const tee: DestinationStream = { write: (text: string) => this.#write(text) };
+    this.root = pino({ level: rootLevel, base: { pid: process.pid, ...bindings }, timestamp: pino.stdTimeFunctions.isoTime }, tee);
+  }
+
+  /**
+   * From now on every line (proxy worker threads' too) also goes to `opts.file`, rotated by size. A file
+   * that cannot be written is said once on the output, which still gets every line; nothing else stops.
+   */
+  logToFile(opts: LogFileOptions): void {
+    this.#file = new LogWriter({ file: opts.file, maxBytes: opts.maxBytes, keepFiles: opts.keepFiles, logger: this.root });
   }
 
   /** Writes lines another thread formatted (proxy worker threads' logs) to this output, as they are. */
   writeRaw(text: string): void {
+    this.#write(text);
+  }
+
+  #write(text: string): void {
     this.#destination.write(text);
+    this.#file?.write(text);
   }
 
   /** The logger for a component; created once and cached. */
@@ -52,14 +83,20 @@ export class LoggerFactory {
     for (const [name, child] of this.#children) child.level = levels[name] ?? levels.root ?? 'info';
   }
 
-  /** Writes out buffered lines synchronously (before exit). */
+  /** Writes out buffered lines synchronously (before exit), the file's included. */
   flush(): void {
+    this.#file?.flushSync();
     try {
       if (this.#sonic) this.#sonic.flushSync();
       else this.root.flush();
     } catch {
       // stdout may already be closed; nothing left to do with the lines.
     }
+  }
+
+  /** Writes out the file's lines and closes it (a later line opens it again). */
+  async closeFile(): Promise<void> {
+    await this.#file?.close();
   }
 }
 

@@ -6,6 +6,8 @@
  *   berth.db, -wal, -shm       0600 root   (open-store.ts)
  *   control.sock               0600 root   (0660 with control.socket_group)
  *   tmp/                       0700 root
+ *   logs/                      0700 root
+ *     berth.log (.1, .2, .3)   0600 root   the gateway's own log (lib/logger.ts, lib/log-writer.ts)
  *   sockets/                   0711 root
  *     <app>/                   0700 app    its BERTH_SOCKET files (ports.ts)
  *   apps/                      0711 root
@@ -47,6 +49,7 @@ export async function secureStateDir(stateDir: string, opts: { root: boolean; so
   await ensureDir(join(stateDir, 'apps'), open ? TRAVERSE : PRIVATE);
   // Spilled request bodies and responses: other people's traffic.
   await ensureDir(join(stateDir, 'tmp'), PRIVATE);
+  await ensureDir(join(stateDir, 'logs'), PRIVATE);
 }
 
 /**
