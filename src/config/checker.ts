@@ -3,12 +3,16 @@
  * checks each value's type and range, and collects every problem at its dotted key path instead of
  * stopping at the first. validate.ts and app-checks.ts say what the keys are; this file says how a key
  * is read (strings, numbers, durations, sizes, lists, cron, user names) and how a problem is worded.
+ * Every key read must be one the settings catalogue (settings.ts) lists, so docs/settings.md, which is
+ * made from it, names every key the validator accepts.
  */
 import { isAbsolute, posix } from 'node:path';
 import { Cron } from 'croner';
 import { formatDuration, parseDuration } from '../lib/durations.ts';
+import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import { parseSize } from '../lib/sizes.ts';
 import { MAX_TIMER_MS } from './schema.ts';
+import { isSettingPath, isSettingSection } from './settings.ts';
 
 /** A key path: mapping keys and list indexes, printed joined by dots. */
 /** An http(s) URL without credentials (they would be logged and shown wherever the URL is). */
@@ -47,10 +51,11 @@ export class Checker {
     this.issues.push({ at, message, unknownKey });
   }
 
-  fields(value: unknown, at: KeyPath): Fields {
-    if (isMapping(value)) return new Fields(this, value, at);
+  /** The mapping at `at`, whose keys the catalogue lists under `section` (`apps.<app>.routes[]`). */
+  fields(value: unknown, at: KeyPath, section: string): Fields {
+    if (isMapping(value)) return new Fields(this, value, at, section);
     this.problem(at, `expected a mapping of keys, got ${show(value)}`);
-    return new Fields(this, {}, at);
+    return new Fields(this, {}, at, section);
   }
 
   string(value: unknown, at: KeyPath): string | undefined {
@@ -167,17 +172,32 @@ export class Checker {
   }
 }
 
-/** One mapping being read: each key read is marked known, and `done()` reports the rest as unknown. */
+/**
+ * One mapping being read: each key read is marked known, and `done()` reports the rest as unknown.
+ * It knows its place in the settings catalogue (`section`: `''` for the top level, `apps.<app>`,
+ * `apps.<app>.routes[]`...), and reading a key the catalogue does not list there throws an internal
+ * error: a programming error that the config tests, which read every key, find at once.
+ */
 export class Fields {
   readonly #c: Checker;
   readonly #obj: Record<string, unknown>;
   readonly #at: KeyPath;
+  readonly #section: string;
   readonly #seen = new Set<string>();
 
-  constructor(checker: Checker, obj: Record<string, unknown>, at: KeyPath) {
+  constructor(checker: Checker, obj: Record<string, unknown>, at: KeyPath, section: string) {
+    if (section !== '' && !isSettingSection(section)) throw notCatalogued(section);
     this.#c = checker;
     this.#obj = obj;
     this.#at = at;
+    this.#section = section;
+  }
+
+  /** The catalogue path of `key` in this mapping (`apps.<app>.routes`); throws for a key it does not list. */
+  setting(key: string): string {
+    const path = this.#section === '' ? key : `${this.#section}.${key}`;
+    if (!isSettingPath(path)) throw notCatalogued(path);
+    return path;
   }
 
   path(key: string): KeyPath {
@@ -191,6 +211,7 @@ export class Fields {
 
   /** The value without marking the key; undefined when missing or null. */
   raw(key: string): unknown {
+    this.setting(key);
     const v = Object.hasOwn(this.#obj, key) ? this.#obj[key] : undefined;
     return v === null ? undefined : v;
   }
@@ -306,7 +327,7 @@ export class Fields {
 
   fields(key: string): Fields {
     const v = this.take(key);
-    return v === undefined ? new Fields(this.#c, {}, this.path(key)) : this.#c.fields(v, this.path(key));
+    return v === undefined ? new Fields(this.#c, {}, this.path(key), this.setting(key)) : this.#c.fields(v, this.path(key), this.setting(key));
   }
 
   /** The entries of a mapping keyed by user-chosen names (apps, processes, users, ...). */
@@ -322,6 +343,11 @@ export class Fields {
 }
 
 // ---- helpers ----------------------------------------------------------------------------------
+
+/** The internal error for a key (or a mapping of keys) that the validator reads and settings.ts does not list. */
+function notCatalogued(path: string): BerthError {
+  return new BerthError(ErrorCodes.internal, `config key ${path} is read by the validator but not listed in src/config/settings.ts: add it there, then run npm run docs:settings`);
+}
 
 /** A plain mapping (not a list, not null). */
 export function isMapping(value: unknown): value is Record<string, unknown> {

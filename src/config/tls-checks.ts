@@ -68,7 +68,7 @@ export function checkAppTls(c: Checker, f: Fields, dir: string, appHosts: string
   if (raw === undefined) return { certificates: [], acme: false };
   const at = f.path('tls');
   if (isMapping(raw) && raw.acme !== undefined && raw.acme !== null) {
-    const e = c.fields(raw, at);
+    const e = c.fields(raw, at, f.setting('tls'));
     const acme = e.bool('acme') ?? false;
     if (acme && (e.raw('certificate') !== undefined || e.raw('key') !== undefined)) {
       c.problem([...at, 'acme'], 'give either acme: true or certificate and key files, not both');
@@ -80,7 +80,7 @@ export function checkAppTls(c: Checker, f: Fields, dir: string, appHosts: string
   }
   const out: AppCertificate[] = [];
   const one = (value: unknown, where: KeyPath, listed: boolean) => {
-    const e = c.fields(value, where);
+    const e = c.fields(value, where, listed ? `${f.setting('tls')}[]` : f.setting('tls'));
     const hosts = listed ? checkCertificateHosts(c, e, appHosts) : [];
     const files = checkFiles(c, e, dir);
     e.done();
@@ -121,7 +121,7 @@ export function checkHsts(c: Checker, f: Fields): HstsConfig | null {
   if (raw === undefined || raw === false) return null;
   const at = f.path('hsts');
   if (raw === true) return { maxAgeS: DEFAULT_HSTS_MAX_AGE_S, includeSubdomains: false, preload: false };
-  const h = c.fields(raw, at);
+  const h = c.fields(raw, at, f.setting('hsts'));
   const maxAgeMs = h.duration('max_age', true, MAX_HSTS_MAX_AGE_S * 1000);
   const maxAgeS = maxAgeMs === undefined ? DEFAULT_HSTS_MAX_AGE_S : Math.floor(maxAgeMs / 1000);
   const includeSubdomains = h.bool('include_subdomains') ?? false;

@@ -24,8 +24,10 @@
  *   `heartbeat_timeout` on an http type is an error.
  * - `processes`, when present, must declare at least one type; leave it out to use the release's Procfile.
  *   `scale` only applies to Procfile apps: with `processes`, set `instances` instead.
- * - Routes: `cache` and `cors` only apply to static routes. Without `routes`, an app that has (or, as a
- *   Procfile app, may have) a `web` type gets `/ -> web`; any other app gets no routes.
+ * - Routes: `cache` and `cors` only apply to static routes, `affinity` only to routes to a process type
+ *   (`cookie`, `ip`, `header:<name>` with a header name, lower-cased, or `query:<name>` with a name of
+ *   letters, digits and `-._~`). Without `routes`, an app that has (or, as a Procfile app, may have) a
+ *   `web` type gets `/ -> web`; any other app gets no routes.
  * - Hosts are lower-cased names without a port, or `*.suffix` wildcards, listed once each.
  * - `control.call_context_header` and token hashes are lower-cased (both compare case-insensitively).
  * - App `env` values: strings, numbers and booleans become strings; null becomes "".
@@ -68,34 +70,10 @@ import {
 import { Checker, Fields, HEADER_NAME_RE, isMapping, put, show, type ConfigIssue, type KeyPath } from './checker.ts';
 import { checkApp, checkOverlaps } from './app-checks.ts';
 import { checkAcme, checkTls, checkTlsTogether } from './tls-checks.ts';
+import { topLevelKeys } from './settings.ts';
 
 /** The keys allowed at the top level of a config file (besides `environments`, which load.ts consumes). */
-export const TOP_LEVEL_KEYS = [
-  'state_dir',
-  'listen',
-  'control',
-  'trusted_proxy_count',
-  'internal_prefix',
-  'log_levels',
-  'database',
-  'database_pool',
-  'node_id',
-  'node_timeout',
-  'migrations',
-  'reset_state',
-  'history_retention',
-  'cleanup_cron',
-  'scheduler_delay',
-  'health_file',
-  'metrics_public',
-  'underscores_in_headers',
-  'public_details',
-  'default_user',
-  'tls',
-  'acme',
-  'proxy',
-  'apps',
-] as const;
+export const TOP_LEVEL_KEYS: readonly string[] = topLevelKeys();
 
 const TOKEN_HASH_RE = /^sha256:[0-9a-fA-F]{64}$/;
 const PORT_RE = /^\d{1,5}$/;
@@ -119,7 +97,7 @@ export function checkConfig(raw: unknown, ctx: { file: string; environment: stri
   let rawTop: Record<string, unknown> = {};
   if (isMapping(raw)) rawTop = raw;
   else if (raw !== null && raw !== undefined) c.problem([], `the top level must be a mapping of keys, got ${show(raw)}`);
-  const top = new Fields(c, rawTop, []);
+  const top = new Fields(c, rawTop, [], '');
 
   const stateDir = resolve(dir, top.string('state_dir') ?? DEFAULT_STATE_DIR);
   const listen = checkListen(c, top, stateDir);
@@ -267,7 +245,7 @@ function checkListen(c: Checker, top: Fields, stateDir: string): ListenAddress[]
     if (typeof item === 'string') {
       text = item;
     } else if (isMapping(item)) {
-      const f = c.fields(item, at);
+      const f = c.fields(item, at, `${top.setting('listen')}[]`);
       if (f.raw('address') === undefined) c.problem(f.path('address'), 'required: "host:port", "[v6]:port" or "unix:/path"');
       text = f.string('address');
       tls = f.bool('tls') ?? false;
@@ -319,7 +297,7 @@ function checkControl(c: Checker, f: Fields, stateDir: string): ControlConfig {
   }
   const tokens: Record<string, TokenConfig> = {};
   for (const [user, value] of f.entries('tokens')) {
-    const t = c.fields(value, [...f.path('tokens'), user]);
+    const t = c.fields(value, [...f.path('tokens'), user], `${f.setting('tokens')}.<user>`);
     const hash = t.raw('hash');
     let hashOk: string | undefined;
     if (hash === undefined) c.problem(t.path('hash'), 'required');
@@ -346,7 +324,7 @@ function checkControl(c: Checker, f: Fields, stateDir: string): ControlConfig {
   for (const [env, value] of f.entries('permissions')) {
     const byUser: Record<string, string[]> = {};
     const seen = new Map<string, string>();
-    for (const [user, list] of c.fields(value, [...f.path('permissions'), env]).allEntries()) {
+    for (const [user, list] of c.fields(value, [...f.path('permissions'), env], `${f.setting('permissions')}.<environment>`).allEntries()) {
       // Users match case-insensitively (a call context may name `Alice`), so one spelling per user.
       const other = seen.get(user.toLowerCase());
       if (other !== undefined) c.problem([...f.path('permissions'), env, user], `names the same user as ${show(other)} (user names match in any case): keep one entry`);
