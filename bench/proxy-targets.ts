@@ -62,8 +62,11 @@ export async function readPortFile(file: string, child: Child): Promise<number> 
   return port;
 }
 
-/** berth with the bench app (bench/upstream.mjs, which writes its port to `portFile`) as a catch-all app. */
-export async function startBerth(dir: string, portFile: string, tls: BenchCertificate | null = null, env: Record<string, string> = {}, workers: number | 'auto' = 1): Promise<ProxyTarget> {
+/**
+ * berth with the bench app (bench/upstream.mjs, which writes its port to `portFile`) as a catch-all app;
+ * `affinity` (`cookie`, `ip`...) on its route when given.
+ */
+export async function startBerth(dir: string, portFile: string, tls: BenchCertificate | null = null, env: Record<string, string> = {}, workers: number | 'auto' = 1, affinity: string | null = null): Promise<ProxyTarget> {
   const port = await freePort();
   const tlsPort = tls === null ? null : await freePort();
   await mkdir(dir, { recursive: true });
@@ -85,7 +88,7 @@ export async function startBerth(dir: string, portFile: string, tls: BenchCertif
         source,
         env: { BENCH_PORT_FILE: portFile },
         processes: { web: { command: `"${process.execPath}" "${UPSTREAM}"`, instances: 1, concurrency: 64 } },
-        routes: [{ path: '/', to: 'web' }],
+        routes: [{ path: '/', to: 'web', ...(affinity === null ? {} : { affinity }) }],
         health: { path: '/up' },
         queue: { max: 128, timeout: '10s' },
         db_connections: 64,

@@ -6,6 +6,9 @@
  *   nginx        nginx, 1 worker, proxying to berth's instance of the upstream (when installed)
  *   nginx-auto   nginx with `worker_processes auto`
  *   haproxy      HAProxy with one thread, caddy: Caddy with GOMAXPROCS=1 (each when installed)
+ *   berth-affinity  with --affinity cookie|ip only: berth as above with that `affinity` on its route
+ *                (cookie: every request carries the cookie berth set, so each is a hit); the report
+ *                then says what affinity costs against berth without it
  * Scenarios: small GETs on keep-alive connections, small GETs with a new connection each, a 64 KiB
  * response, and 1 MiB POST uploads. For each: req/s, p50, p99, errors, CPU time per request of the proxy
  * processes, and berth's ratio at equal worker counts (berth vs nginx, berth-auto vs nginx-auto).
@@ -16,11 +19,12 @@
  * half (taskset); with fewer, everything shares the cores, and the report says so.
  *
  * Usage: npx node bench/proxy.ts [--duration 10] [--connections 32] [--scenarios keepalive,close,64k,upload]
- *          [--no-nginx] [--no-auto] [--no-others] [--no-paced] [--tool wrk|autocannon] [--cpu-prof DIR] [--json]
+ *          [--no-nginx] [--no-auto] [--no-others] [--no-paced] [--affinity cookie|ip] [--tool wrk|autocannon] [--cpu-prof DIR] [--json]
  *
  * Everything listens on 127.0.0.1, every phase has a deadline, and children are stopped on exit or Ctrl-C.
  */
 import { existsSync } from 'node:fs';
+import { request } from 'node:http';
 import { writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
@@ -57,7 +61,9 @@ const SCENARIO_TITLES: Record<Scenario, string> = {
 };
 
 const USAGE =
-  'usage: npx node bench/proxy.ts [--duration SECONDS] [--connections N] [--scenarios keepalive,close,64k,upload] [--no-nginx] [--no-auto] [--no-others] [--no-paced] [--tool wrk|autocannon] [--cpu-prof DIR] [--json]';
+  'usage: npx node bench/proxy.ts [--duration SECONDS] [--connections N] [--scenarios keepalive,close,64k,upload] [--no-nginx] [--no-auto] [--no-others] [--no-paced] [--affinity cookie|ip] [--tool wrk|autocannon] [--cpu-prof DIR] [--json]';
+
+const AFFINITIES = ['cookie', 'ip'] as const;
 
 interface Options {
   durationS: number;
@@ -73,9 +79,11 @@ interface Options {
   json: boolean;
   /** A directory where berth (1 worker) writes a V8 CPU profile (node --cpu-prof) when it stops. */
   cpuProf: string | null;
+  /** `--affinity`: also measure berth with this `routes[].affinity` (berth-affinity); null: not. */
+  affinity: (typeof AFFINITIES)[number] | null;
 }
 
-type TargetName = 'direct' | 'berth' | 'berth-auto' | 'nginx' | 'nginx-auto' | 'haproxy' | 'caddy';
+type TargetName = 'direct' | 'berth' | 'berth-auto' | 'berth-affinity' | 'nginx' | 'nginx-auto' | 'haproxy' | 'caddy';
 
 interface Target {
   name: TargetName;
@@ -84,6 +92,8 @@ interface Target {
   port: number;
   /** The processes whose CPU time is the proxy's cost; none for direct. */
   pids: () => number[];
+  /** Request headers every request to it carries (berth-affinity: the cookie berth set); none: {}. */
+  headers: Record<string, string>;
 }
 
 interface Measurement {
@@ -126,7 +136,7 @@ interface AutocannonResult {
   errors: number;
   timeouts: number;
 }
-type Autocannon = (opts: { url: string; connections: number; duration: number; timeout: number; pipelining: number }) => Promise<AutocannonResult>;
+type Autocannon = (opts: { url: string; connections: number; duration: number; timeout: number; pipelining: number; headers: Record<string, string> }) => Promise<AutocannonResult>;
 
 function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
@@ -140,6 +150,7 @@ function parseOptions(argv: string[]): Options {
       'no-auto': { type: 'boolean', default: false },
       'no-others': { type: 'boolean', default: false },
       'no-paced': { type: 'boolean', default: false },
+      affinity: { type: 'string' },
       json: { type: 'boolean', default: false },
       'cpu-prof': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
@@ -157,6 +168,8 @@ function parseOptions(argv: string[]): Options {
   const tool = values.tool ?? (onPath('wrk') ? 'wrk' : 'autocannon');
   if (tool !== 'wrk' && tool !== 'autocannon') throw new UsageError(`--tool must be wrk or autocannon, got "${tool}"`);
   if (tool === 'wrk' && !onPath('wrk')) throw new UsageError('--tool wrk: wrk is not on PATH');
+  const affinity = values.affinity ?? null;
+  if (affinity !== null && !(AFFINITIES as readonly string[]).includes(affinity)) throw new UsageError(`--affinity must be ${AFFINITIES.join(' or ')}, got "${affinity}"`);
   return {
     durationS,
     connections,
@@ -168,6 +181,7 @@ function parseOptions(argv: string[]): Options {
     paced: !values['no-paced'],
     json: values.json,
     cpuProf: values['cpu-prof'] === undefined ? null : resolve(values['cpu-prof']),
+    affinity: affinity as Options['affinity'],
   };
 }
 
@@ -205,24 +219,25 @@ interface LoadContext {
   uploadLua: string;
 }
 
-async function runWrk(ctx: LoadContext, scenario: Scenario, port: number, durationS: number): Promise<Omit<Measurement, 'scenario' | 'target' | 'workers' | 'cpuUsPerRequest'>> {
+async function runWrk(ctx: LoadContext, scenario: Scenario, port: number, durationS: number, headers: Record<string, string>): Promise<Omit<Measurement, 'scenario' | 'target' | 'workers' | 'cpuUsPerRequest'>> {
   // Leave cores for the proxy and the upstream: the load generator competes with them on one machine.
   const cores = availableParallelism();
   const threads = Math.max(1, Math.min(ctx.opts.connections, ctx.split === null ? Math.floor(cores / 2) : Math.ceil(cores / 4)));
   const extra = scenario === 'close' ? ['-H', 'Connection: close'] : scenario === 'upload' ? ['-s', ctx.uploadLua] : [];
   const path = scenario === '64k' ? '/64k' : '/';
-  const args = ['-t', String(threads), '-c', String(ctx.opts.connections), '-d', `${durationS}s`, '--timeout', '5s', '--latency', ...extra, `http://127.0.0.1:${port}${path}`];
+  const headerArgs = Object.entries(headers).flatMap(([name, value]) => ['-H', `${name}: ${value}`]);
+  const args = ['-t', String(threads), '-c', String(ctx.opts.connections), '-d', `${durationS}s`, '--timeout', '5s', '--latency', ...extra, ...headerArgs, `http://127.0.0.1:${port}${path}`];
   const out = ctx.split === null ? await runTool('wrk', args, durationS * 1000 + RUN_SLACK_MS) : await runTool('taskset', ['-c', ctx.split.rest, 'wrk', ...args], durationS * 1000 + RUN_SLACK_MS);
   return parseWrk(out);
 }
 
 let autocannon: Autocannon | null = null;
 
-async function runAutocannon(ctx: LoadContext, scenario: Scenario, port: number, durationS: number): Promise<Omit<Measurement, 'scenario' | 'target' | 'workers' | 'cpuUsPerRequest'>> {
+async function runAutocannon(ctx: LoadContext, scenario: Scenario, port: number, durationS: number, headers: Record<string, string>): Promise<Omit<Measurement, 'scenario' | 'target' | 'workers' | 'cpuUsPerRequest'>> {
   autocannon ??= createRequire(import.meta.url)('autocannon') as Autocannon;
   if (isStopping()) throw new Stopped('stopping');
   const path = scenario === '64k' ? '/64k' : '/';
-  const result = await autocannon({ url: `http://127.0.0.1:${port}${path}`, connections: ctx.opts.connections, duration: durationS, timeout: 5, pipelining: 1 });
+  const result = await autocannon({ url: `http://127.0.0.1:${port}${path}`, connections: ctx.opts.connections, duration: durationS, timeout: 5, pipelining: 1, headers });
   return {
     requestsPerSec: result.requests.total / result.duration,
     p50Ms: result.latency.p50,
@@ -234,7 +249,7 @@ async function runAutocannon(ctx: LoadContext, scenario: Scenario, port: number,
 async function measure(ctx: LoadContext, scenario: Scenario, target: Target, durationS: number): Promise<Measurement> {
   const pids = target.pids();
   const before = cpuMs(pids);
-  const figures = ctx.opts.tool === 'wrk' ? await runWrk(ctx, scenario, target.port, durationS) : await runAutocannon(ctx, scenario, target.port, durationS);
+  const figures = ctx.opts.tool === 'wrk' ? await runWrk(ctx, scenario, target.port, durationS, target.headers) : await runAutocannon(ctx, scenario, target.port, durationS, target.headers);
   const used = cpuMs(pids) - before;
   const requests = figures.requestsPerSec * durationS;
   const cpuUsPerRequest = pids.length > 0 && requests > 0 && used > 0 ? (used * 1000) / requests : null;
@@ -256,12 +271,26 @@ async function startAll(opts: Options, dir: string, skipped: Record<string, stri
   Object.assign(skipped, { ...started.skipped, nginx: undefined });
   delete skipped.nginx;
   const upstreamPort = started.upstreamPort;
-  const targets: Target[] = [{ name: 'direct', workers: '-', port: upstreamPort, pids: () => [] }];
+  const targets: Target[] = [{ name: 'direct', workers: '-', port: upstreamPort, pids: () => [], headers: {} }];
   const upstreamPids: number[] = [];
   const berthPids = (t: ProxyTarget) => () => [t.child.proc.pid!];
   if (started.berth) {
-    targets.push({ name: 'berth', workers: '1', port: started.berth.port, pids: berthPids(started.berth) });
+    targets.push({ name: 'berth', workers: '1', port: started.berth.port, pids: berthPids(started.berth), headers: {} });
     upstreamPids.push(...withChildren(started.berth.child.proc.pid!).slice(1));
+  }
+  if (opts.affinity === null) skipped['berth-affinity'] = 'no --affinity';
+  else {
+    note(`starting berth with affinity: ${opts.affinity}`);
+    try {
+      const sticky = await startBerth(join(dir, 'affinity'), join(dir, 'affinity.port'), null, {}, 1, opts.affinity);
+      await readPortFile(join(dir, 'affinity.port'), sticky.child);
+      // Every request carries the cookie berth set on the first: the steady state of a session, a hit each.
+      const headers: Record<string, string> = opts.affinity === 'cookie' ? { cookie: await affinityCookie(sticky.port) } : {};
+      targets.push({ name: 'berth-affinity', workers: '1', port: sticky.port, pids: berthPids(sticky), headers });
+      upstreamPids.push(...withChildren(sticky.child.proc.pid!).slice(1));
+    } catch (err) {
+      skipped['berth-affinity'] = `did not start: ${(err as Error).message.split('\n')[0]}`;
+    }
   }
   const cores = availableParallelism();
   if (!opts.auto) skipped['berth-auto'] = '--no-auto';
@@ -270,7 +299,7 @@ async function startAll(opts: Options, dir: string, skipped: Record<string, stri
     try {
       const auto = await startBerth(join(dir, 'auto'), join(dir, 'auto.port'), null, {}, 'auto');
       await readPortFile(join(dir, 'auto.port'), auto.child);
-      targets.push({ name: 'berth-auto', workers: `auto (${cores})`, port: auto.port, pids: berthPids(auto) });
+      targets.push({ name: 'berth-auto', workers: `auto (${cores})`, port: auto.port, pids: berthPids(auto), headers: {} });
       upstreamPids.push(...withChildren(auto.child.proc.pid!).slice(1));
     } catch (err) {
       skipped['berth-auto'] = `did not start: ${(err as Error).message.split('\n').find((l) => l.includes('workers')) ?? (err as Error).message.split('\n')[0]}`;
@@ -285,7 +314,7 @@ async function startAll(opts: Options, dir: string, skipped: Record<string, stri
     else {
       try {
         const t = await startNginx(binary, dir, upstreamPort, null, workers);
-        targets.push({ name, workers: workers === 1 ? '1' : `auto (${cores})`, port: t.port, pids: t.proxyPids });
+        targets.push({ name, workers: workers === 1 ? '1' : `auto (${cores})`, port: t.port, pids: t.proxyPids, headers: {} });
       } catch (err) {
         skipped[name] = `did not start: ${(err as Error).message.split('\n')[0]}`;
       }
@@ -301,7 +330,7 @@ async function startAll(opts: Options, dir: string, skipped: Record<string, stri
     else {
       try {
         const t = await start(path, dir, upstreamPort);
-        targets.push({ name, workers: '1', port: t.port, pids: t.proxyPids });
+        targets.push({ name, workers: '1', port: t.port, pids: t.proxyPids, headers: {} });
       } catch (err) {
         skipped[name] = `did not start: ${(err as Error).message.split('\n')[0]}`;
       }
@@ -319,7 +348,7 @@ function ms(value: number, tool: Options['tool']): string {
 
 /** berth's figure against `other`'s at the same worker count: berth-auto for the auto targets. */
 function counterpart(m: Measurement): TargetName | null {
-  if (m.target === 'berth' || m.target === 'berth-auto') return null;
+  if (m.target === 'berth' || m.target === 'berth-auto' || m.target === 'berth-affinity') return null;
   return m.target === 'nginx-auto' ? 'berth-auto' : 'berth';
 }
 
@@ -360,6 +389,7 @@ function report(opts: Options, split: CoreSplit | null, results: Measurement[], 
   const judge = (r: number | null) => (r === null ? 'not measured' : r >= GOAL.keepAliveRatio ? 'met' : 'not met');
   lines.push(`small keep-alive GETs, berth / nginx, 1 worker each: ${x(one)} (goal ${GOAL.keepAliveRatio}x: ${judge(one)})`);
   lines.push(`small keep-alive GETs, berth / nginx, auto workers each: ${x(auto)} (goal ${GOAL.keepAliveRatio}x: ${judge(auto)})`);
+  if (opts.affinity !== null) lines.push(...affinityCost(opts, results));
   if (pacedResult !== null) {
     const p = pacedResult;
     lines.push(
@@ -371,6 +401,35 @@ function report(opts: Options, split: CoreSplit | null, results: Measurement[], 
   for (const [name, why] of Object.entries(skipped)) lines.push(`${name}: skipped, ${why}`);
   if (opts.tool === 'autocannon') lines.push('autocannon reports latency in whole milliseconds and runs keepalive and 64k only; install wrk for the rest.');
   return lines.join('\n');
+}
+
+/** What `--affinity` costs, per scenario: berth-affinity's req/s and CPU per request against berth's. */
+function affinityCost(opts: Options, results: Measurement[]): string[] {
+  const lines: string[] = [];
+  for (const scenario of opts.scenarios) {
+    const plain = results.find((r) => r.scenario === scenario && r.target === 'berth');
+    const sticky = results.find((r) => r.scenario === scenario && r.target === 'berth-affinity');
+    if (!plain || !sticky) continue;
+    const delta = plain.cpuUsPerRequest !== null && sticky.cpuUsPerRequest !== null ? sticky.cpuUsPerRequest - plain.cpuUsPerRequest : null;
+    const cpu = delta === null ? '' : `, CPU per request ${delta >= 0 ? '+' : ''}${delta.toFixed(1)}us`;
+    lines.push(`affinity: ${opts.affinity}, ${scenario}: ${x(ratioOf(results, scenario, 'berth-affinity', 'berth'))} of berth's req/s${cpu} (p99 ${ms(sticky.p99Ms, opts.tool)} against ${ms(plain.p99Ms, opts.tool)})`);
+  }
+  return lines;
+}
+
+/** The `berth_affinity=...` pair a berth with cookie affinity sets on a first request. */
+function affinityCookie(port: number): Promise<string> {
+  return new Promise((resolveCookie, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: '/', agent: false, timeout: 5_000 }, (res) => {
+      res.resume();
+      const set = (res.headers['set-cookie'] ?? []).find((c) => c.startsWith('berth_affinity='));
+      if (set === undefined) reject(new Error('berth set no affinity cookie'));
+      else resolveCookie(set.slice(0, set.indexOf(';')));
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer')));
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 // ---- main ---------------------------------------------------------------------------------------------
@@ -410,8 +469,8 @@ async function run(opts: Options, dir: string): Promise<void> {
   } else process.stdout.write(report(opts, split, results, pacedResult, skipped) + '\n');
 }
 
-/** Start-up of up to six targets, then every measured run with its warmup and slack, and the paced runs. */
+/** Start-up of up to seven targets, then every measured run with its warmup and slack, and the paced runs. */
 const budgetMs = (opts: Options): number =>
-  2 * BERTH_READY_TIMEOUT_MS + 5 * START_TIMEOUT_MS + (opts.scenarios.length * 7 + 2) * (opts.durationS * 1000 + 2 * 3_000 + RUN_SLACK_MS);
+  3 * BERTH_READY_TIMEOUT_MS + 5 * START_TIMEOUT_MS + (opts.scenarios.length * 8 + 2) * (opts.durationS * 1000 + 2 * 3_000 + RUN_SLACK_MS);
 
 process.exit(await benchMain(USAGE, parseOptions, budgetMs, run));

@@ -41,6 +41,7 @@ import {
   type HealthConfig,
   type ProcessConfig,
   type RateLimitConfig,
+  type RouteAffinity,
   type RouteConfig,
   type ScheduleConfig,
 } from './schema.ts';
@@ -53,9 +54,13 @@ const HOST_RE = new RegExp(`^(?:\\*\\.)?${HOST_LABEL}(?:\\.${HOST_LABEL})*$`);
 const HTTP_METHOD_RE = /^[A-Za-z]+$/;
 const RATE_RE = /^(\d+)\s*\/\s*(s|m|h)$/;
 const RATE_UNIT_MS: Record<string, number> = { s: 1_000, m: 60_000, h: 3_600_000 };
+/** A query parameter name `affinity: query:<name>` may read: unreserved characters (RFC 3986 § 2.3), as written in URLs. */
+const QUERY_NAME_RE = /^[A-Za-z0-9._~-]+$/;
+/** The longest header or query parameter name an affinity may name. */
+const AFFINITY_NAME_MAX = 128;
 
 export function checkApp(c: Checker, name: string, value: unknown, at: KeyPath, dir: string): AppConfig {
-  const f = c.fields(value ?? {}, at);
+  const f = c.fields(value ?? {}, at, 'apps.<app>');
   const hosts = checkHosts(c, f);
   const sourceText = f.string('source');
   const source = sourceText === undefined ? null : resolveSource(sourceText, dir);
@@ -84,7 +89,7 @@ export function checkApp(c: Checker, name: string, value: unknown, at: KeyPath, 
   // Routes need the process types and the process types need the routes (http defaults): cross-check here.
   let finalRoutes = routes.map((r) => r.route);
   if (f.raw('routes') === undefined) {
-    finalRoutes = processes === null || processes.web?.http ? [{ path: '/', to: 'web', static: null, cache: null, cors: null, buffering: true }] : [];
+    finalRoutes = processes === null || processes.web?.http ? [{ path: '/', to: 'web', static: null, cache: null, cors: null, buffering: true, affinity: null }] : [];
   } else if (processes !== null) {
     for (const { route, at: rat } of routes) {
       if (route.to === null) continue;
@@ -230,28 +235,52 @@ function checkRoutes(c: Checker, f: Fields): { route: RouteConfig; at: KeyPath }
   const seen = new Map<string, number>();
   list.forEach((value, i) => {
     const at = [...f.path('routes'), i];
-    const r = c.fields(value, at);
+    const r = c.fields(value, at, `${f.setting('routes')}[]`);
     const path = r.routePath('path', true);
     const to = r.string('to');
     const stat = r.releasePath('static');
     const cache = r.string('cache') ?? null;
     const cors = r.string('cors') ?? null;
     const buffering = r.bool('buffering') ?? true;
+    const affinity = checkAffinity(c, r);
     if (r.raw('to') !== undefined && r.raw('static') !== undefined) c.problem(at, 'expected either "to" (a process type) or "static" (a directory), not both');
     else if (r.raw('to') === undefined && r.raw('static') === undefined) c.problem(at, 'expected "to" (a process type) or "static" (a directory)');
     if (to !== undefined && !PROCESS_NAME_RE.test(to)) c.problem(r.path('to'), `process type names must match ${PROCESS_NAME_RE.source}, got ${show(to)}`);
     if (r.raw('to') !== undefined) {
       if (cache !== null) c.problem(r.path('cache'), 'only applies to static routes');
       if (cors !== null) c.problem(r.path('cors'), 'only applies to static routes');
-    }
+    } else if (affinity !== null) c.problem(r.path('affinity'), 'only applies to routes to a process type ("to"): a static route has no instances');
     r.done();
     if (path === undefined) return;
     const first = seen.get(path);
     if (first !== undefined) c.problem(r.path('path'), `duplicate path ${show(path)}: routes.${first} already routes it`);
     else seen.set(path, i);
-    out.push({ route: { path, to: to ?? null, static: to === undefined ? (stat ?? null) : null, cache, cors, buffering }, at });
+    out.push({ route: { path, to: to ?? null, static: to === undefined ? (stat ?? null) : null, cache, cors, buffering, affinity: to === undefined ? null : affinity }, at });
   });
   return out;
+}
+
+/** `routes[].affinity`: `cookie`, `ip`, `header:<name>` or `query:<name>`; null when not set (or not valid, said as a problem). */
+function checkAffinity(c: Checker, r: Fields): RouteAffinity | null {
+  const text = r.string('affinity');
+  if (text === undefined) return null;
+  const at = r.path('affinity');
+  const value = text.trim();
+  if (value === 'cookie' || value === 'ip') return { by: value };
+  const colon = value.indexOf(':');
+  const by = colon < 0 ? value : value.slice(0, colon);
+  const name = colon < 0 ? '' : value.slice(colon + 1).trim();
+  if (by === 'header' || by === 'query') {
+    const [re, what] = by === 'header' ? [HEADER_NAME_RE, 'a header name (letters, digits and !#$%&\'*+.^_`|~-)'] : [QUERY_NAME_RE, 'a query parameter name (letters, digits and - . _ ~)'];
+    if (name === '') c.problem(at, `expected ${by}:<name>, with ${what}, got ${show(text)}`);
+    else if (name.length > AFFINITY_NAME_MAX) c.problem(at, `expected a name of at most ${AFFINITY_NAME_MAX} characters after "${by}:", got one of ${name.length}`);
+    else if (!re.test(name)) c.problem(at, `expected ${what} after "${by}:", got ${show(name)}`);
+    // Header names are case-insensitive, and node gives them lower-cased; query parameter names are not.
+    else return by === 'header' ? { by, name: name.toLowerCase() } : { by, name };
+    return null;
+  }
+  c.problem(at, `expected cookie, ip, header:<name> or query:<name>, got ${show(text)}`);
+  return null;
 }
 
 function checkProcesses(c: Checker, f: Fields, routeTargets: Set<string>): Record<string, ProcessConfig> {
@@ -263,7 +292,7 @@ function checkProcesses(c: Checker, f: Fields, routeTargets: Set<string>): Recor
   for (const [name, value] of entries) {
     const at = [...f.path('processes'), name];
     if (!PROCESS_NAME_RE.test(name)) c.problem(at, `process type names must match ${PROCESS_NAME_RE.source}, got ${show(name)}`);
-    const p = c.fields(value, at);
+    const p = c.fields(value, at, `${f.setting('processes')}.<type>`);
     const command = p.string('command');
     if (p.raw('command') === undefined) c.problem(p.path('command'), 'required');
     const instances = p.int('instances', 0) ?? DEFAULT_INSTANCES;
@@ -326,7 +355,7 @@ function checkSchedule(c: Checker, app: Fields): Record<string, ScheduleConfig> 
   for (const [name, value] of app.entries('schedule')) {
     const at = [...app.path('schedule'), name];
     if (!PROCESS_NAME_RE.test(name)) c.problem(at, `schedule entry names must match ${PROCESS_NAME_RE.source}, got ${show(name)}`);
-    const f = c.fields(value, at);
+    const f = c.fields(value, at, `${app.setting('schedule')}.<name>`);
     if (f.raw('cron') === undefined) c.problem(f.path('cron'), 'required');
     const cron = f.cron('cron');
     if (f.raw('command') === undefined) c.problem(f.path('command'), 'required');
@@ -410,7 +439,7 @@ function checkFlushRules(c: Checker, f: Fields, provider: 'http' | 'akamai'): Ca
     : f.entries('rules').map(([name, v]) => [name, v, [...f.path('rules'), name]]);
   return entries.map(([name, value, at]) => {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(name)) c.problem(at, `rule names are 1-64 letters, digits, . _ -, got ${show(name)}`);
-    const r = c.fields(value, at);
+    const r = c.fields(value, at, `${f.setting('rules')}.<rule>`);
     const templates = r.strings('templates') ?? [];
     if (templates.length === 0) c.problem(r.path('templates'), 'required: at least one URL template, e.g. "https://cdn.example.com/{path}"');
     templates.forEach((t, i) => {

@@ -43,9 +43,6 @@ export const RESTART_BACKOFF_MAX_MS = 60_000;
 export const RESTART_BACKOFF_RESET_AFTER_MS = 60_000;
 export const RESTART_FAILURE_LIMIT = 10;
 export const RESTART_FAILURE_WINDOW_MS = 10 * 60_000;
-/** Per-process log files rotate at this size; this many rotated files are kept. */
-export const DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024;
-export const DEFAULT_LOG_KEEP_FILES = 3;
 export const HEALTH_FILE_INTERVAL_MS = 5_000;
 /** Node's setTimeout limit (2^31-1 ms, about 24.8 days): durations that drive a timer may not exceed it. */
 export const MAX_TIMER_MS = 2_147_483_647;
@@ -148,7 +145,16 @@ export interface RouteConfig {
   cors: string | null;
   /** `routes[].buffering`, default true; false: neither request bodies nor responses are buffered. */
   buffering: boolean;
+  /** `routes[].affinity` (routes to a process type only): which instance a client's requests keep going to; null: none. */
+  affinity: RouteAffinity | null;
 }
+
+/**
+ * `routes[].affinity`, session affinity (proxy/affinity.ts). `cookie`: berth sets a signed cookie naming
+ * the instance. `ip`, `header` and `query`: a rendezvous hash of the client IP (after
+ * `trusted_proxy_count`), of a request header (`name` lower-cased) or of a query parameter over the pool.
+ */
+export type RouteAffinity = { by: 'cookie' } | { by: 'ip' } | { by: 'header'; name: string } | { by: 'query'; name: string };
 
 export interface HealthConfig {
   /** HTTP path probed on each instance; null: readiness is a TCP connect. */

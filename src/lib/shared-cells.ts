@@ -7,7 +7,7 @@
  *
  * Layout (Int32 cells):
  * - instances: INSTANCE_SLOTS blocks of INSTANCE_STRIDE cells (state, in flight, tunnels, served,
- *   watched, address generation);
+ *   watched, address generation, last affine request);
  * - admissions: ADMISSION_SLOTS blocks of ADMISSION_STRIDE cells (active, waiters, wake sequence, open
  *   WebSockets);
  * - per proxy thread (0 is the main thread): what that thread holds of each instance and pool (requests,
@@ -37,6 +37,8 @@ export const I_SERVED = 3;
 export const I_WATCHED = 4;
 /** Bumped at every address change: a snapshot with an older value has a stale address. */
 export const I_ADDRESS = 5;
+/** When a request of a cookie-affinity route last ended on it (deciseconds from `base`, as H_OLDEST; 0: never). */
+export const I_AFFINE = 6;
 
 const ADMISSION_STRIDE = 4;
 export const A_ACTIVE = 0;
@@ -153,6 +155,7 @@ export class SharedCells {
     Atomics.store(i32, at + I_TUNNELS, 0);
     Atomics.store(i32, at + I_SERVED, 0);
     Atomics.store(i32, at + I_WATCHED, 0);
+    Atomics.store(i32, at + I_AFFINE, 0);
     return slot;
   }
 
@@ -359,6 +362,15 @@ export abstract class SlotCounted {
 
   get served(): number {
     return Atomics.load(this.cells.i32, this.cells.instance(this.slot) + I_SERVED);
+  }
+
+  markAffine(): void {
+    Atomics.store(this.cells.i32, this.cells.instance(this.slot) + I_AFFINE, this.cells.fromEpochMs(Date.now()));
+  }
+
+  get lastAffineAt(): number {
+    const v = Atomics.load(this.cells.i32, this.cells.instance(this.slot) + I_AFFINE);
+    return v === 0 ? 0 : this.cells.toEpochMs(v);
   }
 
   /** Epoch ms of the oldest request in flight on the instance in any thread; 0: none. */

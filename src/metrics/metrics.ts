@@ -13,6 +13,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { Counter, Gauge, Registry, type Histogram } from 'prom-client';
 import { requestChannel, type CompletedRequest } from '../proxy/access-log.ts';
 import { admissionChannel, type AdmissionEvent } from '../proxy/admission.ts';
+import { AFFINITY_OUTCOMES, type AffinityOutcome } from '../proxy/affinity.ts';
 import type { AdmissionRecord, RequestRecord } from '../proxy/worker-protocol.ts';
 import { HANDSHAKE_FAILURE_REASONS, handshakeFailureChannel, type HandshakeFailureReason } from '../tls/handshake-failure.ts';
 import { probeChannel, type ProbeEvent } from '../supervisor/health.ts';
@@ -155,6 +156,8 @@ interface RouteSeries {
   /** Requests by STATUS_CLASSES index. */
   readonly classes: Float64Array;
   readonly duration: HistogramSeries;
+  /** Requests of a route with affinity, by AFFINITY_OUTCOMES index. */
+  readonly affinity: Float64Array;
 }
 
 /** The series of one pool, resolved once per Admission. */
@@ -214,6 +217,20 @@ export class Metrics implements MetricsExporter {
         for (const s of routeSeries.values()) {
           for (let i = 0; i < STATUS_CLASSES.length; i++) {
             if (s.classes[i] > 0) this.inc({ app: s.app, route: s.path, status_class: STATUS_CLASSES[i] }, s.classes[i]);
+          }
+        }
+      },
+    });
+    new Counter({
+      name: 'berth_affinity_requests_total',
+      help: 'Proxied requests of routes with affinity, by outcome: hit (went to the instance its affinity names), miss (none berth could follow: placed by load), repin (its instance was not ready: another one, a new session).',
+      labelNames: ['app', 'route', 'outcome'],
+      registers,
+      collect() {
+        this.reset();
+        for (const s of routeSeries.values()) {
+          for (let i = 0; i < AFFINITY_OUTCOMES.length; i++) {
+            if (s.affinity[i] > 0) this.inc({ app: s.app, route: s.path, outcome: AFFINITY_OUTCOMES[i] }, s.affinity[i]);
           }
         }
       },
@@ -368,7 +385,7 @@ export class Metrics implements MetricsExporter {
   // Arrow properties: unsubscribing needs the very function that subscribed, and they are made once.
   #onRequest = (message: unknown): void => {
     const req = message as CompletedRequest;
-    this.#request(this.#route(req.app.name, req.route), req.status, (performance.now() - req.start) / 1000);
+    this.#request(this.#route(req.app.name, req.route), req.status, (performance.now() - req.start) / 1000, req.affinity ?? null);
   };
 
   #onAdmission = (message: unknown): void => {
@@ -386,16 +403,19 @@ export class Metrics implements MetricsExporter {
   }
 
   recordRemote(requests: readonly RequestRecord[], admissions: readonly AdmissionRecord[]): void {
-    for (const [app, path, status, seconds] of requests) this.#request(this.#route(app, this.#intern(this.#remoteRoutes, `${app}\u0000${path}`, () => ({ path }))), status, seconds);
+    for (const [app, path, status, seconds, affinity] of requests) {
+      this.#request(this.#route(app, this.#intern(this.#remoteRoutes, `${app}\u0000${path}`, () => ({ path }))), status, seconds, affinity ?? null);
+    }
     for (const [app, process, outcome, waitMs] of admissions) {
       this.#admission(this.#pool(this.#intern(this.#remotePools, `${app}/${process}`, () => ({ app, process }))), outcome, waitMs);
     }
   }
 
-  #request(series: RouteSeries, status: number, seconds: number): void {
+  #request(series: RouteSeries, status: number, seconds: number, affinity: AffinityOutcome | null): void {
     const cls = (status / 100) | 0;
     series.classes[cls >= 1 && cls <= 5 ? cls : 0]++;
     series.duration.observe(seconds);
+    if (affinity !== null) series.affinity[affinity === 'hit' ? 0 : affinity === 'miss' ? 1 : 2]++;
   }
 
   #admission(series: PoolSeries, outcome: AdmissionEvent['outcome'], waitMs: number): void {
@@ -440,7 +460,13 @@ export class Metrics implements MetricsExporter {
     const key = `${app}\u0000${route.path}`;
     let series = this.#routeSeries.get(key);
     if (series === undefined) {
-      series = { app, path: route.path, classes: new Float64Array(STATUS_CLASSES.length), duration: this.#duration.series({ app, route: route.path }) };
+      series = {
+        app,
+        path: route.path,
+        classes: new Float64Array(STATUS_CLASSES.length),
+        duration: this.#duration.series({ app, route: route.path }),
+        affinity: new Float64Array(AFFINITY_OUTCOMES.length),
+      };
       this.#routeSeries.set(key, series);
     }
     this.#byRoute.set(route, series);

@@ -1,5 +1,6 @@
 import { channel } from 'node:diagnostics_channel';
 import type { Logger } from '../lib/logger.ts';
+import type { AffinityOutcome } from './affinity.ts';
 
 /**
  * One message per proxied request, published where its access-log line is written (the request is over:
@@ -19,6 +20,8 @@ export interface CompletedRequest {
   readonly status: number;
   /** performance.now() at arrival. */
   readonly start: number;
+  /** How session affinity placed it (hit, miss, repin); null or absent when its route has none. */
+  readonly affinity?: AffinityOutcome | null;
 }
 
 /** One access-log line. Always the same fields in the same order, so every line has one shape. */
@@ -33,6 +36,8 @@ export interface AccessLogLine {
   /** `web.0`; null when no instance was chosen. */
   instance: string | null;
   clientIp: string;
+  /** How session affinity placed it (affinity.ts: hit, miss, repin); null when its route has none. */
+  affinity: AffinityOutcome | null;
 }
 
 /**

@@ -4,7 +4,8 @@
  * At most `limit` (instances x concurrency) requests are in flight at once, which is what keeps an app
  * inside its database connection budget during a deploy, when the old and new generations both serve.
  * Each instance is also held to its own concurrency, because a waiter only proceeds when its pinned
- * generation's pool can `pick()` an instance (pick skips full ones).
+ * generation's pool can `pick()` an instance (pick skips full ones). A request with session affinity
+ * (affinity.ts) waits for its own instance's slot instead, keeping its place while others go ahead.
  *
  * Waiters queue FIFO in an intrusive doubly linked list: the request object is the node, so queueing
  * allocates nothing and a client that goes away leaves in O(1). There is no timer per request: the proxy
@@ -62,6 +63,17 @@ export interface Waiter {
   queued: boolean;
   /** The pool of the generation the request is pinned to. */
   readonly pool: PoolView;
+  /**
+   * The one instance it may start on (session affinity); null: any of its pool. Such a waiter is never
+   * turned away for its pool having no instance left: `acquire` sends it elsewhere first.
+   */
+  readonly affine: Upstream | null;
+  /**
+   * Reserves a slot of the instance it may start on now (`pool.acquire()`, or its affine instance's
+   * while that one is ready; once it is not, the request leaves its affinity and takes any); null when
+   * none is free.
+   */
+  acquire(): Upstream | null;
   /** The request may start on `upstream`, one of whose slots is reserved for it: it must call `upstream.begin(true)` before returning. */
   admit(upstream: Upstream): void;
   /** The request will not be admitted; it is no longer counted here. */
@@ -170,7 +182,7 @@ export class Admission {
   enter(w: Waiter, now: number): void {
     // Only when nobody waits (in any thread), so a newcomer never overtakes the queue.
     if (Atomics.load(this.#i32, this.#at + A_WAITERS) === 0 && this.#take()) {
-      const upstream = w.pool.acquire();
+      const upstream = w.acquire();
       if (upstream !== null) {
         if (admissionChannel.hasSubscribers) admissionChannel.publish({ admission: this, outcome: 'admitted', waitMs: 0 });
         w.admit(upstream);
@@ -199,6 +211,9 @@ export class Admission {
     this.#tail = w;
     this.#depth++;
     if (this.#cells !== null && this.#cells.threads > 1) this.#listen();
+    // The waiter ahead waits for its own instance (affinity) while the budget has room: this one may be
+    // able to start now on another, rather than at the next request's end or sweep.
+    if (this.#head !== w && this.#head!.affine !== null && Atomics.load(this.#i32, this.#at + A_ACTIVE) < this.limit) this.pump();
   }
 
   /** An admitted request finished (response done or failed): frees its slot and admits the next. */
@@ -262,7 +277,8 @@ export class Admission {
     let w = this.#head;
     while (w !== null) {
       const next = w.next;
-      if (w.pool !== checked) {
+      // A waiter for one instance goes elsewhere when that one leaves (acquire), whatever its pool's state.
+      if (w.pool !== checked && w.affine === null) {
         if (w.pool.serviceable()) checked = w.pool;
         else {
           this.#unlink(w);
@@ -296,10 +312,11 @@ export class Admission {
           const next = w.next;
           if (w.pool !== exhausted) {
             if (!this.#take()) break;
-            const upstream = w.pool.acquire();
+            const upstream = w.acquire();
             if (upstream === null) {
               this.#give();
-              exhausted = w.pool;
+              // Only its own instance was full: others of the pool may still take the waiters behind.
+              if (w.affine === null) exhausted = w.pool;
             } else {
               this.#unlink(w);
               if (admissionChannel.hasSubscribers) this.#publishQueued('admitted', w, performance.now());

@@ -7,9 +7,14 @@
  *   of waiting tunnels; both until `deadline`, and both are turned away the same way (`reject`).
  * - Tickets: an attempt holds the instance (`beginAttempt`) until `endAttempt`, exactly once per attempt;
  *   a request holds one of its request tickets, a tunnel one of its tunnel counts (`claim`/`release`).
+ * - Affinity (affinity.ts): an exchange its route's affinity sends to one instance waits for that one;
+ *   when that instance cannot take it, it leaves its affinity (`repinAffinity`) for any instance of the
+ *   active generation. With cookie affinity, an answer from an instance other than the one its cookie
+ *   names sets a cookie naming the one that answered (`affinityCookie`).
  */
 import type { IncomingMessage } from 'node:http';
 import type { RouteConfig } from '../config/schema.ts';
+import type { AffinityOutcome } from './affinity.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { GenerationView, PoolView, Upstream } from '../supervisor/types.ts';
 import { accessLog, elapsedMs, requestChannel } from './access-log.ts';
@@ -65,12 +70,20 @@ export abstract class Exchange {
   upstream: Upstream | null = null;
   /** performance.now() after which a waiting exchange gives up. */
   deadline = 0;
+  /** How session affinity placed it: hit, miss, or repin (also when it had to leave its instance later); null: its route has none. */
+  affinity: AffinityOutcome | null;
+  /** The instance its affinity sends it to, which it waits for; null: any instance of its pool. */
+  affine: Upstream | null;
 
   protected readonly shared: ExchangeShared;
   protected attempts = 0;
   /** An attempt holds `upstream` (beginAttempt ran, endAttempt not yet). */
   protected attemptOpen = false;
   #ticket = 0;
+  /** Cookie affinity: the instance its cookie names; null: none (or another kind of affinity). */
+  readonly #cookieNamed: Upstream | null;
+  /** Its route has cookie affinity: each attempt's end marks the instance (Upstream.markAffine). */
+  readonly #marks: boolean;
 
   /** `r` is a `pinned` resolution, read now: it is overwritten by the next request. */
   constructor(shared: ExchangeShared, r: Resolution, req: IncomingMessage) {
@@ -89,6 +102,10 @@ export abstract class Exchange {
     this.arrivedAt = Date.now();
     this.tls = r.tls;
     this.h2 = r.h2;
+    this.affinity = r.affinity;
+    this.affine = r.affine;
+    this.#cookieNamed = r.cookieNamed;
+    this.#marks = r.affinity !== null && this.route.affinity?.by === 'cookie';
   }
 
   /** Turns the exchange away with a gateway answer (when nothing has gone to the client yet). */
@@ -120,7 +137,44 @@ export abstract class Exchange {
   protected endAttempt(): void {
     if (!this.attemptOpen) return;
     this.attemptOpen = false;
+    // Before the release, which may be what a drain waits for: the drain then sees the client may return.
+    if (this.#marks) this.upstream!.markAffine();
     this.release(this.upstream!, this.#ticket);
+  }
+
+  /**
+   * Whether its generation still takes its requests: the active one, or one whose drain is not over
+   * (where affinity cookies still lead). A request that waited may find its generation gone.
+   */
+  protected generationServes(): boolean {
+    const entry = this.shared.table.app(this.app.name);
+    return entry !== undefined && (entry.generation === this.generation || entry.draining?.includes(this.generation) === true);
+  }
+
+  /**
+   * Its affine instance cannot take it (not ready, gone while it waited, or its connection failed): it
+   * goes to any instance, of the active generation when it was pinned to a draining one. For the app,
+   * that is a new session; with cookie affinity its answer names the new instance.
+   */
+  protected repinAffinity(): void {
+    this.affine = null;
+    this.affinity = 'repin';
+    const active = this.shared.table.app(this.app.name)?.generation ?? null;
+    if (active === null || active === this.generation) return;
+    const pool = active.pools.get(this.route.to!);
+    if (pool === undefined || pool.instances.length === 0) return;
+    this.generation = active;
+    this.pool = pool;
+  }
+
+  /**
+   * The Set-Cookie an answer from the current attempt's instance carries: null unless the route has
+   * cookie affinity and the request's cookie named another instance (or none).
+   */
+  protected affinityCookie(): string | null {
+    const upstream = this.upstream;
+    if (this.affinity === null || upstream === null || upstream === this.#cookieNamed || this.route.affinity?.by !== 'cookie') return null;
+    return this.shared.affinity.cookie(this.generation, this.pool, upstream, this.route.path, this.tls);
   }
 
   /** The request headers for the instance (request-headers.ts), the same for requests and upgrades. */
@@ -156,6 +210,7 @@ export abstract class Exchange {
         release: this.generation.releaseId,
         instance: instanceName(this.upstream),
         clientIp: this.clientIp,
+        affinity: this.affinity,
       });
     }
     if (requestChannel.hasSubscribers) requestChannel.publish(this);

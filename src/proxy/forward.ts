@@ -38,6 +38,7 @@ import { Exchange, type ExchangeShared } from './exchange.ts';
 import { RequestBuffer, type RequestBufferOwner } from './request-buffer.ts';
 import { ResponseBuffer, type ResponseBufferOwner } from './response-buffer.ts';
 import { instanceName } from './request-headers.ts';
+import { addSetCookie } from './affinity.ts';
 import type { Resolution } from './resolver.ts';
 
 /** The client response, with a back reference so module-level listeners find their Forward. */
@@ -216,6 +217,11 @@ export class Forward extends Exchange implements Waiter, RequestBufferOwner, Res
   #repin(): void {
     const active = this.shared.table.app(this.app.name)?.generation ?? null;
     if (active === null || active === this.generation) return;
+    // Its affinity names an instance of a draining generation: it stays while that one takes such requests.
+    if (this.affine !== null) {
+      if (!this.generationServes()) this.repinAffinity();
+      return;
+    }
     const pool = active.pools.get(this.route.to!);
     if (pool === undefined || pool.instances.length === 0) return;
     this.generation = active;
@@ -237,6 +243,16 @@ export class Forward extends Exchange implements Waiter, RequestBufferOwner, Res
   admit(upstream: Upstream): void {
     this.#admitted = true;
     this.#attempt(upstream);
+  }
+
+  acquire(): Upstream | null {
+    const target = this.affine;
+    if (target !== null) {
+      // Its own instance while that one serves (and its generation, for one that waited): it waits for it.
+      if (target.state === 'ready' && target.address !== null && (!this.queued || this.generationServes())) return target.tryReserve() ? target : null;
+      this.repinAffinity();
+    }
+    return this.pool.acquire();
   }
 
   /** `reject` (Exchange's) takes a queue timeout's Retry-After from the admission's current limits. */
@@ -294,6 +310,8 @@ export class Forward extends Exchange implements Waiter, RequestBufferOwner, Res
     // (`public_details`): it tells anyone which build runs.
     if (this.shared.publicDetails) headers['x-berth-release'] = this.generation.releaseId;
     if (this.app.mode.mode === 'read-only') headers['x-berth-mode'] = 'read-only';
+    const cookie = this.affinityCookie();
+    if (cookie !== null) addSetCookie(headers, cookie);
     this.#bufferResponse = this.#mayBuffer(headers);
     this.#responseLength = headers['content-length'];
     const res = this.res;
@@ -369,6 +387,8 @@ export class Forward extends Exchange implements Waiter, RequestBufferOwner, Res
       !this.hasBody &&
       RETRYABLE_METHODS.has(this.req.method ?? '')
     ) {
+      // Its affine instance is the one that failed: what it held of the session is gone with it.
+      if (this.affine !== null) this.repinAffinity();
       const other = this.pool.acquire(failed ?? undefined);
       if (other !== null) {
         this.shared.log.warn(

@@ -54,6 +54,8 @@ export interface AppSnapshot {
   mode: ModeState;
   noGeneration?: NoGenerationReason;
   generation: GenerationSnapshot | null;
+  /** Generations still draining after a deploy, which affinity cookies may still lead to (router.ts). */
+  draining?: GenerationSnapshot[];
 }
 
 /** What a worker thread gets on every change. */
@@ -159,6 +161,7 @@ export class Mirror {
     const entries: AppEntry[] = snapshot.apps.map((a) => {
       const generation = a.generation === null ? null : this.#generation(a.generation, generations, instances);
       const entry: AppEntry = { name: a.name, config: a.config, generation, mode: a.mode, ...(a.noGeneration ? { noGeneration: a.noGeneration } : {}) };
+      if (a.draining !== undefined && a.draining.length > 0) return { ...entry, draining: a.draining.map((g) => this.#generation(g, generations, instances)) };
       return entry;
     });
     this.#generations = generations;

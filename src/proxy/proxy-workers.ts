@@ -42,7 +42,8 @@ import type { Proxy } from './server.ts';
 import type { FromWorker, StateMessage, ToWorker, WorkerData } from './worker-protocol.ts';
 import type { PemPair } from '../tls/types.ts';
 
-const ENTRY = new URL('./worker-thread.ts', import.meta.url);
+/** The thread's entry beside this file: the .ts source in a checkout, the .js build in an installed package (dist/). */
+const ENTRY = new URL(import.meta.url.endsWith('.ts') ? './worker-thread.ts' : './worker-thread.js', import.meta.url);
 /** How often pools and addresses are compared with the last snapshot (instance restarts, replacements). */
 const SNAPSHOT_CHECK_MS = 50;
 /** A worker that does not listen within this is given up on (and retried). */
@@ -392,6 +393,8 @@ export class ProxyWorkers {
         mode: a.mode,
         ...(a.noGeneration ? { noGeneration: a.noGeneration } : {}),
         generation: a.generation === null ? null : generationSnapshot(a.generation),
+        // What affinity cookies may still lead to while a deploy drains (affinity.ts).
+        ...(a.draining !== undefined && a.draining.length > 0 ? { draining: a.draining.map(generationSnapshot) } : {}),
       })),
     };
   }
@@ -429,14 +432,19 @@ function generationSnapshot(gen: GenerationView): GenerationSnapshot {
 function fingerprint(table: RoutingTable): string {
   let s = '';
   for (const a of table.apps) {
-    const gen = a.generation;
-    if (gen === null) continue;
-    s += gen.id;
-    for (const pool of gen.pools.values()) {
-      s += '|';
-      for (const inst of pool.instances) s += `${(inst as SlottedUpstream).slot}.${(inst as SlottedUpstream).addressGeneration},`;
-    }
-    for (const inst of everyInstance(gen as never) as readonly SlottedUpstream[]) s += `${inst.slot}.${inst.addressGeneration};`;
+    if (a.generation !== null) s += generationPrint(a.generation);
+    // Draining generations too: affinity cookies may still lead to them.
+    if (a.draining !== undefined) for (const gen of a.draining) s += generationPrint(gen);
   }
+  return s;
+}
+
+function generationPrint(gen: GenerationView): string {
+  let s = gen.id;
+  for (const pool of gen.pools.values()) {
+    s += '|';
+    for (const inst of pool.instances) s += `${(inst as SlottedUpstream).slot}.${(inst as SlottedUpstream).addressGeneration},`;
+  }
+  for (const inst of everyInstance(gen as never) as readonly SlottedUpstream[]) s += `${inst.slot}.${inst.addressGeneration};`;
   return s;
 }

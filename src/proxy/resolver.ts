@@ -6,7 +6,9 @@
  *   3. the route (no match: 404), then the app's redirects (https-policy.ts: `https_redirect`, `canonical_host`);
  *   4. rate limits (rate-limit.ts);
  *   5. the mode (modes.ts), then static routes (static.ts), which take no admission slot;
- *   6. pinning to the app's active generation and the route's pool (none: 503), with the pool's admission.
+ *   6. pinning to the app's active generation and the route's pool (none: 503), with the pool's admission;
+ *      on a route with `affinity`, the instance its affinity names (affinity.ts), which may be one of a
+ *      generation still draining after a deploy.
  * The answer is a refusal (status, reason, Retry-After) or a target. The request framing checks that
  * must come before any of it (absolute-form target, Host, Transfer-Encoding) are made here too, and on
  * cleartext listeners the ACME HTTP-01 answer comes right after the health lane.
@@ -16,8 +18,9 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { BerthConfig, RouteConfig } from '../config/schema.ts';
-import type { GenerationView, PoolView } from '../supervisor/types.ts';
+import type { GenerationView, PoolView, Upstream } from '../supervisor/types.ts';
 import { Admission, type AdmissionLimits } from './admission.ts';
+import type { Affinity, AffinityOutcome } from './affinity.ts';
 import type { SharedCells } from '../lib/shared-cells.ts';
 import { clientIp, socketAddress } from './client-ip.ts';
 import type { ErrorReason } from './error-pages.ts';
@@ -64,6 +67,12 @@ export class Resolution {
   pool: PoolView | null = null;
   /** The pool's request admission (`pinned` plain requests; null for upgrades, held to `websockets.max`). */
   admission: Admission | null = null;
+  /** `pinned`: how session affinity placed it (affinity.ts); null when its route has none. */
+  affinity: AffinityOutcome | null = null;
+  /** `pinned`: the instance its affinity sends it to (it waits for that one); null: any of its pool. */
+  affine: Upstream | null = null;
+  /** `pinned`, cookie affinity: the instance its cookie names (a response from another sets a new cookie). */
+  cookieNamed: Upstream | null = null;
   /** The answer's status (`refused`, `mode`). */
   status = 0;
   reason: ErrorReason = 'bad-request';
@@ -84,6 +93,8 @@ export interface ResolverShared {
   trustedProxyCount: number;
   /** The proxy is stopping: new upgrades are refused (plain requests are still answered). */
   stopping: boolean;
+  /** Session affinity: places requests of routes with `affinity`, and names instances in cookies. */
+  readonly affinity: Affinity;
 }
 
 export class Resolver {
@@ -124,6 +135,7 @@ export class Resolver {
   /** Makes `table` the one new requests see; admissions and limiters are brought in line with its apps. */
   setTable(table: RoutingTable): void {
     this.#table = table;
+    this.#shared.affinity.prepare(table);
     this.#sync();
   }
 
@@ -303,6 +315,11 @@ export class Resolver {
     r.route = route;
     r.generation = generation;
     r.pool = pool;
+    if (route.affinity === null) {
+      r.affinity = null;
+      r.affine = null;
+      r.cookieNamed = null;
+    } else this.#shared.affinity.place(r, req, app, route.affinity, route.to, r.clientIp, path);
     r.admission = upgrade ? null : (this.#admissionByRoute.get(route) ?? this.#admission(app, route.to));
     return r;
   }
@@ -399,20 +416,18 @@ export class Resolver {
   }
 
   /**
-   * instances x concurrency of the configured process type. An app whose process types come from a
-   * Procfile has no configured count, so the active generation's pool gives it; with neither, the last
-   * known limit stays (or none, leaving the per-instance concurrency as the only bound).
+   * instances x concurrency of the pool: as the active generation runs it (a Procfile's types, and counts
+   * `berth scale` changed live), else as configured; with neither, the last known limit stays (or none,
+   * leaving the per-instance concurrency as the only bound).
    */
   #limits(app: AppEntry, process: string, existing: Admission | undefined): AdmissionLimits {
     const config = this.#config.apps[app.name] ?? app.config;
     const proc = config.processes?.[process];
+    const pool = app.generation?.pools.get(process);
     let limit: number;
-    if (proc !== undefined) limit = proc.instances * proc.concurrency;
-    else {
-      const pool = app.generation?.pools.get(process);
-      if (pool !== undefined && pool.instances.length > 0) limit = pool.instances.length * pool.concurrency;
-      else limit = existing?.limit ?? Number.POSITIVE_INFINITY;
-    }
+    if (pool !== undefined && pool.instances.length > 0) limit = pool.instances.length * pool.concurrency;
+    else if (proc !== undefined) limit = proc.instances * proc.concurrency;
+    else limit = existing?.limit ?? Number.POSITIVE_INFINITY;
     return { limit, queueMax: config.queue.max, queueTimeoutMs: config.queue.timeoutMs };
   }
 }

@@ -24,6 +24,11 @@ export interface AppEntry {
   readonly config: AppConfig;
   /** Active generation: new requests pin this one. Null while the app has none (starting, or failed). */
   readonly generation: GenerationView | null;
+  /**
+   * Generations switched away from and still draining (a deploy's old one, until its drain ends): only
+   * requests whose affinity cookie names one of their instances go there (affinity.ts). Absent: none.
+   */
+  readonly draining?: readonly GenerationView[];
   readonly mode: ModeState;
   /**
    * The answer while `generation` is null, set by the gateway when it builds the table so a request

@@ -95,9 +95,12 @@ export class Tunnel extends Exchange {
     client.on('timeout', this.#onIdle);
   }
 
-  /** Starts on the least-tunnelled ready instance, or waits for one until `queue.timeout`. */
+  /**
+   * Starts on its affine instance (affinity.ts) or the least-tunnelled ready one, or waits for one until
+   * `queue.timeout`.
+   */
   run(now: number): void {
-    const upstream = this.pool.pickTunnel();
+    const upstream = this.#pick();
     if (upstream !== null) {
       this.#attempt(upstream);
       return;
@@ -116,7 +119,7 @@ export class Tunnel extends Exchange {
       this.#owner.setWaiting(this, false);
       return;
     }
-    const upstream = this.pool.pickTunnel();
+    const upstream = this.#pick();
     if (upstream !== null) {
       this.#owner.setWaiting(this, false);
       this.#attempt(upstream);
@@ -128,6 +131,19 @@ export class Tunnel extends Exchange {
       this.#owner.setWaiting(this, false);
       this.reject('queue-timeout');
     }
+  }
+
+  /**
+   * The instance for it now: its affine one while that one is ready (a tunnel takes no request slot, so
+   * it never waits for it), else the least-tunnelled ready one (leaving its affinity); null: none ready.
+   */
+  #pick(exclude?: Upstream): Upstream | null {
+    const target = this.affine;
+    if (target !== null) {
+      if (target !== exclude && target.state === 'ready' && target.address !== null) return target;
+      this.repinAffinity();
+    }
+    return this.pool.pickTunnel(exclude);
   }
 
   /** Turned away before the instance answered (over the WebSocket limit, no instance, its wait over). */
@@ -245,6 +261,8 @@ export class Tunnel extends Exchange {
     const raw = res.rawHeaders;
     for (let i = 0; i < raw.length; i += 2) head += `${raw[i]}: ${raw[i + 1]}\r\n`;
     if (this.app.mode.mode === 'read-only') head += 'x-berth-mode: read-only\r\n';
+    const cookie = this.affinityCookie();
+    if (cookie !== null) head += `set-cookie: ${cookie}\r\n`;
     const client = this.#client;
     client.write(head + '\r\n', 'latin1');
     if (upHead.length > 0) {
@@ -366,7 +384,7 @@ export class Tunnel extends Exchange {
     const code = this.#upError ?? 'closed';
     // Not answered yet: a bodiless GET, so a refused or broken connection is tried once elsewhere.
     if (this.attempts === 1 && !this.#timedOut && RETRY_ERRORS.has(code)) {
-      const other = this.pool.pickTunnel(failed ?? undefined);
+      const other = this.#pick(failed ?? undefined);
       if (other !== null) {
         this.shared.log.warn({ app: this.app.name, instance: instanceName(failed), retry: instanceName(other), code, requestId: this.requestId }, 'websocket upstream retry');
         this.#attempt(other);

@@ -6,6 +6,7 @@ import type { MessagePort } from 'node:worker_threads';
 import type { BerthConfig, ListenAddress } from '../config/schema.ts';
 import type { SharedCellsHandle } from '../lib/shared-cells.ts';
 import type { AdmissionRejection } from './admission.ts';
+import type { AffinityOutcome } from './affinity.ts';
 import type { SharedTables, TableSnapshot } from './mirror.ts';
 import type { PemPair } from '../tls/types.ts';
 
@@ -51,8 +52,8 @@ export type StateMessage = { version: number } & (
   | { type: 'alpn'; host: string; pem: PemPair | null }
 );
 
-/** A finished request as the metrics count it: app, route path, status, seconds. */
-export type RequestRecord = [app: string, route: string, status: number, seconds: number];
+/** A finished request as the metrics count it: app, route path, status, seconds, and its affinity outcome (null: none). */
+export type RequestRecord = [app: string, route: string, status: number, seconds: number, affinity: AffinityOutcome | null];
 /** An admission decision: app, process, outcome, wait in ms. */
 export type AdmissionRecord = [app: string, process: string, outcome: 'admitted' | AdmissionRejection, waitMs: number];
 

@@ -89,7 +89,7 @@ class Stats {
   constructor() {
     subscribe(requestChannel.name, (message) => {
       const r = message as CompletedRequest;
-      this.#requests.push([r.app.name, r.route.path, r.status, (performance.now() - r.start) / 1000]);
+      this.#requests.push([r.app.name, r.route.path, r.status, (performance.now() - r.start) / 1000, r.affinity ?? null]);
     });
     subscribe(admissionChannel.name, (message) => {
       const e = message as AdmissionEvent;

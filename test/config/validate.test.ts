@@ -76,7 +76,7 @@ test('process defaults: web is http with the default concurrency, others are wor
   const { web, worker } = config.apps.shop.processes!;
   assert.deepEqual(web, { name: 'web', command: 'a', instances: DEFAULT_INSTANCES, concurrency: DEFAULT_CONCURRENCY, http: true, heartbeatTimeoutMs: null, env: {} });
   assert.deepEqual(worker, { name: 'worker', command: 'b', instances: 1, concurrency: 1, http: false, heartbeatTimeoutMs: 30_000, env: {} });
-  assert.deepEqual(config.apps.shop.routes, [{ path: '/', to: 'web', static: null, cache: null, cors: null, buffering: true }]);
+  assert.deepEqual(config.apps.shop.routes, [{ path: '/', to: 'web', static: null, cache: null, cors: null, buffering: true, affinity: null }]);
 });
 
 test('a route target becomes http; http: false on a route target is a problem', () => {
@@ -109,7 +109,7 @@ test('a Procfile app (no processes) may route to any type: it is checked at depl
   assert.equal(config.apps.docs.processes, null);
   assert.deepEqual(config.apps.docs.scale, { api: 3 });
   const defaults = normaliseConfig({ apps: { docs: {} } }, CTX);
-  assert.deepEqual(defaults.apps.docs.routes, [{ path: '/', to: 'web', static: null, cache: null, cors: null, buffering: true }]);
+  assert.deepEqual(defaults.apps.docs.routes, [{ path: '/', to: 'web', static: null, cache: null, cors: null, buffering: true, affinity: null }]);
 });
 
 test('scale is a problem on an app with processes; empty processes is a problem', () => {
@@ -129,8 +129,8 @@ test('an app without a web type and without routes gets no routes', () => {
 test('routes: trailing slashes, exactly one of to/static, duplicates, static-only keys, paths inside the release', () => {
   const config = normaliseConfig(withApp({ routes: [{ path: '/api/', to: 'web' }, { path: '/', static: './public/', cache: 'max-age=60' }] }), CTX);
   assert.deepEqual(config.apps.shop.routes, [
-    { path: '/api', to: 'web', static: null, cache: null, cors: null, buffering: true },
-    { path: '/', to: null, static: 'public', cache: 'max-age=60', cors: null, buffering: true },
+    { path: '/api', to: 'web', static: null, cache: null, cors: null, buffering: true, affinity: null },
+    { path: '/', to: null, static: 'public', cache: 'max-age=60', cors: null, buffering: true, affinity: null },
   ]);
   const raw = withApp({
     routes: [

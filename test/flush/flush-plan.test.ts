@@ -12,7 +12,7 @@ function rule(name: string, templates: string[], more: Partial<CacheFlushRule> =
 }
 
 function route(path: string, opts: { static?: string | null; to?: string | null; cache?: string | null } = {}): RouteConfig {
-  return { path, to: opts.to ?? null, static: opts.static ?? null, cache: opts.cache ?? null, cors: null, buffering: true };
+  return { path, to: opts.to ?? null, static: opts.static ?? null, cache: opts.cache ?? null, cors: null, buffering: true, affinity: null };
 }
 
 const NO_ROUTES = { routes: [] as RouteConfig[] };

@@ -30,7 +30,7 @@ async function put(root: string, rel: string, content: string): Promise<void> {
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
 
 function staticRoute(path: string, dir: string | null, cache: string | null = null): RouteConfig {
-  return { path, to: dir === null ? 'web' : null, static: dir, cache, cors: null, buffering: true };
+  return { path, to: dir === null ? 'web' : null, static: dir, cache, cors: null, buffering: true, affinity: null };
 }
 
 function app(routes: RouteConfig[], maxReleaseFiles = 1000): Pick<AppConfig, 'routes' | 'maxReleaseFiles'> {
@@ -218,7 +218,7 @@ test('buildManifest lists paths as they are served: no dot-file, index.html also
   await writeFile(join(root, 'public', 'docs', 'index.html'), '<p>docs</p>\n');
   await writeFile(join(root, 'public', 'app.css'), 'body{}\n');
   await writeFile(join(root, 'public', 'app.css.br'), 'br-bytes');
-  const app = { routes: [{ path: '/static', to: null, static: 'public', cache: null, cors: null, buffering: true }], maxReleaseFiles: 100 };
+  const app = { routes: [{ path: '/static', to: null, static: 'public', cache: null, cors: null, buffering: true, affinity: null }], maxReleaseFiles: 100 };
   const before = await buildManifest(app, root);
   assert.ok(!('/static/.env' in before), 'a dot-file is never served');
   assert.equal(before['/static/docs/'], before['/static/docs/index.html']);

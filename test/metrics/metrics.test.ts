@@ -93,6 +93,8 @@ test('admission publishes admissions with their queue wait and rejections with t
     deadline: 0,
     queued: false,
     pool,
+    affine: null,
+    acquire: () => pool.acquire(),
     admit: () => outcomes.push(`${name} admitted`),
     reject: (reason: AdmissionRejection) => outcomes.push(`${name} ${reason}`),
   });

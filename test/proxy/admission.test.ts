@@ -30,11 +30,16 @@ class TestWaiter implements Waiter {
   upstream: Upstream | null = null;
   ticket = 0;
   rejected: AdmissionRejection | null = null;
+  readonly affine: Upstream | null = null;
 
   constructor(name: string, pool: PoolView, log: string[]) {
     this.name = name;
     this.pool = pool;
     this.log = log;
+  }
+
+  acquire(): Upstream | null {
+    return this.pool.acquire();
   }
 
   admit(upstream: Upstream): void {

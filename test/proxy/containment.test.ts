@@ -13,7 +13,7 @@ import type { RouteConfig } from '../../src/config/schema.ts';
 import { appConfig, backend, entry, fetchRaw, okHandler, refusedAddress, route, startProxy, TestGeneration } from './fixtures.ts';
 
 function staticRoute(path: string, dir: string): RouteConfig {
-  return { path, to: null, static: dir, cache: null, cors: null, buffering: true };
+  return { path, to: null, static: dir, cache: null, cors: null, buffering: true, affinity: null };
 }
 
 async function base(t: TestContext): Promise<string> {

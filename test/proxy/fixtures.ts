@@ -22,7 +22,7 @@ import { RoutingTable, type AppEntry, type ModeState } from '../../src/proxy/rou
 // ---- config ------------------------------------------------------------------------------------
 
 export function route(path: string, to: string | null = 'web', staticDir: string | null = null): RouteConfig {
-  return { path, to: staticDir === null ? to : null, static: staticDir, cache: null, cors: null, buffering: true };
+  return { path, to: staticDir === null ? to : null, static: staticDir, cache: null, cors: null, buffering: true, affinity: null };
 }
 
 export function processConfig(name: string, instances: number, concurrency: number): ProcessConfig {
@@ -165,6 +165,13 @@ export class TestUpstream implements Upstream {
   endTunnel(): void {
     if (this.tunnels === 0) this.mistakes.push('endTunnel() without an open beginTunnel()');
     else this.tunnels--;
+  }
+
+  /** Epoch ms of the last request of a cookie-affinity route it served (0: none). */
+  lastAffineAt = 0;
+
+  markAffine(): void {
+    this.lastAffineAt = Date.now();
   }
 }
 

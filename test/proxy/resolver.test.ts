@@ -11,7 +11,7 @@ import { RoutingTable, type AppEntry } from '../../src/proxy/router.ts';
 import { appConfig, berthConfig, captureLogger, entry, route, startProxy, TestGeneration } from './fixtures.ts';
 import { exchange, RawUpstream, responseHeader, seenResponder, WS_HEAD, type RawResponse } from './raw-upstream.ts';
 
-const ROUTES: RouteConfig[] = [route('/'), { path: '/static', to: null, static: 'public', cache: null, cors: null, buffering: true }];
+const ROUTES: RouteConfig[] = [route('/'), { path: '/static', to: null, static: 'public', cache: null, cors: null, buffering: true, affinity: null }];
 
 async function setup(t: TestContext) {
   const up = await RawUpstream.start(t, seenResponder);

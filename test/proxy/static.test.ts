@@ -16,7 +16,7 @@ const hasMkfifo = spawnSync('mkfifo', ['--version']).status === 0;
 const MTIME = new Date('2024-05-01T12:00:00Z');
 
 function staticRoute(path: string, dir: string, over: Partial<RouteConfig> = {}): RouteConfig {
-  return { path, to: null, static: dir, cache: null, cors: null, buffering: true, ...over };
+  return { path, to: null, static: dir, cache: null, cors: null, buffering: true, affinity: null, ...over };
 }
 
 /** A release dir with a `public` static dir, a secret beside it and one outside the release. */

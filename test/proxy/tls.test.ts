@@ -317,7 +317,7 @@ test('h2: static files with Range and ETag', async (t) => {
   const shop = await backend(t, echo('shop'));
   const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1', releaseDir: rel });
   gen.addPool('web', 4, [shop.address]);
-  const staticRoute: RouteConfig = { path: '/static', to: null, static: 'public', cache: null, cors: null, buffering: true };
+  const staticRoute: RouteConfig = { path: '/static', to: null, static: 'public', cache: null, cors: null, buffering: true, affinity: null };
   const f = await front(t, [entry(appConfig('shop', { hosts: ['shop.test'], routes: [route('/'), staticRoute] }), gen)]);
   const session = h2session(t, f);
   const full = await h2get(session, { ':path': '/static/data.txt', ':authority': 'shop.test' });

@@ -246,7 +246,7 @@ test('read-only lets upgrades through with X-Berth-Mode both ways; maintenance r
 });
 
 test('refusals: no route 404, a static route 400, the health lane 400, rate limit 429, no generation 503', async (t) => {
-  const routes: RouteConfig[] = [route('/ws'), { path: '/static', to: null, static: 'public', cache: null, cors: null, buffering: true }];
+  const routes: RouteConfig[] = [route('/ws'), { path: '/static', to: null, static: 'public', cache: null, cors: null, buffering: true, affinity: null }];
   const over = { hosts: ['chat.test'], routes, rateLimit: { count: 1, perMs: 60_000, burst: 1, paths: ['/ws/limited'] } };
   const { ws: base, proxy, config } = await setup(t, { over });
   assert.equal((await refused(t, `${base}/ws`, { host: 'other.test' })).status, 404);
