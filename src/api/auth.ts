@@ -41,7 +41,7 @@ export const USER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
  * Names berth writes into audit rows for its own actions and for callers it cannot name (src/gateway.ts,
  * src/scheduler, src/api). Compared case-insensitively.
  */
-export const BERTH_ACTOR_NAMES: ReadonlySet<string> = new Set(['berth-start', 'supervisor', 'scheduler', 'reload-trigger', 'sighup', 'cleanup', 'socket', 'unauthenticated', 'fleet', 'cache-flush']);
+export const BERTH_ACTOR_NAMES: ReadonlySet<string> = new Set(['berth-start', 'supervisor', 'scheduler', 'reload-trigger', 'sighup', 'sigusr2', 'cleanup', 'socket', 'unauthenticated', 'fleet', 'cache-flush']);
 /**
  * Names a call context may not take: berth's own actors, and names that read as berth or the system.
  * Compared case-insensitively.
@@ -69,6 +69,7 @@ export const ACTION_ROLES: Readonly<Record<string, Role>> = {
   mode: 'deployer',
   run: 'deployer',
   flush: 'deployer',
+  scale: 'deployer',
   'config-reload': 'admin',
   stop: 'admin',
 };

@@ -46,6 +46,11 @@ export interface RouteOptions {
   action?: string;
   /** The role the endpoint needs; default: viewer for GET, else by action (src/api/auth.ts ACTION_ROLES). */
   role?: Role;
+  /**
+   * What the audit row names as the change's target, from the request body (the `scale` of `web`);
+   * null or undefined: the body itself, as for every other change.
+   */
+  auditTarget?: (body: unknown) => string | null | undefined;
 }
 
 /** Where a domain route file registers its endpoints (ApiRoutes). */

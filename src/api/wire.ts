@@ -45,8 +45,48 @@ export interface AppStatus {
   healthy: boolean;
   reasons: string[];
   db: { budget: number | null; demand: number; inUse: number };
+  /** Each process type: the instances its active generation runs, the config's count, and a `berth scale` override. */
+  processes: ProcessCount[];
   queue: number;
   generations: (ReturnType<Generation['snapshot']> & { active: boolean })[];
+}
+
+/** A process type's instance count as `berth status` shows it. */
+export interface ProcessCount {
+  name: string;
+  http: boolean;
+  /** What the active generation runs now; null without one. */
+  instances: number | null;
+  /** What the config (or the Procfile and `scale`) asks for; null when the config no longer names the type. */
+  configured: number | null;
+  /** Set with `berth scale`: every generation runs this many, whatever the config says; null: none. */
+  override: { instances: number; user: string | null; setAt: string; node: string | null } | null;
+}
+
+/** One process type changed by `berth scale` (`POST /v1/apps/:app/scale`). */
+export interface ScaleChange {
+  process: string;
+  from: number;
+  to: number;
+  /** The config's count (what `<type>=config` goes back to); null when the config no longer names the type. */
+  configured: number | null;
+  /** False: the change went back to the config's count and dropped the override. */
+  override: boolean;
+  /** Instances started (`web.2`), and those draining to a stop. */
+  added: string[];
+  removed: string[];
+}
+
+/** What `berth scale` did: the changes, and whether every instance it started got ready. */
+export interface ScaleResult {
+  app: string;
+  /** The active generation it changed. */
+  generation: string;
+  changes: ScaleChange[];
+  /** Every instance started is ready (true also when none was started). */
+  ready: boolean;
+  /** Why not: the instances that exited or were not ready in time, with their last output lines. */
+  error: string | null;
 }
 
 export interface HistoryEntry {

@@ -153,6 +153,14 @@ function formatApp(app: AppStatus): string {
     `${app.name}  ${app.healthy ? 'healthy' : 'UNHEALTHY'}  mode ${app.mode}${app.modeMessage ? ` ("${app.modeMessage}")` : ''}  release ${app.activeRelease ?? '-'}  queue ${app.queue}  db ${budget}`,
   ];
   if (!app.healthy) for (const r of app.reasons) lines.push(`  ! ${r}`);
+  const counts = (app.processes ?? []).map((p) => {
+    const runs = p.instances === null ? '-' : String(p.instances);
+    if (p.override === null) return `${p.name} ${runs}`;
+    const by = `${p.override.user ?? 'someone'} at ${p.override.setAt}`;
+    const wants = p.instances === p.override.instances ? '' : `, ${p.override.instances} asked`;
+    return `${p.name} ${runs} (berth scale by ${by}${wants}; the config says ${p.configured ?? 'nothing'})`;
+  });
+  if (counts.length > 0) lines.push(`  processes: ${counts.join(', ')}`);
   const rows: (string | number | null)[][] = [];
   for (const g of app.generations) {
     for (const i of g.instances) {

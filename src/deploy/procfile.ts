@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import { readContained } from '../lib/contained-file.ts';
 import { DEFAULT_CONCURRENCY, DEFAULT_INSTANCES, type AppConfig, type ProcessConfig } from '../config/schema.ts';
+import { budgetProblem, withScale, type ScaleCounts } from './scale.ts';
 
 /** The largest Procfile read. */
 const PROCFILE_MAX_BYTES = 1024 * 1024;
@@ -53,11 +54,25 @@ export function parseProcfile(text: string, scale: Record<string, number> = {}, 
 }
 
 /**
- * The process types an app runs for a release: its configured `processes`, or the release's Procfile.
- * For a Procfile app, every route target must be an http type of the Procfile, else the deploy fails.
+ * The process types an app runs for a release: its configured `processes`, or the release's Procfile,
+ * with the instance counts `berth scale` set (`scale`, from the store) over them. For a Procfile app,
+ * every route target must be an http type of the Procfile, else the deploy fails; and the http pools must
+ * fit `db_connections` (BERTH_E_RELEASE naming the demand, the budget, and the overrides that make it).
  */
-export async function resolveProcesses(app: AppConfig, releaseDir: string): Promise<Procfile> {
-  if (app.processes) return { processes: app.processes, release: app.release };
+export async function resolveProcesses(app: AppConfig, releaseDir: string, scale: ScaleCounts = {}): Promise<Procfile> {
+  const declared = app.processes ? { processes: app.processes, release: app.release } : await readProcfile(app, releaseDir);
+  const processes = withScale(declared.processes, scale);
+  const problem = budgetProblem(app, processes);
+  if (problem !== null) {
+    const scaled = Object.keys(scale).filter((t) => Object.hasOwn(declared.processes, t) && declared.processes[t].instances !== scale[t]);
+    const why = scaled.length === 0 ? (app.processes ? '' : " (the Procfile's counts)") : ` (set with berth scale: ${scaled.map((t) => `${t}=${scale[t]}`).join(', ')}; \`berth scale ${app.name} ${scaled.map((t) => `${t}=config`).join(' ')}\` goes back to the config's counts)`;
+    throw new BerthError(ErrorCodes.release, `app ${app.name}: ${problem}${why}`);
+  }
+  return { processes, release: declared.release };
+}
+
+/** A Procfile app's process types and release command, from the release's Procfile. */
+async function readProcfile(app: AppConfig, releaseDir: string): Promise<Procfile> {
   const file = join(releaseDir, 'Procfile');
   // Read only when it really lies inside the release: a Procfile symlinked elsewhere counts as missing,
   // and so does one too large to be a Procfile (the release is the app's; the gateway's memory is not).
@@ -72,14 +87,6 @@ export async function resolveProcesses(app: AppConfig, releaseDir: string): Prom
     if (!target.http) {
       target.http = true;
       target.concurrency = DEFAULT_CONCURRENCY;
-    }
-  }
-  if (app.dbConnections !== null) {
-    const pools = Object.values(procfile.processes).filter((p) => p.http);
-    const demand = pools.reduce((sum, p) => sum + p.instances * p.concurrency, 0);
-    if (demand > app.dbConnections) {
-      const parts = pools.map((p) => `${p.name} ${p.instances}x${p.concurrency}`).join(' + ');
-      throw new BerthError(ErrorCodes.release, `app ${app.name}: the Procfile's http pools need ${demand} connections (${parts}), more than the budget of ${app.dbConnections}`);
     }
   }
   return { processes: procfile.processes, release: app.release ?? procfile.release };

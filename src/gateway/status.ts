@@ -5,7 +5,7 @@
  * front door's `/_berth/ready` and `/_berth/apps/<app>/health` read, so they never disagree.
  */
 import type { CertificateRow } from '../tls/types.ts';
-import { dbDemand } from '../config/schema.ts';
+import { configuredInstances, demandOf, withScale } from '../deploy/scale.ts';
 import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import { VERSION } from '../lib/version.ts';
 import type { DeployRecord } from '../store/store.ts';
@@ -16,7 +16,7 @@ import type { RoutingTable } from '../proxy/router.ts';
 import { healthInput } from '../proxy/health-lane.ts';
 import type { Audit } from '../api/audit.ts';
 import type { HistoryFilter } from '../api/control.ts';
-import type { AppStatus, GatewayStatus, HistoryEntry, ReleaseList } from '../api/wire.ts';
+import type { AppStatus, GatewayStatus, HistoryEntry, ProcessCount, ReleaseList } from '../api/wire.ts';
 import type { AppRuntime, Apps, GatewayLive } from './apps.ts';
 
 export interface StatusSources {
@@ -81,10 +81,30 @@ export class StatusReport {
       activeRelease: rt.active?.releaseId ?? null,
       healthy,
       reasons,
-      db: { budget: rt.config.dbConnections, demand: dbDemand(rt.config), inUse },
+      db: { budget: rt.config.dbConnections, demand: demandOf(rt.active?.processes ?? withScale(rt.config.processes ?? {}, rt.scale)), inUse },
+      processes: this.#processes(rt),
       queue: this.#src.proxy.queueDepth(name),
       generations: gens.map((g) => ({ ...g.snapshot(), active: g === rt.active })),
     };
+  }
+
+  /**
+   * Each process type with its counts: the active generation's types (a Procfile app's come from its
+   * release), else the config's; an override of a type neither has is listed too (it waits for the type).
+   */
+  #processes(rt: AppRuntime): ProcessCount[] {
+    const types = rt.active?.processes ?? rt.config.processes ?? {};
+    const names = [...new Set([...Object.keys(types), ...rt.overrides.map((o) => o.process)])];
+    return names.map((name) => {
+      const o = rt.overrides.find((x) => x.process === name);
+      return {
+        name,
+        http: types[name]?.http ?? false,
+        instances: rt.active && Object.hasOwn(rt.active.processes, name) ? rt.active.processes[name].instances : null,
+        configured: configuredInstances(rt.config, name),
+        override: o ? { instances: o.instances, user: o.user, setAt: o.setAt, node: o.node ?? null } : null,
+      };
+    });
   }
 
   /** The verdict the front door gives, from the same table entry, with the boot error it withholds. */

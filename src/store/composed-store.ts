@@ -14,6 +14,7 @@ import { Deploys } from './repositories/deploys.ts';
 import { TaskRuns } from './repositories/task-runs.ts';
 import { Fleet } from './repositories/fleet.ts';
 import { Flushes } from './repositories/flushes.ts';
+import { Scales } from './repositories/scales.ts';
 
 /** How a store brings its schema in line when it opens; every backend takes the same. */
 export interface MigrationOptions {
@@ -40,6 +41,7 @@ export class ComposedStore implements Store {
   #acme: Acme;
   #fleet: Fleet;
   #flushes: Flushes;
+  #scales: Scales;
   readonly node: string;
 
   constructor(db: StoreDatabase, opts: MigrationOptions) {
@@ -53,6 +55,7 @@ export class ComposedStore implements Store {
     this.#acme = new Acme(db);
     this.#fleet = new Fleet(db, this.node);
     this.#flushes = new Flushes(db, this.node);
+    this.#scales = new Scales(db, this.node);
   }
 
   /**
@@ -139,4 +142,8 @@ export class ComposedStore implements Store {
   listPendingFlushes(...a: Parameters<Store['listPendingFlushes']>) { return this.#flushes.listPendingFlushes(...a); }
   listFlushes(...a: Parameters<Store['listFlushes']>) { return this.#flushes.listFlushes(...a); }
   deleteFlushesBefore(...a: Parameters<Store['deleteFlushesBefore']>) { return this.#flushes.deleteFlushesBefore(...a); }
+
+  listScales(...a: Parameters<Store['listScales']>) { return this.#scales.listScales(...a); }
+  setScale(...a: Parameters<Store['setScale']>) { return this.#scales.setScale(...a); }
+  deleteScale(...a: Parameters<Store['deleteScale']>) { return this.#scales.deleteScale(...a); }
 }

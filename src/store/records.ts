@@ -34,6 +34,7 @@ import type {
   ReleaseInput,
   ReleaseRecord,
   ReleaseState,
+  ScaleOverride,
   TaskRunFilter,
   TaskRunRecord,
   TaskRunState,
@@ -231,6 +232,12 @@ export const FLUSHES = new Table<FlushRecord>('cache_flushes', {
   urls: ['urls', strings('urls')], done: ['done', strings('done')], state: ['state', text], attempts: ['attempts', integer],
   nextAt: ['next_at', text], giveUpAt: ['give_up_at', text], error: ['error', redactedOrNull], user: ['user_name', textOrNull],
   createdAt: ['created_at', text], finishedAt: ['finished_at', textOrNull], node: ['node', textOrNull],
+});
+
+/** Instance-count overrides (migration 009). */
+export const SCALES = new Table<ScaleOverride>('scale_overrides', {
+  app: ['app', text], process: ['process', text], instances: ['instances', integer], user: ['user_name', textOrNull],
+  setAt: ['set_at', text], node: ['node', textOrNull],
 });
 
 // ---- apps and releases ----------------------------------------------------------------------------
@@ -529,6 +536,18 @@ function checkFlushFields(f: Partial<FlushRecord>, whole: boolean): void {
   if (has('nextAt')) checkTime(f.nextAt, 'flush nextAt');
   if (f.finishedAt != null) checkTime(f.finishedAt, 'flush finishedAt');
   if (f.error != null && typeof f.error !== 'string') throw badRequest('flush error must be a string or null');
+}
+
+// ---- instance-count overrides ------------------------------------------------------------------------
+
+/** The values `setScale` writes. Throws BERTH_E_BAD_REQUEST for a missing app or type, a count that is not a whole number from 0, or a bad time. */
+export function scaleValues(s: ScaleOverride): SqlValue[] {
+  if (typeof s.app !== 'string' || s.app === '') throw badRequest('a scale override needs an app');
+  if (typeof s.process !== 'string' || s.process === '') throw badRequest('a scale override needs a process type');
+  if (!(Number.isSafeInteger(s.instances) && s.instances >= 0)) throw badRequest(`instances must be a whole number from 0, got ${s.instances}`);
+  if (s.user != null && typeof s.user !== 'string') throw badRequest('scale override user must be a string or null');
+  checkTime(s.setAt, 'scale override setAt');
+  return SCALES.values(s);
 }
 
 // ---- shared pieces --------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ export interface ReleaseRecord {
 /** A release as written by `putRelease`: `prunedAt` may be left out (it is then null). */
 export type ReleaseInput = Omit<ReleaseRecord, 'prunedAt'> & { prunedAt?: string | null };
 
-export interface Store extends AppStore, DeployStore, AuditStore, TaskStore, AcmeStore, FleetStore, FlushStore {
+export interface Store extends AppStore, DeployStore, AuditStore, TaskStore, AcmeStore, FleetStore, FlushStore, ScaleStore {
   /** Opens the database and runs migrations according to `migrations`. */
   open(): Promise<void>;
   close(): Promise<void>;
@@ -406,4 +406,28 @@ export interface FlushStore {
   listFlushes(filter?: { app?: string; deployId?: string; limit?: number }): Promise<FlushRecord[]>;
   /** Deletes finished (not pending) flushes created before `before` (ISO); returns how many. */
   deleteFlushesBefore(before: string): Promise<number>;
+}
+
+// ---- instance-count overrides (migration 009) ----
+/** `berth scale <app> <type>=N`: the instances of one process type of one app, whatever the config says. */
+export interface ScaleOverride {
+  app: string;
+  /** The process type. */
+  process: string;
+  /** How many instances every generation of the app starts of the type (0 and up). */
+  instances: number;
+  /** Who set it, or null. */
+  user: string | null;
+  /** ISO 8601: when it was set. */
+  setAt: string;
+  /** The node it was set on; written as the store's own node when left out. */
+  node?: string | null;
+}
+export interface ScaleStore {
+  /** Every override, or one app's, by app then process type. */
+  listScales(app?: string): Promise<ScaleOverride[]>;
+  /** Inserts or replaces the override of (app, process). Throws BERTH_E_BAD_REQUEST for a bad record. */
+  setScale(scale: ScaleOverride): Promise<void>;
+  /** Deletes the override of (app, process); returns whether there was one. */
+  deleteScale(app: string, process: string): Promise<boolean>;
 }

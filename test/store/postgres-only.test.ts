@@ -267,3 +267,29 @@ test('watch hears the app, certificate and ACME answer changes another node make
   assert.equal(heard.length, 6, 'nothing is heard once the watch is stopped');
   assert.deepEqual(connections, [true], 'connected once, never lost');
 });
+
+test('watch hears every change of a scale override as scale:<app> (migration 009\'s trigger)', { skip }, async (t) => {
+  const db = await database(t);
+  const a = db.store({ node: 'a' });
+  const b = db.store({ node: 'b' });
+  await a.open();
+  await b.open();
+  const heard: string[] = [];
+  let listening!: () => void;
+  const up = new Promise<void>((resolve) => (listening = resolve));
+  const stop = b.watch((topic) => heard.push(topic), (connected) => connected && listening());
+  try {
+    await up;
+    await a.setScale({ app: 'shop', process: 'web', instances: 4, user: 'alice', setAt: '2026-01-01T00:00:00.000Z' });
+    await a.setScale({ app: 'shop', process: 'web', instances: 2, user: 'alice', setAt: '2026-01-01T00:00:01.000Z' });
+    await a.deleteScale('shop', 'web');
+    await a.deleteScale('blog', 'web'); // nothing deleted: nothing announced
+    const expected = ['scale:shop', 'scale:shop', 'scale:shop'];
+    const deadline = Date.now() + 10_000;
+    while (heard.length < expected.length && Date.now() < deadline) await sleep(20);
+    await sleep(200);
+    assert.deepEqual(heard, expected);
+  } finally {
+    stop();
+  }
+});

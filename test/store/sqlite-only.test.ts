@@ -42,7 +42,7 @@ function tables(db: DatabaseSync): string[] {
 /** Every table the shipped migrations create, by name. */
 const SHIPPED_TABLES = [
   'acme_accounts', 'acme_certificates', 'acme_challenges', 'apps', 'audit', 'cache_flushes', 'deploy_events', 'deploys', 'fleet_claims', 'fleet_locks', 'node_process_groups', 'nodes',
-  'process_groups', 'releases', 'schema_migrations', 'task_runs',
+  'process_groups', 'releases', 'scale_overrides', 'schema_migrations', 'task_runs',
 ];
 
 /**
