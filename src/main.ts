@@ -23,7 +23,9 @@ import { token, TOKEN_USAGE } from './cli/token.ts';
 import { reloadConfig, RELOAD_CONFIG_USAGE } from './cli/reload-config.ts';
 import { dashboard, DASHBOARD_USAGE } from './cli/dashboard.ts';
 import { flush, FLUSH_USAGE } from './cli/flush.ts';
+import { scale, SCALE_USAGE } from './cli/scale.ts';
 import { completion, COMPLETION_USAGE } from './cli/completion.ts';
+import { upgrade, UPGRADE_USAGE } from './cli/upgrade.ts';
 
 type Verb = (args: string[]) => Promise<number>;
 
@@ -41,8 +43,10 @@ const VERBS: Record<string, { run: Verb; usage: string; summary: string }> = {
   releases: { run: releases, usage: RELEASES_USAGE, summary: 'id, created, state and source of each release' },
   history: { run: history, usage: HISTORY_USAGE, summary: 'every change (deploys, modes, runs, task runs...) with who and the outcome' },
   stop: { run: stop, usage: STOP_USAGE, summary: 'graceful shutdown: drain, stop every app, exit' },
+  upgrade: { run: upgrade, usage: UPGRADE_USAGE, summary: 'hand the listeners and running apps to a new gateway from the installed code (as SIGUSR2 does)' },
   flush: { run: flush, usage: FLUSH_USAGE, summary: 'purge the CDN cache of paths (default: every static path) through cache_flush' },
   mode: { run: mode, usage: MODE_USAGE, summary: 'switch an app to normal, maintenance or read-only, live' },
+  scale: { run: scale, usage: SCALE_USAGE, summary: 'set how many instances of a process type run, live; kept over the config until <type>=config' },
   run: { run, usage: RUN_USAGE, summary: 'a one-off process in the active release; its output streams, its exit code is ours' },
   logs: { run: logs, usage: LOGS_USAGE, summary: 'process logs merged by time; -f follows across deploys' },
   tasks: { run: tasks, usage: TASKS_USAGE, summary: 'schedule entries with next and last run; --runs lists runs' },

@@ -3,6 +3,7 @@
  * depends on this interface and the Gateway implements it, so the API never imports gateway.ts (which
  * imports the API to start it) and a test or another host can stand behind the same endpoints.
  */
+import type { UpgradeResult } from '../upgrade/predecessor.ts';
 import type { BerthConfig, Mode } from '../config/schema.ts';
 import type { AuditChannel } from '../store/store.ts';
 import type { Deployer } from '../deploy/deployer.ts';
@@ -12,7 +13,7 @@ import type { HealthSource } from '../proxy/health-lane.ts';
 import type { ModeState, RoutingTable } from '../proxy/router.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import type { Audit } from './audit.ts';
-import type { AppStatus, CertificateRow, ConfigReloadResult, DeployRecord, FleetStatus, GatewayState, GatewayStatus, HistoryEntry, ReleaseList } from './wire.ts';
+import type { AppStatus, CertificateRow, ConfigReloadResult, DeployRecord, FleetStatus, GatewayState, GatewayStatus, HistoryEntry, ReleaseList, ScaleResult } from './wire.ts';
 
 /** The filters of `GET /v1/history` (`berth history`). */
 export interface HistoryFilter {
@@ -47,6 +48,12 @@ export interface Control {
   taskTarget(app: string): TaskTarget | undefined;
   setMode(app: string, mode: Mode, opts?: { message?: string | null; retryAfter?: number | null }, ctx?: { user: string }): Promise<ModeState>;
   /**
+   * `berth scale`: sets the instance count of each process type named (null: back to the config's
+   * count), live and kept in the store; resolves once the instances it started are ready or failed.
+   * 404 for an unknown app or type, 409 while a deploy runs, 422 out of range or over `db_connections`.
+   */
+  scaleApp(app: string, request: Readonly<Record<string, number | null>>, user: string): Promise<ScaleResult>;
+  /**
    * `berth flush`: queues a flush of `paths` (null: every static path of the active release and
    * `cache_flush.paths`). 404 for no such app; 409 when it has no `cache_flush` or no URL comes of the paths.
    */
@@ -55,4 +62,8 @@ export interface Control {
   fleet(): Promise<FleetStatus>;
   reloadConfig(by: { user: string; channel: AuditChannel }): Promise<ConfigReloadResult>;
   stop(): Promise<void>;
+  /** `POST /v1/upgrade` (upgrade/predecessor.ts): resolves once the new gateway serves. */
+  upgrade(opts: { waitMs?: number }): Promise<UpgradeResult>;
+  /** Why no change may start now (an upgrade is under way), or null. */
+  held(): string | null;
 }

@@ -13,6 +13,7 @@ import { registerControlRoutes } from './control-routes.ts';
 import { registerTaskRoutes } from './task-routes.ts';
 import { registerLogRoutes } from './log-routes.ts';
 import { registerModeRoutes } from './mode-routes.ts';
+import { registerScaleRoutes } from './scale-routes.ts';
 import { appHealth, readiness } from '../proxy/health-lane.ts';
 import { redactText } from '../lib/redact.ts';
 import { audited, deployEnd } from './audit.ts';
@@ -24,6 +25,15 @@ function optionalString(body: unknown, key: string): string | null {
   const v = (body as Record<string, unknown>)[key];
   if (v === undefined || v === null) return null;
   if (typeof v !== 'string' || v.trim() === '') throw new BerthError(ErrorCodes.badRequest, `"${key}" must be a non-empty string`);
+  return v;
+}
+
+/** A number of seconds in the body (absent or null: none), from 0 to a day. */
+function optionalSeconds(body: unknown, key: string): number | null {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new BerthError(ErrorCodes.badRequest, 'request body must be a JSON object');
+  const v = (body as Record<string, unknown>)[key];
+  if (v === undefined || v === null) return null;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > 86_400) throw new BerthError(ErrorCodes.badRequest, `"${key}" must be a number of seconds from 0 to 86400`);
   return v;
 }
 
@@ -51,6 +61,7 @@ interface Route {
   handler: Handler;
   action: string | null;
   role: Role;
+  auditTarget: RouteOptions['auditTarget'] | null;
 }
 
 /** Longest request body kept in an audit row's target: the row says what was asked, not archives it. */
@@ -196,11 +207,21 @@ export class ApiRoutes implements RouteTable {
       res.once('close', () => void this.#gateway.stop());
       return { status: 202, body: { stopping: true, pid: process.pid } };
     }, { action: 'stop' });
+    // Answered once the new gateway serves (by this one, which then drains and exits), or with the error
+    // that left this one serving on (502 BERTH_E_UPGRADE; 409 or 408 when it would not start one).
+    this.add('POST', '/v1/upgrade', async (_p, _u, body, _req, res) => {
+      const wait = optionalSeconds(body, 'wait_seconds');
+      const result = await this.#gateway.upgrade({ waitMs: wait === null ? undefined : wait * 1000 });
+      // The client's next request must reach the new gateway, on a new connection.
+      res.setHeader('connection', 'close');
+      return { status: 200, body: result, audit: { target: `pid ${result.from.pid} (${result.from.version}) -> pid ${result.to.pid} (${result.to.version})` } };
+    }, { action: 'upgrade', role: 'admin' });
     registerMetricsRoutes(this, gateway);
     registerControlRoutes(this, gateway);
     registerTaskRoutes(this, gateway);
     registerLogRoutes(this, gateway);
     registerModeRoutes(this, gateway);
+    registerScaleRoutes(this, gateway);
   }
 
   /** A started deploy answers 202 at once; its audit row is finished when the deploy ends. */
@@ -227,7 +248,7 @@ export class ApiRoutes implements RouteTable {
     const action = opts.action ?? null;
     // A change nobody would see in the audit log is a bug: every mutating endpoint names its action.
     if (action === null && method !== 'GET' && method !== 'HEAD') throw new Error(`${method} ${path} changes something and must name an audit action`);
-    this.#routes.push({ method, path, pattern: new RegExp(`^${source}/?$`), keys, handler, action, role: requiredRole(method, action, opts.role) });
+    this.#routes.push({ method, path, pattern: new RegExp(`^${source}/?$`), keys, handler, action, role: requiredRole(method, action, opts.role), auditTarget: opts.auditTarget ?? null });
   }
 
   /** The endpoints that change something, with their audit action (every one has one: see `add`). */
@@ -236,9 +257,15 @@ export class ApiRoutes implements RouteTable {
   }
 
   /** Runs a change with its audit row: pending before it acts, then its outcome (a deploy's when it ends). */
-  #audited(action: string, handler: Handler, params: Record<string, string>, url: URL, body: unknown, req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<ApiResult | undefined> {
-    const start = { user: ctx.user, channel: ctx.channel, action, app: params.app ?? null, target: auditTarget(body) };
-    return audited(this.#gateway.audit, start, () => handler(params, url, body, req, res, ctx), (result) => result?.audit?.settle ?? { outcome: 'ok', detail: result?.audit?.target ?? null });
+  #audited(route: Route, params: Record<string, string>, url: URL, body: unknown, req: IncomingMessage, res: ServerResponse, ctx: RequestContext): Promise<ApiResult | undefined> {
+    const start = { user: ctx.user, channel: ctx.channel, action: route.action!, app: params.app ?? null, target: route.auditTarget?.(body) ?? auditTarget(body) };
+    const run = () => {
+      // While an upgrade hands the gateway over, no change starts (a stop may: it ends the upgrade too).
+      const held = route.action === 'upgrade' || route.action === 'stop' ? null : this.#gateway.held();
+      if (held !== null) throw new BerthError(ErrorCodes.conflict, held);
+      return route.handler(params, url, body, req, res, ctx);
+    };
+    return audited(this.#gateway.audit, start, run, (result) => result?.audit?.settle ?? { outcome: 'ok', detail: result?.audit?.target ?? null });
   }
 
   /** Role and app permission, in one place for every endpoint. The app is the `:app` param, else the `?app=` filter of a read. */
@@ -307,7 +334,7 @@ export class ApiRoutes implements RouteTable {
     }
     const { route, params } = found;
     if (!route.action) return route.handler(params, url, body, req, res, ctx);
-    return this.#audited(route.action, route.handler, params, url, body, req, res, ctx);
+    return this.#audited(route, params, url, body, req, res, ctx);
   }
 }
 

@@ -17,8 +17,8 @@
  * carry a call context from any address: app code cannot claim to be a caller of its choosing.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
-import { acceptsConnections } from '../lib/unix-socket.ts';
+import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
+import { acceptsConnections, closeKeepingPath } from '../lib/unix-socket.ts';
 import { lstat, mkdir, unlink, chmod, chown, readFile, stat } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { dirname } from 'node:path';
@@ -49,6 +49,8 @@ export const HEADERS_TIMEOUT_MS = 10_000;
  * `connectionsCheckingInterval` (30 s by default, so a slow client lasted up to twice the timeout).
  * `requestTimeout` is 0: streamed answers (logs, events, runs) last, and a body is timed by readJsonBody.
  */
+/** At a stop, how long the answers under way get to finish. */
+const STOP_GRACE_MS = 1_000;
 const SERVER_OPTIONS = { requestTimeout: 0, headersTimeout: HEADERS_TIMEOUT_MS, connectionsCheckingInterval: 1_000, keepAliveTimeout: 5_000 };
 /** Statuses after which the connection is closed: the caller is not identified (only TCP has 401s), or its body is unread. */
 const CLOSE_AFTER = new Set([401, 408, 413]);
@@ -66,6 +68,13 @@ export class ApiServer {
   #server: Server | null = null;
   #auth: Auth;
   #tcp: Server | null = null;
+  /** After an upgrade: the listening sockets the old gateway handed over, whose connections the servers above serve. */
+  #handed: { socket: NetServer | null; tcp: NetServer | null } = { socket: null, tcp: null };
+  /** The next gateway serves the control socket now: stop() leaves its file in place. */
+  #handedOver = false;
+  /** Requests being answered: a stop lets them finish (up to STOP_GRACE_MS), an upgrade's answer included. */
+  #active = 0;
+  #idle: (() => void) | null = null;
   #ui = new UiAssets();
   /** uid -> the apps that run as it, for the users apps run as that are not berth's own. */
   #appUids = new Map<number, string[]>();
@@ -111,7 +120,7 @@ export class ApiServer {
 
   /** The bound TCP control address (port 0 resolved), or null when `control.listen` is not set. */
   tcpAddress(): { host: string; port: number; text: string } | null {
-    const a = this.#tcp?.address() as AddressInfo | null | undefined;
+    const a = (this.#handed.tcp ?? this.#tcp)?.address() as AddressInfo | null | undefined;
     if (!a) return null;
     const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
     return { host: a.address, port: a.port, text: `${host}:${a.port}` };
@@ -168,6 +177,55 @@ export class ApiServer {
     if (listen?.kind === 'tcp') this.#tcp = await this.#listenTcp(listen);
   }
 
+  // ---- upgrade ---------------------------------------------------------------------------------------
+
+  /** The old gateway's side of an upgrade: the listening sockets of the control socket and of `control.listen`. */
+  listeningSockets(): { socket: NetServer | null; tcp: NetServer | null } {
+    return { socket: this.#handed.socket ?? this.#server, tcp: this.#handed.tcp ?? this.#tcp };
+  }
+
+  /**
+   * The new gateway's side: serves the control API on the sockets the old gateway handed over (the
+   * socket file stays as it is, with its mode and group), binding what it did not hand over.
+   */
+  async adopt(handed: { socket: NetServer | null; tcp: NetServer | null }): Promise<void> {
+    if (handed.socket === null) return this.start();
+    this.#handed = handed;
+    this.#server = this.#serveHanded(handed.socket, false);
+    const listen = this.#config.control.listen;
+    if (handed.tcp !== null) this.#tcp = this.#serveHanded(handed.tcp, true);
+    else if (listen?.kind === 'tcp') this.#tcp = await this.#listenTcp(listen);
+    this.#log.info({ socket: this.#config.control.socket, tcp: this.tcpAddress()?.text }, 'control api listening on the sockets handed over');
+  }
+
+  #serveHanded(handed: NetServer, tcp: boolean): Server {
+    const server = createServer(SERVER_OPTIONS, (req, res) => {
+      void this.#handle(req, res, tcp);
+    });
+    handed.on('connection', (socket: Socket) => server.emit('connection', socket));
+    handed.on('error', (err) => this.#log.error({ err: errorMessage(err) }, 'control listener error'));
+    return server;
+  }
+
+  /** The old gateway's side, once the new one serves the sockets: no new connection comes here. */
+  stopAccepting(): void {
+    this.#handedOver = true;
+    // close() stops the accepting at once; its callback would wait for the connections, which finish here.
+    // The control socket's file stays: the new gateway listens on that socket.
+    const { socket, tcp } = this.listeningSockets();
+    if (socket?.listening) closeKeepingPath(socket, this.#config.control.socket);
+    if (tcp?.listening) tcp.close();
+    // A kept-alive connection would bring its client's next request here: each one ends after its answer.
+    this.#server?.closeIdleConnections();
+    this.#tcp?.closeIdleConnections();
+  }
+
+  /** Closes the listening sockets handed over at an upgrade (the servers above close their connections). */
+  async #closeHanded(): Promise<void> {
+    const { socket, tcp } = this.#handed;
+    await Promise.all([socket, tcp].map((s) => (s?.listening ? new Promise<void>((resolve) => s.close(() => resolve())) : undefined)));
+  }
+
   /** The TCP control listener: the same API, every caller authenticated. */
   async #listenTcp(address: ListenAddress & { kind: 'tcp' }): Promise<Server> {
     const server = createServer(SERVER_OPTIONS, (req, res) => {
@@ -192,8 +250,14 @@ export class ApiServer {
 
   async #handle(req: IncomingMessage, res: ServerResponse, tcp: boolean): Promise<void> {
     const started = performance.now();
+    this.#active++;
+    res.once('close', () => {
+      if (--this.#active === 0) this.#idle?.();
+    });
     try {
       const url = new URL(req.url ?? '/', 'http://berth');
+      // Handed over to an upgrade's new gateway: the client's next request goes to that one.
+      if (this.#handedOver) res.setHeader('connection', 'close');
       // Nothing reads the body of a read (nor the page's): it would be drained after the answer for as
       // long as the client cares to trickle it, holding the connection with no timeout (requestTimeout is
       // 0 so that streamed answers may last). So the answer closes the connection instead.
@@ -235,26 +299,28 @@ export class ApiServer {
     }
   }
 
-  /** Stops accepting, lets in-flight API requests finish briefly, removes the socket file. */
+  /** Stops accepting, lets in-flight API requests finish briefly, removes the socket file (unless handed over). */
   async stop(): Promise<void> {
-    const tcp = this.#tcp;
-    this.#tcp = null;
-    if (tcp) {
-      await new Promise<void>((resolve) => {
-        tcp.close(() => resolve());
-        tcp.closeIdleConnections();
-        setTimeout(() => tcp.closeAllConnections(), 1000).unref();
-      });
-    }
-    const server = this.#server;
-    if (!server) return;
-    this.#server = null;
-    await new Promise<void>((resolve) => {
-      server.close(() => resolve());
+    await this.#closeHanded();
+    const servers = [this.#tcp, this.#server].filter((s): s is Server => s !== null);
+    this.#tcp = this.#server = null;
+    for (const server of servers) {
+      if (server.listening) server.close();
       server.closeIdleConnections();
-      setTimeout(() => server.closeAllConnections(), 1000).unref();
-    });
-    await unlink(this.#config.control.socket).catch(() => {});
+    }
+    // Answers under way finish (briefly: a log follow or an event stream would go on for ever).
+    if (this.#active > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, STOP_GRACE_MS);
+        this.#idle = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.#idle = null;
+    }
+    for (const server of servers) server.closeAllConnections();
+    if (!this.#handedOver) await unlink(this.#config.control.socket).catch(() => {});
   }
 }
 

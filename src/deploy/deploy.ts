@@ -10,6 +10,7 @@ import { redactNullable } from '../lib/redact.ts';
 import type { DeployEvent, DeployKind, DeployRecord, DeployState } from '../store/store.ts';
 import type { Generation } from '../supervisor/supervisor.ts';
 import type { ReleaseStore } from './release-store.ts';
+import type { ScaleCounts } from './scale.ts';
 
 export const DEPLOY_STEPS = ['prepare', 'link', 'build', 'release', 'start', 'wait_healthy', 'switch', 'current', 'drain', 'stop_old', 'flush', 'prune', 'record'] as const;
 export type DeployStep = (typeof DEPLOY_STEPS)[number];
@@ -24,6 +25,8 @@ export interface DeployableApp {
   readonly active: Generation | null;
   /** True while the gateway boots the app; deploys wait for that to end. */
   readonly booting: boolean;
+  /** Instance counts set with `berth scale`, by process type: every generation starts these (scale.ts). */
+  readonly scale?: ScaleCounts;
 }
 
 /** The gateway side of a deploy: app lookup and the routing pointer swap. */
@@ -36,10 +39,17 @@ export interface DeployHost {
    * sockets end) and returns how many. Optional: a host without a front door has none.
    */
   closeUpgrades?(gen: Generation): number;
+  /**
+   * The drain of `gen`, switched away from, is over (it went idle, or its deadline passed): requests
+   * whose affinity cookie names one of its instances no longer go there. Optional, as closeUpgrades.
+   */
+  drained?(app: string, gen: Generation): void;
   /** A reload was applied here: the app's generation now counts `reloads` (the fleet's reload count). */
   reloaded?(app: string, reloads: number): void;
   /** Queues a cache flush of `urls` (flush/flusher.ts), returning its id; it runs in the background. */
   flush?(req: FlushRequest, config: CacheFlushConfig): Promise<string>;
+  /** Why no deploy, rollback or reload may start now (an upgrade hands the gateway over), or null. */
+  held?(): string | null;
 }
 
 /**

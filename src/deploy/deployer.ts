@@ -27,6 +27,12 @@ export * from './deploy.ts';
 
 /** After the drain deadline, how long WebSockets closed with 1001 get to finish closing before stop_old. */
 const UPGRADE_CLOSE_WAIT_MS = 1_000;
+/**
+ * A draining generation that served a request of a cookie-affinity route this recently is not done,
+ * even with nothing in flight: that client's next request (a long poll's next poll, a page's next
+ * click) comes back to it (proxy/affinity.ts). Always within `timeouts.drain`.
+ */
+export const AFFINITY_LINGER_MS = 5_000;
 /** Deploys kept in memory for `GET /v1/deploys/:id` after they finish (older ones come from the store). */
 const RECENT_LIMIT = 100;
 
@@ -108,6 +114,8 @@ export class Deployer {
    * whose deploy holds the lock.
    */
   async start(app: string, req: DeployRequest): Promise<Deploy> {
+    const held = this.#host.held?.() ?? null;
+    if (held !== null) throw new BerthError(ErrorCodes.conflict, held);
     const locks = this.#locks;
     if (!locks) return this.begin(app, req);
     this.#checkFree(app);
@@ -266,7 +274,7 @@ export class Deployer {
           .catch((err) => log.warn({ err: errorMessage(err) }, 'static manifest not made; the flush step makes it'));
       }
       const procfile = await this.#step(deploy, 'release', async () => {
-        const resolved = await resolveProcesses(app, release.dir);
+        const resolved = await resolveProcesses(app, release.dir, target.scale);
         if (!resolved.release) return { value: resolved, status: 'skipped', message: 'no release command' };
         await this.#command(deploy, 'release', resolved.release, app, release);
         return { value: resolved, message: resolved.release };
@@ -333,7 +341,16 @@ export class Deployer {
       });
       if (old) {
         const cut = await this.#step(deploy, 'drain', async () => {
+          const deadline = Date.now() + app.timeouts.drainMs;
           let left = await old.idleWithin(app.timeouts.drainMs);
+          // Clients an affinity cookie pins to it come back between their requests: while one did
+          // lately, it is not done (up to the deadline).
+          for (let quiet = affinityQuietIn(old); left === 0 && quiet > 0 && Date.now() < deadline; quiet = affinityQuietIn(old)) {
+            await delay(Math.min(quiet, deadline - Date.now()));
+            left = await old.idleWithin(Math.max(0, deadline - Date.now()));
+          }
+          // From here on no request goes to it by affinity: those sessions start again on the new one.
+          this.#host.drained?.(app.name, old);
           // WebSockets never end by themselves: at the deadline they are told to go away (1001).
           const closed = left > 0 && this.#host.closeUpgrades ? this.#host.closeUpgrades(old) : 0;
           if (closed > 0) left = await old.idleWithin(UPGRADE_CLOSE_WAIT_MS);
@@ -370,6 +387,7 @@ export class Deployer {
       log.error({ err: errorMessage(err) }, 'deploy step after the switch failed');
       if (old && old.state !== 'stopping' && old.state !== 'stopped') {
         await old.idleWithin(app.timeouts.drainMs);
+        this.#host.drained?.(app.name, old);
         await this.#supervisor.stopGeneration(old).catch((e) => log.error({ err: errorMessage(e) }, 'cannot stop the old generation'));
       }
       await this.#fail(deploy, err, log);
@@ -541,4 +559,15 @@ export class Deployer {
       .updateDeploy(deploy.id, { state: 'failed', finishedAt: deploy.finishedAt, failedStep: deploy.failedStep, error: deploy.error, logTail: deploy.logTail })
       .catch((e) => log.error({ err: errorMessage(e) }, 'cannot record deploy failure'));
   }
+}
+
+/** Milliseconds until AFFINITY_LINGER_MS have passed since a cookie-affinity request last ended on `gen`; 0: quiet already. */
+function affinityQuietIn(gen: Generation): number {
+  let last = 0;
+  for (const inst of gen.instances) if (inst.lastAffineAt > last) last = inst.lastAffineAt;
+  return last === 0 ? 0 : Math.max(0, last + AFFINITY_LINGER_MS - Date.now());
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -1,7 +1,8 @@
 /**
  * Fleet mode: several gateways (nodes) on one PostgreSQL database serve the same apps. The database's
- * `apps` rows are the fleet's desired state (active release, mode, reload count); a deploy, rollback,
- * reload or mode switch on any node writes them, and every node converges on them by running its own
+ * `apps` rows are the fleet's desired state (active release, mode, reload count), and its
+ * `scale_overrides` rows the instance counts `berth scale` set; a deploy, rollback, reload, mode switch
+ * or scale on any node writes them, and every node converges on them by running its own
  * zero-downtime flow (convergence.ts, deployer.ts' FollowTarget).
  *
  * A node hears of changes through LISTEN/NOTIFY (the store's `watch`) and looks again every 5s in case
@@ -52,6 +53,11 @@ export interface FleetHost {
    * store (it is the fleet's already); read in turn after local switches, so never an older one.
    */
   applyMode(app: string, read: () => Promise<ModeState | null>): void;
+  /**
+   * Reads the `berth scale` overrides of `app` (null: of every app) from the store and brings the
+   * instance counts this node runs in line with them, live (gateway/scaling.ts).
+   */
+  applyScale?(app: string | null): void;
   deployer(): Deployer | null;
 }
 
@@ -114,8 +120,12 @@ export class Fleet {
    * Lets go of locks an earlier life of this node held, writes the first heartbeat, and starts
    * listening, heartbeating and polling. Throws BERTH_E_STORE when the store cannot be written.
    */
-  async start(): Promise<void> {
-    await this.#refuseTwin();
+  /**
+   * `predecessor`: the pid of the gateway this one takes over from at an upgrade; its heartbeat on the
+   * node's row is no twin.
+   */
+  async start(opts: { predecessor?: number } = {}): Promise<void> {
+    await this.#refuseTwin(opts.predecessor ?? null);
     const released = await this.#opts.store.releaseAllLocks();
     if (released > 0) this.#log.warn({ locks: released }, 'let go of locks an earlier run of this node held');
     for (const state of await this.#opts.store.listAppStates()) this.#desired.set(state.app, state);
@@ -125,6 +135,7 @@ export class Fleet {
       (connected) => {
         if (!connected) return;
         this.kickAll();
+        this.#opts.host.applyScale?.(null);
         this.#opts.onReconnect?.();
       },
     );
@@ -146,19 +157,22 @@ export class Fleet {
    * Two live gateways with one name would share their locks and history: a start is refused while the
    * node's row says another live process (another machine, or another pid alive here) heartbeats.
    */
-  async #refuseTwin(): Promise<void> {
+  async #refuseTwin(predecessor: number | null): Promise<void> {
     const row = (await this.#opts.store.listNodes()).find((n) => n.node === this.node);
     if (!row || row.state !== 'running' || Date.now() - Date.parse(row.heartbeatAt) > this.#opts.config().nodeTimeoutMs) return;
     const elsewhere = row.hostname !== hostname();
-    if (!elsewhere && (row.pid === process.pid || !processAlive(row.pid))) return;
+    if (!elsewhere && (row.pid === process.pid || row.pid === predecessor || !processAlive(row.pid))) return;
     throw new BerthError(
       ErrorCodes.conflict,
       `node ${this.node} is already running (pid ${row.pid} on ${row.hostname}, last heartbeat ${row.heartbeatAt}): give each gateway its own node_id`,
     );
   }
 
-  /** Stops listening and heartbeating, and marks the node stopped (so it is not shown as lost). */
-  async stop(): Promise<void> {
+  /**
+   * Stops listening and heartbeating, and marks the node stopped (so it is not shown as lost).
+   * `handedOver`: an upgrade's new gateway is the node now, and its row stays as that one writes it.
+   */
+  async stop(opts: { handedOver?: boolean } = {}): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
     if (!this.#started) return;
@@ -169,6 +183,7 @@ export class Fleet {
     this.#unwatch?.();
     this.#unwatch = null;
     await this.#beating;
+    if (opts.handedOver) return;
     await this.#opts.store.saveNode(this.#record('stopped')).catch((err) => this.#log.warn({ err: errorMessage(err) }, 'cannot mark the node stopped'));
   }
 
@@ -248,6 +263,7 @@ export class Fleet {
     const kind = topic.slice(0, colon);
     const name = topic.slice(colon + 1);
     if (kind === 'app' && this.#opts.host.app(name)) this.kick(name);
+    else if (kind === 'scale' && this.#opts.host.app(name)) this.#opts.host.applyScale?.(name);
     else if (kind === 'certificate') this.#opts.onCertificate?.(name);
     else if (kind === 'challenge') this.#opts.onChallenge?.(name);
   }
@@ -271,6 +287,8 @@ export class Fleet {
       return;
     }
     for (const state of states) this.#desired.set(state.app, state);
+    // An announcement missed while the channel was down: the overrides are read again too.
+    this.#opts.host.applyScale?.(null);
     for (const app of this.#opts.host.appNames()) {
       const rt = this.#opts.host.app(app);
       const desired = this.#desired.get(app);

@@ -8,7 +8,8 @@ import type { AppConfig, BerthConfig, Mode } from '../config/schema.ts';
 import type { Logger, LoggerFactory } from '../lib/logger.ts';
 import { BerthError, errorMessage, ErrorCodes } from '../lib/errors.ts';
 import { redactText } from '../lib/redact.ts';
-import type { AppState, Store } from '../store/store.ts';
+import type { AppState, ScaleOverride, Store } from '../store/store.ts';
+import type { ScaleCounts } from '../deploy/scale.ts';
 import { ReleaseStore } from '../deploy/release-store.ts';
 import { resolveProcesses } from '../deploy/procfile.ts';
 import { ReloadTrigger } from '../deploy/reload-trigger.ts';
@@ -33,10 +34,16 @@ export interface AppRuntime extends DeployableApp {
   error: string | null;
   releases: ReleaseStore;
   active: Generation | null;
+  /** Generations switched away from whose drain is not over: affinity cookies may still lead there. */
+  draining: Generation[];
   mode: ModeState;
   /** The fleet's reload count this node has applied (fleet/fleet.ts). */
   reloads: number;
   readonly booting: boolean;
+  /** `berth scale` overrides of the app, by process type (from the store at boot; gateway/scaling.ts). */
+  overrides: readonly ScaleOverride[];
+  /** The overrides' counts, by process type: what every generation of the app starts. */
+  readonly scale: ScaleCounts;
 }
 
 /** What the gateway's parts read of it as it changes: its state, the config in effect, and what start() made. */
@@ -47,6 +54,8 @@ export interface GatewayLive {
   store(): Store | null;
   /** Null before start() made it. */
   deployer(): Deployer | null;
+  /** Why no change may start now (an upgrade hands the gateway over), or null. */
+  held?(): string | null;
 }
 
 export interface AppsOptions {
@@ -96,8 +105,13 @@ export class Apps {
       error: null,
       releases: this.releasesOf(app),
       active: null,
+      draining: [],
       mode: { mode: saved?.mode ?? 'normal', message: saved?.modeMessage ?? null, retryAfter: saved?.modeRetryAfter ?? null },
       reloads: saved?.reloads ?? 0,
+      overrides: [],
+      get scale() {
+        return Object.fromEntries(this.overrides.map((o) => [o.process, o.instances]));
+      },
     };
   }
 
@@ -131,18 +145,33 @@ export class Apps {
       // The 503 reason while there is no generation is settled here, so a request only reads it. The
       // health rule reads it too (proxy/health-lane.ts): an app that failed to boot is marked so.
       const noGeneration = rt.phase === 'failed' ? 'start-failed' : 'no-active-generation';
-      entries.push({ name: rt.config.name, config: rt.config, generation: rt.active, mode: rt.mode, noGeneration });
+      const entry: AppEntry = { name: rt.config.name, config: rt.config, generation: rt.active, mode: rt.mode, noGeneration };
+      entries.push(rt.draining.length === 0 ? entry : { ...entry, draining: rt.draining.slice() });
     }
     this.#opts.setTable(new RoutingTable(entries));
   }
 
-  /** DeployHost: one pointer swap. Requests that arrived earlier keep the generation they pinned. */
+  /**
+   * DeployHost: one pointer swap. Requests that arrived earlier keep the generation they pinned; the
+   * one switched away from drains, and requests whose affinity cookie names one of its instances still
+   * go there until `drained` says its drain is over.
+   */
   switchTo(app: string, gen: Generation): void {
     const rt = this.#apps.get(app);
     if (!rt) throw new BerthError(ErrorCodes.notFound, `no app named "${app}"`);
+    if (rt.active !== null && rt.active !== gen && !rt.draining.includes(rt.active)) rt.draining.push(rt.active);
+    rt.draining = rt.draining.filter((g) => g !== gen);
     rt.active = gen;
     rt.phase = 'serving';
     rt.error = null;
+    this.rebuildTable();
+  }
+
+  /** DeployHost: the drain of `gen` is over (idle, or its deadline passed): no request goes there any more. */
+  drained(app: string, gen: Generation): void {
+    const rt = this.#apps.get(app);
+    if (!rt || !rt.draining.includes(gen)) return;
+    rt.draining = rt.draining.filter((g) => g !== gen);
     this.rebuildTable();
   }
 
@@ -245,6 +274,8 @@ export class Apps {
       log.info({ user: user.name, uid: user.uid, gid: user.gid, from: user.from }, 'app user');
       const store = this.#store();
       const fleet = this.#opts.live.config().database !== null;
+      // Before any generation starts (a first deploy's included): they start the counts `berth scale` set.
+      rt.overrides = await store.listScales(app.name);
       let saved = await store.getAppState(app.name);
       let release: { id: string; dir: string } | null = null;
       if (saved?.activeRelease) {
@@ -277,7 +308,7 @@ export class Apps {
         this.#awaitReady(rt.active, log);
         return;
       }
-      const { processes } = await resolveProcesses(app, release.dir);
+      const { processes } = await resolveProcesses(app, release.dir, rt.scale);
       if (this.#opts.live.state() !== 'running') return;
       // In a fleet the store's active release is the fleet's: a node starting on an older one of its own
       // (it could not make the fleet's) serves it without making it everyone's.
@@ -399,6 +430,7 @@ export class Apps {
   markStopped(): void {
     for (const rt of this.#apps.values()) {
       rt.active = null;
+      rt.draining = [];
       if (rt.phase !== 'failed') rt.phase = 'stopped';
     }
   }

@@ -15,7 +15,8 @@
 import type { BerthConfig } from '../config/schema.ts';
 import { loadConfig, type LoadOptions } from '../config/load.ts';
 import type { Logger, LoggerFactory } from '../lib/logger.ts';
-import { BerthError, ConfigError, errorMessage, ErrorCodes } from '../lib/errors.ts';
+import { BerthError, ConfigError, errorMessage, ErrorCodes, type ConfigProblem } from '../lib/errors.ts';
+import { budgetProblem, withScale } from '../deploy/scale.ts';
 import type { AuditChannel } from '../store/store.ts';
 import type { Deploy } from '../deploy/deployer.ts';
 import type { Supervisor } from '../supervisor/supervisor.ts';
@@ -60,16 +61,37 @@ export class ConfigReload {
     const state = this.#opts.live.state();
     if (state !== 'running') throw new BerthError(ErrorCodes.unavailable, `the gateway is ${state}`);
     if (this.#running) throw new BerthError(ErrorCodes.conflict, 'a config reload is already running');
+    const held = this.#opts.live.held?.() ?? null;
+    if (held !== null) throw new BerthError(ErrorCodes.conflict, held);
     this.#running = true;
     try {
       const next = await loadConfig(this.#opts.loadOptions);
       const plan = planReload(this.#opts.live.config(), next);
-      if (plan.problems.length > 0) throw new ConfigError(plan.problems);
+      const problems = [...plan.problems, ...this.#scaleProblems(next)];
+      if (problems.length > 0) throw new ConfigError(problems);
       await this.#opts.prepare(next);
       return this.#apply(next, plan, by);
     } finally {
       this.#running = false;
     }
+  }
+
+  /**
+   * The new config with the counts `berth scale` set must still fit each app's `db_connections` (the
+   * file alone was checked as it loaded). A Procfile app's types are known only from its release: its
+   * reload (or next deploy) checks them, and fails naming the override.
+   */
+  #scaleProblems(next: BerthConfig): ConfigProblem[] {
+    const problems: ConfigProblem[] = [];
+    for (const app of Object.values(next.apps)) {
+      const scale = this.#opts.apps.get(app.name)?.scale ?? {};
+      if (app.processes === null || Object.keys(scale).length === 0) continue;
+      const problem = budgetProblem(app, withScale(app.processes, scale));
+      if (problem === null) continue;
+      const set = Object.entries(scale).map(([t, n]) => `${t}=${n}`).join(' ');
+      problems.push({ path: `apps.${app.name}.db_connections`, message: `${problem}, with the instance counts set with berth scale (${set}); change them (berth scale ${app.name} <type>=N or <type>=config) or the budget` });
+    }
+    return problems;
   }
 
   /** SIGHUP: reload the config; problems are logged (and audited), never thrown. */

@@ -53,6 +53,8 @@ export const ErrorCodes = {
   listen: 'BERTH_E_LISTEN',
   tooLarge: 'BERTH_E_TOO_LARGE',
   timeout: 'BERTH_E_TIMEOUT',
+  /** A self-upgrade failed: the new gateway did not take over, and the old one serves on. */
+  upgrade: 'BERTH_E_UPGRADE',
   /** The command line was wrong: an unknown flag, a missing argument. The CLI exits 2. */
   usage: 'BERTH_E_USAGE',
 } as const;
@@ -82,6 +84,8 @@ const STATUS_BY_CODE: Record<string, number> = {
   [ErrorCodes.unavailable]: 503,
   // The state store could not answer (PostgreSQL down): the change was refused; try again once it is back.
   [ErrorCodes.store]: 503,
+  // The new gateway of an upgrade failed: the one answering is still the old one, which serves on.
+  [ErrorCodes.upgrade]: 502,
 };
 
 /** The control API's single mapping from error to HTTP status. Unknown errors are 500. */

@@ -119,6 +119,11 @@ export class SecureListener {
     this.#detach = tls.certificates.attach(server);
   }
 
+  /** The server that holds the listening socket (front-listener.ts). */
+  get accepting(): SecureServer {
+    return this.server;
+  }
+
   /**
    * Stops accepting; open h2 sessions get a GOAWAY and close once their streams are done. Resolves when
    * every connection is gone (`closeAllConnections` ends the rest at the stop deadline).

@@ -16,19 +16,22 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { unlink } from 'node:fs/promises';
-import type { AddressInfo } from 'node:net';
+import { Server as NetServer, type AddressInfo } from 'node:net';
 import type { BerthConfig, ListenAddress } from '../config/schema.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { MetricsExporter } from '../metrics/metrics.ts';
 import { BerthError, ErrorCodes } from '../lib/errors.ts';
 import type { Admission } from './admission.ts';
 import { accessLog, elapsedMs, requestChannel, type CompletedRequest } from './access-log.ts';
+import { Affinity } from './affinity.ts';
 import { ErrorPages, errorPage, type ErrorResponse } from './error-pages.ts';
 import type { ExchangeShared } from './exchange.ts';
 import { Forward, ProxyResponse } from './forward.ts';
 import { isDeadSocket, listen, listenProblem } from './bind.ts';
+import { closeKeepingPath } from '../lib/unix-socket.ts';
 import { hstsHeader, sendChallengeAnswer, sendRedirect, sendRedirectRaw } from './https-policy.ts';
-import { closeListening, onDemandFor, SecureListener, type ProxyHandlers, type SecureServer } from './secure-listener.ts';
+import { onDemandFor, SecureListener, type ProxyHandlers } from './secure-listener.ts';
+import { AdoptedListener, PlainListener, type FrontListener } from './front-listener.ts';
 import type { FrontDoorTls } from '../tls/front-door.ts';
 import { HealthLane } from './health-lane.ts';
 import { Resolver, type Resolution } from './resolver.ts';
@@ -47,6 +50,8 @@ export type ProxyState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped'
 const TICK_MS = 50;
 /** Upstream pools unused for one to two of these periods are closed (instances that went away). */
 const CLIENT_SWEEP_MS = 30_000;
+/** How often an upgrade's old gateway looks whether its connections are gone. */
+const DRAIN_POLL_MS = 50;
 
 /**
  * Server limits, so a slow client cannot hold a connection forever: the whole header block within 30s,
@@ -112,6 +117,10 @@ export class Proxy {
   #tick: NodeJS.Timeout | null = null;
   #ticks = 0;
   #stopping: Promise<void> | null = null;
+  /** Stopping after an upgrade handed the listeners over: idle connections end by their keep-alive timeout. */
+  #handedOver = false;
+  /** Every open client connection, of every listener (what an upgrade's old gateway drains). */
+  #connections = new Set<Socket>();
   /** Resolves the graceful stop's wait once in-flight reaches zero. */
   #drained: (() => void) | null = null;
 
@@ -130,6 +139,7 @@ export class Proxy {
       publicDetails: opts.config.publicDetails === true,
       stateDir: opts.config.stateDir,
       table: new RoutingTable([]),
+      affinity: new Affinity(opts.config.stateDir, opts.logger),
       done: () => this.#requestDone(),
     };
     this.#resolver = new Resolver(opts.config, this.#shared, this.#modes, opts.cells ?? null);
@@ -221,12 +231,12 @@ export class Proxy {
    * (and ACME manager) TLS listeners serve; required when any listener is TLS. The store may change its
    * certificates at any time: listeners are never closed for it.
    */
-  async start(tls?: FrontDoorTls | null): Promise<void> {
+  async start(tls?: FrontDoorTls | null, opts: { addresses?: ListenAddress[] } = {}): Promise<void> {
     if (this.#state !== 'new') throw new BerthError(ErrorCodes.internal, `proxy already ${this.#state}`);
     this.#transition('starting');
     this.#tls = tls ?? null;
     try {
-      for (const address of this.#config.listen) {
+      for (const address of opts.addresses ?? this.#config.listen) {
         const listener = address.tls ? await this.#listenSecure(address) : new PlainListener(await this.#listen(address));
         this.#servers.push({ listener, address });
       }
@@ -244,11 +254,60 @@ export class Proxy {
     this.#log.info({ listen: this.addresses().map((a) => a.text) }, 'proxy listening');
   }
 
+  // ---- upgrade ---------------------------------------------------------------------------------------
+
+  /**
+   * The new gateway's side of an upgrade (upgrade/successor.ts): serves every `config.listen` address
+   * on the listening socket the old gateway handed over for it (by the address's text), binding any it
+   * did not hand over, then closes the listeners start() bound (the private probe socket).
+   */
+  async adoptListeners(handed: ReadonlyMap<string, NetServer>): Promise<void> {
+    const probes = this.#servers;
+    const servers: { listener: FrontListener; address: ListenAddress }[] = [];
+    try {
+      for (const address of this.#config.listen) {
+        const socket = handed.get(address.text);
+        let listener: FrontListener;
+        if (socket === undefined) listener = address.tls ? await this.#listenSecure(address) : new PlainListener(await this.#listen(address));
+        else listener = new AdoptedListener(address.tls ? this.#secureListener(address) : new PlainListener(this.#plainServer()), socket, this.#log, address.text);
+        servers.push({ listener, address });
+      }
+    } catch (err) {
+      await Promise.all(servers.map(({ listener }) => listener.close()));
+      throw err;
+    }
+    this.#servers = servers;
+    await Promise.all(probes.map(({ listener }) => listener.close()));
+    this.#log.info({ listen: this.addresses().map((a) => a.text), adopted: handed.size }, 'proxy listening on the sockets handed over');
+  }
+
+  /** The old gateway's side of an upgrade: each listening socket, by the text of its `config.listen` address. */
+  listeningSockets(): Map<string, NetServer> {
+    return new Map(this.#servers.map(({ listener, address }) => [address.text, listener.accepting]));
+  }
+
+  /**
+   * The old gateway's side, once the new one serves the sockets it was handed: this one stops accepting
+   * (the sockets stay open in the new gateway) and serves what it has until stop().
+   */
+  stopAccepting(): void {
+    for (const { listener, address } of this.#servers) {
+      const server = listener.accepting;
+      if (!server.listening) continue;
+      // A unix listener's socket file stays: the new gateway listens on that socket. close() stops the
+      // accepting at once (its callback, not waited for, would wait for every connection to end).
+      if (address.kind === 'unix') closeKeepingPath(server, address.path);
+      // net.Server's own close: http.Server's would also close the idle keep-alive connections, racing
+      // a client's next request on one of them.
+      else NetServer.prototype.close.call(server);
+    }
+  }
+
   /** The bound addresses, with port 0 resolved to the real port. */
   addresses(): ListenAddress[] {
     return this.#servers.map(({ listener, address }) => {
       if (address.kind === 'unix') return address;
-      const port = (listener.server.address() as AddressInfo | null)?.port ?? address.port;
+      const port = (listener.accepting.address() as AddressInfo | null)?.port ?? address.port;
       const host = address.host.includes(':') ? `[${address.host}]` : address.host;
       return { kind: 'tcp', host: address.host, port, text: `${host}:${port}`, tls: address.tls };
     });
@@ -259,18 +318,27 @@ export class Proxy {
    * `Connection: close`, wait until in-flight (queued included) reaches zero or `deadlineMs` passes, then
    * close every connection. Idempotent.
    */
-  stop(deadlineMs: number): Promise<void> {
-    this.#stopping ??= this.#stop(deadlineMs);
+  stop(deadlineMs: number, opts: { drainWebSockets?: boolean } = {}): Promise<void> {
+    this.#stopping ??= this.#stop(deadlineMs, opts.drainWebSockets === true);
     return this.#stopping;
   }
 
-  async #stop(deadlineMs: number): Promise<void> {
+  /**
+   * `drainWebSockets` (the old gateway after an upgrade): WebSockets may go on until the deadline, as a
+   * deploy's drain lets them; only then are they told the gateway goes away.
+   */
+  async #stop(deadlineMs: number, drainWebSockets: boolean): Promise<void> {
     if (this.#state === 'new' || this.#state === 'stopped') {
       this.#transition('stopped');
       return;
     }
     this.#transition('stopping');
     this.#shared.stopping = true;
+    // After an upgrade the listening sockets are the new gateway's already: each connection here ends
+    // after its next answer (Connection: close) or its keep-alive timeout, never cut while a client may
+    // be sending on it (closing an idle keep-alive connection races the client's next request).
+    this.#handedOver = drainWebSockets;
+    if (drainWebSockets) deadlineMs = await this.#drain(deadlineMs);
     const closed = this.#servers.map(({ listener }) => listener.close());
     // A WebSocket never ends by itself: every one is told the gateway goes away, and counts as in flight
     // until its sockets are closed.
@@ -293,6 +361,19 @@ export class Proxy {
     await this.#clients.destroy();
     await Promise.all(closed);
     this.#transition('stopped');
+  }
+
+  /**
+   * Waits until no connection is left (so nothing is in flight) or `deadlineMs` passes; resolves with
+   * what is left of the deadline, at least a moment for the WebSockets still open to take their close.
+   */
+  async #drain(deadlineMs: number): Promise<number> {
+    const started = Date.now();
+    while (this.#connections.size > 0 || this.#inFlight > 0) {
+      if (Date.now() - started >= deadlineMs) break;
+      await new Promise((r) => setTimeout(r, DRAIN_POLL_MS));
+    }
+    return Math.max(1_000, deadlineMs - (Date.now() - started));
   }
 
   /** Forced: drop every connection and upstream request now. */
@@ -413,6 +494,7 @@ export class Proxy {
         release: app?.generation?.releaseId ?? null,
         instance: null,
         clientIp: r.clientIp,
+        affinity: null,
       });
     }
   }
@@ -444,6 +526,7 @@ export class Proxy {
           release: generation.releaseId,
           instance: null,
           clientIp: ip,
+          affinity: null,
         });
       }
       if (requestChannel.hasSubscribers) requestChannel.publish({ app, route, status, start } satisfies CompletedRequest);
@@ -455,8 +538,10 @@ export class Proxy {
   #requestDone(): void {
     this.#inFlight--;
     if (this.#shared.stopping) {
-      // Connections whose last response just ended would otherwise idle until keepAliveTimeout.
-      for (const { listener } of this.#servers) listener.closeIdleConnections();
+      // Connections whose last response just ended would otherwise idle until keepAliveTimeout. Not
+      // after an upgrade: closing an idle keep-alive connection races its client's next request, and
+      // the old gateway has time to let each one end by itself.
+      if (!this.#handedOver) for (const { listener } of this.#servers) listener.closeIdleConnections();
       if (this.#inFlight === 0) this.#drained?.();
     }
   }
@@ -482,13 +567,20 @@ export class Proxy {
 
   // ---- listeners ----------------------------------------------------------------------------------
 
-  async #listen(address: ListenAddress): Promise<ProxyServer> {
+  /** A cleartext HTTP/1.1 server with the proxy's handlers, not listening yet. */
+  #plainServer(): ProxyServer {
     const server = createServer(SERVER_OPTIONS, this.#onRequest);
+    server.on('connection', this.#track);
     server.on('upgrade', this.#onUpgrade);
     // `Expect: 100-continue` comes to us unanswered: the Forward sends 100 only once it wants the body,
     // so a body refused unread (413 from Content-Length, 404, 429...) is never sent. A final answer
     // without 100 closes the connection (node does that), as the client may still send the body.
     server.on('checkContinue', this.#onRequest);
+    return server;
+  }
+
+  async #listen(address: ListenAddress): Promise<ProxyServer> {
+    const server = this.#plainServer();
     try {
       await listen(server, address, this.#log, this.#reusePort);
     } catch (err) {
@@ -510,19 +602,31 @@ export class Proxy {
 
   /** A TLS listener: h2 and http/1.1 by ALPN, certificates by SNI (secure-listener.ts). */
   async #listenSecure(address: ListenAddress): Promise<SecureListener> {
-    const tls = this.#tls;
-    if (tls === null) throw new BerthError(ErrorCodes.listen, `cannot listen on ${address.text}: a TLS listener needs certificates, and none were given`);
-    if (address.kind !== 'tcp') throw new BerthError(ErrorCodes.listen, `cannot listen on ${address.text}: TLS listeners are TCP only`);
-    const handlers: ProxyHandlers = { request: this.#onSecureRequest, upgrade: this.#onSecureUpgrade, shouldUpgrade: isWebSocketUpgrade };
-    const secure = new SecureListener(tls, handlers, SERVER_OPTIONS, this.#onDemandFor, this.#log);
-    // A worker thread brings its certificates and challenge answers up to date before each handshake.
-    if (this.#catchUp !== null) secure.server.on('connection', this.#catchUp);
+    const secure = this.#secureListener(address);
     try {
       await listen(secure.server, address, this.#log, this.#reusePort);
     } catch (err) {
       await secure.close();
       throw new BerthError(ErrorCodes.listen, `cannot listen on ${address.text}: ${listenProblem(err)}`, { cause: err });
     }
+    return secure;
+  }
+
+  #track = (socket: Socket): void => {
+    this.#connections.add(socket);
+    socket.once('close', () => this.#connections.delete(socket));
+  };
+
+  /** A TLS listener's server with the proxy's handlers, not listening yet. */
+  #secureListener(address: ListenAddress): SecureListener {
+    const tls = this.#tls;
+    if (tls === null) throw new BerthError(ErrorCodes.listen, `cannot listen on ${address.text}: a TLS listener needs certificates, and none were given`);
+    if (address.kind !== 'tcp') throw new BerthError(ErrorCodes.listen, `cannot listen on ${address.text}: TLS listeners are TCP only`);
+    const handlers: ProxyHandlers = { request: this.#onSecureRequest, upgrade: this.#onSecureUpgrade, shouldUpgrade: isWebSocketUpgrade };
+    const secure = new SecureListener(tls, handlers, SERVER_OPTIONS, this.#onDemandFor, this.#log);
+    secure.server.on('connection', this.#track);
+    // A worker thread brings its certificates and challenge answers up to date before each handshake.
+    if (this.#catchUp !== null) secure.server.on('connection', this.#catchUp);
     return secure;
   }
 
@@ -534,36 +638,6 @@ export class Proxy {
     if (was === next) return;
     this.#state = next;
     this.#log.info({ state: next, was }, 'proxy state');
-  }
-}
-
-/** What the proxy does with each of its listeners, cleartext (PlainListener) or TLS (SecureListener). */
-interface FrontListener {
-  readonly server: ProxyServer | SecureServer;
-  /** Stops accepting; resolves once every connection is gone. */
-  close(): Promise<void>;
-  closeIdleConnections(): void;
-  closeAllConnections(): void;
-}
-
-/** A cleartext listener: node:http, HTTP/1.1. */
-class PlainListener implements FrontListener {
-  readonly server: ProxyServer;
-
-  constructor(server: ProxyServer) {
-    this.server = server;
-  }
-
-  close(): Promise<void> {
-    return closeListening(this.server);
-  }
-
-  closeIdleConnections(): void {
-    this.server.closeIdleConnections();
-  }
-
-  closeAllConnections(): void {
-    this.server.closeAllConnections();
   }
 }
 

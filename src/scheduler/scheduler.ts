@@ -145,13 +145,40 @@ export class Scheduler {
     return ids;
   }
 
-  /** Plans every schedule entry and the cleanup job; nothing runs before `scheduler_delay` has passed. */
-  start(): void {
+  /**
+   * Plans every schedule entry and the cleanup job; nothing runs before `scheduler_delay` has passed.
+   * `since` (the new gateway of an upgrade): no delay, and each entry that was due since then (while the
+   * old gateway held its runs back) runs once now.
+   */
+  start(opts: { since?: Date } = {}): void {
     if (this.#state !== 'new') return;
-    this.#firstRunAt = new Date(Date.now() + this.#config.schedulerDelayMs);
+    this.#firstRunAt = opts.since ? new Date() : new Date(Date.now() + this.#config.schedulerDelayMs);
     this.#transition('running');
     this.#plan();
     this.#log.info({ firstRunAt: this.#firstRunAt.toISOString(), jobs: this.#planned.size }, 'scheduler started');
+    if (opts.since) this.catchUp(opts.since);
+  }
+
+  /**
+   * Runs once now each schedule entry that was due between `since` and now: the times an upgrade held
+   * back (see SchedulerHost.held). The cleanup job waits for its next time.
+   */
+  catchUp(since: Date): void {
+    const now = new Date();
+    for (const { app, entry } of this.#planned.values()) {
+      if (app === null) continue;
+      try {
+        const probe = new Cron(entry.cron, { timezone: entry.timezone ?? undefined, paused: true });
+        const due = probe.nextRun(since);
+        probe.stop();
+        if (due !== null && due <= now) {
+          this.#log.info({ app, task: entry.name, due: due.toISOString() }, 'scheduled run held back by an upgrade: running it now');
+          this.#claimed(app, entry, due);
+        }
+      } catch (err) {
+        this.#log.error({ app, task: entry.name, err: errorMessage(err) }, 'cannot catch up a scheduled run');
+      }
+    }
   }
 
   /**
@@ -170,6 +197,8 @@ export class Scheduler {
    */
   runOnce(req: OneOffRequest): TaskRun {
     if (this.#state === 'stopping' || this.#state === 'stopped') throw new BerthError(ErrorCodes.unavailable, 'the gateway is shutting down');
+    const held = this.#host.held?.() ?? null;
+    if (held !== null) throw new BerthError(ErrorCodes.conflict, held);
     const target = this.#host.taskTarget(req.app);
     if (!target) throw new BerthError(ErrorCodes.notFound, `no app named "${req.app}"`);
     if (!target.active) throw new BerthError(ErrorCodes.conflict, `app ${req.app} has no active release to run in`);
@@ -340,6 +369,12 @@ export class Scheduler {
   /** A cron time came: run the entry, or record a skipped run while the previous one still goes. */
   #fire(app: string | null, entry: ScheduleConfig): void {
     if (this.#state !== 'running') return;
+    const held = this.#host.held?.() ?? null;
+    if (held !== null) {
+      // Run by catchUp(): here if the upgrade fails, else by the gateway it hands over to.
+      this.#log.info({ app, task: entry.name, reason: held }, 'scheduled run held back');
+      return;
+    }
     const key = `${app ?? ''}\0${entry.name}`;
     const trigger = app === null ? 'cleanup' : 'schedule';
     const going = [...(this.#running.get(key) ?? [])].filter((r) => r.trigger === trigger);

@@ -16,4 +16,6 @@ export interface TaskTarget {
 export interface SchedulerHost {
   /** Undefined when no app has that name. */
   taskTarget(app: string): TaskTarget | undefined;
+  /** Why no run may start now (an upgrade hands the gateway over), or null. */
+  held?(): string | null;
 }

@@ -1,8 +1,10 @@
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { within } from '../lib/deadline.ts';
 import { errorMessage } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
+import { processAlive } from '../lib/process-alive.ts';
 import { spawnIdentity, type AppUser } from './app-user.ts';
 import { execCommand } from './exec-command.ts';
 import { LineSplitter } from './line-splitter.ts';
@@ -14,6 +16,8 @@ export const KILL_WAIT_MS = 5_000;
 const SETTLE_PAUSES_MS = [10, 40, 160, 640];
 /** While the events have not come: pauses between kill(-pgid, 0) checks, the last one repeated. */
 const WATCH_PAUSES_MS = [10, 40, 160, 640, 2_560];
+/** An adopted process is not our child, so no exit event comes: how often whether its leader lives is looked at. */
+export const ADOPTED_WATCH_MS = 250;
 
 export type OutputStream = 'out' | 'err';
 
@@ -54,6 +58,20 @@ export interface ChildExit {
   signal: NodeJS.Signals | null;
   /** The process never started (no such directory, a bad user...): code and signal are null. */
   error: Error | null;
+  /** An adopted process ended: it was not our child, so how (code, signal) is not known. */
+  unknown?: boolean;
+}
+
+/**
+ * A process another gateway started and handed over at an upgrade (upgrade/successor.ts): its leader's
+ * pid (the group's id) and its output pipes, passed over the upgrade channel.
+ */
+export interface AdoptOptions {
+  adopt: { pid: number; stdout: Readable; stderr: Readable };
+  onLine: ChildOptions['onLine'];
+  logger?: Logger | null;
+  onProcess?: ProcessHook | null;
+  owner?: Omit<ProcessInfo, 'pgid'>;
 }
 
 /** How a stop ended: the group went after SIGTERM, only after SIGKILL, or is still there after both. */
@@ -84,17 +102,37 @@ export class Child {
   readonly closed: Promise<void>;
   /** Resolves when the process has started ('spawn'); never, when it could not. */
   readonly spawned: Promise<void>;
+  /** Its output pipes, as read here: an upgrade hands them to the next gateway (handOver). */
+  readonly output: { stdout: Readable; stderr: Readable };
 
   #stopping: Promise<StopOutcome> | null = null;
 
-  /** Spawns at once. Throws when Node refuses the spawn outright; most failures come in `exited`. */
-  constructor(opts: ChildOptions) {
+  /**
+   * Spawns at once. Throws when Node refuses the spawn outright; most failures come in `exited`. With
+   * `adopt`, takes over a running process instead (see AdoptOptions and #watchAdopted).
+   */
+  constructor(opts: ChildOptions | AdoptOptions) {
+    if ('adopt' in opts) {
+      const { pid, stdout, stderr } = opts.adopt;
+      this.pid = pid;
+      this.group = new ProcessGroup(pid);
+      this.spawned = Promise.resolve();
+      this.output = { stdout, stderr };
+      this.closed = Promise.all([read(stdout, 'out', opts.onLine), read(stderr, 'err', opts.onLine)]).then(() => {});
+      const info = opts.onProcess && opts.owner ? { ...opts.owner, pgid: pid } : null;
+      this.exited = watchAdopted(pid, this.closed).then((exit) => {
+        if (info !== null) opts.onProcess!('exit', info);
+        return exit;
+      });
+      return;
+    }
     const args = typeof opts.command === 'string' ? ['-c', execCommand(opts.command)] : ['-c', 'exec "$@"', 'berth-run', ...opts.command];
     const identity = opts.user ? spawnIdentity(opts.user) : {};
     const child = spawn('/bin/sh', args, { cwd: opts.cwd, env: opts.env, detached: true, stdio: ['ignore', 'pipe', 'pipe'], ...identity });
     this.pid = child.pid ?? null;
     this.group = this.pid === null ? null : new ProcessGroup(this.pid);
     this.spawned = new Promise((resolve) => child.once('spawn', () => resolve()));
+    this.output = { stdout: child.stdout!, stderr: child.stderr! };
     this.closed = Promise.all([read(child.stdout!, 'out', opts.onLine), read(child.stderr!, 'err', opts.onLine)]).then(() => {});
     const info = this.pid !== null && opts.onProcess && opts.owner ? { ...opts.owner, pgid: this.pid } : null;
     if (info !== null) opts.onProcess!('spawn', info);
@@ -164,6 +202,39 @@ export class Child {
     }
     await sleep(deadline - Date.now());
     return !group.running();
+  }
+}
+
+/**
+ * When an adopted process's leader has ended. It is not our child: no 'exit' event, and no exit status
+ * (its parent was the gateway before us, and once that one exits, init reaps it). kill(pid, 0) every
+ * ADOPTED_WATCH_MS says when it is gone (one syscall); once its pipes close, /proc also tells a zombie
+ * that nobody has reaped yet from a live process.
+ */
+function watchAdopted(pid: number, closed: Promise<void>): Promise<ChildExit> {
+  return new Promise((resolve) => {
+    let pipesClosed = false;
+    const look = () => {
+      if (processAlive(pid) && !(pipesClosed && zombie(pid))) return;
+      clearInterval(timer);
+      resolve({ code: null, signal: null, error: null, unknown: true });
+    };
+    const timer = setInterval(look, ADOPTED_WATCH_MS);
+    timer.unref();
+    void closed.then(() => {
+      pipesClosed = true;
+      look();
+    });
+  });
+}
+
+function zombie(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const state = stat[stat.lastIndexOf(')') + 2];
+    return state === 'Z' || state === 'X';
+  } catch {
+    return false;
   }
 }
 

@@ -3,7 +3,8 @@ import { within } from '../lib/deadline.ts';
 import { BerthError, ErrorCodes, type ErrorCode } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import { formatDuration } from '../lib/durations.ts';
-import type { Instance, InstanceListener, InstanceSnapshot } from './instance.ts';
+import type { Readable } from 'node:stream';
+import type { Instance, InstanceHandover, InstanceListener, InstanceSnapshot } from './instance.ts';
 import { Pool } from './pool.ts';
 import type { GenerationState, GenerationView } from './types.ts';
 
@@ -18,6 +19,13 @@ export interface GenerationSnapshot {
   state: GenerationState;
   inFlight: number;
   instances: InstanceSnapshot[];
+}
+
+/** A running instance handed over at an upgrade, with its output pipes (Instance#handOver). */
+export interface HandedInstance {
+  info: InstanceHandover;
+  stdout: Readable;
+  stderr: Readable;
 }
 
 /** Makes the instances of a generation: the supervisor, which owns ports, log files and timings. */
@@ -55,10 +63,10 @@ export class Generation implements GenerationView, InstanceListener {
   readonly releaseId: string;
   readonly releaseDir: string;
   readonly config: AppConfig;
-  readonly processes: Readonly<Record<string, ProcessConfig>>;
   readonly pools: ReadonlyMap<string, Pool>;
 
   #state: GenerationState = 'starting';
+  #processes: Readonly<Record<string, ProcessConfig>>;
   #instances: readonly Instance[] = [];
   #factory: InstanceFactory;
   #log: Logger;
@@ -75,8 +83,12 @@ export class Generation implements GenerationView, InstanceListener {
   #failOnExit: boolean;
   /** An exit failed the startup; the failure waits for the exited processes' last output. */
   #failing = false;
+  /** An upgrade is handing the generation over (handOver until thaw or release). */
+  #frozen = false;
   /** whenIdle() callers waiting for `inFlight` to reach 0; null when nobody waits (the common case). */
   #idleWaiters: (() => void)[] | null = null;
+  /** whenUp() callers: each looks again at every instance change until its instances are up or failed. */
+  #upWaiters = new Set<() => void>();
 
   constructor(opts: GenerationOptions) {
     this.id = opts.id;
@@ -84,7 +96,7 @@ export class Generation implements GenerationView, InstanceListener {
     this.releaseId = opts.releaseId;
     this.releaseDir = opts.releaseDir;
     this.config = opts.app;
-    this.processes = opts.processes;
+    this.#processes = opts.processes;
     this.#factory = opts.factory;
     this.#log = opts.logger;
     this.#failOnExit = opts.failOnExit === true;
@@ -101,6 +113,11 @@ export class Generation implements GenerationView, InstanceListener {
 
   get state(): GenerationState {
     return this.#state;
+  }
+
+  /** Its process types, with the instance counts it runs now (`scale` changes them; copy on write). */
+  get processes(): Readonly<Record<string, ProcessConfig>> {
+    return this.#processes;
   }
 
   /** Every instance of every process type, http or not. Copy on write: a replacement swaps the array. */
@@ -143,12 +160,13 @@ export class Generation implements GenerationView, InstanceListener {
 
   /**
    * Creates and starts every instance (types with `instances: 0` get none) and the startup deadline.
-   * Called once, by the supervisor.
+   * Called once, by the supervisor. At an upgrade, `adopted` holds the processes the old gateway handed
+   * over, by `<process>.<index>`: those are adopted where they run, the others start.
    */
-  start(): void {
+  start(adopted?: ReadonlyMap<string, HandedInstance>): void {
     if (this.#instances.length > 0 || this.#state !== 'starting') return;
     const all: Instance[] = [];
-    for (const proc of Object.values(this.processes)) {
+    for (const proc of Object.values(this.#processes)) {
       const list: Instance[] = [];
       for (let i = 0; i < proc.instances; i++) list.push(this.#factory.createInstance(this, proc, i));
       this.pools.get(proc.name)?.setInstances(list);
@@ -157,8 +175,44 @@ export class Generation implements GenerationView, InstanceListener {
     this.#instances = all;
     const timeoutMs = this.config.health.startupTimeoutMs;
     this.#startupTimer = setTimeout(() => this.#startupTimedOut(timeoutMs), timeoutMs);
-    for (const inst of all) inst.start();
+    for (const inst of all) {
+      const handed = adopted?.get(inst.label);
+      if (handed) inst.adopt(handed.info, handed);
+      else inst.start();
+    }
     this.#checkStartup();
+  }
+
+  // ---- upgrade: the old gateway's side (the new one's is start(adopted)) ------------------------
+
+  /**
+   * Every running instance, for the next gateway to adopt. The generation is frozen until thaw() or
+   * release(): no instance restarts, and none is replaced for being unhealthy.
+   */
+  handOver(): HandedInstance[] {
+    this.#frozen = true;
+    const out: HandedInstance[] = [];
+    for (const inst of this.#instances) {
+      const handed = inst.handOver();
+      if (handed) out.push(handed);
+    }
+    return out;
+  }
+
+  /** The upgrade failed: everything goes on here. */
+  thaw(): void {
+    this.#frozen = false;
+    for (const inst of this.#instances) inst.thaw();
+  }
+
+  /**
+   * The upgrade is done: the next gateway owns the instances in the pools. A later stop() or destroy()
+   * leaves them alone; it still ends what this gateway keeps: a replacement it was starting, and
+   * instances out of the pools that finish their drain here.
+   */
+  release(): void {
+    this.#settle(new BerthError(ErrorCodes.unavailable, `generation ${this.id} was handed over to the next gateway`));
+    for (const inst of this.#instances) inst.release();
   }
 
   /**
@@ -170,6 +224,88 @@ export class Generation implements GenerationView, InstanceListener {
    */
   waitReady(): Promise<void> {
     return this.#ready;
+  }
+
+  /**
+   * Runs `count` instances of process type `process` from now on (`berth scale`), touching no other
+   * instance. More: the new ones (the next indexes) start at once and join the pool as they get ready,
+   * as a boot's do. Fewer: the highest indexes leave the pool at once, so they get no new request; each
+   * one's requests and WebSockets in flight may finish, up to `timeouts.drain`, then it is stopped
+   * (SIGTERM, SIGKILL after `timeouts.stop`), as an instance replaced for its health is. Returns the
+   * instances started and those retired. Throws BERTH_E_NOT_FOUND for a type it does not run, and
+   * BERTH_E_UNAVAILABLE once it is stopping.
+   */
+  scale(process: string, count: number): { added: Instance[]; removed: Instance[] } {
+    if (this.#stopping !== null || this.#state === 'stopping' || this.#state === 'stopped') throw new BerthError(ErrorCodes.unavailable, `generation ${this.id} is ${this.#state}: not scaling it`);
+    if (this.#frozen) throw new BerthError(ErrorCodes.conflict, `generation ${this.id} is being handed over to the next gateway: not scaling it`);
+    if (!Object.hasOwn(this.#processes, process)) throw new BerthError(ErrorCodes.notFound, `generation ${this.id} runs no process type "${process}"`);
+    const proc = { ...this.#processes[process], instances: count };
+    const mine = this.#instances.filter((i) => i.process === process);
+    const added: Instance[] = [];
+    for (let index = mine.length; index < count; index++) added.push(this.#factory.createInstance(this, proc, index));
+    const removed = mine.filter((i) => i.index >= count);
+    this.#processes = { ...this.#processes, [process]: proc };
+    this.#instances = [...this.#instances.filter((i) => !removed.includes(i)), ...added];
+    const pool = this.pools.get(process);
+    if (pool) pool.setInstances([...pool.instances.filter((u) => !removed.includes(u as Instance)), ...added]);
+    for (const inst of added) {
+      // A background instance of this index still stopping (scaled down a moment ago) owns the heartbeat
+      // file the new one will use, and removes it once stopped: the new one starts after that.
+      const before = [...this.#retiring.keys()].find((r) => r.heartbeatFile !== null && r.heartbeatFile === inst.heartbeatFile);
+      if (before === undefined) inst.start();
+      else void before.stop().then(() => this.#stopping === null && this.#instances.includes(inst) && inst.start());
+    }
+    for (const old of removed) {
+      // A replacement being started for a removed instance goes too: its slot is no more.
+      for (const [fresh, was] of this.#replacing) {
+        if (was !== old) continue;
+        this.#replacing.delete(fresh);
+        void fresh.stop();
+      }
+      this.#retireAfterDrain(old);
+    }
+    if (added.length > 0 || removed.length > 0) this.#log.info({ process, instances: count, added: added.map((i) => i.label), removed: removed.map((i) => i.label) }, 'generation scaled');
+    if (!this.#settled) this.#checkStartup();
+    this.#checkUpWaiters();
+    return { added, removed };
+  }
+
+  /**
+   * Resolves once every one of `instances` (of this generation) is ready. Rejects with BERTH_E_SPAWN as
+   * soon as one exited before it was ready (it goes on restarting with backoff) or crashed for good,
+   * BERTH_E_STARTUP_TIMEOUT when one is not ready after `timeoutMs`, and BERTH_E_UNAVAILABLE when one is
+   * stopped first; the message names them and carries the last lines of their output, as waitReady's does.
+   */
+  whenUp(instances: readonly Instance[], timeoutMs: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let timer: NodeJS.Timeout | null = null;
+      const end = (err: BerthError | null) => {
+        this.#upWaiters.delete(look);
+        if (timer) clearTimeout(timer);
+        if (err === null) resolve();
+        else reject(err);
+      };
+      const look = () => {
+        // Stopped: taken out (scaled down again) or the generation stopped; one not started yet is stopped too.
+        const ended = this.#stopping !== null || this.#state === 'stopping' || this.#state === 'stopped';
+        const gone = instances.filter((i) => i.state === 'stopping' || (i.state === 'stopped' && (ended || !this.#instances.includes(i))));
+        const failed = instances.filter((i) => i.state === 'backoff' || i.state === 'crashed');
+        if (gone.length > 0) end(this.#failure(ErrorCodes.unavailable, `${list(gone)} stopped before ${gone.length === 1 ? 'it was' : 'they were'} ready`, gone));
+        else if (failed.length > 0) {
+          this.#upWaiters.delete(look);
+          // The exit can come before its last lines are read: they say why.
+          void Promise.all(failed.map((i) => i.outputEnded(OUTPUT_WAIT_MS))).then(() => {
+            end(this.#failure(ErrorCodes.spawn, `${failed.map((i) => `${i.label} ${describeExit(i)}`).join(', ')} before it was ready`, failed));
+          });
+        } else if (instances.every((i) => i.state === 'ready')) end(null);
+      };
+      this.#upWaiters.add(look);
+      timer = setTimeout(() => {
+        const late = instances.filter((i) => i.state !== 'ready');
+        end(this.#failure(ErrorCodes.startup, `not ready after ${formatDuration(timeoutMs)}: ${late.map((i) => `${i.label} (${i.state})`).join(', ')}`, late));
+      }, timeoutMs);
+      look();
+    });
   }
 
   /**
@@ -188,6 +324,7 @@ export class Generation implements GenerationView, InstanceListener {
     for (const inst of this.#everyInstance()) inst.destroy(err);
     if (this.#state !== 'stopped') this.#transition('stopped');
     this.#stopping ??= Promise.resolve();
+    this.#checkUpWaiters();
   }
 
   snapshot(): GenerationSnapshot {
@@ -207,10 +344,11 @@ export class Generation implements GenerationView, InstanceListener {
     // A replacement that gave up for good takes the slot anyway, so status shows the slot as crashed.
     if (old !== undefined && (inst.state === 'ready' || inst.state === 'crashed')) this.#swap(old, inst);
     if (!this.#settled) this.#checkStartup();
+    if (this.#upWaiters.size > 0) this.#checkUpWaiters();
   }
 
   instanceUnhealthy(inst: Instance): void {
-    if (this.#stopping !== null || !this.#instances.includes(inst)) return;
+    if (this.#frozen || this.#stopping !== null || !this.#instances.includes(inst)) return;
     for (const old of this.#replacing.values()) if (old === inst) return;
     const proc = this.processes[inst.process];
     this.#log.warn({ instance: inst.label, pid: inst.pid }, 'replacing unhealthy instance');
@@ -225,6 +363,10 @@ export class Generation implements GenerationView, InstanceListener {
   }
 
   // ---- internals -------------------------------------------------------------------------------
+
+  #checkUpWaiters(): void {
+    for (const look of [...this.#upWaiters]) look();
+  }
 
   /** Wakes whenIdle() callers once nothing is in flight. Called when an instance idles or leaves the count. */
   #checkIdle(): void {
@@ -319,7 +461,11 @@ export class Generation implements GenerationView, InstanceListener {
     const pool = this.pools.get(old.process);
     if (pool) pool.setInstances(pool.instances.map((u) => (u === old ? fresh : u)));
     this.#log.info({ instance: fresh.label, pid: fresh.pid, was: old.pid, state: fresh.state }, 'instance replaced');
-    // Out of the pool now, so it gets no new requests; the ones it holds may finish, up to timeouts.drain.
+    this.#retireAfterDrain(old);
+  }
+
+  /** Out of the pool now, so it gets no new requests; the ones it holds may finish, up to timeouts.drain. */
+  #retireAfterDrain(old: Instance): void {
     if (old.inFlight + old.tunnels === 0) {
       this.#retiring.set(old, null);
       this.#retire(old);
@@ -345,6 +491,7 @@ export class Generation implements GenerationView, InstanceListener {
     this.#settle(new BerthError(ErrorCodes.unavailable, `generation ${this.id} was stopped before it was ready`));
     this.#clearTimers();
     this.#transition('stopping');
+    this.#checkUpWaiters();
     await Promise.all(this.#everyInstance().map((i) => i.stop()));
     this.#replacing.clear();
     this.#retiring.clear();

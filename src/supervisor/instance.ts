@@ -2,6 +2,7 @@ import { channel } from 'node:diagnostics_channel';
 import { constants } from 'node:fs';
 import { chmod, mkdir, open, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import type { Readable } from 'node:stream';
 import type { AppConfig, ProcessConfig } from '../config/schema.ts';
 import { within } from '../lib/deadline.ts';
 import { errorMessage } from '../lib/errors.ts';
@@ -11,12 +12,12 @@ import { Backoff, type RestartTiming } from './backoff.ts';
 import { Child, type ChildExit, type ProcessHook } from './child.ts';
 import { Health } from './health.ts';
 import { Heartbeat } from './heartbeat.ts';
-import type { LogWriter } from './log-writer.ts';
+import type { LogWriter } from '../lib/log-writer.ts';
 import { OutputTail } from './output-tail.ts';
 import type { Ports } from './ports.ts';
 import { probe } from './probe.ts';
 import { I_ADDRESS, I_STATE, I_WATCHED, SlotCounted, STATE_CODES, type SharedCells } from '../lib/shared-cells.ts';
-import type { InstanceState, Upstream, UpstreamAddress } from './types.ts';
+import type { InstanceHandover, InstanceSnapshot, InstanceState, RestartHook, RestartReason, Upstream, UpstreamAddress } from './types.ts';
 
 /** Lines of output kept in memory per instance, for error messages. */
 export const LOG_TAIL_LINES = 20;
@@ -35,45 +36,7 @@ export interface InstanceEvent {
   readonly event: 'restart' | 'unhealthy';
 }
 
-/** One instance as `berth status` shows it. */
-export interface InstanceSnapshot {
-  process: string;
-  index: number;
-  http: boolean;
-  pid: number | null;
-  state: InstanceState;
-  /** "127.0.0.1:41234" or "unix:/path"; null while no process runs. */
-  address: string | null;
-  inFlight: number;
-  served: number;
-  /** In flight, with no request older than busy_grace: slow, not dead (SPEC § Health). */
-  busy: boolean;
-  /** VmRSS summed over every process of the instance's process group (Linux); null when unknown. */
-  rssBytes: number | null;
-  uptimeMs: number | null;
-  restarts: number;
-  lastExit: { code: number | null; signal: string | null; at: string } | null;
-  /** Why the process last ended without being asked to: it exited, went silent, or never got ready. */
-  lastRestartReason: RestartReason | null;
-}
-
-/** exit: the process ended by itself. heartbeat: it stopped touching its heartbeat file and was killed.
- * startup-timeout: it never answered within startup_timeout and was killed. */
-export type RestartReason = 'exit' | 'heartbeat' | 'startup-timeout';
-
-/** An instance's process ended without a stop() and is restarted after `delayMs` (null: crashed, not restarted). */
-export interface RestartInfo {
-  app: string;
-  process: string;
-  index: number;
-  releaseId: string;
-  reason: RestartReason;
-  /** For people: "heartbeat: silent for 12s", "exited with code 1"... */
-  detail: string;
-  delayMs: number | null;
-}
-
-export type RestartHook = (info: RestartInfo) => void;
+export type { InstanceHandover, InstanceSnapshot, RestartHook, RestartInfo, RestartReason } from './types.ts';
 
 /** What an instance tells its generation. Methods, so no closure is kept per instance. */
 export interface InstanceListener {
@@ -172,6 +135,9 @@ export class Instance extends SlotCounted implements Upstream {
   #tail = new OutputTail({ lines: LOG_TAIL_LINES });
   /** Output of the processes this slot ran that is not read to its end yet (see outputEnded). */
   #reading = new Set<Promise<void>>();
+  /** An upgrade is handing the instance over: an exit waits here instead of restarting (freeze/thaw). */
+  #frozen = false;
+  #deferredRestart: number | null = null;
 
   constructor(opts: InstanceOptions) {
     // Its cells (lib/shared-cells.ts): state, requests and WebSockets in flight and requests served, as
@@ -294,6 +260,103 @@ export class Instance extends SlotCounted implements Upstream {
     if (this.#state !== 'stopped') this.#transition('stopped');
     this.#free();
     this.#stopping ??= Promise.resolve();
+  }
+
+  // ---- upgrade: the old gateway hands the process over, the new one adopts it -------------------
+
+  /**
+   * The old gateway's side: what the next one needs to adopt the running process, and its output pipes,
+   * which stop being read here (the next gateway reads them from now on; release() writes out what was
+   * read already, thaw() resumes reading when the upgrade fails). Null when no process runs. Freezes the
+   * instance: an exit from now on restarts nothing until thaw().
+   */
+  handOver(): { info: InstanceHandover; stdout: Readable; stderr: Readable } | null {
+    const child = this.#child;
+    this.#frozen = true;
+    if (this.#ended || child === null || child.pid === null || this.#startedAt === 0) return null;
+    child.output.stdout.pause();
+    child.output.stderr.pause();
+    const info: InstanceHandover = {
+      process: this.process,
+      index: this.index,
+      pid: child.pid,
+      state: this.#state,
+      address: this.#address,
+      bound: this.#bound,
+      startedAt: this.#startedAt,
+      restarts: this.#restarts,
+      lastExit: this.#lastExit,
+      lastRestartReason: this.#lastRestartReason,
+    };
+    return { info, ...child.output };
+  }
+
+  /** The upgrade failed: this gateway keeps the instance; reading and restarts resume. */
+  thaw(): void {
+    if (!this.#frozen) return;
+    this.#frozen = false;
+    this.#child?.output.stdout.resume();
+    this.#child?.output.stderr.resume();
+    const delay = this.#deferredRestart;
+    this.#deferredRestart = null;
+    if (delay !== null && !this.#ended) this.#restartTimer = setTimeout(() => this.#restart(), delay);
+  }
+
+  /**
+   * The upgrade is done: the next gateway owns the process now. Nothing here signals, probes or
+   * restarts it again; the output already read here is written out, and this gateway's ends of the
+   * pipes are closed. Its address and state stay, so the requests this gateway still drains reach it.
+   */
+  release(): void {
+    this.#ended = true;
+    this.#run++;
+    this.#clearTimers();
+    const child = this.#child;
+    this.#child = null;
+    if (child !== null) {
+      for (const stream of [child.output.stdout, child.output.stderr]) {
+        // read() hands every buffered chunk to the 'data' listener (the line splitter) before the close.
+        while (stream.read() !== null);
+        stream.destroy();
+      }
+    }
+    this.#stopping ??= Promise.resolve();
+  }
+
+  /**
+   * The new gateway's side: takes over the process another gateway handed over, where it runs, with no
+   * restart. A ready one is ready at once; one still starting is probed as a start would be. Its exit is
+   * seen by watching its pid (child.ts): its code is not known, and it restarts as any exit does.
+   */
+  adopt(h: InstanceHandover, pipes: { stdout: Readable; stderr: Readable }): void {
+    if (this.#ended || this.#run !== 0) return;
+    const run = ++this.#run;
+    this.#restarts = h.restarts;
+    this.#lastExit = h.lastExit;
+    this.#lastRestartReason = h.lastRestartReason;
+    const child = new Child({
+      adopt: { pid: h.pid, ...pipes },
+      onLine: (kind, line) => this.#line(kind, line),
+      logger: this.#log,
+      onProcess: this.#onProcess,
+      owner: { app: this.app, process: this.process, index: this.index, releaseId: this.releaseId },
+    });
+    this.#child = child;
+    const closed = child.closed;
+    this.#reading.add(closed);
+    void closed.then(() => this.#reading.delete(closed));
+    void child.exited.then((exit) => this.#onExit(child, exit));
+    this.#startedAt = h.startedAt;
+    this.#bound = h.bound;
+    this.#setAddress(h.address);
+    this.#log.info({ pid: h.pid, address: h.address === null ? undefined : describe(h.address), was: h.state }, 'instance adopted');
+    if (h.state === 'ready' || h.address === null) {
+      this.#ready();
+      return;
+    }
+    this.#transition('starting');
+    this.#startupTimer = setTimeout(() => this.#startupTimedOut(run), this.config.health.startupTimeoutMs);
+    this.#pollReady(run);
   }
 
   snapshot(): InstanceSnapshot {
@@ -492,8 +555,9 @@ export class Instance extends SlotCounted implements Upstream {
     void child.stop(this.config.timeouts.stopMs);
   }
 
-  #onExit(child: Child, { code, signal, error }: ChildExit): void {
+  #onExit(child: Child, { code, signal, error, unknown }: ChildExit): void {
     if (child !== this.#child) return;
+    if (unknown === true) this.#killReason ??= { reason: 'exit', detail: 'exited (its exit status is not known: it was adopted at an upgrade)' };
     if (error !== null) {
       this.#child = null;
       this.#cannotStart(error);
@@ -534,6 +598,11 @@ export class Instance extends SlotCounted implements Upstream {
       return;
     }
     this.#transition('backoff');
+    if (this.#frozen) {
+      // An upgrade is handing the instance over: the gateway that ends up with it restarts it.
+      this.#deferredRestart = delay;
+      return;
+    }
     this.#log.info({ delayMs: delay, failures: this.#backoff.recentFailures }, 'instance restart scheduled');
     this.#restartTimer = setTimeout(() => this.#restart(), delay);
   }

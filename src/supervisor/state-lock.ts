@@ -25,6 +25,8 @@ export const PID_FILE = 'gateway.pid';
 
 /** SQLITE_BUSY: another process holds the lock. */
 const SQLITE_BUSY = 5;
+/** How long the new gateway of an upgrade waits for the old one to let go of the lock. */
+const SUCCESSOR_WAIT_MS = 5_000;
 
 /** What `gateway.pid` holds. */
 interface Holder {
@@ -59,9 +61,11 @@ export class StateLock {
 
   /**
    * Takes the lock on `stateDir` (made 0700 when missing), or throws BERTH_E_CONFLICT naming the live
-   * gateway. `controlSocket` is refused too when another gateway answers on it.
+   * gateway. `controlSocket` is refused too when another gateway answers on it. `successor`: the new
+   * gateway of an upgrade, to which the old one hands its control socket and then this lock: it waits
+   * up to SUCCESSOR_WAIT_MS for the old one to let go, and the socket answering is no refusal.
    */
-  static async acquire(stateDir: string, controlSocket: string): Promise<StateLock> {
+  static async acquire(stateDir: string, controlSocket: string, opts: { successor?: boolean } = {}): Promise<StateLock> {
     await mkdir(stateDir, { recursive: true, mode: 0o700 });
     // Same rule as state-access.ts: in a world-writable dir the lock file may be someone else's symlink.
     if (((await stat(stateDir)).mode & 0o002) !== 0) {
@@ -81,19 +85,28 @@ export class StateLock {
     } catch (err) {
       throw new BerthError(ErrorCodes.store, `cannot open the state lock ${path}: ${errorMessage(err)}`, { cause: err });
     }
-    try {
-      // Exclusive locking mode keeps the lock after the transaction's first statement; the transaction
-      // itself is never ended, so the lock lasts until close() or the end of the process.
-      db.exec('PRAGMA locking_mode = EXCLUSIVE');
-      db.exec('BEGIN EXCLUSIVE');
-    } catch (err) {
-      db.close();
-      if ((err as { errcode?: number }).errcode === SQLITE_BUSY) throw await refusal(stateDir, controlSocket);
-      throw new BerthError(ErrorCodes.store, `cannot take the state lock ${path}: ${errorMessage(err)}`, { cause: err });
+    const waitUntil = Date.now() + (opts.successor ? SUCCESSOR_WAIT_MS : 0);
+    for (;;) {
+      try {
+        // Exclusive locking mode keeps the lock after the transaction's first statement; the transaction
+        // itself is never ended, so the lock lasts until close() or the end of the process.
+        db.exec('PRAGMA locking_mode = EXCLUSIVE');
+        db.exec('BEGIN EXCLUSIVE');
+        break;
+      } catch (err) {
+        const busy = (err as { errcode?: number }).errcode === SQLITE_BUSY;
+        if (busy && Date.now() < waitUntil) {
+          await new Promise((r) => setTimeout(r, 50));
+          continue;
+        }
+        db.close();
+        if (busy) throw await refusal(stateDir, controlSocket);
+        throw new BerthError(ErrorCodes.store, `cannot take the state lock ${path}: ${errorMessage(err)}`, { cause: err });
+      }
     }
     const lock = new StateLock(db, join(stateDir, PID_FILE));
     try {
-      if (await gatewaySocket(controlSocket)) {
+      if (!opts.successor && (await gatewaySocket(controlSocket))) {
         throw new BerthError(ErrorCodes.conflict, `another gateway is already running on control socket ${controlSocket}; stop it first (berth stop)`);
       }
       const holder: Holder = { pid: process.pid, startTime: processStartTime(process.pid), at: new Date().toISOString(), controlSocket };

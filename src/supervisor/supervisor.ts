@@ -4,19 +4,29 @@ import type { AppConfig, ProcessConfig } from '../config/schema.ts';
 import { BerthError, errorMessage, ErrorCodes } from '../lib/errors.ts';
 import type { Logger } from '../lib/logger.ts';
 import type { RestartTiming } from './backoff.ts';
-import { Generation, type InstanceFactory } from './generation.ts';
+import { Generation, type HandedInstance, type InstanceFactory } from './generation.ts';
 import type { ProcessHook } from './child.ts';
 import { Instance, type RestartHook } from './instance.ts';
-import { LogWriter } from './log-writer.ts';
+import { LogWriter } from '../lib/log-writer.ts';
 import { appEnv, instanceVars } from './app-env.ts';
 import { gatewayUser, type AppUser } from './app-user.ts';
 import { Ports } from './ports.ts';
 import { SharedCells } from '../lib/shared-cells.ts';
 
 export { Generation, Instance };
-export type { GenerationSnapshot } from './generation.ts';
+export type { GenerationSnapshot, HandedInstance } from './generation.ts';
 export type { InstanceSnapshot, RestartInfo, RestartReason } from './instance.ts';
 export type { RestartTiming } from './backoff.ts';
+
+/** One app's generation as an upgrade hands it over: which release, and its running instances. */
+export interface GenerationHandover {
+  app: string;
+  /** `${app}#${n}`: the next gateway keeps the id, and numbers later generations after it. */
+  id: string;
+  releaseId: string;
+  releaseDir: string;
+  instances: HandedInstance[];
+}
 
 export interface SupervisorOptions {
   /** Absolute. Logs go to `<stateDir>/apps/<app>/logs/<process>.log`. */
@@ -114,6 +124,53 @@ export class Supervisor implements InstanceFactory {
     gen.start();
     this.#log.info({ app: app.name, generation: id, release: release.id, instances: gen.instances.length }, 'generation started');
     return gen;
+  }
+
+  /**
+   * The new gateway's side of an upgrade: the generation the old one ran, with the same id, its
+   * handed-over instances adopted where they run (any other instance slot starts). `processes` is the
+   * resolved set of process types, as startGeneration takes it.
+   */
+  adoptGeneration(app: AppConfig, handed: Omit<GenerationHandover, 'instances'>, processes: Record<string, ProcessConfig>, instances: HandedInstance[]): Generation {
+    if (this.#state !== 'running') throw new BerthError(ErrorCodes.unavailable, `the supervisor is ${this.#state}: not adopting ${app.name}`);
+    const n = Number(handed.id.slice(handed.id.lastIndexOf('#') + 1));
+    if (!handed.id.startsWith(`${app.name}#`) || !Number.isInteger(n) || n < 1) throw new BerthError(ErrorCodes.internal, `cannot adopt generation "${handed.id}" of ${app.name}`);
+    this.#seq.set(app.name, Math.max(this.#seq.get(app.name) ?? 0, n));
+    const gen = new Generation({
+      id: handed.id,
+      app,
+      releaseId: handed.releaseId,
+      releaseDir: handed.releaseDir,
+      processes,
+      factory: this,
+      logger: this.#log.child({ app: app.name, generation: handed.id, release: handed.releaseId }),
+    });
+    this.#generations.push(gen);
+    gen.start(new Map(instances.map((h) => [`${h.info.process}.${h.info.index}`, h])));
+    this.#log.info({ app: app.name, generation: handed.id, release: handed.releaseId, adopted: instances.length }, 'generation adopted');
+    return gen;
+  }
+
+  /**
+   * The old gateway's side of an upgrade: every generation is frozen (no restart, no replacement) and
+   * `gens` are described with their running instances and output pipes for the next gateway.
+   */
+  handOver(gens: Generation[]): GenerationHandover[] {
+    for (const gen of this.#generations) if (!gens.includes(gen)) gen.handOver();
+    return gens.map((gen) => ({ app: gen.app, id: gen.id, releaseId: gen.releaseId, releaseDir: gen.releaseDir, instances: gen.handOver() }));
+  }
+
+  /** The upgrade failed: every generation goes on here. */
+  thaw(): void {
+    for (const gen of this.#generations) gen.thaw();
+  }
+
+  /**
+   * The next gateway owns the instances now (after a handover, or when the new gateway gives back what
+   * it adopted): stop() and destroy() leave them running from here on.
+   */
+  release(): void {
+    for (const gen of this.#generations) gen.release();
   }
 
   /**

@@ -48,6 +48,13 @@ export interface Upstream {
   beginTunnel(): void;
   /** That WebSocket is closed; called once per beginTunnel(). */
   endTunnel(): void;
+  /**
+   * A request of a route with cookie affinity has just been served by it (proxy/affinity.ts): its
+   * client may come back for it, so a drain of its generation gives such clients a moment longer.
+   */
+  markAffine(): void;
+  /** Epoch ms of the last markAffine() by any proxy thread, to 0.1 s; 0: never. */
+  readonly lastAffineAt: number;
 }
 
 export type GenerationState = 'starting' | 'ready' | 'failed' | 'draining' | 'stopping' | 'stopped';
@@ -89,4 +96,64 @@ export interface PoolView {
    * request slots are full (a tunnel takes none); null when no instance is ready.
    */
   pickTunnel(exclude?: Upstream): Upstream | null;
+}
+
+// ---- what the supervisor says of its instances (status, history, an upgrade's handover) -------------
+
+/** One instance as `berth status` shows it. */
+export interface InstanceSnapshot {
+  process: string;
+  index: number;
+  http: boolean;
+  pid: number | null;
+  state: InstanceState;
+  /** "127.0.0.1:41234" or "unix:/path"; null while no process runs. */
+  address: string | null;
+  inFlight: number;
+  served: number;
+  /** In flight, with no request older than busy_grace: slow, not dead (SPEC § Health). */
+  busy: boolean;
+  /** VmRSS summed over every process of the instance's process group (Linux); null when unknown. */
+  rssBytes: number | null;
+  uptimeMs: number | null;
+  restarts: number;
+  lastExit: { code: number | null; signal: string | null; at: string } | null;
+  /** Why the process last ended without being asked to: it exited, went silent, or never got ready. */
+  lastRestartReason: RestartReason | null;
+}
+
+/** exit: the process ended by itself. heartbeat: it stopped touching its heartbeat file and was killed.
+ * startup-timeout: it never answered within startup_timeout and was killed. */
+export type RestartReason = 'exit' | 'heartbeat' | 'startup-timeout';
+
+/** An instance's process ended without a stop() and is restarted after `delayMs` (null: crashed, not restarted). */
+export interface RestartInfo {
+  app: string;
+  process: string;
+  index: number;
+  releaseId: string;
+  reason: RestartReason;
+  /** For people: "heartbeat: silent for 12s", "exited with code 1"... */
+  detail: string;
+  delayMs: number | null;
+}
+
+export type RestartHook = (info: RestartInfo) => void;
+
+/**
+ * A running instance as an upgrade hands it to the next gateway (upgrade/handover.ts): enough to adopt
+ * its process where it is, with its address and counters. Plain data: it crosses the upgrade channel.
+ */
+export interface InstanceHandover {
+  process: string;
+  index: number;
+  pid: number;
+  state: InstanceState;
+  address: UpstreamAddress | null;
+  /** The socket path the app bound, when `address` is its pinned link (Ports.pin). */
+  bound: string | null;
+  startedAt: number;
+  restarts: number;
+  lastExit: InstanceSnapshot['lastExit'];
+  lastRestartReason: RestartReason | null;
 }

@@ -173,8 +173,10 @@ test('finding 9: every mutating route audits its refusals: 401, 403, 400, 404 an
     'POST /v1/apps/:app/reload',
     'POST /v1/apps/:app/rollback',
     'POST /v1/apps/:app/run',
+    'POST /v1/apps/:app/scale',
     'POST /v1/config/reload',
     'POST /v1/stop',
+    'POST /v1/upgrade',
     'PUT /v1/apps/:app/mode',
   ]);
   for (const { method, path, action } of changes) {

@@ -6,9 +6,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { VERSION } from '../../src/lib/version.ts';
 import { STATUS_USAGE } from '../../src/cli/status.ts';
 import { STOP_USAGE } from '../../src/cli/stop.ts';
@@ -65,7 +65,10 @@ test('the unit file has the directives a zero-downtime, sandboxed service needs'
   };
   // berth sends no sd_notify, so not Type=notify: exec, with readiness awaited by ExecStartPost=.
   assert.equal(one('Type'), 'exec');
-  assert.match(one('ExecStart'), /^\/usr\/bin\/env berth start --config \/etc\/berth\/berth\.yaml$/);
+  assert.match(one('ExecStart'), /^\/usr\/bin\/env berth start --config \/etc\/berth\/berth\.yaml --pid-file \/run\/berth\/berth\.pid$/);
+  // An upgrade's new gateway rewrites the pid file before the old one exits: systemd follows it there.
+  assert.equal(one('PIDFile'), '/run/berth/berth.pid');
+  assert.equal(one('RuntimeDirectory'), 'berth');
   assert.match(one('ExecStartPost'), /berth status --check --config \/etc\/berth\/berth\.yaml/);
   assert.match(one('ExecReload'), /^\/usr\/bin\/env berth reload-config --config \/etc\/berth\/berth\.yaml$/);
   assert.match(one('ExecStop'), /^-?\/usr\/bin\/env berth stop\b.*--config \/etc\/berth\/berth\.yaml$/);
@@ -196,14 +199,32 @@ test('the bin runs through a symlink on PATH, as the Dockerfile installs it', ()
     assert.equal(res.status, 0, res.stderr);
     assert.equal(res.stdout, `berth ${VERSION}\n`);
 
-    // Installed under node_modules (npm install -g of the tarball), Node refuses the .ts sources:
-    // one clear line, not a stack trace.
+    // A dist/ left in a checkout by `npm pack` is not what a checkout runs: its sources are.
+    mkdirSync(join(app, 'dist'));
+    writeFileSync(join(app, 'dist/main.js'), "process.stdout.write('the build\\n');\n");
+    const checkout = spawnSync(NODE24, [join(app, 'bin/berth.js'), '--version'], { encoding: 'utf8' });
+    assert.equal(checkout.stdout, `berth ${VERSION}\n`, checkout.stderr);
+
+    // Installed under node_modules (npm install -g of the tarball), the build runs.
     const nested = join(dir, 'lib/node_modules/berth');
     mkdirSync(join(dir, 'lib/node_modules'), { recursive: true });
     cpSync(app, nested, { recursive: true, verbatimSymlinks: true });
+    const installed = spawnSync(NODE24, [join(nested, 'bin/berth.js'), '--version'], { encoding: 'utf8' });
+    assert.equal(installed.status, 0, installed.stderr);
+    assert.equal(installed.stdout, 'the build\n');
+
+    // Packed without its build (npm pack --ignore-scripts), Node refuses the .ts sources there: one
+    // clear line, not a stack trace.
+    rmSync(join(nested, 'dist'), { recursive: true });
     const refused = spawnSync(NODE24, [join(nested, 'bin/berth.js'), '--version'], { encoding: 'utf8' });
     assert.equal(refused.status, 1, refused.stderr);
-    assert.match(refused.stderr, /^berth: cannot run from inside node_modules .*\n$/);
+    assert.match(refused.stderr, /^berth: cannot run the TypeScript sources from inside node_modules .* has no dist\/; install a tarball made by npm pack, which builds it\n$/);
+
+    // Neither: said as plainly.
+    rmSync(join(nested, 'src'), { recursive: true });
+    const empty = spawnSync(NODE24, [join(nested, 'bin/berth.js'), '--version'], { encoding: 'utf8' });
+    assert.equal(empty.status, 1, empty.stderr);
+    assert.match(empty.stderr, /^berth: .* has neither dist\/main\.js nor src\/main\.ts; /);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -211,29 +232,25 @@ test('the bin runs through a symlink on PATH, as the Dockerfile installs it', ()
 
 // ---- npm pack ----
 
-test('npm pack ships the bin, src/ with its SQL and UI files, and no tests or benchmarks', () => {
+test('npm pack ships the bin, the build (dist/, made by prepack) and no sources, tests or benchmarks', () => {
+  // --ignore-scripts: no build here (test/packaging/global-install.test.ts packs and installs for real).
   const res = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts', '--offline'], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, npm_config_loglevel: 'error' } });
   assert.equal(res.status, 0, res.stderr);
   const [pack] = JSON.parse(res.stdout) as { files: { path: string; mode: number }[] }[];
   const files = new Map(pack.files.map((f) => [f.path, f.mode]));
   assert.ok(files.has('package.json'));
+  assert.ok(files.has('README.md'));
   assert.ok(files.has('bin/berth.js'), 'the bin');
   assert.ok(files.has('packaging/berth.service'), 'the systemd unit');
   assert.ok((files.get('bin/berth.js')! & 0o111) !== 0, 'the bin is executable');
 
-  const src = readdirSync(join(ROOT, 'src'), { recursive: true, withFileTypes: true })
-    .filter((e) => e.isFile())
-    .map((e) => relative(ROOT, join(e.parentPath, e.name)));
-  assert.deepEqual(src.filter((f) => !files.has(f)), [], 'every file under src/');
-  const sql = [...files.keys()].filter((f) => /^src\/store\/migrations[^/]*\/[^/]+\.sql$/.test(f));
-  for (const dir of ['src/store/migrations/', 'src/store/migrations-postgres/']) {
-    const onDisk = readdirSync(join(ROOT, dir)).filter((f) => f.endsWith('.sql'));
-    assert.ok(onDisk.length > 0);
-    assert.deepEqual(sql.filter((f) => f.startsWith(dir)).sort(), onDisk.map((f) => dir + f).sort());
-  }
-  for (const ui of ['index.html', 'app.js', 'style.css']) assert.ok(files.has(`src/api/ui/${ui}`), `src/api/ui/${ui}`);
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'));
+  assert.ok(pkg.files.includes('dist/'), 'dist/ is shipped');
+  assert.equal(pkg.scripts.prepack, 'npm run build', 'npm pack builds first');
+  assert.match(pkg.scripts.build, /scripts\/build\.ts/);
+  assert.equal(pkg.engines.node, '>=24');
 
-  const unwanted = [...files.keys()].filter((f) => /^(test|bench|examples|node_modules|\.ci)\//.test(f) || f.endsWith('.log'));
+  const unwanted = [...files.keys()].filter((f) => /^(src|test|bench|examples|scripts|node_modules|\.ci)\//.test(f) || f.endsWith('.log') || f.endsWith('.tgz'));
   assert.deepEqual(unwanted, []);
   assert.ok(statSync(BIN).mode & 0o111, 'bin/berth.js is executable in the checkout');
 });

@@ -151,18 +151,26 @@ test('setConfig applies internal_prefix and trusted_proxy_count', async (t) => {
   assert.equal((await fetchRaw(url, { headers: { 'x-forwarded-proto': 'https' } })).text, 'https');
 });
 
-test('setConfig applies new admission limits', async (t) => {
+test('the admission limit is the running pool\'s size: a config reload that says otherwise does not change it', async (t) => {
   const held: (() => void)[] = [];
   const be = await backend(t, (_req, res) => held.push(() => res.end('ok')));
   const gen = new TestGeneration({ id: 'shop#1', app: 'shop', releaseId: 'r1' });
-  gen.addPool('web', 4, [be.address]);
+  gen.addPool('web', 1, [be.address]);
   const one = appConfig('shop', { processes: { web: processConfig('web', 1, 1) } });
   const { url, proxy } = await startProxy(t, [entry(one, gen)]);
   const replies = [fetchRaw(url), fetchRaw(url), fetchRaw(url)];
   await waitFor(() => held.length === 1 && proxy.queueDepth('shop') === 2, 'limit 1');
-  proxy.setConfig(berthConfig([appConfig('shop', { processes: { web: processConfig('web', 1, 4) } })]));
-  await waitFor(() => held.length === 3, 'raised limit admits the queue');
-  for (const h of held) h();
+  // A config reload that says 4 does not make the running pool (1 x 1) take more: its deploy would.
+  const four = appConfig('shop', { processes: { web: processConfig('web', 1, 4) } });
+  proxy.setConfig(berthConfig([four]));
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(held.length, 1, 'the running pool keeps its limit');
+  assert.equal(proxy.queueDepth('shop'), 2);
+  // Each answer frees the one slot the pool has: the queue goes through it one by one.
+  for (let answered = 1; answered <= 3; answered++) {
+    await waitFor(() => held.length === answered, `request ${answered} admitted`);
+    held[answered - 1]();
+  }
   for (const r of await Promise.all(replies)) assert.equal(r.status, 200);
 });
 
