@@ -258,15 +258,15 @@ export class Proxy {
 
   /**
    * The new gateway's side of an upgrade (upgrade/successor.ts): serves every `config.listen` address
-   * on the listening socket the old gateway handed over for it (by the address's text), binding any it
+   * on the listening socket the old gateway handed over for it (by listenerKey), binding any it
    * did not hand over, then closes the listeners start() bound (the private probe socket).
    */
   async adoptListeners(handed: ReadonlyMap<string, NetServer>): Promise<void> {
     const probes = this.#servers;
     const servers: { listener: FrontListener; address: ListenAddress }[] = [];
     try {
-      for (const address of this.#config.listen) {
-        const socket = handed.get(address.text);
+      for (const [i, address] of this.#config.listen.entries()) {
+        const socket = handed.get(listenerKey(i, address));
         let listener: FrontListener;
         if (socket === undefined) listener = address.tls ? await this.#listenSecure(address) : new PlainListener(await this.#listen(address));
         else listener = new AdoptedListener(address.tls ? this.#secureListener(address) : new PlainListener(this.#plainServer()), socket, this.#log, address.text);
@@ -277,13 +277,16 @@ export class Proxy {
       throw err;
     }
     this.#servers = servers;
+    // The HTTPS port redirects name is the one of the listeners served now, not of the probe.
+    const https = this.addresses().find((a) => a.tls);
+    this.#resolver.setHttps(this.#tls?.acme ?? null, https?.kind === 'tcp' ? https.port : null);
     await Promise.all(probes.map(({ listener }) => listener.close()));
     this.#log.info({ listen: this.addresses().map((a) => a.text), adopted: handed.size }, 'proxy listening on the sockets handed over');
   }
 
-  /** The old gateway's side of an upgrade: each listening socket, by the text of its `config.listen` address. */
+  /** The old gateway's side of an upgrade: each listening socket, by listenerKey. */
   listeningSockets(): Map<string, NetServer> {
-    return new Map(this.#servers.map(({ listener, address }) => [address.text, listener.accepting]));
+    return new Map(this.#servers.map(({ listener, address }, i) => [listenerKey(i, address), listener.accepting]));
   }
 
   /**
@@ -642,6 +645,14 @@ export class Proxy {
 }
 
 function ignoreError(): void {}
+
+/**
+ * A listener's name in an upgrade's handover: its place in `listen` and its text. The text alone is not
+ * enough: two `:0` listeners read the same. Both gateways run the same config (the upgrade checks it).
+ */
+function listenerKey(index: number, address: ListenAddress): string {
+  return `${index} ${address.text}`;
+}
 
 /** The answer to a refused request; a 5xx may use the app's `pages.error` from the release now serving. */
 function refusal(r: Resolution, close: boolean): ErrorResponse {

@@ -43,7 +43,7 @@ export type ToSuccessor =
   | { t: 'state'; state: HandoverState }
   /** Carries a pipe: `key` is `<generation id>/<process>.<index>`. */
   | { t: 'pipe'; key: string; stream: 'stdout' | 'stderr' }
-  /** Carries a listening socket: `key` is the `listen` address's text for `front`. */
+  /** Carries a listening socket: `key` names a `front` one by its place in `listen` and its text. */
   | { t: 'listener'; kind: ListenerKind; key: string }
   | { t: 'commit'; listeners: number }
   | { t: 'abort'; reason: string };

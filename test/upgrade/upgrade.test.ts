@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FIXTURE_WEB_COMMAND, ROOT, fixtureApp, http, runCli, waitFor, writeConfig } from '../helpers/gateway.ts';
 import { removeAfter } from '../helpers/cleanup.ts';
+import { createCa, issueCertificate } from '../helpers/certificates.ts';
 import { LoadRunner } from '../deploy/load-runner.ts';
 import { processAlive } from '../../src/lib/process-alive.ts';
 
@@ -79,8 +80,11 @@ test('berth upgrade under load: every upgrade hands over with no failed request 
   const source = await fixtureApp(dir);
   const socket = join(dir, 'control.sock');
   const pidFile = join(dir, 'berth.pid');
+  // A TLS listener too: its socket is handed over, and redirects to it name its port after upgrades.
+  const ca = await createCa(join(dir, 'ca'));
+  const cert = await issueCertificate(ca, ['secure.test']);
   const config = await writeConfig(dir, {
-    listen: ['127.0.0.1:0'],
+    listen: ['127.0.0.1:0', { address: '127.0.0.1:0', tls: true }],
     state_dir: join(dir, 'state'),
     control: { socket },
     // No access log: the load would fill the gateways' log.
@@ -89,6 +93,15 @@ test('berth upgrade under load: every upgrade hands over with no failed request 
       shop: {
         source,
         processes: { web: { command: FIXTURE_WEB_COMMAND, instances: 2 }, worker: { command: 'while true; do echo tick; sleep 0.2; done', http: false } },
+        routes: [{ path: '/', to: 'web' }],
+        health: { path: '/up' },
+      },
+      secure: {
+        source,
+        hosts: ['secure.test'],
+        https_redirect: true,
+        tls: { certificate: cert.certificate, key: cert.key },
+        processes: { web: { command: FIXTURE_WEB_COMMAND, instances: 1 } },
         routes: [{ path: '/', to: 'web' }],
         health: { path: '/up' },
       },
@@ -102,7 +115,10 @@ test('berth upgrade under load: every upgrade hands over with no failed request 
     return instancesOf(s).every((i: any) => i.state === 'ready') ? s : null;
   }, { message: 'every instance ready' });
   const pids = instancePids(before);
-  assert.equal(pids.length, 3, JSON.stringify(before.apps));
+  assert.equal(pids.length, 4, JSON.stringify(before.apps));
+  const tlsPort = Number(String(before.listen[1]).split(':').pop());
+  const redirect = async () => (await http({ port: gw.port }, { path: '/x', host: 'secure.test' })).headers.location;
+  assert.equal(await redirect(), `https://secure.test:${tlsPort}/x`);
   assert.equal(Number((await readFile(pidFile, 'utf8')).trim()), before.pid);
 
   const load = LoadRunner.start({ port: gw.port, clients: 16 });
@@ -120,6 +136,7 @@ test('berth upgrade under load: every upgrade hands over with no failed request 
     assert.equal(now.version, `9.0.${i}`);
     assert.notEqual(now.pid, gatewayPid, 'a new gateway process serves');
     assert.deepEqual(instancePids(now), pids, 'no app instance was restarted');
+    assert.equal(await redirect(), `https://secure.test:${tlsPort}/x`, 'https_redirect names the TLS port handed over');
     assert.equal(Number((await readFile(pidFile, 'utf8')).trim()), now.pid, 'the pid file names the new gateway');
     await waitFor(() => !processAlive(gatewayPid), { timeoutMs: 40_000, message: `the old gateway ${gatewayPid} exits` }).catch(async (err) => {
       throw new Error(`${err.message}\n${await logTail(dir)}`);
