@@ -78,6 +78,8 @@ test('berth status --watch redraws the table every interval until stopped, and s
   const child = spawn(process.execPath, [MAIN, 'status', '--watch', '--interval', '0.3', '--socket', gw.socket], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
+  // The window starts at the first frame: the CLI's own start-up is not what is measured.
+  await waitFor(() => /every 0\.3s; Ctrl-C ends/.test(out), { timeoutMs: 15_000, message: 'the first frame' });
   await new Promise((r) => setTimeout(r, 1_500));
   gw.proc.kill('SIGTERM');
   await gw.exited;
