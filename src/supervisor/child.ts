@@ -1,5 +1,4 @@
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { within } from '../lib/deadline.ts';
 import { errorMessage } from '../lib/errors.ts';
@@ -8,7 +7,7 @@ import { processAlive } from '../lib/process-alive.ts';
 import { spawnIdentity, type AppUser } from './app-user.ts';
 import { execCommand } from './exec-command.ts';
 import { LineSplitter } from './line-splitter.ts';
-import { ProcessGroup } from './process-group.ts';
+import { ProcessGroup, statFields } from './process-group.ts';
 
 /** After SIGKILL, how long a stop waits for the group to disappear before giving up on it (and saying so). */
 export const KILL_WAIT_MS = 5_000;
@@ -229,13 +228,8 @@ function watchAdopted(pid: number, closed: Promise<void>): Promise<ChildExit> {
 }
 
 function zombie(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-    const state = stat[stat.lastIndexOf(')') + 2];
-    return state === 'Z' || state === 'X';
-  } catch {
-    return false;
-  }
+  const state = statFields(pid)?.[0];
+  return state === 'Z' || state === 'X';
 }
 
 function sleep(ms: number): Promise<void> {

@@ -97,7 +97,7 @@ export class ProcessGroup {
  * The fields of /proc/<pid>/stat after "pid (comm) ": state, ppid, pgrp... comm may hold spaces and
  * parentheses, so they are taken after the last ')'. Null when the process is gone.
  */
-function statFields(pid: number): string[] | null {
+export function statFields(pid: number): string[] | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     return stat.slice(stat.lastIndexOf(')') + 2).split(' ');

@@ -143,7 +143,8 @@ export class Predecessor {
     let lockReleased = false;
     this.#log.info({ pid: child.pid }, 'upgrade: new gateway started');
     try {
-      const handed = host.supervisor.handOver(host.activeGenerations());
+      const active = host.activeGenerations();
+      const handed = host.supervisor.handOver(active);
       const state: HandoverState = {
         from: { pid: process.pid, version: VERSION },
         heldSince: since.toISOString(),
@@ -152,7 +153,7 @@ export class Predecessor {
           id: g.id,
           releaseId: g.releaseId,
           releaseDir: g.releaseDir,
-          counts: countsOf(host.activeGenerations().find((x) => x.id === g.id)!),
+          counts: countsOf(active.find((x) => x.id === g.id)!),
           instances: g.instances.map((i) => i.info),
         })),
         pipes: handed.reduce((n, g) => n + 2 * g.instances.length, 0),
